@@ -1,0 +1,1 @@
+"""Code shared by the gateway, the controller and the supervisor: settings, keys, messages."""

@@ -1,0 +1,119 @@
+"""The Redis key schema: every key and TTL the system uses, and nothing built elsewhere.
+
+Keys a preview container may touch all start with ``container_prefix(cid)``, so that its
+Redis ACL user can be limited to that one pattern (``~pv:c:{cid}:*``).
+"""
+
+from __future__ import annotations
+
+PREFIX = "pv:"
+
+# --- per container (written by its supervisor, readable by gateway/controller) -----------
+
+
+def container_prefix(cid: str) -> str:
+    return f"{PREFIX}c:{cid}:"
+
+
+def container_pattern(cid: str) -> str:
+    """ACL key pattern granting a container its own keys and no others."""
+    return container_prefix(cid) + "*"
+
+
+def heartbeat(cid: str) -> str:
+    """String (JSON Heartbeat), TTL = heartbeat_ttl; deleted on clean exit."""
+    return container_prefix(cid) + "hb"
+
+
+def heartbeat_history(cid: str) -> str:
+    """Stream of Heartbeat samples, capped at HEARTBEAT_HISTORY_LEN."""
+    return container_prefix(cid) + "hbhist"
+
+
+def commands(cid: str) -> str:
+    """Stream of Commands for one container; consumer group COMMAND_GROUP."""
+    return container_prefix(cid) + "cmd"
+
+
+def command_result(cid: str, command_id: str) -> str:
+    """List holding one CommandResult (BLPOP by the sender), TTL COMMAND_RESULT_TTL."""
+    return container_prefix(cid) + "ack:" + command_id
+
+
+def command_done(cid: str) -> str:
+    """Hash command id -> result JSON: what already ran, so nothing runs twice."""
+    return container_prefix(cid) + "done"
+
+
+def command_blob(cid: str, command_id: str) -> str:
+    """Binary payload of a command (an uploaded archive), TTL COMMAND_BLOB_TTL."""
+    return container_prefix(cid) + "blob:" + command_id
+
+
+def events(cid: str) -> str:
+    """Stream of Events (progress, warning, ready, error) tagged with their session id."""
+    return container_prefix(cid) + "events"
+
+
+def logs(cid: str) -> str:
+    """Snapshot of recent dev-server output (string), refreshed by the supervisor."""
+    return container_prefix(cid) + "logs"
+
+
+# --- gateway / controller state ---------------------------------------------------------
+
+
+def container(cid: str) -> str:
+    """Hash: host, docker_id, address, port, image, state, session, created_at."""
+    return f"{PREFIX}ctr:{cid}"
+
+
+CONTAINERS = f"{PREFIX}containers"  # set of every cid we created and not yet removed
+
+
+def pool(image: str) -> str:
+    """List of warm, idle cids for one image digest (LPUSH on release, RPOP on acquire)."""
+    return f"{PREFIX}pool:{image}"
+
+
+def session(sid: str) -> str:
+    """Hash: the preview's record (user, project, state, container, timings, error...)."""
+    return f"{PREFIX}s:{sid}"
+
+
+SESSIONS = f"{PREFIX}sessions"  # set of live session ids
+
+
+def session_lock(sid: str) -> str:
+    return f"{PREFIX}s:{sid}:lock"
+
+
+def user_slots(user: str) -> str:
+    """Sorted set session id -> lease expiry (unix seconds): the concurrency limit."""
+    return f"{PREFIX}u:{user}:slots"
+
+
+def user_project(user: str, project_id: str) -> str:
+    """String: the live session of this user's project (hot start)."""
+    return f"{PREFIX}u:{user}:p:{project_id}"
+
+
+def activity(sid: str) -> str:
+    """String: unix time of the last proxied request or open WebSocket refresh."""
+    return f"{PREFIX}s:{sid}:active"
+
+
+LEADER = f"{PREFIX}leader"  # controller leader lease (value: controller id)
+RATE_LIMIT_PREFIX = f"{PREFIX}rl"  # slowapi/limits storage prefix
+RECORDS = f"{PREFIX}records"  # stream of preview start/stop records
+
+# --- TTLs and sizes ----------------------------------------------------------------------
+
+COMMAND_GROUP = "supervisor"
+COMMAND_RESULT_TTL = 300  # seconds a result waits for its reader
+COMMAND_BLOB_TTL = 300
+COMMANDS_MAXLEN = 1000
+EVENTS_MAXLEN = 2000
+HEARTBEAT_HISTORY_LEN = 720  # an hour of 5 s samples
+LOGS_TTL = 3600
+SESSION_LOCK_TTL = 30

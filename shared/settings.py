@@ -1,0 +1,185 @@
+"""One typed settings object, read once from ``PREVIEW_*`` environment variables.
+
+Every field documents itself (env name, default, meaning) so the README table and the
+check that it is complete come from the same place. Defaults work on a developer
+machine with a local Docker engine and a local Redis.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+HOST_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value that cannot be used."""
+
+
+def _setting(default: Any, doc: str, parse: Callable[[str], Any] | None = None) -> Any:
+    return field(default=default, metadata={"doc": doc, "parse": parse})
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"expected a boolean, got {raw!r}")
+
+
+def _list(raw: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def _default_extra_ca() -> str:
+    return HOST_CA_BUNDLE if os.path.exists(HOST_CA_BUNDLE) else ""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Configuration of the gateway, the controller and (a subset) the supervisor."""
+
+    # --- shared state -------------------------------------------------------------------
+    redis_url: str = _setting(
+        "redis://127.0.0.1:6379/0",
+        "Redis used by gateway and controller (with credentials if Redis has a password).",
+    )
+    container_redis_url: str = _setting(
+        "",
+        "Redis address as seen from inside preview containers, without credentials "
+        "(each container gets its own ACL user). Empty: the host of PREVIEW_REDIS_URL "
+        "reached through host.docker.internal.",
+    )
+    # --- gateway ------------------------------------------------------------------------
+    bind: str = _setting("127.0.0.1:8080", "Address the gateway listens on (run script).")
+    public_url: str = _setting(
+        "http://localhost:8080", "Base URL of the API as clients reach it (for links)."
+    )
+    domain: str = _setting(
+        "preview.localhost",
+        "Previews are served at {id}.{PREVIEW_DOMAIN}[:port]; browsers resolve *.localhost "
+        "to loopback.",
+    )
+    preview_scheme: str = _setting("http", "Scheme of preview URLs (https in production).")
+    preview_port: int = _setting(
+        8080, "Port shown in preview URLs (0 = none, e.g. 443 behind a TLS proxy).", int
+    )
+    # --- auth ---------------------------------------------------------------------------
+    jwt_secret: str = _setting(
+        "dev-secret-change-me", "HS256 shared secret for users' JWTs (the app backend's)."
+    )
+    jwt_algorithms: tuple[str, ...] = _setting(
+        ("HS256",), "Allowed JWT algorithms, comma-separated (HS256, RS256, ES256).", _list
+    )
+    jwt_public_key_file: str = _setting("", "PEM public key for RS256/ES256 tokens.")
+    jwt_jwks_file: str = _setting("", "JWKS file with public keys for RS256/ES256 tokens.")
+    jwt_audience: str = _setting("preview-gateway", "Required `aud` claim.")
+    jwt_issuer: str = _setting("", "Required `iss` claim; empty: not checked.")
+    jwt_leeway: int = _setting(10, "Clock leeway for exp/nbf, seconds.", int)
+    preview_token_ttl: int = _setting(
+        60, "Lifetime of the preview-scoped token in open_url, seconds.", int
+    )
+    # --- limits -------------------------------------------------------------------------
+    max_concurrent_per_user: int = _setting(3, "Concurrent previews per user.", int)
+    slot_lease_seconds: int = _setting(
+        120, "A start's slot lease; renewed while the preview lives, freed if not.", int
+    )
+    rate_limit_starts: str = _setting("10/minute", "Preview starts per user (slowapi syntax).")
+    rate_limit_reads: str = _setting("300/minute", "API reads per user (slowapi syntax).")
+    rate_limit_auth_failures: str = _setting(
+        "20/minute", "Failed preview authentications per client address."
+    )
+    max_upload_bytes: int = _setting(
+        50 * 1024 * 1024, "Largest upload (archive or single file), bytes.", int
+    )
+    # --- docker -------------------------------------------------------------------------
+    docker_hosts: tuple[str, ...] = _setting(
+        ("unix:///var/run/docker.sock",),
+        "Docker engines, comma-separated: unix:///path or tcp://host:port (TLS with the "
+        "three PREVIEW_DOCKER_TLS_* files).",
+        _list,
+    )
+    docker_tls_ca_cert: str = _setting("", "CA certificate for tcp:// Docker hosts.")
+    docker_tls_cert: str = _setting("", "Client certificate for tcp:// Docker hosts.")
+    docker_tls_key: str = _setting("", "Client key for tcp:// Docker hosts.")
+    image: str = _setting("preview-gateway/preview:latest", "Preview container image.")
+    publish_host: str = _setting(
+        "127.0.0.1", "Host address the dev-server port is published on."
+    )
+    dev_port: int = _setting(3000, "Dev-server port inside the container.", int)
+    container_memory_mb: int = _setting(2048, "Memory limit per container, MiB.", int)
+    container_cpus: float = _setting(1.0, "CPU limit per container (cores).", float)
+    container_pids: int = _setting(512, "Process limit per container.", int)
+    cache_volume: str = _setting(
+        "preview-cache", "Per-host Docker volume mounted at /cache (dependency archives)."
+    )
+    extra_ca_certs: str = _setting(
+        _default_extra_ca(),
+        "PEM file mounted into every container and trusted by node/npm/git/python there. "
+        f"Default: the host bundle {HOST_CA_BUNDLE} when present; empty disables.",
+    )
+    # --- supervisor ---------------------------------------------------------------------
+    heartbeat_interval: float = _setting(5.0, "Supervisor heartbeat interval, seconds.", float)
+    heartbeat_ttl: float = _setting(15.0, "Heartbeat key TTL, seconds.", float)
+    # --- pool and reaper ----------------------------------------------------------------
+    pool_min: int = _setting(2, "Warm containers kept at least, per image.", int)
+    pool_max: int = _setting(5, "Warm containers kept at most, per image.", int)
+    idle_timeout: float = _setting(1800.0, "Stop a preview after this long unused, seconds.", float)
+    # --- observability ------------------------------------------------------------------
+    sentry_dsn: str = _setting("", "Sentry DSN; empty disables Sentry.")
+    log_format: str = _setting("auto", "Log format: json, text, or auto (text on a terminal).")
+    log_level: str = _setting("INFO", "Log level.")
+    state_dir: str = _setting(".state", "Local state (spool files, dev Redis data).")
+    debug: bool = _setting(False, "Starlette debug mode (never in production).", _bool)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from ``PREVIEW_*`` variables; keyword overrides win (tests)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            name = env_name(f.name)
+            if name not in env:
+                continue
+            parse = f.metadata["parse"] or str
+            try:
+                values[f.name] = parse(env[name])
+            except ValueError as exc:
+                raise SettingsError(f"{name}: {exc}") from None
+        values.update(overrides)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.max_concurrent_per_user < 1:
+            raise SettingsError("PREVIEW_MAX_CONCURRENT_PER_USER must be at least 1")
+        if not 0 <= self.pool_min <= self.pool_max:
+            raise SettingsError("need 0 <= PREVIEW_POOL_MIN <= PREVIEW_POOL_MAX")
+        if self.heartbeat_ttl <= self.heartbeat_interval:
+            raise SettingsError("PREVIEW_HEARTBEAT_TTL must exceed PREVIEW_HEARTBEAT_INTERVAL")
+        if not self.docker_hosts:
+            raise SettingsError("PREVIEW_DOCKER_HOSTS is empty")
+        if "none" in {a.lower() for a in self.jwt_algorithms}:
+            raise SettingsError("PREVIEW_JWT_ALGORITHMS must not allow 'none'")
+
+
+def env_name(field_name: str) -> str:
+    return "PREVIEW_" + field_name.upper()
+
+
+def documented() -> list[tuple[str, str, str]]:
+    """(env name, default, description) for every setting: the README table's source."""
+    rows = []
+    for f in dataclasses.fields(Settings):
+        default = f.default
+        if isinstance(default, tuple):
+            default = ",".join(default)
+        rows.append((env_name(f.name), str(default), str(f.metadata["doc"])))
+    return rows

@@ -1,0 +1,1 @@
+"""The sidecar daemon inside every preview container: reports through Redis, obeys commands."""
