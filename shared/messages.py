@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 DevState = Literal["idle", "installing", "starting", "ready", "crashed", "stopped", "failed"]
@@ -44,7 +44,7 @@ def _load(raw: str | bytes) -> dict[str, Any]:
 
 
 def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:
-    names = cls.__dataclass_fields__
+    names = {f.name for f in fields(cls)}
     return {k: v for k, v in data.items() if k in names}
 
 

@@ -109,9 +109,7 @@ class Settings:
     docker_tls_cert: str = _setting("", "Client certificate for tcp:// Docker hosts.")
     docker_tls_key: str = _setting("", "Client key for tcp:// Docker hosts.")
     image: str = _setting("preview-gateway/preview:latest", "Preview container image.")
-    publish_host: str = _setting(
-        "127.0.0.1", "Host address the dev-server port is published on."
-    )
+    publish_host: str = _setting("127.0.0.1", "Host address the dev-server port is published on.")
     dev_port: int = _setting(3000, "Dev-server port inside the container.", int)
     container_memory_mb: int = _setting(2048, "Memory limit per container, MiB.", int)
     container_cpus: float = _setting(1.0, "CPU limit per container (cores).", float)

@@ -1,0 +1,1 @@
+"""The preview gateway: public API, authentication, limits, and the preview proxy."""

@@ -1,0 +1,333 @@
+"""Preview containers on one or more Docker engines (aiodocker).
+
+Every container we create carries our labels, resource limits, ``no-new-privileges`` and
+only the capabilities the supervisor needs to run user code as ``app``. All engine and
+transport failures surface as one exception type, :class:`DockerRuntimeError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiodocker
+import aiohttp
+
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+LABEL_MANAGED = "preview-gateway.managed"
+LABEL_CID = "preview-gateway.cid"
+LABEL_HOST = "preview-gateway.host"
+LABEL_ROLE = "preview-gateway.role"
+EXTRA_CA_PATH = "/etc/preview/extra-ca.pem"
+CACHE_PATH = "/cache"
+# What the supervisor needs to hand files to `app`, switch to it and signal its processes.
+# aiodocker reports transport failures as DockerError with status 900 and above.
+_TRANSPORT_ERROR = 900
+CAPABILITIES = ("CHOWN", "SETUID", "SETGID", "KILL", "DAC_OVERRIDE", "FOWNER")
+
+
+class DockerRuntimeError(Exception):
+    """A Docker engine refused or could not be reached."""
+
+    def __init__(self, host: str, message: str, status: int | None = None) -> None:
+        super().__init__(f"{host}: {message}")
+        self.host = host
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """What to run: our id for it, the image, its environment and extra labels."""
+
+    cid: str
+    image: str
+    env: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)
+    command: Sequence[str] | None = None
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    """What we know of a container after inspecting it."""
+
+    cid: str
+    docker_id: str
+    host: str
+    state: str
+    running: bool
+    image_id: str
+    labels: Mapping[str, str]
+    published_host: str | None = None
+    published_port: int | None = None
+
+    @property
+    def address(self) -> str | None:
+        """host:port the dev server is reachable at from the gateway."""
+        if self.published_port is None:
+            return None
+        return f"{self.published_host or '127.0.0.1'}:{self.published_port}"
+
+
+def _tls_context(settings: Settings) -> ssl.SSLContext | None:
+    if not settings.docker_tls_cert:
+        return None
+    context = ssl.create_default_context(cafile=settings.docker_tls_ca_cert or None)
+    context.load_cert_chain(settings.docker_tls_cert, settings.docker_tls_key or None)
+    return context
+
+
+def _host_name(url: str) -> str:
+    """A short, label-safe name for an engine URL."""
+    if url.startswith("unix://"):
+        return "local" if url == "unix:///var/run/docker.sock" else url.removeprefix("unix://")
+    return url.split("://", 1)[-1]
+
+
+class DockerHost:
+    """One Docker engine and the preview containers on it."""
+
+    def __init__(self, url: str, settings: Settings, name: str | None = None) -> None:
+        self.url = url
+        self.name = name or _host_name(url)
+        self.settings = settings
+        ssl_context = _tls_context(settings) if url.startswith("tcp://") else None
+        self._docker = aiodocker.Docker(url=url, ssl_context=ssl_context)
+
+    async def close(self) -> None:
+        await self._docker.close()
+
+    async def _call(self, what: str, coro: Any) -> Any:
+        try:
+            return await coro
+        except aiodocker.DockerError as exc:
+            if exc.status < _TRANSPORT_ERROR:
+                raise DockerRuntimeError(self.name, f"{what}: {exc.message}", exc.status) from None
+            raise DockerRuntimeError(
+                self.name, f"Docker engine not reachable at {self.url} ({exc.message})"
+            ) from None
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise DockerRuntimeError(
+                self.name,
+                f"Docker engine not reachable at {self.url} ({exc or type(exc).__name__})",
+            ) from None
+
+    async def ping(self) -> None:
+        await self._call("ping", self._docker.version())
+
+    async def info(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call("info", self._docker.system.info())
+        return result
+
+    async def image_id(self, image: str) -> str:
+        """The image's content id (sha256:...), which keys the warm pool."""
+        data = await self._call(f"inspect image {image}", self._docker.images.inspect(image))
+        return str(data["Id"])
+
+    def container_config(self, spec: ContainerSpec) -> dict[str, Any]:
+        s = self.settings
+        port = f"{s.dev_port}/tcp"
+        mounts: list[dict[str, Any]] = [
+            {"Type": "volume", "Source": s.cache_volume, "Target": CACHE_PATH}
+        ]
+        if s.extra_ca_certs:
+            mounts.append(
+                {
+                    "Type": "bind",
+                    "Source": s.extra_ca_certs,
+                    "Target": EXTRA_CA_PATH,
+                    "ReadOnly": True,
+                }
+            )
+        memory = s.container_memory_mb * 1024 * 1024
+        config: dict[str, Any] = {
+            "Image": spec.image,
+            "Env": [f"{k}={v}" for k, v in spec.env.items()],
+            "Labels": {
+                **spec.labels,
+                LABEL_MANAGED: "1",
+                LABEL_CID: spec.cid,
+                LABEL_HOST: self.name,
+            },
+            "ExposedPorts": {port: {}},
+            "HostConfig": {
+                "Memory": memory,
+                "MemorySwap": memory,
+                "NanoCpus": int(s.container_cpus * 1e9),
+                "PidsLimit": s.container_pids,
+                "SecurityOpt": ["no-new-privileges:true"],
+                "CapDrop": ["ALL"],
+                "CapAdd": list(CAPABILITIES),
+                "PortBindings": {port: [{"HostIp": s.publish_host, "HostPort": ""}]},
+                "Mounts": mounts,
+                "ExtraHosts": ["host.docker.internal:host-gateway"],
+                "RestartPolicy": {"Name": "no"},
+                "LogConfig": {"Type": "json-file", "Config": {"max-size": "10m", "max-file": "2"}},
+            },
+        }
+        if spec.command is not None:
+            config["Cmd"] = list(spec.command)
+        return config
+
+    async def create(self, spec: ContainerSpec) -> ContainerInfo:
+        """Create and start a container; on failure nothing is left behind."""
+        config = self.container_config(spec)
+        container = await self._call(
+            "create container", self._docker.containers.create(config, name=spec.cid)
+        )
+        try:
+            await self._call("start container", container.start())
+            info = await self.inspect(spec.cid)
+        except BaseException:
+            await self.remove(spec.cid)
+            raise
+        if info is None:
+            raise DockerRuntimeError(self.name, f"container {spec.cid} vanished after start")
+        log.info("container created cid=%s host=%s address=%s", spec.cid, self.name, info.address)
+        return info
+
+    async def inspect(self, cid: str) -> ContainerInfo | None:
+        try:
+            container = await self._docker.containers.get(cid)
+        except aiodocker.DockerError as exc:
+            if exc.status == 404:
+                return None
+            if exc.status >= _TRANSPORT_ERROR:
+                await self._call("inspect", self.ping())
+            raise DockerRuntimeError(
+                self.name, f"inspect {cid}: {exc.message}", exc.status
+            ) from None
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            await self._call("inspect", self.ping())
+            raise
+        return self._info(container._container)
+
+    def _info(self, data: Mapping[str, Any]) -> ContainerInfo:
+        config = data.get("Config") or {}
+        labels = config.get("Labels") or {}
+        state = data.get("State") or {}
+        ports = ((data.get("NetworkSettings") or {}).get("Ports") or {}).get(
+            f"{self.settings.dev_port}/tcp"
+        ) or []
+        published_host = ports[0].get("HostIp") if ports else None
+        published_port = int(ports[0]["HostPort"]) if ports else None
+        if published_host in ("0.0.0.0", "::", ""):
+            published_host = "127.0.0.1"
+        return ContainerInfo(
+            cid=labels.get(LABEL_CID) or str(data.get("Name", "")).lstrip("/"),
+            docker_id=str(data["Id"]),
+            host=self.name,
+            state=str(state.get("Status", "unknown")),
+            running=bool(state.get("Running", False)),
+            image_id=str(data.get("Image", "")),
+            labels=labels,
+            published_host=published_host,
+            published_port=published_port,
+        )
+
+    async def list_containers(self) -> list[ContainerInfo]:
+        """Every container with our labels on this engine, running or not."""
+        filters = {"label": [f"{LABEL_MANAGED}=1", f"{LABEL_HOST}={self.name}"]}
+        summaries = await self._call(
+            "list containers", self._docker.containers.list(all=True, filters=filters)
+        )
+        infos = []
+        for summary in summaries:
+            info = await self.inspect(summary.id)
+            if info is not None:
+                infos.append(info)
+        return infos
+
+    async def stop(self, cid: str, timeout: int = 5) -> None:
+        try:
+            container = await self._docker.containers.get(cid)
+            await container.stop(t=timeout)
+        except aiodocker.DockerError as exc:
+            if exc.status >= _TRANSPORT_ERROR:
+                await self._call("stop", self.ping())
+            if exc.status not in (304, 404):
+                raise DockerRuntimeError(
+                    self.name, f"stop {cid}: {exc.message}", exc.status
+                ) from None
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            await self._call("stop", self.ping())
+            raise
+
+    async def remove(self, cid: str) -> None:
+        """Force-remove a container; a container that is already gone is not an error."""
+        try:
+            container = await self._docker.containers.get(cid)
+            await container.delete(force=True, v=True)
+        except aiodocker.DockerError as exc:
+            if exc.status >= _TRANSPORT_ERROR:
+                await self._call("remove", self.ping())
+            if exc.status not in (404, 409):
+                raise DockerRuntimeError(
+                    self.name, f"remove {cid}: {exc.message}", exc.status
+                ) from None
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            await self._call("remove", self.ping())
+            raise
+
+    async def exec(
+        self, cid: str, cmd: Sequence[str], user: str = "", timeout: float = 60.0
+    ) -> tuple[int, str]:
+        """Run a command in a container; (exit code, combined output). For tests and ops."""
+
+        async def run() -> tuple[int, str]:
+            container = await self._docker.containers.get(cid)
+            execution = await container.exec(list(cmd), user=user, stdout=True, stderr=True)
+            chunks: list[bytes] = []
+            async with execution.start(detach=False) as stream:
+                while (message := await stream.read_out()) is not None:
+                    chunks.append(message.data)
+            inspected = await execution.inspect()
+            return int(inspected["ExitCode"]), b"".join(chunks).decode(errors="replace")
+
+        result: tuple[int, str] = await self._call(
+            f"exec in {cid}", asyncio.wait_for(run(), timeout)
+        )
+        return result
+
+
+class DockerRuntime:
+    """All configured Docker engines, by name."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.hosts: dict[str, DockerHost] = {}
+        for url in settings.docker_hosts:
+            host = DockerHost(url, settings)
+            self.hosts[host.name] = host
+
+    def get(self, name: str) -> DockerHost:
+        try:
+            return self.hosts[name]
+        except KeyError:
+            raise DockerRuntimeError(name, "unknown Docker host") from None
+
+    @property
+    def default(self) -> DockerHost:
+        return next(iter(self.hosts.values()))
+
+    async def reachable(self) -> dict[str, str | None]:
+        """Host name → None when it answers, else the error message."""
+
+        async def check(host: DockerHost) -> str | None:
+            try:
+                await asyncio.wait_for(host.ping(), 3)
+            except (TimeoutError, DockerRuntimeError) as exc:
+                return str(exc) or "timed out"
+            return None
+
+        results = await asyncio.gather(*(check(h) for h in self.hosts.values()))
+        return dict(zip(self.hosts, results, strict=True))
+
+    async def close(self) -> None:
+        await asyncio.gather(*(h.close() for h in self.hosts.values()), return_exceptions=True)

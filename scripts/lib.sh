@@ -1,0 +1,64 @@
+# Shared helpers for scripts/setup, scripts/run and scripts/test (sourced, not run).
+# Everything here is idempotent: it checks before it installs or starts anything.
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${PREVIEW_VENV:-$ROOT/.venv}"
+STATE="${PREVIEW_STATE_DIR:-$ROOT/.state}"
+case "$STATE" in /*) ;; *) STATE="$ROOT/$STATE" ;; esac
+
+say() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+    say "need root for: $*  (install it yourself, then re-run)"; return 1; fi
+}
+
+# ensure_pkg COMMAND DEBIAN-PACKAGE...: install the packages when COMMAND is missing.
+ensure_pkg() {
+  local cmd="$1"; shift
+  command -v "$cmd" >/dev/null 2>&1 && return 0
+  if ! command -v apt-get >/dev/null; then
+    say "missing '$cmd': install $* with your package manager"; return 1
+  fi
+  say "installing $* (for '$cmd')"
+  if [ ! -f "$STATE/.apt-updated" ] || [ -n "$(find "$STATE/.apt-updated" -mmin +1440 2>/dev/null)" ]; then
+    as_root apt-get update -qq && mkdir -p "$STATE" && touch "$STATE/.apt-updated"
+  fi
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+ensure_venv() {
+  local stamp="$VENV/.installed-$(cat "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)"
+  [ -f "$stamp" ] && return 0
+  ensure_pkg python3 python3 python3-venv
+  [ -x "$VENV/bin/python" ] || { say "creating virtualenv $VENV"; python3 -m venv "$VENV"; }
+  say "installing Python dependencies"
+  "$VENV/bin/pip" install -q --upgrade pip >/dev/null 2>&1 || true
+  "$VENV/bin/pip" install -q -e "$ROOT[test]"
+  rm -f "$VENV"/.installed-* && touch "$stamp"
+}
+
+docker_ok() { docker info >/dev/null 2>&1; }
+
+ensure_dockerd() {
+  ensure_pkg dockerd docker.io
+  docker_ok && return 0
+  if [ "$(id -u)" != 0 ]; then say "Docker engine not running: start it (e.g. 'sudo systemctl start docker')"; return 1; fi
+  say "starting dockerd"
+  mkdir -p "$STATE"
+  # setsid: the engine outlives this script and is not killed with its process group.
+  setsid dockerd >"$STATE/dockerd.log" 2>&1 < /dev/null &
+  local i
+  for i in $(seq 1 60); do docker_ok && return 0; sleep 0.5; done
+  say "dockerd did not come up; last lines of $STATE/dockerd.log:"; tail -20 "$STATE/dockerd.log" >&2
+  return 1
+}
+
+# The address containers reach the host at (the default bridge's gateway).
+bridge_ip() {
+  docker network inspect bridge -f '{{range .IPAM.Config}}{{.Gateway}}{{end}}' 2>/dev/null | head -1
+}
+
+ensure_image() {
+  "$ROOT/scripts/build-image" | tail -1
+}

@@ -1,0 +1,122 @@
+"""The Docker runtime against the real engine and the real preview image."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from gateway.docker_runtime import (
+    CAPABILITIES,
+    EXTRA_CA_PATH,
+    LABEL_CID,
+    LABEL_MANAGED,
+    DockerHost,
+    DockerRuntime,
+    DockerRuntimeError,
+)
+from shared.settings import Settings
+from tests.conftest import ContainerFactory
+
+SLEEP = ["sleep", "infinity"]
+
+
+async def test_container_runs_node_22_as_app(
+    make_container: ContainerFactory, docker_host: DockerHost
+) -> None:
+    async with make_container(command=SLEEP) as info:
+        assert info.running
+        code, out = await docker_host.exec(info.cid, ["node", "--version"], user="app")
+        assert code == 0, out
+        assert re.fullmatch(r"v22\.\d+\.\d+", out.strip()), out
+        code, out = await docker_host.exec(info.cid, ["id", "-un"], user="app")
+        assert code == 0 and out.strip() == "app"
+        for tool in (["npm", "--version"], ["corepack", "--version"], ["git", "--version"]):
+            code, out = await docker_host.exec(info.cid, tool, user="app")
+            assert code == 0, f"{tool}: {out}"
+
+
+async def test_npm_reaches_registry_through_extra_ca(
+    make_container: ContainerFactory, docker_host: DockerHost, settings: Settings
+) -> None:
+    assert settings.extra_ca_certs, "the host CA bundle should be the local default"
+    async with make_container(command=SLEEP) as info:
+        code, out = await docker_host.exec(info.cid, ["test", "-s", EXTRA_CA_PATH])
+        assert code == 0, "extra CA bundle not mounted"
+        code, out = await docker_host.exec(
+            info.cid, ["npm", "view", "is-number@7", "version"], user="app", timeout=120
+        )
+        assert code == 0, out
+        assert out.strip().splitlines()[-1] == "7.0.0"
+        code, out = await docker_host.exec(
+            info.cid,
+            ["git", "ls-remote", "--exit-code", "https://registry.npmjs.org/"],
+            user="app",
+            timeout=60,
+        )
+        assert "certificate" not in out.lower(), out
+
+
+async def test_limits_and_hardening_are_applied(
+    make_container: ContainerFactory, docker_host: DockerHost, settings: Settings
+) -> None:
+    async with make_container(command=SLEEP) as info:
+        data = await docker_host._docker.containers.get(info.cid)
+        host_config = data._container["HostConfig"]
+        assert host_config["Memory"] == settings.container_memory_mb * 1024 * 1024
+        assert host_config["MemorySwap"] == host_config["Memory"]
+        assert host_config["NanoCpus"] == int(settings.container_cpus * 1e9)
+        assert host_config["PidsLimit"] == settings.container_pids
+        assert host_config["CapDrop"] == ["ALL"]
+        assert sorted(host_config["CapAdd"]) == sorted(CAPABILITIES)
+        assert "no-new-privileges:true" in host_config["SecurityOpt"]
+        assert info.published_host == settings.publish_host
+        assert info.published_port and info.published_port > 0
+        assert info.labels[LABEL_MANAGED] == "1" and info.labels[LABEL_CID] == info.cid
+        mounts = {m["Destination"]: m for m in data._container["Mounts"]}
+        assert mounts["/cache"]["Type"] == "volume"
+        assert mounts["/cache"]["Name"] == settings.cache_volume
+        # The limits hold from inside: app cannot gain privileges, pids are capped.
+        code, out = await docker_host.exec(info.cid, ["cat", "/proc/self/status"], user="app")
+        assert code == 0, out
+        assert re.search(r"NoNewPrivs:\s+1", out), out
+        assert re.search(r"CapEff:\s+0+\n", out), out
+
+
+async def test_listing_finds_our_containers(
+    make_container: ContainerFactory, docker_host: DockerHost
+) -> None:
+    async with make_container(command=SLEEP) as info:
+        listed = {c.cid for c in await docker_host.list_containers()}
+        assert info.cid in listed
+
+
+async def test_cleanup_even_when_the_test_body_fails(
+    make_container: ContainerFactory, docker_host: DockerHost
+) -> None:
+    cid = ""
+    with pytest.raises(RuntimeError, match="boom"):
+        async with make_container(command=SLEEP) as info:
+            cid = info.cid
+            assert await docker_host.inspect(cid) is not None
+            raise RuntimeError("boom")
+    assert cid and await docker_host.inspect(cid) is None
+
+
+async def test_removing_a_missing_container_is_not_an_error(docker_host: DockerHost) -> None:
+    await docker_host.remove("pvt-does-not-exist")
+    assert await docker_host.inspect("pvt-does-not-exist") is None
+
+
+async def test_unreachable_engine_is_one_clear_error(settings: Settings, tmp_path: object) -> None:
+    url = f"unix://{tmp_path}/no-docker.sock"
+    runtime = DockerRuntime(Settings.from_env({}, docker_hosts=(url,)))
+    try:
+        host = runtime.default
+        with pytest.raises(DockerRuntimeError, match="Docker engine not reachable at unix://"):
+            await host.ping()
+        with pytest.raises(DockerRuntimeError, match="not reachable"):
+            await host.list_containers()
+        assert (await runtime.reachable())[host.name] is not None
+    finally:
+        await runtime.close()

@@ -1,0 +1,209 @@
+"""Helpers for tests: free ports, waiting on conditions, real servers in subprocesses."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(check: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:
+    """Poll `check` until it returns something truthy; fail with `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    delay = 0.02
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.5)
+
+
+async def async_wait_until(
+    check: Callable[[], Awaitable[T]], timeout: float = 10.0, what: str = "condition"
+) -> T:
+    deadline = time.monotonic() + timeout
+    delay = 0.02
+    while True:
+        result = await check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(delay)
+        delay = min(delay * 1.5, 0.5)
+
+
+def bridge_ip() -> str | None:
+    """The default Docker bridge's gateway address (how containers reach this host)."""
+    if not shutil.which("docker"):
+        return None
+    out = subprocess.run(
+        [
+            "docker",
+            "network",
+            "inspect",
+            "bridge",
+            "-f",
+            "{{range .IPAM.Config}}{{.Gateway}}{{end}}",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return out.stdout.strip() or None
+
+
+@dataclass
+class RedisServer:
+    port: int
+    password: str
+    process: subprocess.Popen[bytes]
+    workdir: str
+
+    @property
+    def url(self) -> str:
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_redis(bind_bridge: bool = True, port: int | None = None) -> RedisServer:
+    """A real, password-protected redis-server on a free port (and the Docker bridge)."""
+    port = port or free_port()
+    password = secrets.token_hex(16)
+    workdir = tempfile.mkdtemp(prefix="pv-redis-")
+    binds = ["127.0.0.1"]
+    bridge = bridge_ip() if bind_bridge else None
+    if bridge:
+        binds.append(bridge)
+    process = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            " ".join(binds),
+            "--requirepass",
+            password,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            workdir,
+            "--logfile",
+            os.path.join(workdir, "redis.log"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    server = RedisServer(port, password, process, workdir)
+
+    def answers() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"redis-server exited: {Path(workdir, 'redis.log').read_text()}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return True
+        return False
+
+    wait_until(answers, 10, "redis-server to listen")
+    return server
+
+
+@dataclass
+class GatewayProcess:
+    port: int
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int | None = None) -> None:
+        if self.process.poll() is None:
+            if sig is None:
+                self.process.terminate()
+            else:
+                self.process.send_signal(sig)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@contextlib.contextmanager
+def run_gateway(env: Mapping[str, str], port: int | None = None) -> Iterator[GatewayProcess]:
+    """The real gateway on hypercorn (uvloop) in a subprocess, like the Procfile runs it."""
+    port = port or free_port()
+    log_path = Path(tempfile.mkstemp(prefix="pv-gateway-", suffix=".log")[1])
+    full_env = {**os.environ, **env, "PREVIEW_BIND": f"127.0.0.1:{port}"}
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway"],
+            env=full_env,
+            cwd=ROOT,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    gateway = GatewayProcess(port, process, log_path)
+
+    def healthy() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"gateway exited:\n{gateway.log()}")
+        try:
+            return httpx.get(f"{gateway.url}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_until(healthy, 20, "gateway /healthz")
+        yield gateway
+    finally:
+        gateway.stop()
+
+
+def settings_env(**values: Any) -> dict[str, str]:
+    """PREVIEW_* variables for a subprocess from keyword settings."""
+    env = {}
+    for name, value in values.items():
+        if isinstance(value, (tuple, list)):
+            value = ",".join(value)
+        env["PREVIEW_" + name.upper()] = str(value)
+    return env
