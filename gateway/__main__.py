@@ -1,24 +1,58 @@
-"""Run the gateway on hypercorn with uvloop: ``preview-gateway`` / ``python -m gateway``."""
+"""Run the gateway on hypercorn with uvloop: ``preview-gateway`` / ``python -m gateway``.
+
+One process per gateway (scale with replicas). On SIGTERM/SIGINT: close preview
+WebSockets with 1001 (browsers' HMR clients reconnect elsewhere), stop accepting, finish
+in-flight requests within PREVIEW_DRAIN_TIMEOUT, then shut the lifespan down.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import signal
 import sys
 
+import uvloop
+from hypercorn.asyncio import serve
 from hypercorn.config import Config
-from hypercorn.run import run
+
+from shared.settings import Settings
+
+log = logging.getLogger("gateway")
+
+
+def hypercorn_config(settings: Settings) -> Config:
+    config = Config()
+    config.bind = [settings.bind]
+    config.accesslog = None
+    config.graceful_timeout = settings.drain_timeout
+    config.keep_alive_timeout = 75  # longer than browsers' idle keep-alive
+    # Above our own relay limit, so the relay closes oversized messages cleanly (1009).
+    config.websocket_max_message_size = settings.ws_max_message_bytes + 1024 * 1024
+    return config
+
+
+async def serve_gateway() -> None:
+    from gateway.asgi import app, settings
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    async def shutdown_trigger() -> None:
+        await stop.wait()
+        log.info("gateway draining: %d WebSockets to close", len(app.relays))
+        await app.relays.close_all(settings.drain_timeout)
+
+    config = hypercorn_config(settings)
+    await serve(app, config, shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type]
+    log.info("gateway stopped")
 
 
 def main() -> int:
-    from shared.settings import Settings
-
-    settings = Settings.from_env()
-    config = Config()
-    config.application_path = "gateway.asgi:app"
-    config.bind = [settings.bind]
-    config.worker_class = "uvloop"
-    config.accesslog = None
-    config.graceful_timeout = 10
-    return run(config)
+    uvloop.run(serve_gateway())
+    return 0
 
 
 if __name__ == "__main__":

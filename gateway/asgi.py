@@ -1,11 +1,18 @@
-"""ASGI entry for servers: ``hypercorn gateway.asgi:app`` (settings from the environment)."""
+"""ASGI entry for servers: ``hypercorn gateway.asgi:app`` (settings from the environment).
+
+Preview hosts (``{id}.{PREVIEW_DOMAIN}``) go to the proxy, everything else to the API.
+"""
 
 from __future__ import annotations
 
+from gateway import hypercorn_compat
 from gateway.app import create_app
 from gateway.logs import configure_logging
+from gateway.preview_host import PreviewRouter
+from gateway.preview_tokens import token_checker
 from shared.settings import Settings
 
+hypercorn_compat.install()
 settings = Settings.from_env()
 configure_logging(settings)
-app = create_app(settings)
+app = PreviewRouter(create_app(settings), settings, token_checker(settings, None))

@@ -103,6 +103,7 @@ def activity(sid: str) -> str:
     return f"{PREFIX}s:{sid}:active"
 
 
+ROUTE_CHANGES = f"{PREFIX}route-changes"  # pub/sub channel: a session id whose route changed
 LEADER = f"{PREFIX}leader"  # controller leader lease (value: controller id)
 RATE_LIMIT_PREFIX = f"{PREFIX}rl"  # slowapi/limits storage prefix
 RECORDS = f"{PREFIX}records"  # stream of preview start/stop records
@@ -117,3 +118,16 @@ EVENTS_MAXLEN = 2000
 HEARTBEAT_HISTORY_LEN = 720  # an hour of 5 s samples
 LOGS_TTL = 3600
 SESSION_LOCK_TTL = 30
+
+# --- preview API (gateway) ----------------------------------------------------------------
+
+
+def user_slot_freed(user: str) -> str:
+    """Pub/sub channel: one of this user's slots was freed (wakes `?wait=` starts)."""
+    return f"{PREFIX}u:{user}:freed"
+
+
+TRACKER_LOCK = f"{PREFIX}tracker"  # one gateway per tick folds events and renews leases
+TRACKER_LOCK_TTL_MS = 1500
+USER_PROJECT_TTL = 86400  # a hot-start pointer outlives no session by more than this
+STOPPED_SESSION_TTL = 600  # a stopped session's record, until its container is released

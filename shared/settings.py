@@ -98,6 +98,28 @@ class Settings:
     max_upload_bytes: int = _setting(
         50 * 1024 * 1024, "Largest upload (archive or single file), bytes.", int
     )
+    # --- preview traffic ----------------------------------------------------------------
+    signing_secret: str = _setting(
+        "dev-signing-secret-change-me",
+        "HMAC key for preview cookies (and preview tokens); the same on every replica.",
+    )
+    cookie_ttl: int = _setting(12 * 3600, "Lifetime of a preview's auth cookie, seconds.", int)
+    hold_timeout: float = _setting(
+        60.0, "How long a request to a starting preview is held before 503, seconds.", float
+    )
+    ws_max_message_bytes: int = _setting(
+        16 * 1024 * 1024, "Largest WebSocket message relayed, bytes.", int
+    )
+    ws_max_per_client: int = _setting(64, "Open preview WebSockets per client address.", int)
+    ws_idle_timeout: float = _setting(
+        600.0, "Close a preview WebSocket after this long without a message, seconds.", float
+    )
+    ws_max_lifetime: float = _setting(
+        8 * 3600.0, "Close a preview WebSocket after this long in any case, seconds.", float
+    )
+    drain_timeout: float = _setting(
+        10.0, "On SIGTERM: time to finish requests and close WebSockets with 1001, s.", float
+    )
     # --- docker -------------------------------------------------------------------------
     docker_hosts: tuple[str, ...] = _setting(
         ("unix:///var/run/docker.sock",),
@@ -135,6 +157,10 @@ class Settings:
     log_level: str = _setting("INFO", "Log level.")
     state_dir: str = _setting(".state", "Local state (spool files, dev Redis data).")
     debug: bool = _setting(False, "Starlette debug mode (never in production).", _bool)
+    # --- preview API (gateway control plane) -------------------------------------------
+    max_unpacked_bytes: int = _setting(
+        512 * 1024 * 1024, "Largest unpacked size of an uploaded archive, bytes.", int
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

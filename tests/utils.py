@@ -97,6 +97,7 @@ class RedisServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def start_redis(bind_bridge: bool = True, port: int | None = None) -> RedisServer:
@@ -197,6 +198,7 @@ def run_gateway(env: Mapping[str, str], port: int | None = None) -> Iterator[Gat
         yield gateway
     finally:
         gateway.stop()
+        log_path.unlink(missing_ok=True)
 
 
 def settings_env(**values: Any) -> dict[str, str]:

@@ -1,0 +1,335 @@
+"""Host-based routing: ``{id}.{PREVIEW_DOMAIN}`` is that preview, anything else the API.
+
+For a preview host: find its route (cached), authenticate (the `preview_token` query
+parameter once, then a per-host cookie), then proxy HTTP or WebSocket to the dev server.
+While the preview is still starting, a browser navigation gets a self-refreshing page and
+other requests wait (one Redis poller per preview, however many requests wait on it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from urllib.parse import parse_qsl, urlencode
+
+from redis.exceptions import RedisError
+from starlette.applications import Starlette
+from starlette.datastructures import State
+
+from gateway.asgi_types import Receive, Scope, Send, header
+from gateway.pages import error_page, send_body
+from gateway.proxy_http import proxy_http, wants_html
+from gateway.proxy_ws import RelayRegistry, WsLimits, proxy_ws
+from gateway.routes import Route, RouteCache
+from gateway.signed import sign, verify
+from gateway.starting import starting_page, status_json
+from gateway.upstream import UpstreamPool
+from shared import keys
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+COOKIE_PURPOSE = "cookie"
+ACTIVITY_EVERY = 5.0  # seconds between activity writes per preview
+STARTING = frozenset({"assigned", "preparing", "starting"})
+STATUS_PATH = "/__preview/status"
+
+# token → user id for the preview `sid`, or None (preview token or the user's own JWT).
+TokenCheck = Callable[[str, str], Awaitable[str | None]]
+
+
+def cookie_name(sid: str) -> str:
+    return f"pv_{sid}"
+
+
+class PreviewRouter:
+    """The ASGI entry point: wraps the API app and serves preview hosts itself."""
+
+    def __init__(self, api: Starlette, settings: Settings, check_token: TokenCheck) -> None:
+        self.api = api
+        self.settings = settings
+        self.check_token = check_token
+        self.suffix = "." + settings.domain.lower()
+        self.pool = UpstreamPool()
+        self.relays = RelayRegistry()
+        self.limits = WsLimits(
+            settings.ws_max_message_bytes, settings.ws_idle_timeout, settings.ws_max_lifetime
+        )
+        self.routes: RouteCache | None = None
+        self._waits: dict[str, asyncio.Task[Route | None]] = {}
+        self._activity: dict[str, float] = {}
+        self._ws_per_client: dict[str, int] = {}
+        self._background: set[asyncio.Task[object]] = set()
+
+    # --- dispatch -----------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.api(scope, self._lifespan_receive(receive), send)
+            return
+        sid = self.preview_id(scope)
+        if sid is None:
+            await self.api(scope, receive, send)
+            return
+        if self.routes is None:
+            self.routes = RouteCache(self.state.redis)
+            self.routes.start()
+        await self.serve(sid, scope, receive, send)
+
+    @property
+    def state(self) -> State:
+        return self.api.state
+
+    def preview_id(self, scope: Scope) -> str | None:
+        raw = header(scope, b"host")
+        if raw is None:
+            return None
+        host = raw.decode("latin-1").lower().rsplit(":", 1)[0]
+        if host.endswith(self.suffix):
+            label = host[: -len(self.suffix)]
+            if label and "." not in label:
+                return label
+        return None
+
+    def _lifespan_receive(self, receive: Receive) -> Receive:
+        async def wrapped() -> dict[str, object]:
+            message = await receive()
+            if message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+            return dict(message)
+
+        return wrapped
+
+    async def shutdown(self) -> None:
+        """Close WebSockets with 1001 within the drain deadline, then upstream sockets."""
+        await self.relays.close_all(self.settings.drain_timeout)
+        if self.routes is not None:
+            await self.routes.stop()
+        self.pool.close()
+
+    # --- one preview request ------------------------------------------------------------
+
+    async def serve(self, sid: str, scope: Scope, receive: Receive, send: Send) -> None:
+        is_ws = scope["type"] == "websocket"
+        html = not is_ws and wants_html(scope)
+        assert self.routes is not None
+        try:
+            route = await self.routes.get(sid)
+        except (RedisError, OSError):
+            await self.refuse(scope, send, 503, "unavailable", "state store unreachable", html)
+            return
+        if route is None:
+            await self.refuse(scope, send, 404, "not_found", "no such preview", html)
+            return
+        token = self.query_token(scope)
+        if token is not None and not is_ws:
+            await self.login(sid, route, token, scope, send, html)
+            return
+        user = self.cookie_user(sid, scope)
+        if user is None or user != route.user:
+            await self.refuse(
+                scope,
+                send,
+                401,
+                "unauthorized",
+                "open this preview from its link (the token is missing or expired)",
+                html,
+            )
+            return
+        if is_ws and not self.origin_ok(scope):
+            await self.refuse(scope, send, 403, "forbidden", "cross-origin WebSocket", False)
+            return
+        if scope["path"] == STATUS_PATH and not is_ws:
+            await status_json(self.state.redis, route, send)
+            return
+        if route.state in STARTING:
+            if html and scope["method"] == "GET":
+                await starting_page(send, route)
+                return
+            route = await self.wait_ready(sid)
+            if route is None or route.state != "ready":
+                detail = route.error if route and route.error else "the preview is not ready"
+                await self.refuse(scope, send, 503, "not_ready", detail, html)
+                return
+        if route.state != "ready" or not route.address:
+            detail = route.error or f"the preview is {route.state}"
+            await self.refuse(scope, send, 503, "not_ready", detail, html)
+            return
+        self.touch(sid)
+        host = self.public_host(scope)
+        if is_ws:
+            await self.websocket(sid, route, scope, receive, send, host)
+        else:
+            await proxy_http(
+                scope,
+                receive,
+                send,
+                self.pool,
+                route.address,
+                host.encode(),
+                cookie_name(sid).encode(),
+            )
+
+    async def websocket(
+        self, sid: str, route: Route, scope: Scope, receive: Receive, send: Send, host: str
+    ) -> None:
+        client = (scope.get("client") or ("?", 0))[0]
+        if self._ws_per_client.get(client, 0) >= self.settings.ws_max_per_client:
+            await send({"type": "websocket.close", "code": 1008, "reason": "too many WebSockets"})
+            return
+        self._ws_per_client[client] = self._ws_per_client.get(client, 0) + 1
+        try:
+            await proxy_ws(
+                scope,
+                receive,
+                send,
+                route.address,
+                host,
+                cookie_name(sid).encode(),
+                self.limits,
+                self.relays,
+                on_activity=lambda: self.touch(sid),
+            )
+        finally:
+            left = self._ws_per_client[client] - 1
+            if left:
+                self._ws_per_client[client] = left
+            else:
+                del self._ws_per_client[client]
+
+    # --- auth ---------------------------------------------------------------------------
+
+    @staticmethod
+    def query_token(scope: Scope) -> str | None:
+        query: bytes = scope.get("query_string", b"")
+        if b"preview_token=" not in query:
+            return None
+        for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+            if name == "preview_token":
+                return value
+        return None
+
+    async def login(
+        self, sid: str, route: Route, token: str, scope: Scope, send: Send, html: bool
+    ) -> None:
+        """Trade the URL's token for a cookie on this host, and drop the token from the URL."""
+        user = await self.check_token(token, sid)
+        if user is None or user != route.user:
+            log.info(
+                "preview login refused sid=%s client=%s", sid, (scope.get("client") or ("?",))[0]
+            )
+            await self.refuse(
+                scope,
+                send,
+                401,
+                "invalid_token",
+                "the preview link has expired or is not yours: open it again",
+                html,
+            )
+            return
+        value = sign(
+            self.settings.signing_secret, COOKIE_PURPOSE, sid, user, self.settings.cookie_ttl
+        )
+        secure = self.settings.preview_scheme == "https" or scope.get("scheme") == "https"
+        cookie = (
+            f"{cookie_name(sid)}={value}; Path=/; Max-Age={self.settings.cookie_ttl}; "
+            "HttpOnly; SameSite=None; Partitioned"
+        )
+        if secure:
+            cookie += "; Secure"
+        query = [
+            (k, v)
+            for k, v in parse_qsl(
+                scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True
+            )
+            if k != "preview_token"
+        ]
+        location = scope.get("raw_path", b"").decode("latin-1") or scope["path"]
+        if query:
+            location += "?" + urlencode(query)
+        await send_body(
+            send,
+            302,
+            b"",
+            b"text/plain",
+            [(b"location", location.encode()), (b"set-cookie", cookie.encode())],
+        )
+
+    def cookie_user(self, sid: str, scope: Scope) -> str | None:
+        prefix = cookie_name(sid) + "="
+        for name, value in scope["headers"]:
+            if name != b"cookie":
+                continue
+            assert isinstance(value, bytes)
+            for part in value.decode("latin-1").split(";"):
+                part = part.strip()
+                if part.startswith(prefix):
+                    return verify(
+                        self.settings.signing_secret, COOKIE_PURPOSE, sid, part[len(prefix) :]
+                    )
+        return None
+
+    def origin_ok(self, scope: Scope) -> bool:
+        """A preview's WebSockets come from its own pages (the HMR client), nowhere else."""
+        raw = header(scope, b"origin")
+        if raw is None:
+            return True  # non-browser clients send no Origin; the cookie still had to match
+        origin = raw.decode("latin-1").lower().split("://", 1)[-1]
+        return origin == self.public_host(scope).lower()
+
+    def public_host(self, scope: Scope) -> str:
+        return (header(scope, b"host") or b"").decode("latin-1")
+
+    async def refuse(
+        self, scope: Scope, send: Send, status: int, error: str, detail: str, html: bool
+    ) -> None:
+        if scope["type"] == "websocket":
+            await send(
+                {
+                    "type": "websocket.close",
+                    "code": 1008 if status < 500 else 1011,
+                    "reason": detail[:120],
+                }
+            )
+            return
+        await error_page(scope, send, status, error, detail, html)
+
+    # --- readiness and activity -------------------------------------------------------------
+
+    async def wait_ready(self, sid: str) -> Route | None:
+        task = self._waits.get(sid)
+        if task is None:
+            task = asyncio.create_task(self._poll_ready(sid), name=f"wait ready {sid}")
+            self._waits[sid] = task
+            task.add_done_callback(lambda _: self._waits.pop(sid, None))
+        return await asyncio.shield(task)
+
+    async def _poll_ready(self, sid: str) -> Route | None:
+        assert self.routes is not None
+        deadline = time.monotonic() + self.settings.hold_timeout
+        delay = 0.1
+        while True:
+            self.routes.invalidate(sid)
+            route = await self.routes.get(sid)
+            if route is None or route.state not in STARTING or time.monotonic() > deadline:
+                return route
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 1.0)
+
+    def touch(self, sid: str) -> None:
+        """Mark the preview used (for idle reaping), at most once per ACTIVITY_EVERY."""
+        now = time.monotonic()
+        if now - self._activity.get(sid, 0.0) < ACTIVITY_EVERY:
+            return
+        self._activity[sid] = now
+        task = asyncio.create_task(self._write_activity(sid))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _write_activity(self, sid: str) -> None:
+        try:
+            await self.state.redis.set(keys.activity(sid), repr(time.time()), ex=86400)
+        except (RedisError, OSError) as exc:
+            log.debug("activity not recorded sid=%s: %s", sid, exc)

@@ -1,0 +1,187 @@
+"""HTTP reverse proxy to one preview's dev server, as a raw ASGI handler.
+
+Streams both ways, strips hop-by-hop headers (and the ones `Connection` names), sets
+X-Forwarded-*, removes our auth cookie and never decompresses. Upstream refusals are retried
+briefly (a dev server that has just become ready may still be binding), then 502; upstream
+silence is 504. Browsers get a small HTML page, API clients JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+from gateway.asgi_types import Receive, Scope, Send, header
+from gateway.pages import error_page
+from gateway.upstream import (
+    UpstreamError,
+    UpstreamPool,
+    UpstreamRefused,
+    UpstreamResponse,
+    UpstreamTimeout,
+    serialize_head,
+)
+
+log = logging.getLogger(__name__)
+
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"transfer-encoding",
+        b"te",
+        b"trailer",
+        b"upgrade",
+        b"proxy-authorization",
+        b"proxy-authenticate",
+    }
+)
+# Replaced by us (Host, X-Forwarded-*) or never passed on (Expect: we do not relay 100s).
+_REQUEST_DROP = HOP_BY_HOP | {
+    b"host",
+    b"expect",
+    b"x-forwarded-for",
+    b"x-forwarded-proto",
+    b"x-forwarded-host",
+    b"forwarded",
+}
+REFUSED_RETRIES = (0.1, 0.25, 0.5)
+
+
+def _connection_tokens(headers: list[tuple[bytes, bytes]]) -> set[bytes]:
+    tokens: set[bytes] = set()
+    for name, value in headers:
+        if name == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b","))
+    return tokens
+
+
+def upstream_headers(
+    scope: Scope, public_host: bytes, cookie_filter: bytes | None
+) -> tuple[list[tuple[bytes, bytes]], bool, bool]:
+    """Headers for the upstream request; (headers, has_body, chunked)."""
+    raw: list[tuple[bytes, bytes]] = scope["headers"]
+    named = _connection_tokens(raw)
+    out: list[tuple[bytes, bytes]] = [(b"host", public_host)]
+    has_length = chunked = False
+    for name, value in raw:
+        if name in _REQUEST_DROP or name in named:
+            if name == b"transfer-encoding":
+                chunked = True
+            continue
+        if name == b"content-length":
+            has_length = value != b"0"
+        elif name == b"cookie" and cookie_filter is not None:
+            value = strip_cookie(value, cookie_filter)
+            if not value:
+                continue
+        out.append((name, value))
+    client = scope.get("client")
+    if client:
+        out.append((b"x-forwarded-for", client[0].encode()))
+    out.append((b"x-forwarded-proto", b"https" if scope.get("scheme") == "https" else b"http"))
+    out.append((b"x-forwarded-host", public_host))
+    if chunked and not has_length:
+        out.append((b"transfer-encoding", b"chunked"))
+    return out, has_length or chunked, chunked and not has_length
+
+
+def strip_cookie(header: bytes, name: bytes) -> bytes:
+    """The Cookie header without our auth cookie (it must never reach the dev server)."""
+    prefix = name + b"="
+    kept = [p for p in (c.strip() for c in header.split(b";")) if p and not p.startswith(prefix)]
+    return b"; ".join(kept)
+
+
+def response_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    named = _connection_tokens(headers)
+    return [
+        (name.lower(), value)
+        for name, value in headers
+        if name.lower() not in HOP_BY_HOP and name.lower() not in named
+    ]
+
+
+def target(scope: Scope) -> bytes:
+    path: bytes = scope.get("raw_path") or scope["path"].encode()
+    query: bytes = scope.get("query_string", b"")
+    return path + b"?" + query if query else path
+
+
+async def request_body(receive: Receive) -> AsyncIterator[bytes]:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise UpstreamError("client went away while sending the body")
+        chunk: bytes = message.get("body", b"")
+        if chunk:
+            yield chunk
+        if not message.get("more_body", False):
+            return
+
+
+def wants_html(scope: Scope) -> bool:
+    return b"text/html" in (header(scope, b"accept") or b"")
+
+
+async def proxy_http(
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    pool: UpstreamPool,
+    address: str,
+    public_host: bytes,
+    cookie_name: bytes | None = None,
+) -> int:
+    """Relay one request to `address`; returns the status sent to the client."""
+    headers, has_body, chunked = upstream_headers(scope, public_host, cookie_name)
+    method: bytes = scope["method"].encode()
+    head = serialize_head(method, target(scope), headers)
+    body = request_body(receive) if has_body else None
+    try:
+        response = await _send_with_retry(pool, address, head, body, chunked, method == b"HEAD")
+    except UpstreamTimeout as exc:
+        return await error_page(scope, send, 504, "upstream_timeout", str(exc), wants_html(scope))
+    except UpstreamRefused as exc:
+        return await error_page(scope, send, 502, "upstream_refused", str(exc), wants_html(scope))
+    except UpstreamError as exc:
+        return await error_page(scope, send, 502, "upstream_error", str(exc), wants_html(scope))
+    try:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": response.status,
+                "headers": response_headers(response.headers),
+            }
+        )
+        try:
+            async for chunk in response.body():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except UpstreamError as exc:
+            # Headers are out; all we can do is end the response early.
+            log.info("upstream broke mid-response address=%s: %s", address, exc)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    finally:
+        response.release()
+    return response.status
+
+
+async def _send_with_retry(
+    pool: UpstreamPool,
+    address: str,
+    head: bytes,
+    body: AsyncIterator[bytes] | None,
+    chunked: bool,
+    head_only: bool,
+) -> UpstreamResponse:
+    for delay in (*REFUSED_RETRIES, None):
+        try:
+            return await pool.request(address, head, body, chunked, head_only)
+        except UpstreamRefused:
+            # Refused happens at connect, before any body byte is read: safe to retry.
+            if delay is None:
+                raise
+            await asyncio.sleep(delay)
+    raise AssertionError("unreachable")

@@ -1,0 +1,236 @@
+"""WebSocket relay between a browser (ASGI) and a preview's dev server (HMR).
+
+Accepts with the upstream's chosen subprotocol, then two named relay tasks; the first to
+finish ends both. Close codes and reasons cross in both directions; an error is 1011.
+Queues are bounded on both sides (hypercorn's app queue, websockets' max_queue), so a
+slow browser stalls its upstream instead of growing memory. Message size, idle time and
+lifetime are limited; on shutdown every relay closes with 1001 so the HMR client
+reconnects (to another replica).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.typing import Subprotocol
+
+from gateway.asgi_types import Receive, Scope, Send
+from gateway.proxy_http import strip_cookie, target
+
+log = logging.getLogger(__name__)
+
+# Headers the browser sent that the dev server may care about; the rest are the
+# handshake's own (recomputed by our client) or hop-by-hop.
+_PASS = frozenset({b"origin", b"cookie", b"user-agent", b"accept-language", b"authorization"})
+GOING_AWAY = 1001
+INTERNAL_ERROR = 1011
+TOO_BIG = 1009
+POLICY = 1008
+_UNSENDABLE = {1005, 1006, 1015}  # reserved codes that must not appear in a close frame
+
+
+@dataclass(frozen=True)
+class WsLimits:
+    max_message_bytes: int = 16 * 1024 * 1024
+    idle_timeout: float = 600.0
+    max_lifetime: float = 8 * 3600.0
+
+
+class RelayRegistry:
+    """Open relays, so shutdown can close them all with 1001 within a deadline."""
+
+    def __init__(self) -> None:
+        self.open: set[asyncio.Task[Any]] = set()
+        self.closing = False
+
+    def __len__(self) -> int:
+        return len(self.open)
+
+    async def close_all(self, deadline: float) -> None:
+        self.closing = True
+        for task in list(self.open):
+            task.cancel(GOING_AWAY)
+        if self.open:
+            await asyncio.wait(list(self.open), timeout=deadline)
+
+
+async def proxy_ws(
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    address: str,
+    public_host: str,
+    cookie_name: bytes | None,
+    limits: WsLimits,
+    registry: RelayRegistry,
+    on_activity: Callable[[], None] | None = None,
+) -> None:
+    """Relay one WebSocket until either side closes."""
+    message = await receive()
+    if message["type"] != "websocket.connect":
+        return
+    headers: list[tuple[str, str]] = []
+    for name, value in scope["headers"]:
+        if name in _PASS:
+            if name == b"cookie" and cookie_name is not None:
+                value = strip_cookie(value, cookie_name)
+                if not value:
+                    continue
+            headers.append((name.decode("latin-1"), value.decode("latin-1")))
+    client = scope.get("client")
+    if client:
+        headers.append(("X-Forwarded-For", client[0]))
+    headers.append(("X-Forwarded-Host", public_host))
+    host, _, port = address.rpartition(":")
+    uri = f"ws://{public_host}{target(scope).decode('latin-1')}"
+    subprotocols = [Subprotocol(p) for p in scope.get("subprotocols", [])]
+    try:
+        upstream = await connect(
+            uri,
+            host=host,
+            port=int(port),
+            subprotocols=subprotocols or None,
+            additional_headers=headers,
+            user_agent_header=None,
+            origin=None,
+            compression=None,
+            proxy=None,
+            open_timeout=10,
+            ping_interval=20,
+            ping_timeout=20,
+            max_size=limits.max_message_bytes,
+            max_queue=16,
+        )
+    except (InvalidStatus, InvalidHandshake, OSError, TimeoutError) as exc:
+        status = exc.response.status_code if isinstance(exc, InvalidStatus) else 502
+        log.info("websocket upstream refused address=%s status=%s", address, status)
+        await send(
+            {
+                "type": "websocket.close",
+                "code": INTERNAL_ERROR,
+                "reason": "dev server refused the WebSocket",
+            }
+        )
+        return
+    await send({"type": "websocket.accept", "subprotocol": upstream.subprotocol})
+    task = asyncio.current_task()
+    assert task is not None
+    registry.open.add(task)
+    try:
+        await _relay(receive, send, upstream, limits, on_activity)
+    except asyncio.CancelledError:
+        # Shutdown (or the client vanished): tell both sides we are going away.
+        with contextlib.suppress(Exception):
+            await send(
+                {"type": "websocket.close", "code": GOING_AWAY, "reason": "gateway restarting"}
+            )
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(upstream.close(GOING_AWAY), 2)
+        if not registry.closing:
+            raise
+    finally:
+        registry.open.discard(task)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(upstream.close(), 2)
+
+
+async def _relay(
+    receive: Receive,
+    send: Send,
+    upstream: ClientConnection,
+    limits: WsLimits,
+    on_activity: Callable[[], None] | None,
+) -> None:
+    last_seen = time.monotonic()
+    closed_by: dict[str, tuple[int, str]] = {}
+
+    def touch() -> None:
+        nonlocal last_seen
+        last_seen = time.monotonic()
+        if on_activity is not None:
+            on_activity()
+
+    async def browser_to_upstream() -> None:
+        while True:
+            message = await receive()
+            kind = message["type"]
+            if kind == "websocket.disconnect":
+                closed_by["browser"] = (
+                    int(message.get("code", 1000)),
+                    str(message.get("reason") or ""),
+                )
+                return
+            if kind != "websocket.receive":
+                continue
+            data = message.get("text")
+            if data is None:
+                data = message.get("bytes") or b""
+            if len(data) > limits.max_message_bytes:
+                closed_by["limit"] = (TOO_BIG, "message too big")
+                return
+            touch()
+            await upstream.send(data)
+
+    async def upstream_to_browser() -> None:
+        try:
+            async for data in upstream:
+                touch()
+                if isinstance(data, str):
+                    await send({"type": "websocket.send", "text": data})
+                else:
+                    await send({"type": "websocket.send", "bytes": data})
+        except ConnectionClosed:
+            pass
+        rcvd = upstream.protocol.close_rcvd
+        closed_by["upstream"] = (rcvd.code, rcvd.reason) if rcvd else (INTERNAL_ERROR, "")
+
+    async def watchdog() -> None:
+        started = time.monotonic()
+        while True:
+            await asyncio.sleep(min(limits.idle_timeout, 5.0))
+            now = time.monotonic()
+            if now - last_seen > limits.idle_timeout:
+                closed_by["limit"] = (GOING_AWAY, "idle timeout")
+                return
+            if now - started > limits.max_lifetime:
+                closed_by["limit"] = (GOING_AWAY, "maximum lifetime reached")
+                return
+
+    tasks = [
+        asyncio.create_task(browser_to_upstream(), name="ws browser->upstream"),
+        asyncio.create_task(upstream_to_browser(), name="ws upstream->browser"),
+        asyncio.create_task(watchdog(), name="ws watchdog"),
+    ]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    error = next((t.exception() for t in done if not t.cancelled() and t.exception()), None)
+    if error is not None and not isinstance(error, ConnectionClosed):
+        log.warning("websocket relay failed: %r", error)
+        closed_by.setdefault("error", (INTERNAL_ERROR, "relay error"))
+    if "browser" in closed_by:
+        code, reason = closed_by["browser"]
+        await upstream.close(code if code not in _UNSENDABLE else 1000, reason)
+        return
+    code, reason = (
+        closed_by.get("upstream")
+        or closed_by.get("limit")
+        or closed_by.get("error", (INTERNAL_ERROR, ""))
+    )
+    if code in _UNSENDABLE:
+        code = INTERNAL_ERROR if code == 1006 else 1000
+    with contextlib.suppress(Exception):
+        await send({"type": "websocket.close", "code": code, "reason": reason})
+    with contextlib.suppress(Exception):
+        await upstream.close(code if "limit" in closed_by else 1000, reason)

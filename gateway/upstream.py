@@ -1,0 +1,293 @@
+"""A lean HTTP/1.1 client for proxying to dev servers: keep-alive pool, streaming both ways.
+
+General-purpose clients (httpx, aiohttp) cost more per request than hypercorn itself on
+this path (see ../shared/anchors). This one does only what a reverse proxy needs: write the
+request head as bytes, stream the body, parse the response with httptools (llhttp, in C),
+hand body chunks over a small bounded queue (reading pauses when it is full), and put the
+connection back in the pool when the response ended cleanly. No cookies, no redirects, no
+decompression.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import AsyncIterator, Iterable
+from typing import cast
+
+import httptools
+
+
+class UpstreamError(Exception):
+    """The upstream could not be reached or broke the exchange."""
+
+
+class UpstreamRefused(UpstreamError):
+    """Connecting was refused (nothing listens): usually a dev server that is down."""
+
+
+class UpstreamTimeout(UpstreamError):
+    """The upstream did not answer in time."""
+
+
+_QUEUE_HIGH = 16  # body chunks buffered before reading from the upstream pauses
+_EOF = b""
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self, pool_key: str) -> None:
+        self.pool_key = pool_key
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.closed = False
+        self._reusable = False
+        self._head: asyncio.Future[tuple[int, list[tuple[bytes, bytes]]]] | None = None
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._body: collections.deque[bytes] = collections.deque()
+        self._body_ready = asyncio.Event()
+        self._done = False
+        self._error: Exception | None = None
+        self._paused = False
+        self._drain: asyncio.Future[None] | None = None
+        self._can_write = True
+
+    # --- asyncio.Protocol ---------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            pass
+        except httptools.HttpParserError as exc:
+            self._fail(UpstreamError(f"bad response from upstream: {exc}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if not self._done:
+            self._fail(UpstreamError("upstream closed the connection mid-response"))
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_exception(UpstreamError("upstream closed while we wrote"))
+
+    def pause_writing(self) -> None:
+        self._can_write = False
+
+    def resume_writing(self) -> None:
+        self._can_write = True
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+
+    # --- httptools callbacks ------------------------------------------------------------
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        if self._head is not None and not self._head.done():
+            self._head.set_result((self.parser.get_status_code(), self._headers))
+
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+        self._body_ready.set()
+        if len(self._body) >= _QUEUE_HIGH and not self._paused and self.transport:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def on_message_complete(self) -> None:
+        self._done = True
+        self._reusable = self.parser.should_keep_alive()
+        self._body_ready.set()
+
+    # --- used by the pool ---------------------------------------------------------------
+    def _fail(self, exc: Exception) -> None:
+        self._error = exc
+        if self._head is not None and not self._head.done():
+            self._head.set_exception(exc)
+        self._body_ready.set()
+        self._reusable = False
+
+    def start(self) -> asyncio.Future[tuple[int, list[tuple[bytes, bytes]]]]:
+        self.parser = httptools.HttpResponseParser(self)
+        self._headers = []
+        self._body.clear()
+        self._body_ready.clear()
+        self._done = False
+        self._error = None
+        self._reusable = False
+        self._head = asyncio.get_running_loop().create_future()
+        return self._head
+
+    async def write(self, data: bytes) -> None:
+        assert self.transport is not None
+        if self.closed:
+            raise UpstreamError("upstream closed the connection")
+        self.transport.write(data)
+        if not self._can_write:
+            self._drain = asyncio.get_running_loop().create_future()
+            await self._drain
+
+    async def body(self) -> AsyncIterator[bytes]:
+        while True:
+            while self._body:
+                chunk = self._body.popleft()
+                if self._paused and len(self._body) < _QUEUE_HIGH // 2 and self.transport:
+                    self._paused = False
+                    self.transport.resume_reading()
+                yield chunk
+            if self._error is not None:
+                raise self._error
+            if self._done:
+                return
+            self._body_ready.clear()
+            await self._body_ready.wait()
+
+    @property
+    def reusable(self) -> bool:
+        return self._done and self._reusable and not self.closed and not self._paused
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+class UpstreamResponse:
+    """Status, headers and a body to iterate once; `release()` must always follow."""
+
+    def __init__(
+        self,
+        pool: UpstreamPool,
+        conn: _Connection,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        head_only: bool,
+    ) -> None:
+        self._pool = pool
+        self._conn = conn
+        self.status = status
+        self.headers = headers
+        self._head_only = head_only
+        self._released = False
+
+    async def body(self) -> AsyncIterator[bytes]:
+        if self._head_only or self.status in (204, 304) or 100 <= self.status < 200:
+            return
+        async for chunk in self._conn.body():
+            yield chunk
+
+    def release(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        if self._head_only or not self._conn.reusable:
+            self._conn.close()
+        else:
+            self._pool._put(self._conn)
+
+
+class UpstreamPool:
+    """Idle keep-alive connections per upstream address ("host:port")."""
+
+    def __init__(
+        self, max_idle_per_host: int = 64, connect_timeout: float = 5.0, head_timeout: float = 60.0
+    ) -> None:
+        self.max_idle = max_idle_per_host
+        self.connect_timeout = connect_timeout
+        self.head_timeout = head_timeout
+        self._idle: dict[str, list[_Connection]] = {}
+
+    async def _connect(self, address: str) -> _Connection:
+        host, _, port = address.rpartition(":")
+        loop = asyncio.get_running_loop()
+        try:
+            transport, conn = await asyncio.wait_for(
+                loop.create_connection(lambda: _Connection(address), host, int(port)),
+                self.connect_timeout,
+            )
+        except ConnectionRefusedError as exc:
+            raise UpstreamRefused(f"connection refused by {address}") from exc
+        except TimeoutError as exc:
+            raise UpstreamTimeout(f"connecting to {address} timed out") from exc
+        except OSError as exc:
+            raise UpstreamError(f"cannot connect to {address}: {exc.strerror or exc}") from exc
+        conn.transport = transport
+        return conn
+
+    def _get_idle(self, address: str) -> _Connection | None:
+        idle = self._idle.get(address)
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                return conn
+        return None
+
+    def _put(self, conn: _Connection) -> None:
+        idle = self._idle.setdefault(conn.pool_key, [])
+        if len(idle) < self.max_idle:
+            idle.append(conn)
+        else:
+            conn.close()
+
+    def drop(self, address: str) -> None:
+        """Close idle connections to an address (its container went away)."""
+        for conn in self._idle.pop(address, []):
+            conn.close()
+
+    async def request(
+        self,
+        address: str,
+        head: bytes,
+        body: AsyncIterator[bytes] | None,
+        chunked: bool,
+        head_only: bool = False,
+    ) -> UpstreamResponse:
+        """Send a request (head already serialised) and wait for the response head.
+
+        A reused connection that turns out closed before any response byte is retried once
+        on a fresh connection, but only for requests without a body (they are replayable).
+        """
+        conn = self._get_idle(address)
+        reused = conn is not None
+        for attempt in (0, 1):
+            if conn is None:
+                conn = await self._connect(address)
+            head_future = conn.start()
+            try:
+                await conn.write(head)
+                if body is not None:
+                    async for chunk in body:
+                        if chunk:
+                            await conn.write(
+                                b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk
+                            )
+                    if chunked:
+                        await conn.write(b"0\r\n\r\n")
+                status, headers = await asyncio.wait_for(head_future, self.head_timeout)
+            except TimeoutError:
+                conn.close()
+                raise UpstreamTimeout(
+                    f"{address} sent no response in {self.head_timeout:.0f}s"
+                ) from None
+            except UpstreamError:
+                conn.close()
+                if reused and attempt == 0 and body is None:
+                    conn, reused = None, False
+                    continue
+                raise
+            return UpstreamResponse(self, conn, status, headers, head_only)
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        for idle in self._idle.values():
+            for conn in idle:
+                conn.close()
+        self._idle.clear()
+
+
+def serialize_head(method: bytes, target: bytes, headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+    parts = [method, b" ", target, b" HTTP/1.1\r\n"]
+    for name, value in headers:
+        parts += (name, b": ", value, b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)

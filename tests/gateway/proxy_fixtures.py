@@ -1,0 +1,148 @@
+"""A real gateway in front of a real Node upstream, with preview sessions written to Redis
+as the API writes them."""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import redis as redis_sync
+
+from gateway.preview_tokens import open_token
+from shared import keys
+from shared.settings import Settings
+from tests.utils import (
+    ROOT,
+    GatewayProcess,
+    RedisServer,
+    free_port,
+    run_gateway,
+    settings_env,
+    wait_until,
+)
+
+SECRET = "test-signing-secret"
+
+
+@dataclass
+class Upstream:
+    port: int
+    process: subprocess.Popen[bytes]
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+def start_upstream(port: int | None = None) -> Upstream:
+    port = port or free_port()
+    process = subprocess.Popen(
+        ["node", str(ROOT / "tests/fixtures/upstream.js"), str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    upstream = Upstream(port, process)
+
+    def answers() -> bool:
+        try:
+            return httpx.get(f"http://{upstream.address}/headers", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(answers, 10, "node upstream")
+    return upstream
+
+
+@dataclass
+class ProxyEnv:
+    gateway: GatewayProcess
+    redis: redis_sync.Redis
+    settings: Settings
+
+    def session(
+        self,
+        address: str,
+        user: str = "alice",
+        state: str = "ready",
+        sid: str | None = None,
+        error: str = "",
+    ) -> str:
+        sid = sid or secrets.token_hex(8)
+        self.redis.hset(
+            keys.session(sid),
+            mapping={
+                "id": sid,
+                "user": user,
+                "state": state,
+                "address": address,
+                "container": "",
+                "error": error,
+                "created_at": repr(time.time()),
+            },
+        )
+        self.redis.publish(keys.ROUTE_CHANGES, sid)
+        return sid
+
+    def set_state(self, sid: str, state: str) -> None:
+        self.redis.hset(keys.session(sid), "state", state)
+        self.redis.publish(keys.ROUTE_CHANGES, sid)
+
+    def host(self, sid: str) -> str:
+        return f"{sid}.preview.localhost:{self.gateway.port}"
+
+    def token(self, sid: str, user: str = "alice") -> str:
+        return open_token(self.settings, sid, user)
+
+    def client(self, sid: str, **kwargs: object) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.gateway.url, headers={"host": self.host(sid)}, timeout=30, **kwargs
+        )  # type: ignore[arg-type]
+
+    def login(self, sid: str, user: str = "alice") -> httpx.Client:
+        """A client holding the preview's cookie, as a browser would after the redirect."""
+        with self.client(sid) as first:
+            response = first.get("/", params={"preview_token": self.token(sid, user)})
+        assert response.status_code == 302, response.text
+        client = self.client(sid)
+        client.headers["cookie"] = response.headers["set-cookie"].split(";", 1)[0]
+        return client
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[Upstream]:
+    up = start_upstream()
+    yield up
+    up.process.kill()
+    up.process.wait()
+
+
+@pytest.fixture(scope="module")
+def proxy_env(redis_server: RedisServer) -> Iterator[ProxyEnv]:
+    port = free_port()
+    values = dict(
+        redis_url=redis_server.url,
+        signing_secret=SECRET,
+        preview_port=port,
+        hold_timeout=5.0,
+        drain_timeout=3.0,
+    )
+    settings = Settings.from_env({}, **values)
+    client = redis_sync.Redis.from_url(redis_server.url)
+    with run_gateway(settings_env(**values), port=port) as gateway:
+        yield ProxyEnv(gateway, client, settings)
+    for key in client.scan_iter(match=keys.session("*")):
+        client.delete(key)
+    client.close()
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
