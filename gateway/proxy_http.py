@@ -156,13 +156,18 @@ async def proxy_http(
                 "headers": response_headers(response.headers),
             }
         )
+        # One chunk behind, so the last one goes out with more_body=False: a small module
+        # costs hypercorn two sends, not three.
+        pending = b""
         try:
             async for chunk in response.body():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                if pending:
+                    await send({"type": "http.response.body", "body": pending, "more_body": True})
+                pending = chunk
         except UpstreamError as exc:
             # Headers are out; all we can do is end the response early.
             log.info("upstream broke mid-response address=%s: %s", address, exc)
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        await send({"type": "http.response.body", "body": pending, "more_body": False})
     finally:
         response.release()
     return response.status

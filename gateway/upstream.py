@@ -152,6 +152,11 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
 
+def _expire(future: asyncio.Future[tuple[int, list[tuple[bytes, bytes]]]]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
+
+
 class UpstreamResponse:
     """Status, headers and a body to iterate once; `release()` must always follow."""
 
@@ -263,7 +268,14 @@ class UpstreamPool:
                             )
                     if chunked:
                         await conn.write(b"0\r\n\r\n")
-                status, headers = await asyncio.wait_for(head_future, self.head_timeout)
+                # A timer handle, not wait_for: this runs once per proxied request.
+                timer = asyncio.get_running_loop().call_later(
+                    self.head_timeout, _expire, head_future
+                )
+                try:
+                    status, headers = await head_future
+                finally:
+                    timer.cancel()
             except TimeoutError:
                 conn.close()
                 raise UpstreamTimeout(

@@ -110,7 +110,9 @@ class Settings:
     ws_max_message_bytes: int = _setting(
         16 * 1024 * 1024, "Largest WebSocket message relayed, bytes.", int
     )
-    ws_max_per_client: int = _setting(64, "Open preview WebSockets per client address.", int)
+    ws_max_per_client: int = _setting(
+        256, "Open preview WebSockets per client address (offices share one).", int
+    )
     ws_idle_timeout: float = _setting(
         600.0, "Close a preview WebSocket after this long without a message, seconds.", float
     )

@@ -1,0 +1,295 @@
+"""Proxy speed, everything in one run on loopback (issue: preview data plane).
+
+Workload (../shared/anchors): GET of a 2 KiB JavaScript module from a node upstream, wrk
+-t1 -c32 -d6s. Side by side: the upstream direct, nginx, Starlette "hello" on hypercorn
+(hypercorn's own ceiling), the naive Starlette+httpx proxy, and our gateway as the Procfile
+runs it (auth cookie, routing, the lean upstream client). Then added latency at one
+connection, and 2,000 concurrent WebSockets with echo traffic through one gateway process.
+
+    .venv/bin/python bench/bench_proxy.py [--seconds 6] [--sockets 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import random
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+import redis as redis_sync  # noqa: E402
+
+from gateway.preview_tokens import open_token  # noqa: E402
+from shared import keys  # noqa: E402
+from shared.settings import Settings  # noqa: E402
+from tests.utils import free_port, start_redis, wait_until  # noqa: E402
+
+ANCHORS = ROOT / "bench" / "anchors"
+PERIOD = 2.0  # seconds between a socket's echo messages
+PY = sys.executable
+
+
+def need(command: str, package: str) -> None:
+    if shutil.which(command) is None:
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", package], check=True, stdout=subprocess.DEVNULL
+        )
+
+
+@contextlib.contextmanager
+def process(
+    args: list[str], env: dict[str, str] | None = None, cwd: Path | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(
+        args,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def wait_http(url: str, headers: dict[str, str] | None = None) -> None:
+    def ok() -> bool:
+        try:
+            return httpx.get(url, headers=headers, timeout=1).status_code < 500
+        except httpx.HTTPError:
+            return False
+
+    wait_until(ok, 20, url)
+
+
+def wrk(url: str, seconds: int, connections: int, headers: dict[str, str]) -> dict[str, float]:
+    args = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    for name, value in headers.items():
+        args += ["-H", f"{name}: {value}"]
+    out = subprocess.run([*args, url], capture_output=True, text=True, check=True).stdout
+    if "Non-2xx" in out:
+        raise SystemExit(f"non-2xx answers from {url}:\n{out}")
+
+    def ms(label: str) -> float:
+        match = re.search(rf"{label}\s+([\d.]+)(us|ms|s)", out)
+        assert match, out
+        value, unit = float(match.group(1)), match.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    return {"rps": rps, "p50": ms("50%"), "p99": ms("99%")}
+
+
+async def ws_echo_round(
+    uri: str, host: str, port: int, headers: dict[str, str], sockets: int, rounds: int
+) -> tuple[list[float], int]:
+    from websockets.asyncio.client import connect
+
+    conns = []
+    dropped = 0
+    sem = asyncio.Semaphore(200)
+
+    async def open_one() -> None:
+        async with sem:
+            conns.append(
+                await connect(
+                    uri,
+                    host=host,
+                    port=port,
+                    additional_headers=headers,
+                    proxy=None,
+                    compression=None,
+                    open_timeout=30,
+                    ping_interval=None,
+                    max_queue=4,
+                )
+            )
+
+    await asyncio.gather(*(open_one() for _ in range(sockets)))
+    samples: list[float] = []
+
+    async def echo(ws: object) -> None:
+        # Staggered, one message per socket every PERIOD s: HMR-like traffic, not a flood.
+        nonlocal dropped
+        await asyncio.sleep(random.uniform(0, PERIOD))
+        for _ in range(rounds):
+            start = time.perf_counter()
+            try:
+                await ws.send("x" * 64)  # type: ignore[attr-defined]
+                await ws.recv()  # type: ignore[attr-defined]
+            except Exception:
+                dropped += 1
+                return
+            samples.append((time.perf_counter() - start) * 1000)
+            await asyncio.sleep(PERIOD)
+
+    await asyncio.gather(*(echo(ws) for ws in conns))
+    open_after = sum(1 for ws in conns if ws.state.name == "OPEN")
+    dropped += sockets - open_after
+    await asyncio.gather(*(ws.close() for ws in conns), return_exceptions=True)
+    return samples, dropped
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=int, default=6)
+    parser.add_argument("--sockets", type=int, default=2000)
+    args = parser.parse_args()
+    need("wrk", "wrk")
+    need("nginx", "nginx-light")
+    with contextlib.ExitStack() as stack:
+        up_port, nginx_port, hello_port, naive_port, gw_port, ws_port = (
+            free_port() for _ in range(6)
+        )
+        stack.enter_context(process(["node", str(ANCHORS / "upstream.js"), str(up_port)]))
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        conf = (
+            (ANCHORS / "nginx.conf")
+            .read_text()
+            .replace("9001", str(up_port))
+            .replace("9002", str(nginx_port))
+            .replace("/tmp/anchor-nginx", str(tmp / "nginx"))
+        )
+        (tmp / "nginx.conf").write_text(conf)
+        stack.enter_context(process(["nginx", "-c", str(tmp / "nginx.conf")]))
+        hypercorn = [PY, "-m", "hypercorn", "--worker-class", "uvloop", "-w", "0"]
+        stack.enter_context(
+            process([*hypercorn, "-b", f"127.0.0.1:{hello_port}", "hello:app"], cwd=ANCHORS)
+        )
+        naive = (ANCHORS / "naive_proxy.py").read_text().replace("9001", str(up_port))
+        (tmp / "naive_proxy.py").write_text(naive)
+        stack.enter_context(
+            process([*hypercorn, "-b", f"127.0.0.1:{naive_port}", "naive_proxy:app"], cwd=tmp)
+        )
+        stack.enter_context(process([PY, str(ROOT / "bench" / "ws_echo.py"), str(ws_port)]))
+        redis = start_redis(bind_bridge=False)
+        stack.callback(redis.stop)
+        secret = "bench-secret"
+        env = {
+            "PREVIEW_REDIS_URL": redis.url,
+            "PREVIEW_SIGNING_SECRET": secret,
+            "PREVIEW_BIND": f"127.0.0.1:{gw_port}",
+            "PREVIEW_LOG_LEVEL": "WARNING",
+            "PREVIEW_WS_MAX_PER_CLIENT": str(args.sockets + 10),
+        }
+        gateway = stack.enter_context(process([PY, "-m", "gateway"], env=env, cwd=ROOT))
+        client = redis_sync.Redis.from_url(redis.url)
+        sid, ws_sid = "benchpreview", "benchws"
+        for s, port in ((sid, up_port), (ws_sid, ws_port)):
+            client.hset(
+                keys.session(s),
+                mapping={
+                    "id": s,
+                    "user": "bench",
+                    "state": "ready",
+                    "address": f"127.0.0.1:{port}",
+                },
+            )
+        settings = Settings.from_env({}, signing_secret=secret)
+        wait_http(f"http://127.0.0.1:{gw_port}/healthz")
+        cookies = {}
+        for s in (sid, ws_sid):
+            host = f"{s}.preview.localhost:{gw_port}"
+            login = httpx.get(
+                f"http://127.0.0.1:{gw_port}/?preview_token={open_token(settings, s, 'bench')}",
+                headers={"host": host},
+            )
+            cookies[s] = login.headers["set-cookie"].split(";", 1)[0]
+        gw_headers = {"Host": f"{sid}.preview.localhost:{gw_port}", "Cookie": cookies[sid]}
+        for port in (up_port, nginx_port, hello_port, naive_port):
+            wait_http(f"http://127.0.0.1:{port}/x.js")
+        wait_http(f"http://127.0.0.1:{gw_port}/x.js", gw_headers)
+
+        rows = {}
+        targets = [
+            ("direct upstream", up_port, {}),
+            ("nginx proxy", nginx_port, {}),
+            ("hello on hypercorn (ceiling)", hello_port, {}),
+            ("naive httpx proxy", naive_port, {}),
+            ("our gateway", gw_port, gw_headers),
+        ]
+        for name, port, headers in targets:
+            seconds = max(3, args.seconds // 2) if "naive" in name else args.seconds
+            rows[name] = wrk(f"http://127.0.0.1:{port}/x.js", seconds, 32, headers)
+        one = {
+            name: wrk(f"http://127.0.0.1:{port}/x.js", 4, 1, h)
+            for name, port, h in (targets[0], targets[4])
+        }
+
+        print(f"\nHTTP: wrk -t1 -c32 -d{args.seconds}s, 2 KiB module, loopback, one run")
+        print("| server | req/s | p50 ms | p99 ms |\n|---|---|---|---|")
+        for name, r in rows.items():
+            print(f"| {name} | {r['rps']:,.0f} | {r['p50']:.2f} | {r['p99']:.2f} |")
+        ours = rows["our gateway"]["rps"]
+        ceiling = ours / rows["hello on hypercorn (ceiling)"]["rps"]
+        vs_naive = ours / rows["naive httpx proxy"]["rps"]
+        added = one["our gateway"]["p50"] - one["direct upstream"]["p50"]
+        print(f"\ngateway / hypercorn hello = {ceiling:.2f}  (target >= 0.70)")
+        print(f"gateway / naive httpx proxy = {vs_naive:.1f}x  (target >= 10x)")
+        print(
+            f"added p50 at 1 connection = {added:.2f} ms  (target <= 1 ms; direct "
+            f"{one['direct upstream']['p50']:.2f} ms, gateway {one['our gateway']['p50']:.2f} ms)"
+        )
+
+        ws_host = f"{ws_sid}.preview.localhost:{gw_port}"
+        rss_before = rss_mib(gateway.pid)
+        direct, direct_dropped = asyncio.run(
+            ws_echo_round(f"ws://127.0.0.1:{ws_port}/", "127.0.0.1", ws_port, {}, args.sockets, 5)
+        )
+        via, via_dropped = asyncio.run(
+            ws_echo_round(
+                f"ws://{ws_host}/",
+                "127.0.0.1",
+                gw_port,
+                {"Cookie": cookies[ws_sid], "Origin": f"http://{ws_host}"},
+                args.sockets,
+                5,
+            )
+        )
+        rss_after = rss_mib(gateway.pid)
+        d50, v50 = statistics.median(direct), statistics.median(via)
+        print(
+            f"\nWebSockets: {args.sockets} open at once, 5 echo round trips each, one per "
+            f"socket every {PERIOD:g} s"
+        )
+        print("| path | p50 ms | p99 ms | dropped |\n|---|---|---|---|")
+        for name, samples, dropped in (
+            ("direct", direct, direct_dropped),
+            ("through gateway", via, via_dropped),
+        ):
+            p99 = statistics.quantiles(samples, n=100)[98]
+            print(f"| {name} | {statistics.median(samples):.2f} | {p99:.2f} | {dropped} |")
+        print(
+            f"added p50 = {v50 - d50:.2f} ms (target <= 2 ms); gateway RSS "
+            f"{rss_before:.0f} MiB idle, {rss_after:.0f} MiB after {args.sockets} sockets"
+        )
+
+
+if __name__ == "__main__":
+    main()
