@@ -1,22 +1,27 @@
 """The controller process: background upkeep of containers (``preview-controller``).
 
-For now it checks its dependencies on a drift-corrected loop and keeps the shared cache
-volume present on every host; the warm pool and the reaper build on this loop.
+A drift-corrected loop: claim the leader lease (several controllers may run; one acts),
+then keep the warm pool filled. The reaper builds on this loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
 from collections.abc import AsyncIterator
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
-from gateway.docker_runtime import DockerRuntime
+from gateway.containers import ContainerError, Containers
+from gateway.docker_runtime import DockerRuntime, DockerRuntimeError
 from gateway.health import check_redis
+from gateway.leader import LeaderLease
 from gateway.logs import configure_logging
+from gateway.pool import PoolKeeper
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -33,10 +38,13 @@ async def poll(interval: float) -> AsyncIterator[None]:
         deadline = max(deadline, loop.time() - interval)
 
 
-async def run(settings: Settings, interval: float = 10.0) -> None:
+async def run(settings: Settings, interval: float = 2.0) -> None:
     redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
     runtime = DockerRuntime(settings)
+    lease = LeaderLease(redis, ttl=max(3 * interval, 10.0))
+    keeper = PoolKeeper(Containers(settings, redis, runtime), target=settings.pool_min)
     last_state: tuple[object, ...] | None = None
+    leading = False
     try:
         async for _ in poll(interval):
             redis_error = await check_redis(redis)
@@ -50,7 +58,21 @@ async def run(settings: Settings, interval: float = 10.0) -> None:
                     ",".join(down) or "none",
                 )
                 last_state = state
+            if redis_error:
+                continue
+            try:
+                now_leading = await lease.claim()
+                if now_leading != leading:
+                    log.info("controller %s leader=%s", lease.id, now_leading)
+                    leading = now_leading
+                if leading:
+                    await keeper.tick()
+            except (RedisError, DockerRuntimeError, ContainerError) as exc:
+                log.error("controller tick failed: %s", exc)
     finally:
+        await keeper.close()
+        with contextlib.suppress(RedisError, OSError):
+            await lease.release()
         await runtime.close()
         await redis.aclose()
 

@@ -56,7 +56,11 @@ ensure_dockerd() {
 
 # The address containers reach the host at (the default bridge's gateway).
 bridge_ip() {
-  docker network inspect bridge -f '{{range .IPAM.Config}}{{.Gateway}}{{end}}' 2>/dev/null | head -1
+  local name ip
+  name="$(docker network inspect bridge -f '{{index .Options "com.docker.network.bridge.name"}}' 2>/dev/null)"
+  ip="$(ip -4 -o addr show "${name:-docker0}" 2>/dev/null | awk '{print $4}' | cut -d/ -f1 | head -1)"
+  [ -n "$ip" ] || ip="$(docker network inspect bridge -f '{{range .IPAM.Config}}{{.Gateway}}{{end}}' 2>/dev/null | head -1)"
+  echo "$ip"
 }
 
 ensure_image() {

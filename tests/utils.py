@@ -59,10 +59,31 @@ async def async_wait_until(
 
 
 def bridge_ip() -> str | None:
-    """The default Docker bridge's gateway address (how containers reach this host)."""
+    """The default Docker bridge's address on this host (how containers reach it)."""
     if not shutil.which("docker"):
         return None
+    name = (
+        subprocess.run(
+            [
+                "docker",
+                "network",
+                "inspect",
+                "bridge",
+                "-f",
+                '{{index .Options "com.docker.network.bridge.name"}}',
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+        or "docker0"
+    )
     out = subprocess.run(
+        ["ip", "-4", "-o", "addr", "show", name], capture_output=True, text=True, check=False
+    ).stdout.split()
+    if "inet" in out:
+        return out[out.index("inet") + 1].split("/")[0]
+    gateway = subprocess.run(
         [
             "docker",
             "network",
@@ -74,8 +95,8 @@ def bridge_ip() -> str | None:
         capture_output=True,
         text=True,
         check=False,
-    )
-    return out.stdout.strip() or None
+    ).stdout.strip()
+    return gateway or None
 
 
 @dataclass

@@ -1,0 +1,147 @@
+"""Containers as the gateway sees them: launch with an ACL user, pool, commands, release."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+from redis.asyncio import Redis
+from redis.exceptions import NoPermissionError
+
+from gateway.containers import Containers, supervisor_redis_url
+from gateway.docker_runtime import DockerRuntime
+from shared import keys
+from shared.messages import Command
+from shared.settings import Settings
+from tests.conftest import LABEL_TEST_RUN, TEST_RUN
+
+
+@pytest_asyncio.fixture
+async def containers(settings: Settings, redis: Redis) -> AsyncIterator[Containers]:
+    runtime = DockerRuntime(settings)
+    manager = Containers(settings, redis, runtime, labels={LABEL_TEST_RUN: TEST_RUN})
+    try:
+        yield manager
+    finally:
+        for raw in await redis.smembers(keys.CONTAINERS):
+            await manager.destroy(raw.decode(), "test cleanup")
+        await runtime.close()
+
+
+def test_supervisor_url_reaches_host_redis_as_its_own_user() -> None:
+    settings = Settings.from_env({}, redis_url="redis://:admin@127.0.0.1:6390/2")
+    url = supervisor_redis_url(settings, "pvc-1", "pw")
+    assert url == "redis://pvc-1:pw@host.docker.internal:6390/2"
+    assert "admin" not in url
+
+
+async def test_launch_heartbeat_and_command_round_trip(
+    containers: Containers, redis: Redis
+) -> None:
+    started = time.monotonic()
+    info = await containers.launch()
+    heartbeat = await containers.wait_idle(info.cid, timeout=60)
+    assert heartbeat.container_id == info.cid and heartbeat.session_id is None
+    assert heartbeat.memory_limit == containers.settings.container_memory_mb * 1024 * 1024
+    result = await containers.send(info.cid, Command("logs", {"lines": 5}), timeout=20)
+    assert result.ok and result.result == {"lines": []}
+    record = await redis.hgetall(keys.container(info.cid))
+    assert record[b"state"] == b"warming" and record[b"address"]
+    print(f"launch to idle: {time.monotonic() - started:.2f}s")
+
+
+async def test_container_user_is_confined_to_its_keys(
+    containers: Containers, redis: Redis, redis_server: object
+) -> None:
+    info = await containers.launch()
+    await containers.wait_idle(info.cid, timeout=60)
+    # The supervisor's own URL, but from the host: same user and password.
+    code, env = await containers.runtime.default.exec(info.cid, ["cat", "/proc/1/environ"])
+    url = next(
+        v.split("=", 1)[1] for v in env.split("\0") if v.startswith("PREVIEW_SUPERVISOR_REDIS_URL=")
+    )
+    host_url = url.replace("host.docker.internal", "127.0.0.1")
+    as_container = Redis.from_url(host_url)
+    try:
+        assert await as_container.get(keys.heartbeat(info.cid)) is not None
+        await redis.set(keys.session("someone"), "secret")
+        with pytest.raises(NoPermissionError):
+            await as_container.get(keys.session("someone"))
+        with pytest.raises(NoPermissionError):
+            await as_container.set(keys.heartbeat("pvc-other"), "forged")
+        with pytest.raises(NoPermissionError):
+            await as_container.keys("*")
+    finally:
+        await as_container.aclose()
+    # And user code (uid app) cannot read those credentials at all.
+    code, out = await containers.runtime.default.exec(
+        info.cid, ["cat", "/proc/1/environ"], user="app"
+    )
+    assert code != 0 and "PREVIEW_SUPERVISOR_REDIS_URL" not in out
+
+
+async def fake_pooled(redis: Redis, image: str, cid: str, project: str = "") -> None:
+    """A pool entry with a live heartbeat, without a container (pure Redis logic)."""
+    await redis.hset(
+        keys.container(cid),
+        mapping={"cid": cid, "image": image, "project": project, "host": "local"},
+    )
+    await redis.set(keys.heartbeat(cid), "{}", ex=60)
+    await redis.lpush(keys.pool(image), cid)
+
+
+async def test_concurrent_acquisitions_never_share_a_container(
+    containers: Containers, redis: Redis
+) -> None:
+    image = await containers.image_id()
+    cids = [f"pvc-fake{i:03d}" for i in range(40)]
+    for cid in cids:
+        await fake_pooled(redis, image, cid)
+    results = await asyncio.gather(*(containers.pop_pooled(f"p{i}") for i in range(100)))
+    taken = [r.cid for r in results if r is not None]
+    assert sorted(taken) == sorted(cids)  # each exactly once
+    assert sum(r is None for r in results) == 60
+    assert await redis.llen(keys.pool(image)) == 0
+    for cid in cids:
+        await redis.delete(keys.container(cid), keys.heartbeat(cid))
+
+
+async def test_affinity_and_dead_entries(containers: Containers, redis: Redis) -> None:
+    image = await containers.image_id()
+    await fake_pooled(redis, image, "pvc-old")
+    await fake_pooled(redis, image, "pvc-mine", project="shop")
+    await fake_pooled(redis, image, "pvc-dead")
+    await redis.delete(keys.heartbeat("pvc-dead"))  # stopped heartbeating while pooled
+    mine = await containers.pop_pooled("shop")
+    assert mine is not None and mine.cid == "pvc-mine" and mine.from_pool
+    other = await containers.pop_pooled("blog")
+    assert other is not None and other.cid == "pvc-old"
+    assert await containers.pop_pooled("blog") is None  # the dead one is never handed out
+    for cid in ("pvc-old", "pvc-mine", "pvc-dead"):
+        await redis.delete(keys.container(cid), keys.heartbeat(cid))
+
+
+async def test_release_returns_to_pool_and_destroy_leaves_nothing(
+    containers: Containers, redis: Redis
+) -> None:
+    info = await containers.launch()
+    await containers.wait_idle(info.cid, timeout=60)
+    assert await containers.release(info.cid, "shop") is True
+    assert await redis.lrange(keys.pool(await containers.image_id()), 0, -1) == [info.cid.encode()]
+    assert (await redis.hget(keys.container(info.cid), "project")) == b"shop"
+    await containers.destroy(info.cid, "test")
+    assert await containers.runtime.default.inspect(info.cid) is None
+    assert not [k async for k in redis.scan_iter(match=f"*{info.cid}*")]
+    users = await redis.execute_command("ACL", "USERS")
+    assert info.cid.encode() not in users
+
+
+async def test_acquire_creates_when_the_pool_is_empty(containers: Containers) -> None:
+    project = secrets.token_hex(4)
+    assigned = await containers.acquire(project)
+    assert assigned.from_pool is False and assigned.address
+    await containers.wait_idle(assigned.cid, timeout=60)
