@@ -14,6 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qsl, urlencode
 
+from limits import parse as parse_limit
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.datastructures import State
@@ -58,6 +59,8 @@ class PreviewRouter:
             settings.ws_max_message_bytes, settings.ws_idle_timeout, settings.ws_max_lifetime
         )
         self.routes: RouteCache | None = None
+        rule = parse_limit(settings.rate_limit_auth_failures)
+        self.auth_limit, self.auth_window = rule.amount, rule.get_expiry()
         self._waits: dict[str, asyncio.Task[Route | None]] = {}
         self._activity: dict[str, float] = {}
         self._ws_per_client: dict[str, int] = {}
@@ -125,10 +128,30 @@ class PreviewRouter:
             return
         token = self.query_token(scope)
         if token is not None and not is_ws:
+            if await self.too_many_failures(scope, failed=False):
+                await self.refuse(
+                    scope,
+                    send,
+                    429,
+                    "rate_limited",
+                    "too many failed attempts; wait a minute",
+                    html,
+                )
+                return
             await self.login(sid, route, token, scope, send, html)
             return
         user = self.cookie_user(sid, scope)
         if user is None or user != route.user:
+            if await self.too_many_failures(scope, failed=True):
+                await self.refuse(
+                    scope,
+                    send,
+                    429,
+                    "rate_limited",
+                    "too many failed attempts; wait a minute",
+                    html,
+                )
+                return
             await self.refuse(
                 scope,
                 send,
@@ -217,6 +240,7 @@ class PreviewRouter:
         """Trade the URL's token for a cookie on this host, and drop the token from the URL."""
         user = await self.check_token(token, sid)
         if user is None or user != route.user:
+            await self.too_many_failures(scope, failed=True)
             log.info(
                 "preview login refused sid=%s client=%s", sid, (scope.get("client") or ("?",))[0]
             )
@@ -294,7 +318,27 @@ class PreviewRouter:
                 }
             )
             return
-        await error_page(scope, send, status, error, detail, html)
+        extra = [(b"retry-after", str(self.auth_window).encode())] if status == 429 else None
+        await error_page(scope, send, status, error, detail, html, extra)
+
+    async def too_many_failures(self, scope: Scope, failed: bool) -> bool:
+        """Failed authentications per client address have their own, stricter limit; a
+        client over it is refused before its token is even checked."""
+        client = (scope.get("client") or ("?",))[0]
+        key = keys.auth_failures(client)
+        try:
+            if failed:
+                async with self.state.redis.pipeline(transaction=True) as pipe:
+                    pipe.incr(key)
+                    pipe.expire(key, self.auth_window, nx=True)
+                    count, _ = await pipe.execute()
+            else:
+                count = int(await self.state.redis.get(key) or 0)
+        except (RedisError, OSError):
+            return False  # the limit is a guard, not a dependency
+        # Checking: refuse once the limit is used up. Counting: this failure is allowed
+        # through as a 401 while it is within the limit.
+        return int(count) > self.auth_limit if failed else int(count) >= self.auth_limit
 
     # --- readiness and activity -------------------------------------------------------------
 

@@ -103,6 +103,11 @@ def activity(sid: str) -> str:
     return f"{PREFIX}s:{sid}:active"
 
 
+def auth_failures(client: str) -> str:
+    """Counter of failed preview authentications from one client address (fixed window)."""
+    return f"{PREFIX}authfail:{client}"
+
+
 ROUTE_CHANGES = f"{PREFIX}route-changes"  # pub/sub channel: a session id whose route changed
 LEADER = f"{PREFIX}leader"  # controller leader lease (value: controller id)
 RATE_LIMIT_PREFIX = f"{PREFIX}rl"  # slowapi/limits storage prefix

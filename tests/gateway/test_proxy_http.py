@@ -5,10 +5,15 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
 
 import httpx
+import redis as redis_sync
 
+from shared import keys
+from shared.settings import Settings
 from tests.gateway.proxy_fixtures import (
+    SECRET,
     ProxyEnv,
     Upstream,
     proxy_env,
@@ -16,7 +21,7 @@ from tests.gateway.proxy_fixtures import (
     start_upstream,
     upstream,
 )
-from tests.utils import free_port, wait_until
+from tests.utils import RedisServer, free_port, run_gateway, settings_env, wait_until
 
 __all__ = ["proxy_env", "upstream"]
 
@@ -206,3 +211,37 @@ def test_failed_preview_shows_its_reason(proxy_env: ProxyEnv, upstream: Upstream
         page = client.get("/", headers={"accept": "text/html"})
         assert page.status_code == 503
         assert "Module not found: &#x27;react-dom&#x27;" in page.text
+
+
+def test_failed_logins_are_limited_per_client_address(redis_server: RedisServer) -> None:
+    port = free_port()
+    values = dict(
+        redis_url=redis_server.url,
+        signing_secret=SECRET,
+        preview_port=port,
+        rate_limit_auth_failures="3/minute",
+    )
+    client = redis_sync.Redis.from_url(redis_server.url)
+    client.delete(keys.auth_failures("127.0.0.1"))  # earlier tests' 401s counted too
+    with run_gateway(settings_env(**values), port=port) as gateway:
+        env = ProxyEnv(gateway, client, Settings.from_env({}, **values))
+        sid = env.session("127.0.0.1:1")
+        with env.client(sid) as anonymous:
+            codes = [
+                anonymous.get("/", params={"preview_token": "forged"}).status_code for _ in range(5)
+            ]
+            assert codes == [401, 401, 401, 429, 429]
+            limited = anonymous.get("/", params={"preview_token": env.token(sid)})
+            assert limited.status_code == 429  # even a good token waits out the window
+            assert limited.headers["retry-after"] == "60"
+    client.delete(keys.auth_failures("127.0.0.1"), keys.session(sid))
+    client.close()
+
+
+def test_proxied_traffic_marks_the_preview_active(proxy_env: ProxyEnv, upstream: Upstream) -> None:
+    sid = proxy_env.session(upstream.address)
+    assert proxy_env.redis.get(keys.activity(sid)) is None
+    with proxy_env.login(sid) as client:
+        assert client.get("/headers").status_code == 200
+    stamp = wait_until(lambda: proxy_env.redis.get(keys.activity(sid)), 5, "activity mark")
+    assert abs(float(stamp) - time.time()) < 10
