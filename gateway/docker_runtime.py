@@ -151,6 +151,7 @@ class DockerHost:
             "Image": spec.image,
             "Env": [f"{k}={v}" for k, v in spec.env.items()],
             "Labels": {
+                **dict(label.split("=", 1) for label in s.container_labels),
                 **spec.labels,
                 LABEL_MANAGED: "1",
                 LABEL_CID: spec.cid,

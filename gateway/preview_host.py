@@ -256,13 +256,14 @@ class PreviewRouter:
         value = sign(
             self.settings.signing_secret, COOKIE_PURPOSE, sid, user, self.settings.cookie_ttl
         )
-        secure = self.settings.preview_scheme == "https" or scope.get("scheme") == "https"
-        cookie = (
-            f"{cookie_name(sid)}={value}; Path=/; Max-Age={self.settings.cookie_ttl}; "
-            "HttpOnly; SameSite=None; Partitioned"
-        )
-        if secure:
-            cookie += "; Secure"
+        cookie = f"{cookie_name(sid)}={value}; Path=/; Max-Age={self.settings.cookie_ttl}; HttpOnly"
+        if self.secure_context(scope):
+            # What an iframe needs: sent in third-party context, partitioned by top site.
+            cookie += "; Secure; SameSite=None; Partitioned"
+        else:
+            # Browsers drop SameSite=None without Secure; on plain http (not localhost) the
+            # preview then works top-level but not inside a cross-site iframe.
+            cookie += "; SameSite=Lax"
         query = [
             (k, v)
             for k, v in parse_qsl(
@@ -280,6 +281,13 @@ class PreviewRouter:
             b"text/plain",
             [(b"location", location.encode()), (b"set-cookie", cookie.encode())],
         )
+
+    def secure_context(self, scope: Scope) -> bool:
+        """https, or a *.localhost host, which browsers treat as secure even over http."""
+        if self.settings.preview_scheme == "https" or scope.get("scheme") == "https":
+            return True
+        host = self.public_host(scope).lower().rsplit(":", 1)[0]
+        return host == "localhost" or host.endswith(".localhost")
 
     def cookie_user(self, sid: str, scope: Scope) -> str | None:
         prefix = cookie_name(sid) + "="

@@ -72,7 +72,8 @@ class Settings:
     )
     # --- auth ---------------------------------------------------------------------------
     jwt_secret: str = _setting(
-        "dev-secret-change-me", "HS256 shared secret for users' JWTs (the app backend's)."
+        "dev-secret-change-me-before-production-use",
+        "HS256 shared secret for users' JWTs (the app backend's).",
     )
     jwt_algorithms: tuple[str, ...] = _setting(
         ("HS256",), "Allowed JWT algorithms, comma-separated (HS256, RS256, ES256).", _list
@@ -133,6 +134,12 @@ class Settings:
     docker_tls_cert: str = _setting("", "Client certificate for tcp:// Docker hosts.")
     docker_tls_key: str = _setting("", "Client key for tcp:// Docker hosts.")
     image: str = _setting("preview-gateway/preview:latest", "Preview container image.")
+    container_labels: tuple[str, ...] = _setting(
+        (),
+        "Extra labels on every preview container, comma-separated key=value (e.g. "
+        "environment=staging).",
+        _list,
+    )
     publish_host: str = _setting("127.0.0.1", "Host address the dev-server port is published on.")
     dev_port: int = _setting(3000, "Dev-server port inside the container.", int)
     container_memory_mb: int = _setting(2048, "Memory limit per container, MiB.", int)
@@ -192,6 +199,8 @@ class Settings:
             raise SettingsError("PREVIEW_HEARTBEAT_TTL must exceed PREVIEW_HEARTBEAT_INTERVAL")
         if not self.docker_hosts:
             raise SettingsError("PREVIEW_DOCKER_HOSTS is empty")
+        if any("=" not in label for label in self.container_labels):
+            raise SettingsError("PREVIEW_CONTAINER_LABELS: expected key=value pairs")
         if "none" in {a.lower() for a in self.jwt_algorithms}:
             raise SettingsError("PREVIEW_JWT_ALGORITHMS must not allow 'none'")
 

@@ -36,7 +36,7 @@ def test_token_becomes_a_cookie_for_this_host_only(proxy_env: ProxyEnv, upstream
         assert response.headers["location"] == "/some/page?keep=1"
         cookie = response.headers["set-cookie"]
         assert cookie.startswith(f"pv_{sid}=")
-        for attribute in ("HttpOnly", "SameSite=None", "Partitioned", "Path=/"):
+        for attribute in ("HttpOnly", "Secure", "SameSite=None", "Partitioned", "Path=/"):
             assert attribute in cookie
         assert "Domain" not in cookie  # host-only: not shared with other previews
         client.headers["cookie"] = cookie.split(";", 1)[0] + "; theirs=1"

@@ -1,0 +1,100 @@
+"""The whole stack for end-to-end tests: Redis, Docker, the gateway on hypercorn, a browser."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.cli import mint_token
+from shared.settings import Settings
+from tests.conftest import LABEL_TEST_RUN, TEST_RUN
+from tests.utils import GatewayProcess, RedisServer, free_port, run_gateway, settings_env
+
+CHROMIUM = "/usr/bin/chromium"
+# The flags this closed network needs (no background calls home) and root needs (no sandbox).
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = Path(__file__).resolve().parent.parent.parent / ".state" / "test-artifacts"
+
+
+@dataclass
+class Stack:
+    gateway: GatewayProcess
+    settings: Settings
+
+    def token(self, user: str, admin: bool = False) -> str:
+        return mint_token(self.settings, user, 600, admin)
+
+    def api(self, user: str) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.gateway.url,
+            timeout=60,
+            headers={"authorization": f"Bearer {self.token(user)}"},
+        )
+
+    def wait_ready(self, client: httpx.Client, sid: str, timeout: float = 240) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        delay = 0.2
+        while True:
+            preview: dict[str, Any] = client.get(f"/v1/previews/{sid}").json()
+            if preview["state"] in {"ready", "failed"} or time.monotonic() > deadline:
+                return preview
+            time.sleep(delay)
+            delay = min(delay * 1.5, 2.0)
+
+
+@pytest.fixture(scope="module")
+def stack(redis_server: RedisServer, test_image: str) -> Iterator[Stack]:
+    port = free_port()
+    values: dict[str, Any] = dict(
+        redis_url=redis_server.url,
+        image=test_image,
+        preview_port=port,
+        jwt_secret="e2e-secret-of-at-least-32-bytes-long",
+        signing_secret="e2e-signing",
+        container_memory_mb=1536,
+        heartbeat_interval=1.0,
+        heartbeat_ttl=4.0,
+        log_format="json",
+        container_labels=(f"{LABEL_TEST_RUN}={TEST_RUN}",),
+    )
+    settings = Settings.from_env({}, **values)
+    env = settings_env(**values)
+    try:
+        with run_gateway(env, port=port) as gateway:
+            yield Stack(gateway, settings)
+    finally:
+        ids = subprocess.run(
+            ["docker", "ps", "-aq", "--filter", f"label={LABEL_TEST_RUN}={TEST_RUN}"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.split()
+        if ids:
+            subprocess.run(["docker", "rm", "-f", "-v", *ids], capture_output=True, check=False)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        instance = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield instance
+        finally:
+            instance.close()
