@@ -27,6 +27,7 @@ def hypercorn_config(settings: Settings) -> Config:
     config.accesslog = None
     config.graceful_timeout = settings.drain_timeout
     config.keep_alive_timeout = 75  # longer than browsers' idle keep-alive
+    config.include_server_header = False  # no need to advertise the server software
     # Above our own relay limit, so the relay closes oversized messages cleanly (1009).
     config.websocket_max_message_size = settings.ws_max_message_bytes + 1024 * 1024
     return config

@@ -95,13 +95,18 @@ def strip_cookie(header: bytes, name: bytes) -> bytes:
     return b"; ".join(kept)
 
 
+# Hop-by-hop, plus Date: hypercorn adds its own, and two Date headers confuse caches.
+_RESPONSE_DROP = HOP_BY_HOP | {b"date"}
+
+
 def response_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     named = _connection_tokens(headers)
-    return [
-        (name.lower(), value)
-        for name, value in headers
-        if name.lower() not in HOP_BY_HOP and name.lower() not in named
-    ]
+    out = []
+    for name, value in headers:
+        lower = name.lower()
+        if lower not in _RESPONSE_DROP and lower not in named:
+            out.append((lower, value))
+    return out
 
 
 def target(scope: Scope) -> bytes:

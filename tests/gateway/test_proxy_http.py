@@ -245,3 +245,13 @@ def test_proxied_traffic_marks_the_preview_active(proxy_env: ProxyEnv, upstream:
         assert client.get("/headers").status_code == 200
     stamp = wait_until(lambda: proxy_env.redis.get(keys.activity(sid)), 5, "activity mark")
     assert abs(float(stamp) - time.time()) < 10
+
+
+def test_response_has_one_date_and_no_server_banner(
+    proxy_env: ProxyEnv, upstream: Upstream
+) -> None:
+    sid = proxy_env.session(upstream.address)
+    with proxy_env.login(sid) as client:
+        response = client.get("/headers")
+    assert len(response.headers.get_list("date")) == 1
+    assert "server" not in response.headers
