@@ -136,3 +136,8 @@ TRACKER_LOCK = f"{PREFIX}tracker"  # one gateway per tick folds events and renew
 TRACKER_LOCK_TTL_MS = 1500
 USER_PROJECT_TTL = 86400  # a hot-start pointer outlives no session by more than this
 STOPPED_SESSION_TTL = 600  # a stopped session's record, until its container is released
+
+# --- supervisor ------------------------------------------------------------------------
+
+# command_done(cid) lives this long after its last write: far longer than any redelivery.
+COMMAND_DONE_TTL = 24 * 3600

@@ -1,0 +1,171 @@
+"""The commands a supervisor obeys: their arguments and results (the gateway's contract).
+
+Each ``Command`` on ``keys.commands(cid)`` is answered by one ``CommandResult`` pushed to
+``keys.command_result(cid, id)``: ``ok`` with ``result``, or not ``ok`` with ``error`` (a
+reason a person can act on) and whatever ``result`` is known. Blobs (archives) are read
+from ``keys.command_blob(cid, id)``.
+
+``prepare`` — put a project in the workspace, install its dependencies, start its dev
+server; answered once the dev server answers HTTP or has failed. Progress events flow
+meanwhile. Args:
+    session_id (or Command.session_id), project_id,
+    source: {"type": "template", "name"} | {"type": "git", "url", "ref"?}
+          | {"type": "archive"} (with ``blob``: the tar[.zst] replaces the workspace;
+            without: the files already written by ``write_files`` are used),
+    blob: bool, env: {name: value} for install and dev server,
+    public_host: "abc.preview.localhost:8080", public_port: 8080, public_scheme: "http",
+    ready_timeout: seconds (default 180).
+  result: {state: "ready", dependencies: restored|installed|skipped, framework,
+    framework_version, package_manager, command, port, forwarded, node_modules_key,
+    timings_ms: {files, dependencies, devserver}}; on failure also {state, phase, reason,
+    detail: [log lines]}.
+``write_files`` — {files: {path: base64}} or {blob: true, mode: merge|replace}
+  (tar, optionally gzip or zstd; replace keeps node_modules). Paths leaving the workspace
+  are refused and then nothing is written. Waits only while a prepare writes its files
+  (not during its install). result: {files, bytes}.
+``restart`` — restart the dev server ({ready_timeout?}); result {state: "ready", port}.
+``stop`` — stop the dev server (and a prepare in progress); result {state: "stopped"}.
+``reset`` — {keep_node_modules: bool, node_modules_budget_bytes: int}: stop everything,
+  kill every ``app`` process, empty the workspace (node_modules kept when asked, known and
+  under budget), forget the session. result {state: "idle", kept_node_modules,
+  node_modules_bytes, node_modules_key}.
+``logs`` — {lines: int (default 100, at most 2000)}; result {lines: [...]}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import dataclasses
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from shared import keys
+from shared.messages import Command
+from supervisor import procs, sources, workspace
+from supervisor.cgroup import tree_size
+from supervisor.context import Context, SessionState
+from supervisor.errors import CommandError
+from supervisor.events import Progress
+from supervisor.prepare import blob, node_modules_key, prepare
+
+MAX_LOG_LINES = 2000
+
+
+async def write_files(ctx: Context, command: Command) -> dict[str, Any]:
+    args = command.args
+    mode = str(args.get("mode") or "merge")
+    if mode not in ("merge", "replace"):
+        raise CommandError(f"unknown mode {mode!r} (merge or replace)")
+    try:
+        if args.get("blob"):
+            archive = await blob(ctx, command)
+        else:
+            files = args.get("files")
+            if not isinstance(files, dict) or not files:
+                raise CommandError("write_files needs files {path: base64} or blob: true")
+            decoded = {}
+            for path, content in files.items():
+                try:
+                    decoded[str(path)] = base64.b64decode(str(content), validate=True)
+                except (binascii.Error, ValueError):
+                    raise CommandError(f"content of {path!r} is not base64") from None
+            archive = sources.files_archive(decoded)
+        async with ctx.workspace_lock:
+            return await sources.unpack(ctx, archive, mode)
+    except workspace.UnsafePath as exc:
+        raise CommandError(f"refused: {exc} (nothing was written)") from None
+    except sources.SourceError as exc:
+        raise CommandError(str(exc)) from None
+
+
+async def restart(ctx: Context, command: Command) -> dict[str, Any]:
+    spec = ctx.devserver.spec
+    if spec is None:
+        raise CommandError("nothing to restart: no project has been prepared")
+    if command.args.get("ready_timeout"):
+        try:
+            spec = dataclasses.replace(spec, ready_timeout=float(command.args["ready_timeout"]))
+        except (TypeError, ValueError):
+            raise CommandError("ready_timeout must be a number") from None
+    progress = Progress(ctx.events, ctx.devserver.session_id)
+    await progress.report("devserver", 0, "restarting the dev server", force=True)
+    ctx.session.dev_wanted = True
+    started = await ctx.devserver.start(spec, ctx.devserver.session_id, progress)
+    if not started.ready:
+        raise CommandError(
+            started.reason or "the dev server did not start",
+            {"state": ctx.devserver.state, "detail": started.detail},
+        )
+    return {"state": "ready", "port": spec.port, "forwarded": started.forwarded}
+
+
+async def stop(ctx: Context, command: Command) -> dict[str, Any]:
+    await ctx.cancel_prepares("stopped")
+    await ctx.devserver.stop("stopped")
+    ctx.session.dev_wanted = False
+    ctx.save()
+    return {"state": "stopped"}
+
+
+async def reset(ctx: Context, command: Command) -> dict[str, Any]:
+    keep = bool(command.args.get("keep_node_modules", False))
+    try:
+        budget = int(command.args.get("node_modules_budget_bytes", 1 << 30))
+    except (TypeError, ValueError):
+        raise CommandError("node_modules_budget_bytes must be a number") from None
+    await ctx.cancel_prepares("reset")
+    async with ctx.workspace_lock:
+        await ctx.devserver.stop("idle")
+        ctx.devserver.forget()
+        if ctx.user.uid is not None:
+            await procs.kill_user_processes(ctx.user.uid)
+        root = ctx.config.workspace
+        node_modules = root / "node_modules"
+        size = await asyncio.to_thread(tree_size, node_modules) if node_modules.is_dir() else 0
+        kept = keep and size > 0 and size <= budget and bool(ctx.session.lock_hash)
+        key = node_modules_key(ctx) if kept else None
+        await asyncio.to_thread(_clear, root, ["node_modules"] if kept else [])
+        ctx.session = SessionState(
+            lock_hash=ctx.session.lock_hash if kept else None, node_modules_key=key
+        )
+        ctx.save()
+        ctx.logs.clear()
+        await ctx.redis.delete(keys.logs(ctx.config.container_id))
+        ctx.disk_dirty = True
+        ctx.devserver.set_state("idle")
+    return {
+        "state": "idle",
+        "kept_node_modules": kept,
+        "node_modules_bytes": size if kept else 0,
+        "node_modules_key": key,
+    }
+
+
+def _clear(root: Path, keep: list[str]) -> None:
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        workspace.clear(fd, keep)
+    finally:
+        os.close(fd)
+
+
+async def logs(ctx: Context, command: Command) -> dict[str, Any]:
+    try:
+        count = int(command.args.get("lines") or 100)
+    except (TypeError, ValueError):
+        raise CommandError("lines must be a number") from None
+    return {"lines": ctx.logs.tail(max(0, min(count, MAX_LOG_LINES)))}
+
+
+HANDLERS: dict[str, Callable[[Context, Command], Awaitable[dict[str, Any]]]] = {
+    "prepare": prepare,
+    "write_files": write_files,
+    "restart": restart,
+    "stop": stop,
+    "reset": reset,
+    "logs": logs,
+}

@@ -1,0 +1,115 @@
+"""The supervisor's configuration: its environment, read once at start-up.
+
+The gateway starts each container with these ``PREVIEW_*`` variables. The supervisor keeps
+the values in one frozen object and never hands the variables themselves to a child process
+(see ``procs.child_environment``): the Redis URL carries this container's password.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+ENV_PREFIX = "PREVIEW_"
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+class ConfigError(ValueError):
+    """An environment variable is missing or holds a value that cannot be used."""
+
+
+@dataclass(frozen=True)
+class SupervisorConfig:
+    container_id: str
+    redis_url: str
+    heartbeat_interval: float = 5.0
+    heartbeat_ttl: float = 15.0
+    dev_port: int = 3000
+    workspace: Path = Path("/workspace")
+    cache_dir: Path = Path("/cache")
+    # Empty: run children as ourselves (a developer machine without root).
+    app_user: str = "app"
+    templates_dir: Path = _PACKAGE_DIR / "templates"
+    # Root-only: what must survive a supervisor restart (session, node_modules key).
+    state_dir: Path = Path("/var/lib/preview-supervisor")
+    # The address Docker forwards the published port to (eth0); empty: detect at start.
+    external_address: str = ""
+    ready_timeout: float = 180.0
+    install_timeout: float = 900.0
+    restart_limit: int = 3
+    restart_window: float = 60.0
+    log_level: str = "INFO"
+    # Interpreter for helpers run as the app user (fsworker): it must be executable by
+    # that user, which a virtualenv under /root is not.
+    worker_python: str = sys.executable
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> SupervisorConfig:
+        env = os.environ if environ is None else environ
+
+        def get(name: str, default: str) -> str:
+            return env.get(ENV_PREFIX + name, default)
+
+        def number(name: str, default: float) -> float:
+            raw = get(name, str(default))
+            try:
+                return float(raw)
+            except ValueError:
+                raise ConfigError(f"{ENV_PREFIX}{name}: expected a number, got {raw!r}") from None
+
+        cid = get("CONTAINER_ID", "")
+        redis_url = get("SUPERVISOR_REDIS_URL", "")
+        if not cid or not redis_url:
+            raise ConfigError(
+                f"{ENV_PREFIX}CONTAINER_ID and {ENV_PREFIX}SUPERVISOR_REDIS_URL are required"
+            )
+        config = cls(
+            container_id=cid,
+            redis_url=redis_url,
+            heartbeat_interval=number("HEARTBEAT_INTERVAL", 5.0),
+            heartbeat_ttl=number("HEARTBEAT_TTL", 15.0),
+            dev_port=int(number("DEV_PORT", 3000)),
+            workspace=Path(get("WORKSPACE", "/workspace")),
+            cache_dir=Path(get("CACHE_DIR", "/cache")),
+            app_user=get("APP_USER", "app"),
+            templates_dir=Path(get("TEMPLATES_DIR", str(_PACKAGE_DIR / "templates"))),
+            state_dir=Path(get("SUPERVISOR_STATE_DIR", "/var/lib/preview-supervisor")),
+            external_address=get("EXTERNAL_ADDRESS", ""),
+            ready_timeout=number("READY_TIMEOUT", 180.0),
+            install_timeout=number("INSTALL_TIMEOUT", 900.0),
+            restart_limit=int(number("RESTART_LIMIT", 3)),
+            restart_window=number("RESTART_WINDOW", 60.0),
+            log_level=get("LOG_LEVEL", "INFO"),
+            worker_python=get("WORKER_PYTHON", sys.executable),
+        )
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        if self.heartbeat_interval <= 0:
+            raise ConfigError(f"{ENV_PREFIX}HEARTBEAT_INTERVAL must be positive")
+        if self.heartbeat_ttl <= self.heartbeat_interval:
+            raise ConfigError(f"{ENV_PREFIX}HEARTBEAT_TTL must exceed the interval")
+        if not 0 < self.dev_port < 65536:
+            raise ConfigError(f"{ENV_PREFIX}DEV_PORT must be a TCP port")
+        if self.restart_limit < 0:
+            raise ConfigError(f"{ENV_PREFIX}RESTART_LIMIT must not be negative")
+
+    def redacted_redis(self) -> str:
+        """host:port of the Redis URL, for logs (never the credentials)."""
+        parts = urlsplit(self.redis_url)
+        return f"{parts.hostname}:{parts.port or 6379}{parts.path}"
+
+
+def scrub_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """Remove every ``PREVIEW_*`` variable from ``environ`` (default: ``os.environ``),
+    returning what remains. Called once the config is read, so nothing spawned later —
+    even by a library — inherits the credentials."""
+    env = os.environ if environ is None else environ
+    for name in [n for n in env if n.startswith(ENV_PREFIX)]:
+        del env[name]
+    return dict(env)

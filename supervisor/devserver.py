@@ -1,0 +1,301 @@
+"""The dev server's lifecycle: start it as ``app`` in its own process group, wait until it
+answers HTTP, forward its port when it bound only loopback, restart it with backoff when
+it crashes, and give up (``crashed``) after ``restart_limit`` restarts within a window."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from supervisor import failures, procs
+from supervisor.cgroup import Cgroup
+from supervisor.events import Events, Progress
+from supervisor.logbuffer import LogBuffer, pump
+from supervisor.portforward import PortForwarder
+from supervisor.readiness import ProbeResult, backoff, probe
+
+log = logging.getLogger(__name__)
+
+LOOPBACKS = ("127.0.0.1", "::1")
+Outcome = Literal["ready", "exited", "timeout"]
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    cwd: Path
+    port: int
+    host_header: str
+    ready_timeout: float = 180.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "argv": list(self.argv), "cwd": str(self.cwd)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LaunchSpec:
+        return cls(**{**data, "argv": tuple(data["argv"]), "cwd": Path(data["cwd"])})
+
+
+@dataclass
+class StartResult:
+    ready: bool
+    reason: str | None = None
+    detail: list[str] = field(default_factory=list)
+    forwarded: bool = False
+
+
+class DevServer:
+    def __init__(
+        self,
+        *,
+        user: procs.AppUser,
+        logs: LogBuffer,
+        events: Events,
+        cgroup: Cgroup,
+        external_address: str,
+        restart_limit: int = 3,
+        restart_window: float = 60.0,
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.user = user
+        self.logs = logs
+        self.events = events
+        self.cgroup = cgroup
+        self.external_address = external_address
+        self.restart_limit = restart_limit
+        self.restart_window = restart_window
+        self.on_change = on_change
+        self.state = "idle"
+        self.last_error: str | None = None
+        self.restarts = 0
+        self.spec: LaunchSpec | None = None
+        self.session_id: str | None = None
+        self._process: asyncio.subprocess.Process | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._forwarder: PortForwarder | None = None
+        self._crashes: deque[float] = deque()
+        self._lock = asyncio.Lock()
+
+    @property
+    def pid(self) -> int | None:
+        process = self._process
+        return process.pid if process is not None and process.returncode is None else None
+
+    @property
+    def port(self) -> int | None:
+        return self.spec.port if self.spec is not None and self.pid is not None else None
+
+    def set_state(self, state: str, error: str | None = None) -> None:
+        self.state = state
+        if error is not None:
+            self.last_error = error
+        self.on_change()
+
+    async def start(
+        self, spec: LaunchSpec, session_id: str | None, progress: Progress | None = None
+    ) -> StartResult:
+        """(Re)start with ``spec``; returns once it answers HTTP or has failed for good.
+        It keeps being watched (and restarted after crashes) afterwards."""
+        async with self._lock:
+            await self._stop_locked()
+            self.spec, self.session_id = spec, session_id
+            self.restarts, self.last_error = 0, None
+            self._crashes.clear()
+            first: asyncio.Future[StartResult] = asyncio.get_running_loop().create_future()
+            self._task = asyncio.create_task(self._supervise(spec, progress, first))
+        return await asyncio.shield(first)
+
+    async def stop(self, state: str = "stopped") -> None:
+        async with self._lock:
+            await self._stop_locked()
+            self.set_state(state)
+
+    def forget(self) -> None:
+        """After stop(): drop the session's launch spec and counters (reset)."""
+        self.spec, self.session_id, self.restarts, self.last_error = None, None, 0, None
+        self.on_change()
+
+    async def _stop_locked(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            # asyncio.wait, not `await task`: our own cancellation must still reach us.
+            await asyncio.wait([task])
+        await self._cleanup()
+
+    async def _cleanup(self) -> None:
+        if self._forwarder is not None:
+            await self._forwarder.close()
+            self._forwarder = None
+        if self._process is not None:
+            await procs.stop_process(self._process)
+
+    async def _supervise(
+        self, spec: LaunchSpec, progress: Progress | None, first: asyncio.Future[StartResult]
+    ) -> None:
+        def settle(result: StartResult) -> None:
+            if not first.done():
+                first.set_result(result)
+
+        try:
+            while True:
+                result, returncode, lines, oom = await self._run_once(spec, progress, settle)
+                if result is not None:  # timed out: failed, not restarted
+                    settle(result)
+                    return
+                reason = failures.classify(lines, returncode, oom)
+                detail = failures.relevant_lines(lines)
+                now = time.monotonic()
+                while self._crashes and now - self._crashes[0] > self.restart_window:
+                    self._crashes.popleft()
+                if len(self._crashes) >= self.restart_limit:
+                    self.set_state("crashed", reason)
+                    log.warning("dev server crashed for good: %s", reason)
+                    await self.events.emit(
+                        "error", self.session_id, {"reason": reason, "detail": detail}
+                    )
+                    settle(StartResult(False, reason, detail))
+                    return
+                delay = 0.5 * 2 ** len(self._crashes)
+                self._crashes.append(now)
+                self.restarts += 1
+                self.set_state("starting", reason)
+                log.warning(
+                    "dev server exited (%s); restart %d in %.1fs", reason, self.restarts, delay
+                )
+                await self.events.emit(
+                    "warning",
+                    self.session_id,
+                    {"type": "devserver_restart", "message": reason, "restarts": self.restarts},
+                )
+                await asyncio.sleep(delay)
+                progress = Progress(self.events, self.session_id)
+        except Exception as exc:
+            log.error("dev server supervision failed", exc_info=True)
+            self.set_state("failed", f"supervisor error: {exc}")
+            settle(StartResult(False, self.last_error))
+        finally:
+            settle(StartResult(False, "the dev server was stopped before it was ready"))
+
+    async def _run_once(
+        self,
+        spec: LaunchSpec,
+        progress: Progress | None,
+        settle: Callable[[StartResult], None],
+    ) -> tuple[StartResult | None, int | None, list[str], bool]:
+        """One run of the process: (a failure that must not be retried, exit code, its
+        output, whether the OOM killer struck)."""
+        await self._cleanup()
+        oom_before = self.cgroup.sample().oom_kills
+        first_line = self.logs.version
+        self.set_state("starting")
+        process = await procs.spawn(spec.argv, user=self.user, env=spec.env, cwd=spec.cwd)
+        self._process = process
+        self.on_change()
+        log.info("dev server started pid=%d: %s", process.pid, " ".join(spec.argv))
+        assert process.stdout is not None
+        reader = asyncio.create_task(pump(process.stdout, self.logs.append))
+        try:
+            outcome, last = await self._wait_ready(process, spec, progress)
+            if outcome == "ready":
+                if progress is not None:
+                    await progress.report("devserver", 100, "the dev server answers", force=True)
+                self.set_state("ready")
+                await self.events.emit(
+                    "ready",
+                    self.session_id,
+                    {"port": spec.port, "forwarded": bool(self._forwarder)},
+                )
+                settle(StartResult(True, forwarded=self._forwarder is not None))
+            lines = self._lines_since(first_line)
+            if outcome == "timeout":
+                reason = (
+                    f"the dev server did not answer HTTP on port {spec.port} within "
+                    f"{spec.ready_timeout:.0f}s"
+                    + (f" (last answer: HTTP {last.status})" if last.status else "")
+                )
+                detail = failures.relevant_lines(lines)
+                found = failures.classify(lines, None)
+                if found != failures.exit_description(None):
+                    reason += f": {found}"
+                await self._cleanup()
+                self.set_state("failed", reason)
+                await self.events.emit(
+                    "error", self.session_id, {"reason": reason, "detail": detail}
+                )
+                return StartResult(False, reason, detail), None, lines, False
+            returncode = await process.wait()
+            # Let the last words (the stack trace) reach the buffer before judging them.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(reader), 1.0)
+            await self._cleanup()
+            oom = self.cgroup.sample().oom_kills > oom_before
+            return None, returncode, self._lines_since(first_line), oom
+        finally:
+            reader.cancel()
+
+    def _lines_since(self, version: int) -> list[str]:
+        return self.logs.tail(self.logs.version - version)
+
+    async def _wait_ready(
+        self, process: asyncio.subprocess.Process, spec: LaunchSpec, progress: Progress | None
+    ) -> tuple[Outcome, ProbeResult]:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = started + spec.ready_timeout
+        exited = asyncio.ensure_future(process.wait())
+        last = ProbeResult(None, False)
+        try:
+            for delay in backoff():
+                if exited.done():
+                    return "exited", last
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return "timeout", last
+                last = await self._probe(spec, min(remaining, 30.0))
+                if last.ready:
+                    return "ready", last
+                if progress is not None:
+                    waited = loop.time() - started
+                    # Asymptotic: moves visibly early on, never claims to be done.
+                    percent = 95 * (1 - 1 / (1 + waited / 10))
+                    tail = self.logs.tail(1)
+                    state = "compiling" if last.connected else "waiting for the port"
+                    message = f"{state} ({waited:.0f}s)" + (f": {tail[0][:200]}" if tail else "")
+                    await progress.report("devserver", percent, message)
+                await asyncio.wait([exited], timeout=min(delay, max(remaining, 0)))
+            raise AssertionError("unreachable")
+        finally:
+            if not exited.done():
+                exited.cancel()
+
+    async def _probe(self, spec: LaunchSpec, budget: float) -> ProbeResult:
+        external = self.external_address
+        result = await probe(external, spec.port, spec.host_header, response_timeout=budget)
+        if result.connected or self._forwarder is not None or external in LOOPBACKS:
+            return result
+        for loopback in LOOPBACKS:
+            inner = await probe(loopback, spec.port, spec.host_header, response_timeout=budget)
+            if not inner.connected:
+                continue
+            forwarder = PortForwarder(external, spec.port, loopback, spec.port)
+            try:
+                await forwarder.start()
+            except OSError as exc:
+                log.info("not forwarding %s:%d: %s", external, spec.port, exc)
+                return inner
+            self._forwarder = forwarder
+            self.logs.append(
+                f"[supervisor] the dev server listens on {loopback} only: "
+                f"forwarding {external}:{spec.port} to it"
+            )
+            return await probe(external, spec.port, spec.host_header, response_timeout=budget)
+        return result

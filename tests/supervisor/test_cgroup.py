@@ -1,0 +1,117 @@
+"""cgroup v1 and v2 readers on fixture trees, the CPU meter, and the disk helpers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from supervisor.cgroup import Cgroup, CpuMeter, disk_total, tree_size
+
+GIB = 1 << 30
+
+
+def write(root: Path, files: dict[str, str]) -> None:
+    for name, content in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content)
+
+
+def meminfo(tmp_path: Path, total_kib: int = 16 * 1024 * 1024) -> Path:
+    path = tmp_path / "meminfo"
+    path.write_text(f"MemTotal:       {total_kib} kB\nMemFree:        1 kB\n")
+    return path
+
+
+def test_v1(tmp_path: Path) -> None:
+    root = tmp_path / "cg"
+    write(
+        root,
+        {
+            "memory/memory.usage_in_bytes": str(600 * 1024 * 1024),
+            "memory/memory.limit_in_bytes": str(2 * GIB),
+            "memory/memory.stat": "cache 1\ntotal_inactive_file 104857600\n",
+            "memory/memory.oom_control": "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+            "cpuacct/cpuacct.usage": "123456789",
+        },
+    )
+    cg = Cgroup(root, meminfo(tmp_path))
+    assert cg.version == 1
+    sample = cg.sample()
+    assert sample.memory_used == 500 * 1024 * 1024  # inactive page cache left out
+    assert sample.memory_limit == 2 * GIB
+    assert sample.cpu_usage_ns == 123456789
+    assert sample.oom_kills == 2
+
+
+def test_v1_unlimited_memory_is_the_hosts(tmp_path: Path) -> None:
+    root = tmp_path / "cg"
+    write(
+        root,
+        {
+            "memory/memory.usage_in_bytes": "1000",
+            "memory/memory.limit_in_bytes": "9223372036854771712",
+            "cpu,cpuacct/cpuacct.usage": "5",
+        },
+    )
+    sample = Cgroup(root, meminfo(tmp_path, 1024)).sample()
+    assert sample.memory_limit == 1024 * 1024
+    assert sample.cpu_usage_ns == 5
+
+
+def test_v2(tmp_path: Path) -> None:
+    root = tmp_path / "cg"
+    write(
+        root,
+        {
+            "cgroup.controllers": "cpu memory pids",
+            "memory.current": str(300 * 1024 * 1024),
+            "memory.max": str(GIB),
+            "memory.stat": "anon 1\ninactive_file 52428800\nactive_file 3\n",
+            "memory.events": "low 0\nhigh 0\nmax 4\noom 1\noom_kill 1\n",
+            "cpu.stat": "usage_usec 2500000\nuser_usec 2000000\nsystem_usec 500000\n",
+        },
+    )
+    cg = Cgroup(root, meminfo(tmp_path))
+    assert cg.version == 2
+    sample = cg.sample()
+    assert sample.memory_used == 250 * 1024 * 1024
+    assert sample.memory_limit == GIB
+    assert sample.cpu_usage_ns == 2_500_000_000
+    assert sample.oom_kills == 1
+
+
+def test_v2_max_means_the_hosts_memory(tmp_path: Path) -> None:
+    root = tmp_path / "cg"
+    write(root, {"memory.current": "10", "memory.max": "max", "cpu.stat": "usage_usec 1\n"})
+    assert Cgroup(root, meminfo(tmp_path, 2048)).sample().memory_limit == 2048 * 1024
+
+
+def test_no_cgroup_still_reports_memory_total(tmp_path: Path) -> None:
+    cg = Cgroup(tmp_path / "missing", meminfo(tmp_path, 4096))
+    assert cg.version is None
+    assert cg.sample().memory_limit == 4096 * 1024
+
+
+def test_this_host_is_readable() -> None:
+    sample = Cgroup().sample()
+    assert sample.memory_limit > 0
+    assert sample.cpu_usage_ns is not None
+
+
+def test_cpu_meter_is_percent_of_one_core() -> None:
+    meter = CpuMeter()
+    assert meter.update(1_000_000_000, 100.0) == 0.0  # first sample: no interval yet
+    assert meter.update(1_500_000_000, 101.0) == 50.0
+    assert meter.update(3_500_000_000, 102.0) == 200.0  # two cores busy
+    assert meter.update(None, 103.0) == 0.0
+
+
+def test_tree_size_counts_hard_links_once_and_skips_symlinks(tmp_path: Path) -> None:
+    (tmp_path / "a").write_bytes(b"x" * 10000)
+    (tmp_path / "b").hardlink_to(tmp_path / "a")
+    (tmp_path / "c").symlink_to("/usr")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "e").write_bytes(b"y" * 5000)
+    size = tree_size(tmp_path)
+    assert 15000 <= size < 15000 + 5 * 8192
+    assert disk_total(tmp_path) > size
