@@ -2,63 +2,122 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway.docker_runtime import DockerRuntime
+from gateway import api, auth
+from gateway.background import Background
+from gateway.containers import ContainerError, Containers
+from gateway.docker_runtime import DockerRuntime, DockerRuntimeError
 from gateway.errors import (
     ApiError,
     api_error_handler,
+    error_response,
     http_exception_handler,
     unexpected_error_handler,
 )
 from gateway.health import healthz, readyz
+from gateway.openapi import openapi_document
+from gateway.previews import Previews
+from gateway.ratelimit import RateLimits
+from gateway.starts import Starter
+from gateway.tracker import Tracker
 from shared.settings import Settings
+
+# Longest wait on a container's acknowledgement (an archive upload), plus a margin: the
+# client used for blocking reads (BLPOP, XREAD BLOCK) must not time out before Redis does.
+BLOCKING_SOCKET_TIMEOUT = 150.0
+SHUTDOWN_DEADLINE = 10.0
 
 log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings) -> Starlette:
-    """Build the gateway for these settings; clients are opened by the lifespan."""
+    """Build the gateway for these settings; clients are opened by the lifespan. Bad auth
+    or rate-limit settings fail here, at start-up."""
+    authenticator = auth.Authenticator(settings)
+    RateLimits.check_settings(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        app.state.redis = Redis.from_url(
-            settings.redis_url, socket_connect_timeout=2, socket_timeout=5
+        state = app.state
+        state.redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
+        state.blocking_redis = Redis.from_url(
+            settings.redis_url, socket_connect_timeout=2, socket_timeout=BLOCKING_SOCKET_TIMEOUT
         )
-        app.state.runtime = DockerRuntime(settings)
+        state.runtime = DockerRuntime(settings)
+        state.background = Background()
+        state.containers = Containers(settings, state.blocking_redis, state.runtime)
+        state.previews = Previews(settings, state.redis, state.containers, state.background)
+        state.starter = Starter(state.previews)
+        state.rate_limits = RateLimits(settings, state.redis)
+        tracker = Tracker(state.previews, interval=1.0)
+        tracking = asyncio.create_task(tracker.run(), name="session tracker")
         log.info(
-            "gateway started redis=%s docker_hosts=%d",
+            "gateway started redis=%s docker_hosts=%d auth=%s",
             _safe_url(settings.redis_url),
             len(settings.docker_hosts),
+            auth.describe(settings),
         )
         try:
             yield
         finally:
-            await app.state.runtime.close()
-            await app.state.redis.aclose()
+            tracking.cancel()
+            await asyncio.gather(tracking, return_exceptions=True)
+            await state.background.close(SHUTDOWN_DEADLINE)
+            await state.runtime.close()
+            await state.blocking_redis.aclose()
+            await state.redis.aclose()
 
     app = Starlette(
         debug=settings.debug,
         routes=[
             Route("/healthz", healthz),
             Route("/readyz", readyz),
+            Route("/openapi.json", openapi),
+            *api.routes,
         ],
         exception_handlers={
             ApiError: api_error_handler,
             HTTPException: http_exception_handler,
+            ContainerError: container_error_handler,
+            DockerRuntimeError: dependency_error_handler,
+            RedisError: dependency_error_handler,
             Exception: unexpected_error_handler,
         },
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.authenticator = authenticator
     return app
+
+
+async def openapi(request: Request) -> Response:
+    return JSONResponse(openapi_document(request.app.state.settings))
+
+
+async def container_error_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ContainerError)
+    log.error("container error on %s %s: %s", request.method, request.url.path, exc.reason)
+    return error_response(502, "container_error", "the preview container did not respond")
+
+
+async def dependency_error_handler(request: Request, exc: Exception) -> Response:
+    # Redis or Docker down: the client can only retry; the details are for the log.
+    log.error("dependency error on %s %s: %s", request.method, request.url.path, exc)
+    return error_response(
+        503, "unavailable", "a backing service is unreachable; retry shortly", {"Retry-After": "5"}
+    )
 
 
 def _safe_url(url: str) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from gateway import hypercorn_compat
 from gateway.app import create_app
+from gateway.auth import jwt_checker
 from gateway.logs import configure_logging
 from gateway.preview_host import PreviewRouter
 from gateway.preview_tokens import token_checker
@@ -15,4 +16,5 @@ from shared.settings import Settings
 hypercorn_compat.install()
 settings = Settings.from_env()
 configure_logging(settings)
-app = PreviewRouter(create_app(settings), settings, token_checker(settings, None))
+api = create_app(settings)
+app = PreviewRouter(api, settings, token_checker(settings, jwt_checker(api.state.authenticator)))

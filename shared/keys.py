@@ -133,7 +133,7 @@ def user_slot_freed(user: str) -> str:
 
 
 TRACKER_LOCK = f"{PREFIX}tracker"  # one gateway per tick folds events and renews leases
-TRACKER_LOCK_TTL_MS = 1500
+TRACKER_LOCK_TTL_MS = 800  # under the 1 s tick: whoever comes first takes the next one
 USER_PROJECT_TTL = 86400  # a hot-start pointer outlives no session by more than this
 STOPPED_SESSION_TTL = 600  # a stopped session's record, until its container is released
 
@@ -141,3 +141,42 @@ STOPPED_SESSION_TTL = 600  # a stopped session's record, until its container is 
 
 # command_done(cid) lives this long after its last write: far longer than any redelivery.
 COMMAND_DONE_TTL = 24 * 3600
+
+# --- warm pool, placement, reaper (controller) --------------------------------------------
+
+
+def pool_image(image: str) -> str:
+    """String: the content id (sha256:...) image name `image` resolves to: the pool in use.
+    Written by whoever resolves it (controller, or a gateway launching); read on acquire.
+    Not under pool("*"): scans of the pools must not see it (nor POOL_DEMAND/POOL_STATS)."""
+    return f"{PREFIX}pool-image:{image}"
+
+
+POOL_DEMAND = f"{PREFIX}pool-demand"  # sorted set: acquisition token -> unix time (autoscale)
+POOL_STATS = f"{PREFIX}pool-stats"  # hash: target, replenish_s, peak, hits, misses, updated
+POOL_DEMAND_MAX = 20_000  # acquisitions remembered at most (the window is also in time)
+
+
+def docker_host(name: str) -> str:
+    """Hash: state (up|down), since, reason, mem_total, ncpu, checked_at (controller)."""
+    return f"{PREFIX}host:{name}"
+
+
+def host_containers(name: str) -> str:
+    """Set of cids placed on this Docker host and not yet removed (our accounting)."""
+    return f"{PREFIX}host:{name}:containers"
+
+
+def host_creating(name: str) -> str:
+    """Sorted set: creation token -> lease expiry; container creations under way."""
+    return f"{PREFIX}host:{name}:creating"
+
+
+def host_starts_waiting(name: str) -> str:
+    """Sorted set: token -> expiry of user starts waiting to create (refills yield)."""
+    return f"{PREFIX}host:{name}:starts-waiting"
+
+
+CREATE_LEASE = 120  # seconds a creation slot is held at most (a crashed creator frees it)
+CREATE_WAIT_TTL = 5  # seconds a waiting start's mark lives unless renewed
+REAPER_LOCK_TTL_MS = 10_000  # the session lock while the reaper decides about it

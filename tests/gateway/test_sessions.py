@@ -1,0 +1,57 @@
+"""Session records follow the supervisor's events, also when two gateways fold at once."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from redis.asyncio import Redis
+
+from gateway.background import Background
+from gateway.previews import Previews
+from gateway.sessions import Session, fold, merge_result, new_id
+from shared import keys
+from shared.messages import Event
+from shared.settings import Settings
+
+
+def test_ids_are_dns_safe_and_unguessable() -> None:
+    ids = {new_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(len(i) == 16 and i.isalnum() and i == i.lower() for i in ids)
+
+
+def test_fold_follows_the_latest_event() -> None:
+    session = Session("s", "alice", "p", created_at=100.0)
+    changed = fold(session, [Event("progress", "s", {"step": "files", "percent": 0})])
+    assert session.state == "preparing" and changed["state"] == "preparing"
+    fold(session, [Event("progress", "s", {"step": "devserver", "percent": 0})])
+    assert session.state == "starting"
+    fold(session, [Event("ready", "s", {"port": 3000}, ts=101.5)])
+    assert session.state == "ready" and session.timings["total"] == 1500
+    fold(session, [Event("error", "s", {"reason": "crashed", "detail": ["a", "b"]})])
+    assert session.state == "failed"
+    assert session.error == {"reason": "crashed", "detail": ["a", "b"]}
+    merge_result(session, {"timings_ms": {"files": 5, "bad": "x"}, "dependencies": "restored"})
+    assert session.timings["files"] == 5 and "bad" not in session.timings
+    assert session.dependencies == "restored"
+    assert fold(session, [Event("warning", "s", {"type": "x", "message": "m"})]) == {}
+
+
+async def test_a_stale_snapshot_still_writes_what_the_events_decide(redis: Redis) -> None:
+    settings = Settings.from_env({}, redis_url="redis://unused")
+    previews = Previews(settings, redis, cast(Any, None), Background())
+    cid = "pvc-test"
+    session = Session("s1", "alice", "p", state="ready", container=cid, events_from="0-0")
+    await redis.hset(keys.session("s1"), mapping=session.to_record())  # type: ignore[arg-type]
+    stale = await previews.load("s1")
+    assert stale is not None
+    await redis.xadd(keys.events(cid), Event("progress", "s1", {"step": "devserver"}).to_fields())  # type: ignore[arg-type]
+    other = await previews.load("s1")
+    assert other is not None
+    await previews.refresh(other)  # another gateway folds the restart's first event
+    assert await redis.hget(keys.session("s1"), "state") == b"starting"
+    await redis.xadd(keys.events(cid), Event("ready", "s1", {"port": 3000}).to_fields())  # type: ignore[arg-type]
+    await previews.refresh(stale)  # its snapshot says "ready": the write must still happen
+    assert await redis.hget(keys.session("s1"), "state") == b"ready"
+    again = await previews.load("s1")
+    assert again is not None and again.state == "ready"
