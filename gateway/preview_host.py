@@ -36,6 +36,7 @@ COOKIE_PURPOSE = "cookie"
 ACTIVITY_EVERY = 5.0  # seconds between activity writes per preview
 STARTING = frozenset({"assigned", "preparing", "starting"})
 STATUS_PATH = "/__preview/status"
+TOO_MANY_FAILURES = "too many failed attempts; wait a minute"
 
 # token → user id for the preview `sid`, or None (preview token or the user's own JWT).
 TokenCheck = Callable[[str, str], Awaitable[str | None]]
@@ -129,28 +130,14 @@ class PreviewRouter:
         token = self.query_token(scope)
         if token is not None and not is_ws:
             if await self.too_many_failures(scope, failed=False):
-                await self.refuse(
-                    scope,
-                    send,
-                    429,
-                    "rate_limited",
-                    "too many failed attempts; wait a minute",
-                    html,
-                )
+                await self.refuse(scope, send, 429, "rate_limited", TOO_MANY_FAILURES, html)
                 return
             await self.login(sid, route, token, scope, send, html)
             return
         user = self.cookie_user(sid, scope)
         if user is None or user != route.user:
             if await self.too_many_failures(scope, failed=True):
-                await self.refuse(
-                    scope,
-                    send,
-                    429,
-                    "rate_limited",
-                    "too many failed attempts; wait a minute",
-                    html,
-                )
+                await self.refuse(scope, send, 429, "rate_limited", TOO_MANY_FAILURES, html)
                 return
             await self.refuse(
                 scope,

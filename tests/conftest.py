@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -16,7 +15,7 @@ from redis.asyncio import Redis
 
 from gateway.docker_runtime import ContainerInfo, ContainerSpec, DockerHost
 from shared.settings import Settings
-from tests.utils import RedisServer, start_redis
+from tests.utils import RedisServer, remove_labelled_containers, start_redis
 
 TEST_RUN = secrets.token_hex(4)
 LABEL_TEST_RUN = "preview-gateway.test-run"
@@ -63,14 +62,7 @@ def settings(redis_server: RedisServer, test_image: str) -> Settings:
 def _remove_test_containers() -> Iterator[None]:
     """Last line of defence: remove every container this test run labelled."""
     yield
-    ids = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", f"label={LABEL_TEST_RUN}={TEST_RUN}"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.split()
-    if ids:
-        subprocess.run(["docker", "rm", "-f", "-v", *ids], capture_output=True, check=False)
+    remove_labelled_containers(f"{LABEL_TEST_RUN}={TEST_RUN}")
 
 
 @pytest_asyncio.fixture

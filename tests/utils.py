@@ -99,6 +99,18 @@ def bridge_ip() -> str | None:
     return gateway or None
 
 
+def remove_labelled_containers(label: str) -> None:
+    """Force-remove every container carrying `label` (key=value): test clean-up."""
+    ids = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label={label}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split()
+    if ids:
+        subprocess.run(["docker", "rm", "-f", "-v", *ids], capture_output=True, check=False)
+
+
 @dataclass
 class RedisServer:
     port: int

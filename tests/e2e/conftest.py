@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,7 +14,14 @@ import pytest
 from gateway.cli import mint_token
 from shared.settings import Settings
 from tests.conftest import LABEL_TEST_RUN, TEST_RUN
-from tests.utils import GatewayProcess, RedisServer, free_port, run_gateway, settings_env
+from tests.utils import (
+    GatewayProcess,
+    RedisServer,
+    free_port,
+    remove_labelled_containers,
+    run_gateway,
+    settings_env,
+)
 
 CHROMIUM = "/usr/bin/chromium"
 # The flags this closed network needs (no background calls home) and root needs (no sandbox).
@@ -78,14 +84,7 @@ def stack(redis_server: RedisServer, test_image: str) -> Iterator[Stack]:
         with run_gateway(env, port=port) as gateway:
             yield Stack(gateway, settings)
     finally:
-        ids = subprocess.run(
-            ["docker", "ps", "-aq", "--filter", f"label={LABEL_TEST_RUN}={TEST_RUN}"],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.split()
-        if ids:
-            subprocess.run(["docker", "rm", "-f", "-v", *ids], capture_output=True, check=False)
+        remove_labelled_containers(f"{LABEL_TEST_RUN}={TEST_RUN}")
 
 
 @pytest.fixture(scope="module")
