@@ -46,6 +46,12 @@ class SupervisorConfig:
     # Interpreter for helpers run as the app user (fsworker): it must be executable by
     # that user, which a virtualenv under /root is not.
     worker_python: str = sys.executable
+    # The host dependency cache (/cache, shared by every preview on the host): its bound in
+    # bytes (0 turns it off), and how archives are compressed (zstd level; worker threads,
+    # 0 for none). The gateway passes the PREVIEW_CACHE_* settings on.
+    cache_max_bytes: int = 10 << 30
+    cache_zstd_level: int = 1
+    cache_zstd_threads: int = 2
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> SupervisorConfig:
@@ -85,6 +91,9 @@ class SupervisorConfig:
             restart_window=number("RESTART_WINDOW", 60.0),
             log_level=get("LOG_LEVEL", "INFO"),
             worker_python=get("WORKER_PYTHON", sys.executable),
+            cache_max_bytes=int(number("CACHE_MAX_BYTES", 10 << 30)),
+            cache_zstd_level=int(number("CACHE_ZSTD_LEVEL", 1)),
+            cache_zstd_threads=int(number("CACHE_ZSTD_THREADS", 2)),
         )
         config.validate()
         return config
@@ -98,6 +107,12 @@ class SupervisorConfig:
             raise ConfigError(f"{ENV_PREFIX}DEV_PORT must be a TCP port")
         if self.restart_limit < 0:
             raise ConfigError(f"{ENV_PREFIX}RESTART_LIMIT must not be negative")
+        if self.cache_max_bytes < 0:
+            raise ConfigError(f"{ENV_PREFIX}CACHE_MAX_BYTES must not be negative")
+        if not -7 <= self.cache_zstd_level <= 22 or self.cache_zstd_level == 0:
+            raise ConfigError(f"{ENV_PREFIX}CACHE_ZSTD_LEVEL must be 1..22 (or -7..-1, faster)")
+        if not 0 <= self.cache_zstd_threads <= 64:
+            raise ConfigError(f"{ENV_PREFIX}CACHE_ZSTD_THREADS must be 0..64")
 
     def redacted_redis(self) -> str:
         """host:port of the Redis URL, for logs (never the credentials)."""

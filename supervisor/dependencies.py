@@ -1,12 +1,13 @@
 """Dependencies: keep, restore or install ``node_modules`` for the project's lockfile.
 
-``ensure_dependencies`` answers how they got there:
+``ensure_dependencies`` tries the tiers in order and answers which one did it:
 
 - ``skipped``: node_modules is already present for the same lockfile hash (a container
   kept from the same project), or there is nothing to install;
-- ``restored``: unpacked from the dependency cache in /cache (``DependencyCache``; the
-  zstd archive cache is a later issue — ``NoCache`` is the seam it plugs into);
-- ``installed``: the package manager ran (as ``app``, with our credentials scrubbed).
+- ``restored``: unpacked from the host cache in /cache (``DependencyCache``, by default
+  ``depcache.ArchiveCache``; a corrupt archive is deleted and counts as a miss);
+- ``installed``: the package manager ran (as ``app``, with our credentials scrubbed);
+  the cache then packs the result in the background for the next start.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from supervisor import failures, procs
+from supervisor.cachekey import CacheKey
 from supervisor.context import Context
+from supervisor.depcache import InstallPlan
 from supervisor.detect import Project
 from supervisor.events import Progress
 
@@ -36,18 +39,53 @@ class InstallError(Exception):
 
 
 class DependencyCache(Protocol):
-    async def restore(self, key: str, workspace: Path) -> bool: ...
+    async def key(
+        self,
+        ctx: Context,
+        project: Project,
+        package_json: Mapping[str, Any],
+        env: Mapping[str, str],
+    ) -> CacheKey | None: ...
 
-    async def save(self, key: str, workspace: Path) -> None: ...
+    async def restore(
+        self, ctx: Context, key: CacheKey, progress: Progress, report: dict[str, Any]
+    ) -> bool: ...
+
+    async def before_install(
+        self, ctx: Context, key: CacheKey | None, project: Project, env: Mapping[str, str]
+    ) -> InstallPlan: ...
+
+    async def after_install(self, ctx: Context, plan: InstallPlan, ok: bool) -> str: ...
+
+    def user_code_runs(self) -> None: ...
 
 
 class NoCache:
-    """No dependency cache yet: nothing is restored, nothing saved."""
+    """No dependency cache: nothing is restored, nothing saved."""
 
-    async def restore(self, key: str, workspace: Path) -> bool:
+    async def key(
+        self,
+        ctx: Context,
+        project: Project,
+        package_json: Mapping[str, Any],
+        env: Mapping[str, str],
+    ) -> CacheKey | None:
+        return None
+
+    async def restore(
+        self, ctx: Context, key: CacheKey, progress: Progress, report: dict[str, Any]
+    ) -> bool:
         return False
 
-    async def save(self, key: str, workspace: Path) -> None:
+    async def before_install(
+        self, ctx: Context, key: CacheKey | None, project: Project, env: Mapping[str, str]
+    ) -> InstallPlan:
+        return InstallPlan(dict(env))
+
+    async def after_install(self, ctx: Context, plan: InstallPlan, ok: bool) -> str:
+        return "no cache"
+
+    def user_code_runs(self) -> None:
         return None
 
 
@@ -81,6 +119,26 @@ async def ensure_dependencies(
     env: Mapping[str, str],
     progress: Progress,
     cache: DependencyCache | None = None,
+    report: dict[str, Any] | None = None,
+) -> Outcome:
+    """Make node_modules match the project; ``report`` receives what the cache did
+    (key, scope, restore time, archive size, whether the install will be packed)."""
+    cache = cache or NoCache()
+    report = {} if report is None else report
+    try:
+        return await _ensure(ctx, project, package_json, env, progress, cache, report)
+    finally:
+        cache.user_code_runs()  # the dev server starts next
+
+
+async def _ensure(
+    ctx: Context,
+    project: Project,
+    package_json: Mapping[str, Any],
+    env: Mapping[str, str],
+    progress: Progress,
+    cache: DependencyCache,
+    report: dict[str, Any],
 ) -> Outcome:
     workspace = ctx.config.workspace
     if project.install is None:
@@ -91,13 +149,30 @@ async def ensure_dependencies(
         raise InstallError(f"cannot read {project.lockfile}: {exc}") from None
     if (workspace / "node_modules").is_dir() and ctx.session.lock_hash == wanted:
         return "skipped"
-    cache = cache or NoCache()
-    if await cache.restore(wanted, workspace):
-        ctx.session.lock_hash = wanted
-        return "restored"
+    key = await cache.key(ctx, project, package_json, env)
+    if key is not None:
+        report.update(key=key.value, scope=key.scope)
+        if await cache.restore(ctx, key, progress, report):
+            ctx.session.lock_hash = wanted
+            return "restored"
     argv = resolve_tool(project.install, env.get("PATH", ""))
     ctx.session.lock_hash = None  # until it succeeds, whatever is there is not trusted
     ctx.save()
+    plan = await cache.before_install(ctx, key, project, env)
+    ok = False
+    try:
+        await _install(ctx, argv, plan.env, progress)
+        ok = True
+    finally:
+        report["pack"] = await cache.after_install(ctx, plan, ok)
+    ctx.session.lock_hash = wanted
+    return "installed"
+
+
+async def _install(
+    ctx: Context, argv: tuple[str, ...], env: Mapping[str, str], progress: Progress
+) -> None:
+    workspace = ctx.config.workspace
     ctx.logs.append(f"[supervisor] $ {' '.join(argv)}")
     ticker = asyncio.create_task(_report_while_installing(ctx, progress, " ".join(argv)))
     try:
@@ -122,9 +197,6 @@ async def ensure_dependencies(
                 finished.lines, finished.returncode
             )
         raise InstallError(reason, failures.relevant_lines(finished.lines))
-    ctx.session.lock_hash = wanted
-    await cache.save(wanted, workspace)
-    return "installed"
 
 
 async def _report_while_installing(ctx: Context, progress: Progress, command: str) -> None:

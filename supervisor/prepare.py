@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 
 from shared import keys
 from shared.messages import Command
-from supervisor import procs, sources, workspace
+from supervisor import depcache, procs, sources, workspace
 from supervisor.context import Context
 from supervisor.dependencies import InstallError, ensure_dependencies, resolve_tool
 from supervisor.detect import Exposure, Project, detect, warnings_for
@@ -139,7 +139,7 @@ async def prepare(ctx: Context, command: Command) -> dict[str, Any]:
                 raise PrepareFailed(project.problem or "nothing to run")
             phase = "dependencies"
             result["dependencies"] = await _dependencies(
-                ctx, project, package_json, user_env, progress
+                ctx, project, package_json, user_env, progress, result
             )
             lap("dependencies")
             version = installed_version(ctx.config.workspace, project.framework_package)
@@ -181,12 +181,15 @@ async def _dependencies(
     package_json: dict[str, Any],
     user_env: dict[str, str],
     progress: Progress,
+    result: dict[str, Any],
 ) -> str:
     env = procs.child_environment(ctx.base_env, ctx.user, {**user_env, "CI": "1", **_QUIET})
     await progress.report(
         "dependencies", 0, f"{project.package_manager}: checking dependencies", force=True
     )
-    outcome = await ensure_dependencies(ctx, project, package_json, env, progress)
+    cache = depcache.for_config(ctx.config)
+    report = result.setdefault("dependency_cache", {})
+    outcome = await ensure_dependencies(ctx, project, package_json, env, progress, cache, report)
     ctx.session.node_modules_key = node_modules_key(ctx)
     ctx.save()
     await progress.report("dependencies", 100, f"dependencies {outcome}", force=True)
