@@ -2,7 +2,8 @@
 
 A container is launched with its own Redis ACL user (limited to ``pv:c:{cid}:*``) whose
 password only its supervisor receives. Warm containers wait in a per-image Redis list;
-acquiring one is a single Lua script, so no two gateways can hand out the same container.
+acquiring one is a single Lua script (no Docker call), so no two gateways can hand out the
+same container and a start costs one Redis round trip when the pool has one.
 """
 
 from __future__ import annotations
@@ -19,7 +20,17 @@ from urllib.parse import urlsplit, urlunsplit
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from gateway.docker_runtime import ContainerInfo, ContainerSpec, DockerHost, DockerRuntime
+from gateway.counters import COUNTERS, Counters, decision
+from gateway.create_gate import CreateGate
+from gateway.docker_runtime import (
+    LABEL_ROLE,
+    ContainerInfo,
+    ContainerSpec,
+    DockerHost,
+    DockerRuntime,
+    DockerRuntimeError,
+)
+from gateway.placement import HostState, Placement
 from shared import keys
 from shared.acl import container_acl_rules
 from shared.messages import Command, CommandResult, Heartbeat, MessageError
@@ -29,20 +40,34 @@ from shared.settings import Settings
 log = logging.getLogger(__name__)
 
 IMAGE_ID_TTL = 30.0  # seconds: how soon a rebuilt image retires the warm pool
-MAX_SESSIONS_PER_CONTAINER = 50  # then it is destroyed rather than reused
+RESET_TIMEOUT = 60.0
 
 # Pop a warm container: the newest one that last served this project (its node_modules
 # are kept), else the oldest; skip entries whose heartbeat is gone (dead while pooled).
-# KEYS[1] = pool list; ARGV[1] = project id; ARGV[2], ARGV[3] = the container record and
-# heartbeat keys with "{cid}" in place of the id (built by shared/keys.py); ARGV[4] = now.
+# Every call is counted as demand (autoscaling), whether the pool had one or not.
+# KEYS[1] = the image's current content id, KEYS[2] = demand, KEYS[3] = pool stats.
+# ARGV[1] = project id; ARGV[2], ARGV[3], ARGV[4] = the container record, heartbeat and
+# pool keys with "{cid}"/"{image}" placeholders (built by shared/keys.py); ARGV[5] = now;
+# ARGV[6] = this caller's image id if the first key is unset; ARGV[7] = a demand token;
+# ARGV[8] = forget demand before this time; ARGV[9] = demand entries kept at most.
+# -> nil | {cid, host, address}
 _ACQUIRE = """
-local function key(template, cid) return (string.gsub(template, '{cid}', cid)) end
-local entries = redis.call('LRANGE', KEYS[1], 0, -1)
+local function key(template, name, value) return (string.gsub(template, name, value)) end
+redis.call('ZADD', KEYS[2], ARGV[5], ARGV[7])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[8])
+redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -tonumber(ARGV[9]) - 1)
+local image = redis.call('GET', KEYS[1]) or ARGV[6]
+if image == '' then
+  redis.call('HINCRBY', KEYS[3], 'misses', 1)
+  return nil
+end
+local pool = key(ARGV[4], '{image}', image)
+local entries = redis.call('LRANGE', pool, 0, -1)
 local chosen = nil
 for i = 1, #entries do
   local cid = entries[i]
-  if redis.call('EXISTS', key(ARGV[3], cid)) == 1 then
-    if ARGV[1] ~= '' and redis.call('HGET', key(ARGV[2], cid), 'project') == ARGV[1] then
+  if redis.call('EXISTS', key(ARGV[3], '{cid}', cid)) == 1 then
+    if ARGV[1] ~= '' and redis.call('HGET', key(ARGV[2], '{cid}', cid), 'project') == ARGV[1] then
       chosen = cid
       break
     end
@@ -51,16 +76,36 @@ end
 if not chosen then
   for i = #entries, 1, -1 do
     local cid = entries[i]
-    if redis.call('EXISTS', key(ARGV[3], cid)) == 1 then
+    if redis.call('EXISTS', key(ARGV[3], '{cid}', cid)) == 1 then
       chosen = cid
       break
     end
   end
 end
-if not chosen then return nil end
-redis.call('LREM', KEYS[1], 1, chosen)
-redis.call('HSET', key(ARGV[2], chosen), 'state', 'assigned', 'assigned_at', ARGV[4])
-return chosen
+if not chosen then
+  redis.call('HINCRBY', KEYS[3], 'misses', 1)
+  return nil
+end
+redis.call('HINCRBY', KEYS[3], 'hits', 1)
+redis.call('LREM', pool, 1, chosen)
+local ctr = key(ARGV[2], '{cid}', chosen)
+redis.call('HSET', ctr, 'state', 'assigned', 'assigned_at', ARGV[5])
+local found = redis.call('HMGET', ctr, 'host', 'address')
+return {chosen, found[1] or '', found[2] or ''}
+"""
+
+
+# KEYS[1] = container record. ARGV: cid, project, now, pool key with "{image}".
+_ADD = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state or state == 'assigned' then return 0 end
+local image = redis.call('HGET', KEYS[1], 'image')
+local pool = string.gsub(ARGV[4], '{image}', image)
+redis.call('HSET', KEYS[1], 'state', 'pooled', 'project', ARGV[2], 'session', '',
+  'pooled_at', ARGV[3])
+redis.call('LREM', pool, 0, ARGV[1])
+redis.call('LPUSH', pool, ARGV[1])
+return 1
 """
 
 
@@ -104,38 +149,92 @@ class Containers:
         redis: Redis,
         runtime: DockerRuntime,
         labels: Mapping[str, str] | None = None,
+        counters: Counters = COUNTERS,
     ) -> None:
         self.settings = settings
         self.labels = dict(labels or {})  # extra labels on every container (tests mark theirs)
         self.redis = redis
         self.runtime = runtime
+        self.counters = counters
+        self.placement = Placement(settings, redis, runtime)
+        self.gate = CreateGate(redis, settings.host_create_concurrency)
         self._acquire = redis.register_script(_ACQUIRE)
+        self._add = redis.register_script(_ADD)
+        self._placing = asyncio.Lock()
         self._image_id: tuple[float, str] | None = None
+        self.image_ttl = IMAGE_ID_TTL
 
     # --- images and hosts ---------------------------------------------------------------
 
     async def image_id(self) -> str:
-        """The current image's content id, cached briefly (it keys the pool)."""
+        """The current image's content id, cached briefly (it keys the pool), from the
+        first host that answers; published in Redis for acquisitions."""
         now = time.monotonic()
-        if self._image_id is None or now - self._image_id[0] > IMAGE_ID_TTL:
-            image_id = await self.runtime.default.image_id(self.settings.image)
+        if self._image_id is None or now - self._image_id[0] > self.image_ttl:
+            error: DockerRuntimeError | None = None
+            for host in self.runtime.hosts.values():
+                try:
+                    image_id = await host.image_id(self.settings.image)
+                    break
+                except DockerRuntimeError as exc:
+                    error = error or exc
+            else:
+                assert error is not None
+                raise error
+            await self.redis.set(keys.pool_image(self.settings.image), image_id)
             self._image_id = (now, image_id)
         return self._image_id[1]
 
     def pick_host(self) -> DockerHost:
+        """The first configured host (placement chooses for new containers)."""
         return self.runtime.default
 
     # --- launch and destroy -------------------------------------------------------------
 
     async def launch(self, host: DockerHost | None = None, role: str = "pool") -> ContainerInfo:
-        """Create a container with its own Redis user and register it (state `warming`)."""
-        host = host or self.pick_host()
-        cid = new_cid()
-        password = secrets.token_urlsafe(24)
+        """Create a container with its own Redis user and register it (state `warming`) on
+        `host`, or on the host with the most free capacity (the next one if that fails).
+        A `session` launch (a user waiting) goes ahead of pool refills on that host."""
         image_id = await self.image_id()
-        await raw_command(
-            self.redis, "ACL", "SETUSER", cid, "reset", *container_acl_rules(cid), f">{password}"
-        )
+        tried: list[str] = []
+        error: DockerRuntimeError | None = None
+        while True:
+            # One placement at a time in this process: parallel refills then see each
+            # other's registrations and spread over the hosts instead of all picking
+            # the same "most free" one.
+            async with self._placing:
+                states = await self.placement.states()
+                if host is not None:
+                    chosen = [s for s in states if s.name == host.name]
+                else:
+                    chosen = sorted(
+                        (s for s in states if s.usable and s.name not in tried),
+                        key=lambda s: -s.free,
+                    )
+                if not chosen:
+                    if error is not None:
+                        raise error
+                    raise ContainerError(_no_room(states))
+                target, cid = chosen[0], new_cid()
+                # Registered before Docker knows it: the orphan sweep never mistakes it
+                # for a stranger, and the host's accounting counts it while it is created.
+                registered = await self.placement.register(
+                    target, cid, _record(cid, target.name, image_id, role)
+                )
+            try:
+                if not registered:
+                    raise DockerRuntimeError(target.name, "host is full")
+                return await self._create(target.name, cid, image_id, role)
+            except DockerRuntimeError as exc:
+                if host is not None:
+                    raise
+                log.warning("launch on %s failed, trying another host: %s", target.name, exc)
+                tried.append(target.name)
+                error = error or exc
+
+    async def _create(self, host_name: str, cid: str, image_id: str, role: str) -> ContainerInfo:
+        host = self.runtime.get(host_name)
+        password = secrets.token_urlsafe(24)
         s = self.settings
         env = {
             "PREVIEW_CONTAINER_ID": cid,
@@ -143,44 +242,78 @@ class Containers:
             "PREVIEW_HEARTBEAT_INTERVAL": str(s.heartbeat_interval),
             "PREVIEW_HEARTBEAT_TTL": str(s.heartbeat_ttl),
             "PREVIEW_DEV_PORT": str(s.dev_port),
+            "PREVIEW_CACHE_MAX_BYTES": str(s.cache_max_bytes),
+            "PREVIEW_CACHE_ZSTD_LEVEL": str(s.cache_zstd_level),
+            "PREVIEW_CACHE_ZSTD_THREADS": str(s.cache_zstd_threads),
         }
+        if s.sentry_dsn:
+            env["PREVIEW_SENTRY_DSN"] = s.sentry_dsn
+            env["PREVIEW_SENTRY_ENVIRONMENT"] = s.sentry_environment
         spec = ContainerSpec(
-            cid=cid, image=image_id, env=env, labels={**self.labels, "preview-gateway.role": role}
+            cid=cid, image=image_id, env=env, labels={**self.labels, LABEL_ROLE: role}
         )
         try:
-            info = await host.create(spec)
+            await raw_command(
+                self.redis,
+                "ACL",
+                "SETUSER",
+                cid,
+                "reset",
+                *container_acl_rules(cid),
+                f">{password}",
+            )
+            async with self.gate.place(host.name, start=role == "session"):
+                info = await host.create(spec)
         except BaseException:
-            await raw_command(self.redis, "ACL", "DELUSER", cid)
+            await asyncio.shield(self.forget(cid))
             raise
         await self.redis.hset(
             keys.container(cid),
             mapping={
-                "cid": cid,
-                "host": host.name,
                 "docker_id": info.docker_id,
                 "address": info.address or "",
-                "image": image_id,
                 "state": "warming",
-                "created_at": repr(time.time()),
-                "project": "",
-                "served": "0",
             },
         )
-        await self.redis.sadd(keys.CONTAINERS, cid)
         return info
 
-    async def destroy(self, cid: str, reason: str) -> None:
-        """Remove the container, its Redis user and every key it had."""
+    async def destroy(self, cid: str, reason: str, code: str = "other") -> None:
+        """Remove the container, its Redis user and every key it had. When its engine does
+        not answer, the Redis side is dropped anyway (the container can no longer log in)
+        and the orphan sweep removes the container once the host is back."""
         host_name = text(await self.redis.hget(keys.container(cid), "host"))
         host = self.runtime.hosts.get(host_name) if host_name else self.pick_host()
         if host is not None:
-            await host.remove(cid)
-        async for key in self.redis.scan_iter(match=keys.container_pattern(cid), count=200):
+            try:
+                await host.remove(cid)
+            except DockerRuntimeError as exc:
+                log.warning("container %s left on its host for the orphan sweep: %s", cid, exc)
+        await self.forget(cid)
+        decision(log, "container_destroyed", code, reason, counters=self.counters, cid=cid)
+
+    async def forget(self, cid: str) -> None:
+        """Drop everything Redis holds about a container (not the container itself)."""
+        found = record(await self.redis.hgetall(keys.container(cid)))
+        async for key in self.redis.scan_iter(match=keys.container_pattern(cid), count=500):
             await self.redis.delete(key)
-        await self.redis.delete(keys.container(cid))
-        await self.redis.srem(keys.CONTAINERS, cid)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(keys.container(cid))
+            pipe.srem(keys.CONTAINERS, cid)
+            if found.get("host"):
+                pipe.srem(keys.host_containers(found["host"]), cid)
+            if found.get("image"):
+                pipe.lrem(keys.pool(found["image"]), 0, cid)
+            await pipe.execute()
         await raw_command(self.redis, "ACL", "DELUSER", cid)
-        log.info("container destroyed cid=%s reason=%s", cid, reason)
+
+    async def records(self) -> dict[str, dict[str, str]]:
+        """Every registered container's record, by cid (one pipelined round trip)."""
+        cids = sorted(text(c) for c in await self.redis.smembers(keys.CONTAINERS))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for cid in cids:
+                pipe.hgetall(keys.container(cid))
+            replies = await pipe.execute()
+        return {cid: record(r) for cid, r in zip(cids, replies, strict=True) if r}
 
     # --- the warm pool ------------------------------------------------------------------
 
@@ -203,41 +336,55 @@ class Containers:
             await asyncio.sleep(0.1)
         raise ContainerError(f"container {cid} did not report idle within {timeout:.0f}s")
 
-    async def add_to_pool(self, cid: str, project_id: str = "") -> None:
-        image = text(await self.redis.hget(keys.container(cid), "image"))
-        await self.redis.hset(
-            keys.container(cid), mapping={"state": "pooled", "project": project_id}
+    async def add_to_pool(self, cid: str, project_id: str = "") -> bool:
+        """Put a container (back) in its image's pool, once. False when it is gone or was
+        handed to a session meanwhile (two controllers warming it must not pool it twice)."""
+        pooled = await self._add(
+            keys=[keys.container(cid)],
+            args=[cid, project_id, repr(time.time()), keys.pool("{image}")],
         )
-        await self.redis.lpush(keys.pool(image), cid)
+        return bool(pooled)
 
     async def pool_size(self) -> int:
         return int(await self.redis.llen(keys.pool(await self.image_id())))
 
     async def pop_pooled(self, project_id: str) -> Assigned | None:
-        """Take a warm container atomically (same project first); None when none is left."""
-        image_id = await self.image_id()
+        """Take a warm container atomically (same project first); None when none is left.
+        One Redis round trip, no Docker call."""
+        now = time.time()
         popped = await self._acquire(
-            keys=[keys.pool(image_id)],
-            args=[project_id, keys.container("{cid}"), keys.heartbeat("{cid}"), repr(time.time())],
+            keys=[keys.pool_image(self.settings.image), keys.POOL_DEMAND, keys.POOL_STATS],
+            args=[
+                project_id,
+                keys.container("{cid}"),
+                keys.heartbeat("{cid}"),
+                keys.pool("{image}"),
+                repr(now),
+                self._image_id[1] if self._image_id else "",
+                f"{now!r}:{secrets.token_hex(4)}",
+                repr(now - self.settings.pool_scale_window),
+                keys.POOL_DEMAND_MAX,
+            ],
         )
         if popped is None:
             return None
-        cid = text(popped)
-        found = record(await self.redis.hgetall(keys.container(cid)))
-        return Assigned(cid, found.get("host", ""), found.get("address", ""), from_pool=True)
+        cid, host, address = (text(v) for v in popped)
+        return Assigned(cid, host, address, from_pool=True)
 
     async def acquire(self, project_id: str) -> Assigned:
         """A warm container (same project first), or a new one when the pool is empty."""
         pooled = await self.pop_pooled(project_id)
         if pooled is not None:
             return pooled
-        image_id = await self.image_id()
-        log.warning("pool empty image=%s: creating a container for a start", image_id[:19])
+        log.warning("pool empty: creating a container for a start project=%s", project_id)
         try:
             info = await self.launch(role="session")
-        except Exception as exc:
+        except (DockerRuntimeError, ContainerError) as exc:
             raise ContainerError(f"no container available: {exc}") from exc
-        await self.redis.hset(keys.container(info.cid), "state", "assigned")
+        await self.redis.hset(
+            keys.container(info.cid),
+            mapping={"state": "assigned", "assigned_at": repr(time.time())},
+        )
         return Assigned(info.cid, info.host, info.address or "", from_pool=False)
 
     # --- commands -----------------------------------------------------------------------
@@ -279,37 +426,95 @@ class Containers:
 
     # --- release ------------------------------------------------------------------------
 
-    async def release(self, cid: str, project_id: str | None, budget_bytes: int = 1 << 30) -> bool:
-        """Reset the container and return it to the pool; destroy it if that fails.
+    async def retire_reason(self, found: Mapping[str, str]) -> tuple[str, str] | None:
+        """(code, reason) when a container must not serve again, judged before its reset."""
+        s = self.settings
+        served = int(found.get("served") or 0) + 1
+        age = time.time() - float(found.get("created_at") or 0)
+        host = text(await self.redis.hget(keys.docker_host(found.get("host", "")), "state"))
+        if host == "down":
+            return "host_down", f"its Docker host {found.get('host')} is down"
+        if found.get("image") != await self.image_id():
+            return "image_rebuilt", "image was rebuilt"
+        if served >= s.container_max_sessions:
+            return "served_too_long", f"served {served} sessions"
+        if age >= s.container_max_age:
+            return "served_too_long", f"served for {age / 3600:.1f} h"
+        heartbeat = await self.heartbeat(found["cid"])
+        if heartbeat is None:
+            return "unhealthy", "stopped heartbeating"
+        if heartbeat.disk_used > s.container_disk_mb * 1024 * 1024:
+            used = heartbeat.disk_used >> 20
+            return "disk_budget", f"workspace uses {used} MiB, over {s.container_disk_mb} MiB"
+        return None
+
+    async def release(
+        self, cid: str, project_id: str | None, budget_bytes: int | None = None
+    ) -> bool:
+        """Reset the container and return it to the pool; destroy it if that fails, it is
+        over its disk budget or has served too long (the pool keeper replaces it).
         True when it went back to the pool."""
         found = record(await self.redis.hgetall(keys.container(cid)))
         if not found:
             return False
-        served = int(found.get("served", "0")) + 1
-        image_id = await self.image_id()
-        reason = ""
-        if found.get("image") != image_id:
-            reason = "image was rebuilt"
-        elif served >= MAX_SESSIONS_PER_CONTAINER:
-            reason = f"served {served} sessions"
-        else:
-            try:
-                result = await self.send(
-                    cid,
-                    Command(
-                        "reset",
-                        {"keep_node_modules": True, "node_modules_budget_bytes": budget_bytes},
-                    ),
-                    timeout=60,
-                )
-                if not result.ok:
-                    reason = f"reset failed: {result.error}"
-            except (ContainerError, RedisError) as exc:
-                reason = f"reset failed: {exc}"
-        if reason:
-            await self.destroy(cid, reason)
+        found.setdefault("cid", cid)
+        if budget_bytes is None:
+            budget_bytes = self.settings.container_disk_mb * 1024 * 1024 // 2
+        retire = await self.retire_reason(found)
+        if retire is None:
+            await self.redis.hset(
+                keys.container(cid),
+                mapping={"state": "releasing", "releasing_at": repr(time.time())},
+            )
+            retire = await self._reset(cid, budget_bytes)
+        if retire is not None:
+            await self.destroy(cid, retire[1], retire[0])
             return False
+        served = int(found.get("served") or 0) + 1
         await self.redis.hset(keys.container(cid), "served", str(served))
         await self.add_to_pool(cid, project_id or "")
-        log.info("container released cid=%s project=%s", cid, project_id)
+        decision(
+            log,
+            "container_released",
+            "pooled",
+            "reset cleanly",
+            counters=self.counters,
+            cid=cid,
+            project=project_id,
+            served=served,
+        )
         return True
+
+    async def _reset(self, cid: str, budget_bytes: int) -> tuple[str, str] | None:
+        args = {"keep_node_modules": True, "node_modules_budget_bytes": budget_bytes}
+        try:
+            result = await self.send(cid, Command("reset", args), timeout=RESET_TIMEOUT)
+        except (ContainerError, RedisError) as exc:
+            return "reset_failed", f"reset failed: {exc}"
+        if not result.ok:
+            return "reset_failed", f"reset failed: {result.error}"
+        if await self.heartbeat(cid) is None:
+            return "unhealthy", "stopped heartbeating during its reset"
+        return None
+
+
+def _record(cid: str, host: str, image_id: str, role: str) -> dict[str, str]:
+    return {
+        "cid": cid,
+        "host": host,
+        "image": image_id,
+        "state": "creating",
+        "role": role,
+        "created_at": repr(time.time()),
+        "project": "",
+        "served": "0",
+    }
+
+
+def _no_room(states: list[HostState]) -> str:
+    if not states or not any(s.up and not s.drained for s in states):
+        down = ", ".join(f"{s.name} ({s.reason or 'down'})" for s in states)
+        return f"no Docker host is up (or all are drained): {down}"
+    return "every Docker host is full: " + ", ".join(
+        f"{s.name} {s.used}/{s.capacity}" for s in states if s.up and not s.drained
+    )

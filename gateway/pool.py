@@ -1,85 +1,229 @@
 """Warm pool upkeep, run by the leading controller: keep enough idle containers ready.
 
-Acquiring is the gateway's job (`Containers.acquire`, one Lua script). Here: count what
-is pooled or warming for the current image, launch what is missing (a few at a time),
-put containers in the pool once their supervisor reports `idle`, and drop pooled
-containers that stopped heartbeating or belong to an older image.
+Acquiring is the gateway's job (`Containers.pop_pooled`, one Lua script). Here, each
+tick: retire pools of older image builds, health-check the pooled (heartbeat fresh and
+`idle`, every PREVIEW_POOL_HEALTH_INTERVAL), adopt or drop warming containers nobody
+waits for, compute the autoscaled target, launch what is missing in parallel (the
+per-host creation gate caps them and lets user starts go first), and trim a surplus.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
+from gateway.autoscale import Autoscaler
 from gateway.containers import ContainerError, Containers
+from gateway.counters import decision
 from gateway.docker_runtime import DockerRuntimeError
 from shared import keys
+from shared.messages import Heartbeat, MessageError
 from shared.redis_types import text
 
 log = logging.getLogger(__name__)
 
-CREATE_CONCURRENCY = 3  # container creations at once per controller
+SURPLUS_KEEP = 300.0  # seconds a released container may sit above the target (reuse)
+WARMING = ("creating", "warming")
+
+
+def parse_heartbeat(raw: bytes | str | None) -> Heartbeat | None:
+    if raw is None:
+        return None
+    try:
+        return Heartbeat.from_json(raw)
+    except MessageError:
+        return None
 
 
 class PoolKeeper:
-    def __init__(self, containers: Containers, target: int) -> None:
+    def __init__(self, containers: Containers, autoscaler: Autoscaler | None = None) -> None:
         self.containers = containers
-        self.target = target
-        self.pending = 0  # launches under way, counted before their container exists
+        self.settings = containers.settings
+        self.redis = containers.redis
+        self.autoscaler = autoscaler or Autoscaler(self.settings, self.redis)
+        self.target = self.settings.pool_min
+        self.launching = 0  # launches under way whose container may not be registered yet
+        self._mine: set[str] = set()  # warming containers our own tasks wait for
         self._tasks: set[asyncio.Task[None]] = set()
-        self._create = asyncio.Semaphore(CREATE_CONCURRENCY)
+        self._checked = 0.0  # monotonic time of the last health check
+        self._no_room = False
 
     async def tick(self) -> None:
-        """One upkeep pass: prune the dead and the outdated, then refill."""
-        redis = self.containers.redis
+        """One upkeep pass."""
         image_id = await self.containers.image_id()
-        await self._prune(image_id)
-        pooled = int(await redis.llen(keys.pool(image_id)))
-        missing = self.target - pooled - self.pending
-        if missing > 0:
-            log.info(
-                "pool refill image=%s pooled=%d warming=%d launching=%d",
-                image_id[7:19],
-                pooled,
-                self.pending,
-                missing,
+        await self._retire_old_images(image_id)
+        records = await self.containers.records()
+        now = time.monotonic()
+        if now - self._checked >= self.settings.pool_health_interval:
+            self._checked = now
+            await self.check_health(image_id, records)
+        warming = await self._adopt_warming(image_id, records)
+        await self._scale(image_id, warming)
+        await self._trim(image_id, records)
+
+    # --- health -------------------------------------------------------------------------
+
+    async def _retire_old_images(self, image_id: str) -> None:
+        async for key in self.redis.scan_iter(match=keys.pool("*"), count=100):
+            if text(key) == keys.pool(image_id):
+                continue
+            for raw in await self.redis.lrange(key, 0, -1):
+                await self._drop(key, text(raw), "image_rebuilt", "image was rebuilt")
+
+    async def check_health(self, image_id: str, records: dict[str, dict[str, str]]) -> None:
+        """Drop pooled containers that do not heartbeat fresh and `idle`, or whose record
+        or host is gone: the pool never holds one it thinks is alive but is not."""
+        key = keys.pool(image_id)
+        cids = [text(c) for c in await self.redis.lrange(key, 0, -1)]
+        if not cids:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for cid in cids:
+                pipe.get(keys.heartbeat(cid))
+            beats = await pipe.execute()
+        now = time.time()
+        for cid, raw in zip(cids, beats, strict=True):
+            reason = ""
+            found = records.get(cid)
+            if found is None:
+                reason = "its record is gone"
+            elif raw is None:
+                reason = "stopped heartbeating"
+            else:
+                heartbeat = parse_heartbeat(raw)
+                if heartbeat is None or now - heartbeat.ts > self.settings.heartbeat_ttl:
+                    reason = "heartbeat is stale"
+                elif heartbeat.ts < float(found.get("pooled_at") or 0):
+                    pass  # from before its reset: the next one tells
+                elif heartbeat.state != "idle" or heartbeat.session_id:
+                    reason = f"reports {heartbeat.state} for session {heartbeat.session_id}"
+            if reason:
+                await self._drop(key, cid, "unhealthy", f"pooled container {reason}")
+
+    async def _drop(self, pool_key: bytes | str, cid: str, code: str, reason: str) -> None:
+        # Only the one who takes it out of the list destroys it: an acquirer may be first.
+        if await self.redis.lrem(pool_key, 1, cid):
+            await self.containers.destroy(cid, reason, code)
+
+    async def _adopt_warming(self, image_id: str, records: dict[str, dict[str, str]]) -> int:
+        """Pool containers warming for a previous leader: pooled once idle, destroyed
+        when they never get there. Returns how many of the current image are warming."""
+        warming = 0
+        now = time.time()
+        for cid, found in records.items():
+            if found.get("state") not in WARMING or found.get("role", "pool") != "pool":
+                continue
+            if cid in self._mine:
+                warming += found.get("image") == image_id
+                continue
+            heartbeat = await self.containers.heartbeat(cid)
+            age = now - float(found.get("created_at") or 0)
+            idle = heartbeat is not None and heartbeat.state == "idle"
+            # "warming" is written as our own launch returns, so it is ours by then (_mine);
+            # in "creating" it may still be one of our launches, so it is not adopted.
+            if idle and found.get("state") == "warming" and found.get("image") == image_id:
+                if await self.containers.add_to_pool(cid):
+                    decision(log, "container_pooled", "adopted", "warmed by another", cid=cid)
+            elif age > self.settings.pool_warm_timeout:
+                await self.containers.destroy(cid, "never became idle", "never_idle")
+            else:
+                warming += found.get("image") == image_id
+        return warming
+
+    # --- size ---------------------------------------------------------------------------
+
+    async def _scale(self, image_id: str, warming: int) -> None:
+        target, demand = await self.autoscaler.target()
+        if target != self.target:
+            decision(
+                log,
+                "pool_scaled",
+                "up" if target > self.target else "down",
+                f"busiest burst {demand.peak} starts within {demand.replenish:.1f}s "
+                f"(replenish time), recent rate {demand.rate * 60:.2f}/min",
+                previous=self.target,
+                target=target,
             )
-        for _ in range(max(0, missing)):
-            self.pending += 1
-            task = asyncio.create_task(self._warm_one())
+            self.target = target
+        pooled = int(await self.redis.llen(keys.pool(image_id)))
+        # Our launches count twice for a moment (launching, then registered as warming):
+        # that only delays a refill by a tick, where missing them would overshoot.
+        missing = self.target - pooled - warming - self.launching
+        if missing <= 0:
+            return
+        states = await self.containers.placement.states()
+        room = sum(max(0, s.free) for s in states if s.up and not s.drained)
+        if room < missing and not self._no_room:
+            log.warning("pool refill limited by host capacity: missing=%d room=%d", missing, room)
+        self._no_room = room < missing
+        launches = min(missing, room)
+        if launches <= 0:
+            return
+        decision(
+            log,
+            "pool_refill",
+            "launch",
+            f"{pooled} pooled + {warming} warming < target {self.target}",
+            launching=launches,
+        )
+        for _ in range(launches):
+            self.launching += 1
+            task = asyncio.create_task(self._warm_one(), name="warm pool container")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _prune(self, image_id: str) -> None:
-        redis = self.containers.redis
-        async for key in redis.scan_iter(match=keys.pool("*"), count=100):
-            pool_image = text(key).removeprefix(keys.pool(""))
-            for raw in await redis.lrange(key, 0, -1):
-                cid = text(raw)
-                if pool_image != image_id:
-                    reason = "image was rebuilt"
-                elif not await redis.exists(keys.heartbeat(cid)):
-                    reason = "pooled container stopped heartbeating"
-                else:
-                    continue
-                if await redis.lrem(key, 1, cid):
-                    await self.containers.destroy(cid, reason)
+    async def _trim(self, image_id: str, records: dict[str, dict[str, str]]) -> None:
+        """Above the max: the surplus goes. Above the target: what sat unused longer than
+        SURPLUS_KEEP goes (a just-released container is likely to be wanted again soon),
+        containers without a project's node_modules first, then the oldest."""
+        key = keys.pool(image_id)
+        cids = [text(c) for c in await self.redis.lrange(key, 0, -1)]
+        over_max = len(cids) - self.settings.pool_max
+        over_target = len(cids) - self.target
+        if over_target <= 0:
+            return
+        now = time.time()
+
+        def pooled_at(cid: str) -> float:
+            return float(records.get(cid, {}).get("pooled_at") or 0)
+
+        order = sorted(cids, key=lambda c: (bool(records.get(c, {}).get("project")), pooled_at(c)))
+        stale = [c for c in order if now - pooled_at(c) > SURPLUS_KEEP]
+        doomed = stale[:over_target]
+        for cid in order:
+            if len(doomed) >= over_max:
+                break
+            if cid not in doomed:
+                doomed.append(cid)
+        for cid in doomed:
+            await self._drop(key, cid, "scale_down", f"pool above its target {self.target}")
 
     async def _warm_one(self) -> None:
+        began = time.monotonic()
+        cid = ""
         try:
-            async with self._create:
-                info = await self.containers.launch()
+            info = await self.containers.launch()
+            cid = info.cid
+            self._mine.add(cid)
+            self.launching -= 1
             try:
-                await self.containers.wait_idle(info.cid, timeout=120)
-            except ContainerError as exc:
-                log.error("pool container never became idle: %s", exc)
-                await self.containers.destroy(info.cid, "never became idle")
+                await self.containers.wait_idle(cid, timeout=self.settings.pool_warm_timeout)
+            except ContainerError:
+                await self.containers.destroy(cid, "never became idle", "never_idle")
                 return
-            await self.containers.add_to_pool(info.cid)
+            state = text(await self.redis.hget(keys.container(cid), "state"))
+            if state != "warming":  # destroyed meanwhile (host down, image retired)
+                return
+            await self.containers.add_to_pool(cid)
+            await self.autoscaler.record_replenish(time.monotonic() - began)
+            log.info("container pooled cid=%s in %.1fs", cid, time.monotonic() - began)
         except (DockerRuntimeError, ContainerError) as exc:
             log.error("pool launch failed: %s", exc)
         finally:
-            self.pending -= 1
+            if not cid:
+                self.launching -= 1
+            self._mine.discard(cid)
 
     async def close(self) -> None:
         for task in self._tasks:

@@ -19,6 +19,7 @@ from gateway.background import Background
 from gateway.containers import ContainerError, Containers
 from gateway.docker_runtime import DockerRuntimeError
 from gateway.errors import ApiError
+from gateway.recorder import Recorder
 from gateway.routes import publish_change
 from gateway.sessions import ADVANCE, Session, event_entries, fold, merge_result
 from shared import keys
@@ -57,9 +58,15 @@ def _heartbeat(raw: bytes | None) -> Heartbeat | None:
 
 class Previews:
     def __init__(
-        self, settings: Settings, redis: Redis, containers: Containers, background: Background
+        self,
+        settings: Settings,
+        redis: Redis,
+        containers: Containers,
+        background: Background,
+        records: Recorder | None = None,
     ) -> None:
         self.settings = settings
+        self.records = records  # preview records (gateway/recorder.py); None: not kept
         self.redis = redis
         self.containers = containers
         self.background = background
@@ -138,13 +145,17 @@ class Previews:
                 keys=[keys.session(session.id), keys.ROUTE_CHANGES], args=[last, *pairs]
             )
             session.events_seen = last
+        if self.records is not None:
+            # Observability hook: the start's record, once it ended and its timings are in.
+            result_known = not want_result or replies[2] is not None
+            await self.records.start_seen(session, result_known)
         return heartbeat
 
     # --- stopping and commands ----------------------------------------------------------
 
-    async def stop(self, session: Session) -> bool:
+    async def stop(self, session: Session, code: str = "user", reason: str = "") -> bool:
         """Free the slot now; release the container in the background. False when another
-        request stopped it first."""
+        request stopped it first. `code`/`reason` say why (for the stop record)."""
         stopped = await self._stop(
             keys=[keys.session(session.id), keys.SESSIONS, keys.ROUTE_CHANGES],
             args=[session.id, repr(time.time()), keys.STOPPED_SESSION_TTL],
@@ -152,7 +163,16 @@ class Previews:
         await limits.release(self.redis, session.user, session.id, session.project_id)
         if not stopped:
             return False
-        log.info("preview stopped sid=%s user=%s", session.id, session.user)
+        log.info(
+            "preview stopped sid=%s user=%s project=%s code=%s reason=%r",
+            session.id,
+            session.user,
+            session.project_id,
+            code,
+            reason or code,
+        )
+        if self.records is not None:  # observability hook: the stop record
+            await self.records.stopped(session, code, reason)
         self.background.spawn(self._release(session), f"release {session.id}")
         return True
 

@@ -180,3 +180,25 @@ def host_starts_waiting(name: str) -> str:
 CREATE_LEASE = 120  # seconds a creation slot is held at most (a crashed creator frees it)
 CREATE_WAIT_TTL = 5  # seconds a waiting start's mark lives unless renewed
 REAPER_LOCK_TTL_MS = 10_000  # the session lock while the reaper decides about it
+
+# --- observability: preview records, alerts, costs, operator flags ------------------------
+
+RECORDS_INDEX = f"{PREFIX}rec:index"  # sorted set: record id -> its time (unix seconds)
+RECORDS_DATA = f"{PREFIX}rec:data"  # hash: record id -> record JSON (idempotent by id)
+RECORDS_TRIM_BATCH = 500  # records dropped per insert at most (retention, size bound)
+
+
+def alert_sent(condition: str) -> str:
+    """String with a TTL: this alert condition was sent recently (dedupe across processes)."""
+    return f"{PREFIX}alert:{condition}"
+
+
+def cost_day(day: str) -> str:
+    """Hash for one UTC day (YYYY-MM-DD): "u:{user}" / "p:{project}" / "pool" / "total" ->
+    container-seconds (HINCRBYFLOAT by the leading controller)."""
+    return f"{PREFIX}cost:{day}"
+
+
+COST_ACCRUED_AT = f"{PREFIX}cost:accrued-at"  # string: unix time container time was counted to
+COST_MAX_GAP = 300.0  # seconds of container time one accrual counts at most (controller gap)
+DRAINED_HOSTS = f"{PREFIX}hosts:drained"  # set of Docker host names: no new containers there

@@ -170,6 +170,131 @@ class Settings:
     max_unpacked_bytes: int = _setting(
         512 * 1024 * 1024, "Largest unpacked size of an uploaded archive, bytes.", int
     )
+    # --- controller: warm pool, reaper, placement ----------------------------------------
+    controller_interval: float = _setting(
+        2.0, "Controller loop period (pool upkeep, reaping, host checks), seconds.", float
+    )
+    leader_ttl: float = _setting(
+        10.0, "Controller leader lease; a dead leader is replaced after this long, s.", float
+    )
+    pool_health_interval: float = _setting(
+        60.0, "Warm containers' heartbeat freshness is checked this often, seconds.", float
+    )
+    pool_warm_timeout: float = _setting(
+        120.0,
+        "A new container must report idle within this long, else it is destroyed; also the "
+        "grace before a container or record nobody knows counts as an orphan, seconds.",
+        float,
+    )
+    pool_scale_window: float = _setting(
+        7200.0,
+        "Autoscaling remembers the busiest burst of starts this long, so a burst after a "
+        "quiet hour is still served from the pool, seconds.",
+        float,
+    )
+    session_max_lifetime: float = _setting(
+        8 * 3600.0, "A preview is stopped after this long in any case, seconds.", float
+    )
+    container_max_sessions: int = _setting(
+        50, "A container that served this many sessions is destroyed, not pooled again.", int
+    )
+    container_max_age: float = _setting(
+        24 * 3600.0, "A container older than this is destroyed, not pooled again, seconds.", float
+    )
+    container_disk_mb: int = _setting(
+        4096,
+        "Workspace disk budget per container, MiB: over 85% the reaper cleans caches then "
+        "recycles; a released container over it is destroyed; node_modules kept within half.",
+        int,
+    )
+    resource_grace: float = _setting(
+        120.0,
+        "After a dev-server restart (memory > 90%) or a cache clean-up (disk > 85%), how long "
+        "the container may stay over before it is recycled, seconds.",
+        float,
+    )
+    host_create_concurrency: int = _setting(
+        3, "Container creations at once per Docker host (user starts first; refills yield).", int
+    )
+    host_cpu_overcommit: float = _setting(
+        4.0, "Containers' CPU limits may add up to this many times a host's cores.", float
+    )
+    host_max_containers: int = _setting(
+        0, "Containers per Docker host at most (0: from its memory and CPUs only).", int
+    )
+    host_down_after: float = _setting(
+        10.0,
+        "A Docker host failing its checks this long is marked down: its sessions fail and "
+        "its pool is refilled elsewhere, seconds.",
+        float,
+    )
+    orphan_interval: float = _setting(
+        60.0, "How often containers and records nobody knows are looked for, seconds.", float
+    )
+
+    # --- observability: records, logs, alerts, costs -----------------------------------
+    records_retention_days: float = _setting(
+        30.0, "Preview start/stop records are kept this many days in Redis.", float
+    )
+    records_max: int = _setting(
+        200_000, "Preview records kept in Redis at most (the oldest go first).", int
+    )
+    log_file: str = _setting(
+        "", "Also write JSON log lines to this file, rotated by size; one file per process."
+    )
+    log_file_max_bytes: int = _setting(
+        50 * 1024 * 1024, "Size at which PREVIEW_LOG_FILE is rotated, bytes.", int
+    )
+    log_file_backups: int = _setting(5, "Rotated log files kept (file.1 ... file.N).", int)
+    sentry_environment: str = _setting(
+        "", "Sentry `environment` tag (e.g. production, staging); empty: not set."
+    )
+    alert_window: float = _setting(
+        600.0, "Window over which start errors and dead sessions are counted, seconds.", float
+    )
+    alert_error_rate: float = _setting(
+        0.10, "Alert when more than this share of starts in the window failed.", float
+    )
+    alert_min_starts: int = _setting(
+        5, "Starts needed in the window before the error-rate alert can fire.", int
+    )
+    alert_dead_sessions: int = _setting(
+        5,
+        "Alert when more sessions than this died (heartbeat lost, host down...) in the window.",
+        int,
+    )
+    alert_repeat: float = _setting(
+        3600.0, "An alert condition still true is sent again after this long, seconds.", float
+    )
+    cost_per_host_hour: float = _setting(
+        0.0, "Price of one Docker host per hour (any currency); 0: costs are not priced.", float
+    )
+    cost_host_capacity: int = _setting(
+        0,
+        "Containers a host holds, for pricing a container-second; 0: from the hosts' memory "
+        "and CPUs as placement computes it.",
+        int,
+    )
+    cost_budget_daily: float = _setting(
+        0.0, "Alert when a UTC day's container cost exceeds this; 0: no budget.", float
+    )
+    controller_metrics_bind: str = _setting(
+        "127.0.0.1:9108", "Address of the controller's Prometheus /metrics; empty: none."
+    )
+
+    # --- dependency cache (the supervisor's; the gateway passes them to each container) ---
+    cache_max_bytes: int = _setting(
+        10 * 1024**3,
+        "Bound of the per-host dependency cache on PREVIEW_CACHE_VOLUME (node_modules "
+        "archives and npm tarballs), bytes; least recently used first out. 0 turns it off.",
+        int,
+    )
+    cache_zstd_level: int = _setting(
+        1, "zstd level of node_modules archives (1: fastest; up to 19 for smaller ones).", int
+    )
+    cache_zstd_threads: int = _setting(
+        2, "zstd compression threads per archive being packed (0: none).", int
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -203,6 +328,10 @@ class Settings:
             raise SettingsError("PREVIEW_CONTAINER_LABELS: expected key=value pairs")
         if "none" in {a.lower() for a in self.jwt_algorithms}:
             raise SettingsError("PREVIEW_JWT_ALGORITHMS must not allow 'none'")
+        if self.cache_max_bytes < 0:
+            raise SettingsError("PREVIEW_CACHE_MAX_BYTES must not be negative")
+        if not 1 <= self.cache_zstd_level <= 22 or not 0 <= self.cache_zstd_threads <= 64:
+            raise SettingsError("need PREVIEW_CACHE_ZSTD_LEVEL 1..22, _THREADS 0..64")
 
 
 def env_name(field_name: str) -> str:

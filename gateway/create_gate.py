@@ -1,0 +1,89 @@
+"""A cap on container creations per Docker host, shared by every gateway and controller,
+where a user's start goes ahead of pool refills.
+
+Creations under way are leases in a Redis sorted set per host (a creator that dies frees
+its lease when it runs out). A start takes any free place and, while it waits, leaves a
+mark that makes every refill wait; refills never take the last place. So a refill storm
+cannot starve a user's start: it waits at most for one creation to finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections.abc import AsyncIterator
+
+from redis.asyncio import Redis
+
+from shared import keys
+
+# KEYS: creating, starts waiting. ARGV: token, now, lease expiry, cap, kind, wait expiry.
+# -> 1 when the token now holds a place, 0 when it must wait.
+_ENTER = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[2])
+local busy = redis.call('ZCARD', KEYS[1])
+local cap = tonumber(ARGV[4])
+if ARGV[5] == 'start' then
+  if busy < cap then
+    redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+    redis.call('ZREM', KEYS[2], ARGV[1])
+    return 1
+  end
+  redis.call('ZADD', KEYS[2], ARGV[6], ARGV[1])
+  return 0
+end
+if redis.call('ZCARD', KEYS[2]) > 0 then return 0 end
+if busy < math.max(cap - 1, 1) then
+  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+  return 1
+end
+return 0
+"""
+START_POLL = 0.05  # seconds between a waiting start's attempts (a user is waiting)
+REFILL_POLL = 0.25
+
+
+class CreateGate:
+    """`async with gate.place(host, start=True):` around one container creation."""
+
+    def __init__(self, redis: Redis, cap: int) -> None:
+        self.redis = redis
+        self.cap = max(1, cap)
+        self._enter = redis.register_script(_ENTER)
+
+    async def try_enter(self, host: str, token: str, start: bool) -> bool:
+        now = time.time()
+        reply = await self._enter(
+            keys=[keys.host_creating(host), keys.host_starts_waiting(host)],
+            args=[
+                token,
+                repr(now),
+                repr(now + keys.CREATE_LEASE),
+                self.cap,
+                "start" if start else "refill",
+                repr(now + keys.CREATE_WAIT_TTL),
+            ],
+        )
+        return bool(reply)
+
+    async def leave(self, host: str, token: str) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(keys.host_creating(host), token)
+            pipe.zrem(keys.host_starts_waiting(host), token)
+            await pipe.execute()
+
+    @contextlib.asynccontextmanager
+    async def place(self, host: str, start: bool) -> AsyncIterator[float]:
+        """Hold one creation place on `host` for the block; yields the seconds waited."""
+        token = secrets.token_hex(8)
+        began = time.monotonic()
+        try:
+            while not await self.try_enter(host, token, start):
+                await asyncio.sleep(START_POLL if start else REFILL_POLL)
+            yield time.monotonic() - began
+        finally:
+            # Also on cancellation while waiting: a start's waiting mark must not linger.
+            await asyncio.shield(self.leave(host, token))

@@ -1,0 +1,115 @@
+"""Placement over Docker hosts and the per-host creation gate (real Redis; the engine is
+asked only for its size)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from gateway.containers import ContainerError, Containers
+from gateway.create_gate import CreateGate
+from gateway.docker_runtime import DockerRuntime
+from gateway.placement import Placement, host_capacity
+from shared import keys
+from shared.settings import Settings
+from tests.conftest import LABEL_TEST_RUN, TEST_RUN
+
+GIB = 1 << 30
+
+
+def test_capacity_from_memory_cpus_and_the_cap(settings: Settings) -> None:
+    s = dataclasses.replace(
+        settings, container_memory_mb=1024, container_cpus=1.0, host_cpu_overcommit=4.0
+    )
+    assert host_capacity(s, 16 * GIB, 8) == 16  # memory binds (CPU would allow 32)
+    assert host_capacity(s, 64 * GIB, 2) == 8  # CPU binds
+    assert host_capacity(dataclasses.replace(s, host_max_containers=5), 64 * GIB, 8) == 5
+    assert host_capacity(s, 0, 0) == 0
+
+
+async def test_most_free_host_first_down_and_full_skipped(
+    settings: Settings, redis: Redis, tmp_path: Path
+) -> None:
+    other = f"unix://{tmp_path}/b.sock"
+    s = dataclasses.replace(
+        settings,
+        docker_hosts=(settings.docker_hosts[0], other),
+        container_memory_mb=1024,
+        container_cpus=1.0,
+        host_cpu_overcommit=1.0,
+    )
+    runtime = DockerRuntime(s)
+    try:
+        a, b = list(runtime.hosts)
+        placement = Placement(s, redis, runtime)
+        # Sizes as the controller's host checks record them: a has 4 places, b has 8.
+        await redis.hset(keys.docker_host(a), mapping={"mem_total": 4 * GIB, "ncpu": 4})
+        await redis.hset(keys.docker_host(b), mapping={"mem_total": 8 * GIB, "ncpu": 8})
+        await redis.sadd(keys.host_containers(b), *[f"c{i}" for i in range(5)])
+        assert [h.name for h in await placement.candidates()] == [a, b]  # 4 free vs 3
+        await redis.sadd(keys.host_containers(a), "x1", "x2")
+        assert [h.name for h in await placement.candidates()] == [b, a]  # 2 free vs 3
+        await redis.hset(keys.docker_host(b), "state", "down")
+        assert [h.name for h in await placement.candidates()] == [a]
+        await redis.sadd(keys.host_containers(a), "x3", "x4")
+        assert await placement.candidates() == []  # a full, b down
+        containers = Containers(s, redis, runtime, labels={LABEL_TEST_RUN: TEST_RUN})
+        with pytest.raises(ContainerError, match="full"):
+            await containers.launch()
+    finally:
+        await runtime.close()
+
+
+async def test_registration_never_overfills_a_host(settings: Settings, redis: Redis) -> None:
+    runtime = DockerRuntime(settings)
+    try:
+        placement = Placement(settings, redis, runtime)
+        name = next(iter(runtime.hosts))
+        await redis.hset(keys.docker_host(name), mapping={"mem_total": 8 * GIB, "ncpu": 64})
+        (state,) = await placement.states()
+        state = dataclasses.replace(state, capacity=5)
+        results = await asyncio.gather(
+            *(placement.register(state, f"pvc-r{i}", {"cid": f"pvc-r{i}"}) for i in range(20))
+        )
+        assert sum(results) == 5
+        assert await redis.scard(keys.host_containers(name)) == 5
+    finally:
+        await runtime.close()
+
+
+async def test_gate_lets_starts_go_first(redis: Redis) -> None:
+    gate = CreateGate(redis, cap=2)
+    assert await gate.try_enter("h", "refill-a", start=False)
+    assert not await gate.try_enter("h", "refill-b", start=False)  # the last place is kept
+    assert await gate.try_enter("h", "start-a", start=True)  # ... for a start
+    assert not await gate.try_enter("h", "start-b", start=True)  # full: start-b waits
+    await gate.leave("h", "refill-a")
+    assert not await gate.try_enter("h", "refill-b", start=False)  # a start is waiting
+    assert await gate.try_enter("h", "start-b", start=True)
+    assert await redis.zcard(keys.host_starts_waiting("h")) == 0
+
+
+async def test_a_refill_storm_does_not_starve_a_start(redis: Redis) -> None:
+    """Eight refills queue for two places; a start arriving later gets in after at most
+    one creation finishes, before every refill still waiting."""
+    gate = CreateGate(redis, cap=2)
+    order: list[str] = []
+
+    async def create(name: str, start: bool, hold: float) -> None:
+        async with gate.place("h", start=start):
+            order.append(name)
+            await asyncio.sleep(hold)
+
+    refills = [asyncio.create_task(create(f"refill{i}", False, 0.15)) for i in range(8)]
+    await asyncio.sleep(0.1)
+    began = time.monotonic()
+    await create("start", True, 0)
+    waited = time.monotonic() - began
+    await asyncio.gather(*refills)
+    assert order.index("start") <= 2 and waited < 0.5, (order, waited)
+    assert await redis.zcard(keys.host_creating("h")) == 0
