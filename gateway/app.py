@@ -11,13 +11,15 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway import api, auth
+from gateway import admin, api, auth, dashboard
 from gateway.background import Background
 from gateway.containers import ContainerError, Containers
+from gateway.costs import CostMeter
 from gateway.docker_runtime import DockerRuntime, DockerRuntimeError
 from gateway.errors import (
     ApiError,
@@ -27,9 +29,12 @@ from gateway.errors import (
     unexpected_error_handler,
 )
 from gateway.health import healthz, readyz
+from gateway.instruments import DOCKER_ERRORS, RATE_LIMITED, REDIS_ERRORS
 from gateway.openapi import openapi_document
+from gateway.ops import GatewayOps
 from gateway.previews import Previews
 from gateway.ratelimit import RateLimits
+from gateway.sentry_setup import SentryUser, init_sentry
 from gateway.starts import Starter
 from gateway.tracker import Tracker
 from shared.settings import Settings
@@ -47,6 +52,7 @@ def create_app(settings: Settings) -> Starlette:
     or rate-limit settings fail here, at start-up."""
     authenticator = auth.Authenticator(settings)
     RateLimits.check_settings(settings)
+    sentry = init_sentry(settings, "gateway")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -58,11 +64,16 @@ def create_app(settings: Settings) -> Starlette:
         state.runtime = DockerRuntime(settings)
         state.background = Background()
         state.containers = Containers(settings, state.blocking_redis, state.runtime)
-        state.previews = Previews(settings, state.redis, state.containers, state.background)
+        state.ops = GatewayOps(settings, state.redis)
+        state.costs = CostMeter(settings, state.redis)
+        state.previews = Previews(
+            settings, state.redis, state.containers, state.background, records=state.ops.records
+        )
         state.starter = Starter(state.previews)
         state.rate_limits = RateLimits(settings, state.redis)
         tracker = Tracker(state.previews, interval=1.0)
         tracking = asyncio.create_task(tracker.run(), name="session tracker")
+        state.ops.start()
         log.info(
             "gateway started redis=%s docker_hosts=%d auth=%s",
             _safe_url(settings.redis_url),
@@ -75,6 +86,7 @@ def create_app(settings: Settings) -> Starlette:
             tracking.cancel()
             await asyncio.gather(tracking, return_exceptions=True)
             await state.background.close(SHUTDOWN_DEADLINE)
+            await state.ops.close()
             await state.runtime.close()
             await state.blocking_redis.aclose()
             await state.redis.aclose()
@@ -86,9 +98,12 @@ def create_app(settings: Settings) -> Starlette:
             Route("/readyz", readyz),
             Route("/openapi.json", openapi),
             *api.routes,
+            *admin.routes,
+            *dashboard.routes,
         ],
+        middleware=[Middleware(SentryUser)] if sentry else [],
         exception_handlers={
-            ApiError: api_error_handler,
+            ApiError: counted_api_error_handler,
             HTTPException: http_exception_handler,
             ContainerError: container_error_handler,
             DockerRuntimeError: dependency_error_handler,
@@ -106,6 +121,25 @@ async def openapi(request: Request) -> Response:
     return JSONResponse(openapi_document(request.app.state.settings))
 
 
+async def counted_api_error_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    if exc.status == 429:
+        RATE_LIMITED.labels(_limit_kind(request, exc)).inc()
+    return await api_error_handler(request, exc)
+
+
+def _limit_kind(request: Request, exc: ApiError) -> str:
+    """Which limit refused the request: the slot limit names itself; for request rates,
+    an unauthenticated caller hit the failed-authentication limit (api.guarded counts it
+    before the token is accepted), an authenticated one the starts or reads limit."""
+    if exc.error != "rate_limited":
+        return exc.error
+    if request.scope.get("pv.user") is None:
+        return "auth_failures"
+    endpoint = request.scope.get("endpoint")
+    return "starts" if getattr(endpoint, "__name__", "") == "start_preview" else "reads"
+
+
 async def container_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ContainerError)
     log.error("container error on %s %s: %s", request.method, request.url.path, exc.reason)
@@ -113,8 +147,11 @@ async def container_error_handler(request: Request, exc: Exception) -> Response:
 
 
 async def dependency_error_handler(request: Request, exc: Exception) -> Response:
-    # Redis or Docker down: the client can only retry; the details are for the log.
-    log.error("dependency error on %s %s: %s", request.method, request.url.path, exc)
+    # Redis or Docker down: the client can only retry; the details are for the log. A
+    # warning, not an error: an outage is one alert (redis_unreachable, docker_host_down),
+    # not one Sentry event per request.
+    (REDIS_ERRORS if isinstance(exc, RedisError) else DOCKER_ERRORS).inc()
+    log.warning("dependency error on %s %s: %s", request.method, request.url.path, exc)
     return error_response(
         503, "unavailable", "a backing service is unreachable; retry shortly", {"Retry-After": "5"}
     )

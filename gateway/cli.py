@@ -1,14 +1,40 @@
-"""Operator CLI (``previewctl``): development tokens now; sessions, pool and hosts later."""
+"""Operator CLI (``previewctl``): sessions, the pool, hosts, statistics, development tokens.
+
+It talks to Redis (and, to stop a session, to Docker) with the same settings as the
+gateway, so it works when no gateway answers. ``--json`` prints machine-readable output.
+
+    previewctl sessions | pool | hosts | stats [--days N]
+    previewctl stop SESSION [--reason TEXT]
+    previewctl drain HOST | undrain HOST
+    previewctl token --sub USER [--admin] [--ttl S]
+    previewctl dashboard [--sub USER] [--ttl S]
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import sys
 import time
+from collections.abc import Sequence
+from typing import Any
 
 import jwt
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
+from gateway import live
+from gateway.background import Background
+from gateway.containers import Containers
+from gateway.docker_runtime import DockerRuntime
+from gateway.previews import Previews
+from gateway.record_store import RecordStore
+from gateway.recorder import Recorder
+from gateway.stats import stats
 from shared.settings import Settings
+
+RELEASE_DEADLINE = 90.0  # a stopped session's container reset, at most
 
 
 def mint_token(settings: Settings, sub: str, ttl: int, admin: bool) -> str:
@@ -27,18 +53,207 @@ def mint_token(settings: Settings, sub: str, ttl: int, admin: bool) -> str:
     return jwt.encode(claims, settings.jwt_secret, algorithm="HS256")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="previewctl", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+def table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> str:
+    cells = [[str(c) for c in header], *[["" if c is None else str(c) for c in r] for r in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    )
+
+
+def _age(created: float, now: float) -> str:
+    seconds = max(0, int(now - created)) if created else 0
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds}s"
+
+
+async def show_sessions(settings: Settings, redis: Redis, as_json: bool) -> int:
+    found = await live.sessions(redis)
+    now = time.time()
+    if as_json:
+        items = [
+            {
+                "id": s.id,
+                "user": s.user,
+                "project_id": s.project_id,
+                "state": s.state,
+                "host": s.host,
+                "container": s.container,
+                "from_pool": s.from_pool,
+                "created_at": s.created_at,
+            }
+            for s in found
+        ]
+        print(json.dumps({"sessions": items}, indent=2))
+        return 0
+    rows = [
+        (s.id, s.user, s.project_id, s.state, s.host, s.container, _age(s.created_at, now))
+        for s in found
+    ]
+    print(table(rows, ("SESSION", "USER", "PROJECT", "STATE", "HOST", "CONTAINER", "AGE")))
+    print(f"{len(found)} live sessions")
+    return 0
+
+
+async def show_pool(settings: Settings, redis: Redis, as_json: bool) -> int:
+    pool = await live.pool(redis, settings)
+    answer: dict[str, Any] = {
+        "image": pool.image,
+        "pooled": pool.pooled,
+        "target": pool.target,
+        "hits": pool.hits,
+        "misses": pool.misses,
+        "hit_rate": pool.hit_rate,
+        "per_host": pool.per_host,
+    }
+    if as_json:
+        print(json.dumps(answer, indent=2))
+        return 0
+    rate = "-" if pool.hit_rate is None else f"{pool.hit_rate:.0%}"
+    print(f"image   {pool.image or '(not resolved yet)'}")
+    print(f"pooled  {pool.pooled} (target {pool.target})")
+    print(f"hits    {pool.hits}, misses {pool.misses} (hit rate {rate})")
+    for host, count in sorted(pool.per_host.items()):
+        print(f"  {host}: {count}")
+    return 0
+
+
+async def show_hosts(settings: Settings, redis: Redis, as_json: bool) -> int:
+    hosts = await live.hosts(redis, settings, await live.sessions(redis))
+    if as_json:
+        print(json.dumps({"hosts": [h.__dict__ for h in hosts]}, indent=2))
+        return 0
+    rows = [
+        (
+            h.name,
+            ("up" if h.up else f"down ({h.reason})") + (", drained" if h.drained else ""),
+            f"{h.containers}/{h.capacity or '?'}",
+            h.sessions,
+        )
+        for h in hosts
+    ]
+    print(table(rows, ("HOST", "STATE", "CONTAINERS", "SESSIONS")))
+    return 0
+
+
+async def show_stats(settings: Settings, redis: Redis, days: int, as_json: bool) -> int:
+    store = RecordStore(redis, settings.records_retention_days, settings.records_max)
+    now = time.time()
+    answer = stats(await store.between(now - days * 86400), days, now)
+    answer.pop("series")
+    if as_json:
+        print(json.dumps(answer, indent=2))
+        return 0
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{x:.1%}"
+
+    print(f"last {days} days: {answer['starts']} starts {answer['outcomes']}")
+    print(f"success {pct(answer['success_rate'])}, errors {pct(answer['error_rate'])}")
+    skipped = pct(answer["install_skip_rate"])
+    print(f"pool hits {pct(answer['pool_hit_rate'])}, installs skipped {skipped}")
+    rows = [(name, p["count"], p["p50_ms"], p["p95_ms"]) for name, p in answer["phases"].items()]
+    print(table(rows, ("PHASE", "STARTS", "P50_MS", "P95_MS")))
+    return 0
+
+
+async def stop_session(settings: Settings, redis: Redis, sid: str, reason: str) -> int:
+    """Stop like a user's DELETE: slot freed, container reset and pooled (waited for)."""
+    blocking = Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=120)
+    runtime = DockerRuntime(settings)
+    background = Background()
+    recorder = Recorder(settings, redis)
+    try:
+        containers = Containers(settings, blocking, runtime)
+        previews = Previews(settings, redis, containers, background, records=recorder)
+        session = await previews.load(sid)
+        if session is None or session.state == "stopping":
+            print(f"previewctl: no live session {sid}", file=sys.stderr)
+            return 1
+        if not await previews.stop(session, "operator", reason):
+            print(f"previewctl: {sid} was being stopped already", file=sys.stderr)
+            return 1
+        print(f"stopped {sid} (user {session.user}); releasing its container...")
+        await background.close(RELEASE_DEADLINE)
+        print("done")
+        return 0
+    finally:
+        recorder.spool.close()
+        await runtime.close()
+        await blocking.aclose()
+
+
+async def drain_host(settings: Settings, redis: Redis, name: str, on: bool) -> int:
+    known = live.host_names(settings)
+    if name not in known:
+        print(f"previewctl: unknown host {name!r}; hosts: {', '.join(known)}", file=sys.stderr)
+        return 2
+    changed = await live.drain(redis, name, on)
+    state = "drained (no new containers; existing ones finish)" if on else "taking containers"
+    print(f"{name}: {state}{'' if changed else ' (already)'}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="previewctl", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    top.add_argument("--json", action="store_true", help="machine-readable output")
+    commands = top.add_subparsers(dest="command", required=True)
     token = commands.add_parser("token", help="mint a development JWT (HS256, PREVIEW_JWT_SECRET)")
     token.add_argument("--sub", required=True, help="user id")
     token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
     token.add_argument("--admin", action="store_true", help="add the admin scope")
-    args = parser.parse_args(argv)
+    board = commands.add_parser("dashboard", help="print a link to /admin with an admin token")
+    board.add_argument("--sub", default="operator", help="user id in the token")
+    board.add_argument("--ttl", type=int, default=8 * 3600, help="token lifetime in seconds")
+    commands.add_parser("sessions", help="list live sessions")
+    commands.add_parser("pool", help="show the warm pool")
+    commands.add_parser("hosts", help="list Docker hosts with their load")
+    stat = commands.add_parser("stats", help="start statistics from the preview records")
+    stat.add_argument("--days", type=int, default=7)
+    stop = commands.add_parser("stop", help="stop a session (its container goes back to the pool)")
+    stop.add_argument("session")
+    stop.add_argument("--reason", default="stopped by an operator")
+    drain = commands.add_parser("drain", help="place no new containers on a host")
+    drain.add_argument("host")
+    undrain = commands.add_parser("undrain", help="let a drained host take containers again")
+    undrain.add_argument("host")
+    return top
+
+
+async def run(settings: Settings, args: argparse.Namespace) -> int:
+    redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=10)
+    try:
+        if args.command == "sessions":
+            return await show_sessions(settings, redis, args.json)
+        if args.command == "pool":
+            return await show_pool(settings, redis, args.json)
+        if args.command == "hosts":
+            return await show_hosts(settings, redis, args.json)
+        if args.command == "stats":
+            return await show_stats(settings, redis, args.days, args.json)
+        if args.command == "stop":
+            return await stop_session(settings, redis, args.session, args.reason)
+        return await drain_host(settings, redis, args.host, args.command == "drain")
+    finally:
+        await redis.aclose()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     settings = Settings.from_env()
     if args.command == "token":
         print(mint_token(settings, args.sub, args.ttl, args.admin))
-    return 0
+        return 0
+    if args.command == "dashboard":
+        token = mint_token(settings, args.sub, args.ttl, admin=True)
+        print(f"{settings.public_url.rstrip('/')}/admin#token={token}")
+        return 0
+    try:
+        return asyncio.run(run(settings, args))
+    except (RedisError, OSError) as exc:
+        print(f"previewctl: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.datastructures import State
 
+from gateway import instruments
 from gateway.asgi_types import Receive, Scope, Send, header
 from gateway.pages import error_page, send_body
 from gateway.proxy_http import proxy_http, wants_html
@@ -122,6 +123,7 @@ class PreviewRouter:
         try:
             route = await self.routes.get(sid)
         except (RedisError, OSError):
+            instruments.REDIS_ERRORS.inc()  # observability hook
             await self.refuse(scope, send, 503, "unavailable", "state store unreachable", html)
             return
         if route is None:
@@ -172,7 +174,8 @@ class PreviewRouter:
         if is_ws:
             await self.websocket(sid, route, scope, receive, send, host)
         else:
-            await proxy_http(
+            began = time.monotonic()
+            status = await proxy_http(
                 scope,
                 receive,
                 send,
@@ -181,15 +184,19 @@ class PreviewRouter:
                 host.encode(),
                 cookie_name(sid).encode(),
             )
+            instruments.proxied(status, time.monotonic() - began)  # observability hook
 
     async def websocket(
         self, sid: str, route: Route, scope: Scope, receive: Receive, send: Send, host: str
     ) -> None:
         client = (scope.get("client") or ("?", 0))[0]
         if self._ws_per_client.get(client, 0) >= self.settings.ws_max_per_client:
+            instruments.RATE_LIMITED.labels("websockets_per_client").inc()  # observability hook
             await send({"type": "websocket.close", "code": 1008, "reason": "too many WebSockets"})
             return
         self._ws_per_client[client] = self._ws_per_client.get(client, 0) + 1
+        instruments.WEBSOCKETS.inc()  # observability hook (and the decrement below)
+        instruments.WEBSOCKETS_OPEN.inc()
         try:
             await proxy_ws(
                 scope,
@@ -203,6 +210,7 @@ class PreviewRouter:
                 on_activity=lambda: self.touch(sid),
             )
         finally:
+            instruments.WEBSOCKETS_OPEN.dec()
             left = self._ws_per_client[client] - 1
             if left:
                 self._ws_per_client[client] = left
@@ -304,6 +312,9 @@ class PreviewRouter:
     async def refuse(
         self, scope: Scope, send: Send, status: int, error: str, detail: str, html: bool
     ) -> None:
+        instruments.PROXY_REFUSED.labels(str(status)).inc()  # observability hook
+        if status == 429:
+            instruments.RATE_LIMITED.labels("preview_auth").inc()
         if scope["type"] == "websocket":
             await send(
                 {

@@ -99,12 +99,20 @@ class Starter:
         except (ContainerError, DockerRuntimeError, RedisError) as exc:
             log.error("start failed sid=%s: no container: %s", session.id, exc)
             await self._abandon(session)
+            if self.previews.records is not None:  # observability hook: the start record
+                await self.previews.records.start_refused(session, "no_capacity", str(exc))
             raise ApiError(
                 503, "no_capacity", "no preview container is available; try again shortly"
             ) from None
         except BaseException:
             self.previews.background.spawn(self._abandon(session), f"abandon {session.id}")
             raise
+        if not assigned.from_pool and self.previews.records is not None:
+            # Observability hook: the pool ran dry (an alert, off the start's path).
+            self.previews.background.spawn(
+                self.previews.records.pool_missed(request.project_id, assigned.host),
+                f"pool alert {session.id}",
+            )
         try:
             prepare = self._prepare(session, request)
             if request.source["type"] == "archive":
@@ -117,6 +125,8 @@ class Starter:
         except (ContainerError, RedisError) as exc:
             log.error("start failed sid=%s cid=%s: %s", session.id, assigned.cid, exc)
             self._abandon_later(session, assigned.cid)
+            if self.previews.records is not None:  # observability hook: the start record
+                await self.previews.records.start_refused(session, "failed", str(exc))
             raise ApiError(503, "unavailable", "the preview could not be started; retry") from None
         except BaseException:
             self._abandon_later(session, assigned.cid)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 
 from supervisor.config import ConfigError, SupervisorConfig, scrub_environment
 from supervisor.daemon import Supervisor
+from supervisor.sentry_hook import init_sentry
 
 
 async def _serve(config: SupervisorConfig, base_env: dict[str, str]) -> None:
@@ -35,6 +37,8 @@ def main() -> int:
     except ConfigError as exc:
         print(f"supervisor: {exc}", file=sys.stderr)
         return 2
+    sentry_dsn = os.environ.get("PREVIEW_SENTRY_DSN", "")
+    sentry_environment = os.environ.get("PREVIEW_SENTRY_ENVIRONMENT", "")
     # From here on no child (nor anything a library spawns) can inherit the credentials.
     base_env = scrub_environment()
     logging.basicConfig(
@@ -42,6 +46,7 @@ def main() -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    init_sentry(sentry_dsn, config.container_id, sentry_environment)
     try:
         asyncio.run(_serve(config, base_env))
     except ConfigError as exc:

@@ -1,0 +1,133 @@
+"""The system's live state as operators see it, read from Redis in a few round trips:
+sessions, the warm pool, the Docker hosts with their load. Shared by ``/metrics``, the
+admin API (dashboard) and ``previewctl``; no Docker calls, so a slow engine cannot stall
+a scrape.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from redis.asyncio import Redis
+
+from gateway.docker_runtime import _host_name
+from gateway.placement import host_capacity
+from gateway.sessions import Session
+from shared import keys
+from shared.redis_types import record, text
+from shared.settings import Settings
+
+MAX_SESSIONS = 5000  # operator views list at most this many live sessions
+
+
+def host_names(settings: Settings) -> list[str]:
+    """The configured Docker hosts' names, as placement and the records use them."""
+    return [_host_name(url) for url in settings.docker_hosts]
+
+
+@dataclass
+class HostView:
+    name: str
+    up: bool
+    reason: str
+    since: float
+    capacity: int
+    containers: int
+    pooled: int = 0
+    sessions: int = 0
+    drained: bool = False
+
+    @property
+    def load(self) -> float:
+        return self.containers / self.capacity if self.capacity else 0.0
+
+
+@dataclass
+class PoolView:
+    image: str
+    pooled: int
+    target: int
+    hits: int
+    misses: int
+    per_host: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def hit_rate(self) -> float | None:
+        total = self.hits + self.misses
+        return self.hits / total if total else None
+
+
+async def sessions(redis: Redis, limit: int = MAX_SESSIONS) -> list[Session]:
+    """Live sessions (the SESSIONS set), oldest first."""
+    sids = sorted(text(s) for s in await redis.smembers(keys.SESSIONS))[:limit]
+    async with redis.pipeline(transaction=False) as pipe:
+        for sid in sids:
+            pipe.hgetall(keys.session(sid))
+        replies = await pipe.execute()
+    found = [Session.from_record(record(r)) for r in replies if r]
+    return sorted((s for s in found if s.id), key=lambda s: s.created_at)
+
+
+async def pool(redis: Redis, settings: Settings) -> PoolView:
+    image = text(await redis.get(keys.pool_image(settings.image)))
+    cids = [text(c) for c in await redis.lrange(keys.pool(image), 0, -1)] if image else []
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.hgetall(keys.POOL_STATS)
+        for cid in cids:
+            pipe.hget(keys.container(cid), "host")
+        replies = await pipe.execute()
+    stats = record(replies[0])
+    per_host = Counter(text(h) for h in replies[1:] if h)
+    return PoolView(
+        image=image,
+        pooled=len(cids),
+        target=int(stats.get("target") or settings.pool_min),
+        hits=int(stats.get("hits") or 0),
+        misses=int(stats.get("misses") or 0),
+        per_host=dict(per_host),
+    )
+
+
+async def hosts(
+    redis: Redis,
+    settings: Settings,
+    live: list[Session] | None = None,
+    pooled: dict[str, int] | None = None,
+) -> list[HostView]:
+    """Every configured host: up or down (as the controller last saw it), capacity, use."""
+    names = host_names(settings)
+    async with redis.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.hgetall(keys.docker_host(name))
+            pipe.scard(keys.host_containers(name))
+        pipe.smembers(keys.DRAINED_HOSTS)
+        replies = await pipe.execute()
+    drained = {text(n) for n in replies[-1]}
+    per_host = Counter(s.host for s in live or [])
+    views = []
+    for i, name in enumerate(names):
+        found, used = record(replies[2 * i]), int(replies[2 * i + 1])
+        mem, cpus = int(found.get("mem_total") or 0), int(found.get("ncpu") or 0)
+        views.append(
+            HostView(
+                name=name,
+                up=found.get("state", "up") != "down",
+                reason=found.get("reason", ""),
+                since=float(found.get("since") or 0),
+                capacity=host_capacity(settings, mem, cpus) if mem else 0,
+                containers=used,
+                pooled=(pooled or {}).get(name, 0),
+                sessions=per_host.get(name, 0),
+                drained=name in drained,
+            )
+        )
+    return views
+
+
+async def drain(redis: Redis, name: str, on: bool = True) -> bool:
+    """Mark a host drained (no new containers; existing ones finish) or undo it. True when
+    that changed something."""
+    if on:
+        return bool(await redis.sadd(keys.DRAINED_HOSTS, name))
+    return bool(await redis.srem(keys.DRAINED_HOSTS, name))
