@@ -89,11 +89,29 @@ class Engine:
         )
 
     def kill(self) -> None:
-        """Die the way a host does: no clean shutdown."""
+        """Die the way a host does: no clean shutdown. Its containers, their shims and
+        its containerd go with it (left running, they would block the next start)."""
+        ids = self.docker("ps", "-q", check=False).stdout.split()
+        pids = self.docker("inspect", "-f", "{{.State.Pid}}", *ids, check=False).stdout.split()
+        for pid in (int(p) for p in pids if p.isdigit() and p != "0"):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)  # a container's init: its whole pid namespace
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait()
+        # containerd and the shims carry this engine's root in their command lines.
+        subprocess.run(["pkill", "-KILL", "-f", str(self.root)], check=False)
+        wait_until(
+            lambda: (
+                subprocess.run(["pgrep", "-f", str(self.root)], capture_output=True).returncode != 0
+            ),
+            30,
+            "the second engine's processes gone",
+        )
         self.socket.unlink(missing_ok=True)
+        # Left as a zombie where pid 1 does not reap, the old containerd's pid still
+        # "exists": dockerd would wait for it instead of starting a new one.
+        (self.root / "exec" / "containerd" / "containerd.pid").unlink(missing_ok=True)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -198,7 +216,7 @@ async def test_two_engines_placement_failure_and_return(
 
         engine.kill()
         await async_wait_until(
-            lambda: host_is(redis, b, 90, "down"), "the second engine marked down"
+            lambda: host_is(redis, b, "down"), 90, "the second engine marked down"
         )
         failed = await load(redis, session.id)
         assert failed is not None and failed.state == "failed" and failed.error
