@@ -99,14 +99,7 @@ async def admin_overview(request: Request, user: User) -> Response:
                     for s in sessions[-LISTED_SESSIONS:]
                 ],
             },
-            "pool": {
-                "image": pool.image,
-                "pooled": pool.pooled,
-                "target": pool.target,
-                "hits": pool.hits,
-                "misses": pool.misses,
-                "hit_rate": pool.hit_rate,
-            },
+            "pool": pool.summary(),
             "hosts": [
                 {
                     "name": h.name,

@@ -96,15 +96,7 @@ async def show_sessions(settings: Settings, redis: Redis, as_json: bool) -> int:
 
 async def show_pool(settings: Settings, redis: Redis, as_json: bool) -> int:
     pool = await live.pool(redis, settings)
-    answer: dict[str, Any] = {
-        "image": pool.image,
-        "pooled": pool.pooled,
-        "target": pool.target,
-        "hits": pool.hits,
-        "misses": pool.misses,
-        "hit_rate": pool.hit_rate,
-        "per_host": pool.per_host,
-    }
+    answer: dict[str, Any] = {**pool.summary(), "per_host": pool.per_host}
     if as_json:
         print(json.dumps(answer, indent=2))
         return 0

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from redis.asyncio import Redis
 
 from gateway.docker_runtime import _host_name
-from gateway.placement import host_capacity
+from gateway.placement import host_capacity, read_hosts
 from gateway.sessions import Session
 from shared import keys
 from shared.redis_types import record, text
@@ -57,6 +57,16 @@ class PoolView:
         total = self.hits + self.misses
         return self.hits / total if total else None
 
+    def summary(self) -> dict[str, object]:
+        return {
+            "image": self.image,
+            "pooled": self.pooled,
+            "target": self.target,
+            "hits": self.hits,
+            "misses": self.misses,
+            "hit_rate": self.hit_rate,
+        }
+
 
 async def sessions(redis: Redis, limit: int = MAX_SESSIONS) -> list[Session]:
     """Live sessions (the SESSIONS set), oldest first."""
@@ -97,17 +107,10 @@ async def hosts(
 ) -> list[HostView]:
     """Every configured host: up or down (as the controller last saw it), capacity, use."""
     names = host_names(settings)
-    async with redis.pipeline(transaction=False) as pipe:
-        for name in names:
-            pipe.hgetall(keys.docker_host(name))
-            pipe.scard(keys.host_containers(name))
-        pipe.smembers(keys.DRAINED_HOSTS)
-        replies = await pipe.execute()
-    drained = {text(n) for n in replies[-1]}
+    seen, drained = await read_hosts(redis, names)
     per_host = Counter(s.host for s in live or [])
     views = []
-    for i, name in enumerate(names):
-        found, used = record(replies[2 * i]), int(replies[2 * i + 1])
+    for name, (found, used) in zip(names, seen, strict=True):
         mem, cpus = int(found.get("mem_total") or 0), int(found.get("ncpu") or 0)
         views.append(
             HostView(

@@ -41,6 +41,21 @@ return 1
 """
 
 
+async def read_hosts(
+    redis: Redis, names: list[str]
+) -> tuple[list[tuple[dict[str, str], int]], set[str]]:
+    """What the controller last recorded about each host (its hash and how many of our
+    containers it holds), and the set of drained hosts: one round trip."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.hgetall(keys.docker_host(name))
+            pipe.scard(keys.host_containers(name))
+        pipe.smembers(keys.DRAINED_HOSTS)
+        replies = await pipe.execute()
+    seen = [(record(replies[2 * i]), int(replies[2 * i + 1])) for i in range(len(names))]
+    return seen, {text(n) for n in replies[-1]}
+
+
 @dataclass(frozen=True)
 class HostState:
     name: str
@@ -105,16 +120,9 @@ class Placement:
     async def states(self) -> list[HostState]:
         """Every configured host: up or not (as the controller last saw it), capacity, use."""
         names = list(self.runtime.hosts)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for name in names:
-                pipe.hgetall(keys.docker_host(name))
-                pipe.scard(keys.host_containers(name))
-            pipe.smembers(keys.DRAINED_HOSTS)
-            replies = await pipe.execute()
-        drained = {text(n) for n in replies[-1]}
+        seen, drained = await read_hosts(self.redis, names)
         states = []
-        for i, name in enumerate(names):
-            found, used = record(replies[2 * i]), int(replies[2 * i + 1])
+        for name, (found, used) in zip(names, seen, strict=True):
             up = found.get("state", "up") != "down"
             reason = found.get("reason", "")
             mem, cpus = int(found.get("mem_total") or 0), int(found.get("ncpu") or 0)

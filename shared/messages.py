@@ -82,6 +82,17 @@ class Heartbeat:
             raise MessageError(f"unknown dev-server state {hb.state!r}")
         return hb
 
+    @classmethod
+    def read(cls, raw: str | bytes | None) -> Heartbeat | None:
+        """The heartbeat in a Redis value; None when missing or unreadable (an unreadable
+        heartbeat counts as no heartbeat: the container is not known to be alive)."""
+        if raw is None:
+            return None
+        try:
+            return cls.from_json(raw)
+        except MessageError:
+            return None
+
 
 @dataclass
 class Command:

@@ -10,7 +10,6 @@ import dataclasses
 import io
 import json
 import secrets
-import subprocess
 import tarfile
 import time
 from collections.abc import AsyncIterator, Callable
@@ -31,6 +30,7 @@ from shared.messages import Heartbeat
 from shared.redis_types import record, text
 from shared.settings import Settings
 from tests.conftest import LABEL_TEST_RUN, TEST_RUN
+from tests.utils import remove_labelled_containers
 
 LABEL_TEST_CASE = "preview-gateway.test-case"
 
@@ -53,14 +53,7 @@ def fast(settings: Settings, **overrides: Any) -> Settings:
 
 
 def remove_labelled(case: str) -> None:
-    ids = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", f"label={LABEL_TEST_CASE}={case}"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.split()
-    if ids:
-        subprocess.run(["docker", "rm", "-f", "-v", *ids], capture_output=True, check=False)
+    remove_labelled_containers(f"{LABEL_TEST_CASE}={case}")
 
 
 async def drop_acl_users(redis: Redis) -> None:
