@@ -111,7 +111,6 @@ def auth_failures(client: str) -> str:
 ROUTE_CHANGES = f"{PREFIX}route-changes"  # pub/sub channel: a session id whose route changed
 LEADER = f"{PREFIX}leader"  # controller leader lease (value: controller id)
 RATE_LIMIT_PREFIX = f"{PREFIX}rl"  # slowapi/limits storage prefix
-RECORDS = f"{PREFIX}records"  # stream of preview start/stop records
 
 # --- TTLs and sizes ----------------------------------------------------------------------
 
