@@ -5,24 +5,39 @@ Projects: a Vite React app (vite@7, react, react-dom, @vitejs/plugin-react) and 
 app (next@15, react, react-dom), installed once with npm (lockfile included).
 
 1. Sizes: node_modules on disk, its tar stream, our .tar.zst (level 1), a .tgz.
-2. Restore into a fresh directory, each method in turn, several rounds (median):
+2. Restore into a fresh directory, each method in turn, several rounds (median and best):
    our code (``restore.restore_tree`` over ``archive.decompressed``, exactly what the
    supervisor runs), ``tar -xzf`` of the same tree, ``cp -a``, a fresh ``npm ci`` with a
-   warm npm cache, and ``zstd -dc | tar -x`` as the C-tools reference for zstd.
+   warm npm cache, and ``zstd -dc | tar -x`` as the C-tools reference for zstd. The
+   methods are interleaved in every round (order rotated), so a busy machine slows them
+   alike; nothing restored is deleted before the end (see ``measure_restores``).
+   ``--restore-dir`` (repeatable) compares filesystems in the same rounds, e.g. this
+   machine's disk (ext4 without a journal) and a journalled ext4 image, as hosts have:
+
+       truncate -s 20G /tmp/ext4.img && mkfs.ext4 -q -F /tmp/ext4.img
+       mkdir -p /tmp/ext4 && mount -o loop /tmp/ext4.img /tmp/ext4
+       ... --restore-dir /tmp/bench --restore-dir /tmp/ext4 --workdir /tmp/bench
+       umount /tmp/ext4 && rm /tmp/ext4.img
 3. Warm start in real containers (``gateway.containers.Containers``, the preview image,
    a cache volume of its own): a first container installs and packs; then new pooled
    containers each get a ``prepare`` with the project as an archive blob and restore;
    then the same container again (node_modules kept). Seconds from sending ``prepare``
-   until it answers ``ready`` (the dev server answers HTTP).
+   until it answers ``ready`` (the dev server answers HTTP), the supervisor's own
+   timings (restore_tree alone among them) and the host's load average at the start.
+   Each warm container is removed before the next starts, as a pool turns over; on
+   ext4 without a journal that makes the next restore slower (see 2.).
 
     .venv/bin/python bench/bench_depcache.py [--rounds 3] [--warm 3] [--no-container]
-        [--no-next-container] [--workdir DIR] [--keep]
+        [--no-next-container] [--workdir DIR] [--keep] [--restore-dir DIR ...]
+
+``--rounds 0`` skips 1. and 2. (only the container starts).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import io
 import json
 import os
@@ -35,7 +50,7 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +69,8 @@ from supervisor.pack import Packer, take_snapshot  # noqa: E402
 from supervisor.restore import restore_tree  # noqa: E402
 from tests.utils import start_redis  # noqa: E402
 
-IMAGE = "preview-gateway/preview:latest"
 LABEL = "preview-gateway.bench"
+RESTORES = f"restores-{os.getpid()}"  # deleted at the end of the run, even with --keep
 
 VITE_APP = {
     "package.json": {
@@ -98,9 +113,11 @@ class Project:
     info: archive.ArchiveInfo | None = None
     zst: Path | None = None
     tgz: Path | None = None
+    tgz_bytes: int = 0
     pack_seconds: float = 0.0
     tgz_seconds: float = 0.0
-    restores: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    # (filesystem, method) -> (seconds, CPU seconds) of each round
+    restores: dict[tuple[str, str], list[tuple[float, float]]] = field(default_factory=dict)
 
 
 def say(message: str) -> None:
@@ -169,12 +186,16 @@ def timed(action: Callable[[], object]) -> tuple[float, float]:
 
 
 def install(project: Project, workdir: Path) -> None:
+    if (project.path / "package-lock.json").exists() and (project.path / "node_modules").is_dir():
+        say(f"{project.name}: installed by an earlier run (--workdir), kept")
+        project.tree_bytes, project.files = tree_size(project.path / "node_modules")
+        return
     project.path.mkdir(parents=True)
     write_project(PROJECTS[project.name], project.path)
     say(f"{project.name}: npm install (resolves, writes the lockfile, warms the npm cache)")
     started = time.perf_counter()
     run(["npm", "install"], cwd=project.path, env=npm_env(workdir))
-    project.install_seconds = time.perf_counter() - started
+    project.install_seconds = round(time.perf_counter() - started, 1)
     project.tree_bytes, project.files = tree_size(project.path / "node_modules")
 
 
@@ -194,6 +215,7 @@ def pack(project: Project, workdir: Path, level: int, threads: int) -> None:
     started = time.perf_counter()
     run(["tar", "-czf", str(project.tgz), "node_modules"], cwd=project.path)
     project.tgz_seconds = time.perf_counter() - started
+    project.tgz_bytes = project.tgz.stat().st_size
 
 
 # --- 2. restores -----------------------------------------------------------------------
@@ -229,21 +251,52 @@ def methods(project: Project, workdir: Path) -> dict[str, Callable[[Path], objec
     }
 
 
-def measure_restores(project: Project, workdir: Path, rounds: int, npm_rounds: int) -> None:
-    scratch = workdir / "restore"
+def filesystem(path: Path) -> str:
+    """``ext4 (no journal) /`` etc.: what the mount under ``path`` is. ext4 without a
+    journal keeps inodes freed in the last minute (five while their block is dirty) from
+    reuse, and every file creation scans past them (``recently_deleted``)."""
+    path = path.resolve()
+    best: tuple[str, str, str] = ("/", "?", "?")
+    with open("/proc/self/mountinfo") as mounts:
+        for line in mounts:
+            fields = line.split()
+            point, rest = fields[4], fields[fields.index("-") + 1 :]
+            inside = path == Path(point) or Path(point) in path.parents
+            if inside and len(point) >= len(best[0]):
+                best = (point, rest[0], rest[1])
+    point, kind, device = best
+    if kind == "ext4":
+        name = Path(device).name
+        journal = any(Path("/proc/fs/jbd2").glob(f"{name}-*"))
+        kind = f"ext4 ({'journal' if journal else 'no journal'})"
+    return f"{kind} {point}"
+
+
+def measure_restores(
+    project: Project, workdir: Path, targets: list[Path], rounds: int, npm_rounds: int
+) -> None:
+    """Each method on each filesystem in turn, the order rotated every round. Every restore
+    goes into a directory of its own, and nothing is deleted until the end of the run: on
+    ext4 without a journal (this machine's disk), a file created soon after many were
+    deleted is slow, so deleting one method's tree would slow down the next one."""
+    runs = [
+        (target, filesystem(target), name, method)
+        for target in targets
+        for name, method in methods(project, workdir).items()
+    ]
     for round_ in range(rounds):
-        for name, method in methods(project, workdir).items():
+        shift = round_ % len(runs)
+        for i, (target, fs, name, method) in enumerate(runs[shift:] + runs[:shift]):
             if name.startswith("npm ci") and round_ >= npm_rounds:
                 continue
-            shutil.rmtree(scratch, ignore_errors=True)
-            scratch.mkdir()
-            seconds, used = timed(lambda m=method: m(scratch))
+            scratch = target / RESTORES / f"{project.name}-{round_}-{i}"
+            scratch.mkdir(parents=True)
+            seconds, used = timed(functools.partial(method, scratch))
             restored, _ = tree_size(scratch / "node_modules")
             if abs(restored - project.tree_bytes) > project.tree_bytes // 100:
                 raise RuntimeError(f"{name} restored {restored} bytes of {project.tree_bytes}")
-            project.restores.setdefault(name, []).append((seconds, used))
-            say(f"{project.name}: {name}: {seconds:.2f}s (cpu {used:.2f}s)")
-    shutil.rmtree(scratch, ignore_errors=True)
+            project.restores.setdefault((fs, name), []).append((seconds, used))
+            say(f"{project.name}: {fs}: {name}: {seconds:.2f}s (cpu {used:.2f}s)")
 
 
 # --- 3. warm starts in containers ------------------------------------------------------
@@ -267,16 +320,18 @@ class Start:
     seconds: float
     dependencies: str
     timings: dict[str, int]
+    restore_ms: int  # restore_tree alone, as the supervisor timed it
+    load: float  # the host's 1-minute load average as the start began (2 cores)
 
 
 async def container_starts(
-    projects: list[Project], warm: int, volume: str
+    projects: list[Project], warm: int, volume: str, image: str
 ) -> dict[str, list[Start]]:
     server = start_redis()
     settings = Settings.from_env(
         {},
         redis_url=server.url,
-        image=IMAGE,
+        image=image,
         cache_volume=volume,
         heartbeat_interval=1.0,
         heartbeat_ttl=4.0,
@@ -305,12 +360,20 @@ async def container_starts(
                 "public_port": 8080,
             },
         )
-        started = time.monotonic()
+        load, started = os.getloadavg()[0], time.monotonic()
         result = await containers.send(cid, command, blob=blob, timeout=900)
         seconds = time.monotonic() - started
         if not result.ok:
             raise RuntimeError(f"prepare of {project.name} failed: {result.error} {result.result}")
-        return Start("", seconds, result.result["dependencies"], result.result["timings_ms"])
+        cache = result.result.get("dependency_cache", {})
+        return Start(
+            "",
+            seconds,
+            result.result["dependencies"],
+            result.result["timings_ms"],
+            cache.get("restore_ms", 0),
+            load,
+        )
 
     async def archived(cid: str, timeout: float = 600) -> None:
         deadline = time.monotonic() + timeout
@@ -328,18 +391,18 @@ async def container_starts(
             say(f"{project.name}: cold start in a new container (installs, then packs)")
             cold = await pooled()
             start = await prepare(cold, project, blob, "cold")
-            starts.append(Start("fresh install (cold volume)", **_rest(start)))
+            starts.append(replace(start, kind="fresh install (cold volume)"))
             await archived(cold)
             for i in range(warm):
                 cid = await pooled()  # warm: idle, as in the pool
                 start = await prepare(cid, project, blob, f"warm{i}")
-                starts.append(Start("pooled container + cached archive", **_rest(start)))
+                starts.append(replace(start, kind="pooled container + cached archive"))
                 say(f"{project.name}: warm start {start.seconds:.2f}s {start.timings}")
                 if i == warm - 1:
                     reset = Command("reset", {"keep_node_modules": True})
                     assert (await containers.send(cid, reset, timeout=60)).ok
                     start = await prepare(cid, project, blob, "kept")
-                    starts.append(Start("same container, node_modules kept", **_rest(start)))
+                    starts.append(replace(start, kind="same container, node_modules kept"))
                 else:
                     await containers.destroy(cid, "bench")
                     made.remove(cid)
@@ -354,10 +417,6 @@ async def container_starts(
     return results
 
 
-def _rest(start: Start) -> dict[str, Any]:
-    return {"seconds": start.seconds, "dependencies": start.dependencies, "timings": start.timings}
-
-
 # --- report ----------------------------------------------------------------------------
 
 
@@ -366,6 +425,15 @@ def mib(n: float) -> str:
 
 
 def report(projects: list[Project], starts: dict[str, list[Start]], level: int) -> None:
+    packed = [p for p in projects if p.info is not None]  # none with --rounds 0
+    if packed:
+        report_sizes(packed, level)
+        report_restores(packed)
+    if starts:
+        report_starts(starts)
+
+
+def report_sizes(projects: list[Project], level: int) -> None:
     print("\n### Sizes\n")
     print(
         "| project | files | node_modules MiB | tar MiB | ours .tar.zst MiB (level "
@@ -373,36 +441,51 @@ def report(projects: list[Project], starts: dict[str, list[Start]], level: int) 
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for p in projects:
-        assert p.info is not None and p.tgz is not None
+        assert p.info is not None
         print(
             f"| {p.name} | {p.files} | {mib(p.tree_bytes)} | {mib(p.info.tar_bytes)} | "
-            f"{mib(p.info.zstd_bytes)} | {mib(p.tgz.stat().st_size)} | {p.pack_seconds:.2f} | "
-            f"{p.tgz_seconds:.2f} | {p.install_seconds:.1f} |"
+            f"{mib(p.info.zstd_bytes)} | {mib(p.tgz_bytes)} | {p.pack_seconds:.2f} | "
+            f"{p.tgz_seconds:.2f} | {p.install_seconds or '-'} |"
         )
+
+
+def report_restores(projects: list[Project]) -> None:
     print("\n### Restore node_modules into a fresh directory (median of rounds)\n")
-    print("| project | method | runs | seconds | CPU s | MB/s | vs tar -xzf |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print(
+        "| project | filesystem | method | runs | seconds | best s | CPU s | MB/s | vs tar -xzf "
+        "| best vs best |"
+    )
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for p in projects:
-        baseline = statistics.median(s for s, _ in p.restores["tar -xzf"])
-        for name, samples in p.restores.items():
+        for (fs, name), samples in p.restores.items():
+            baseline = statistics.median(s for s, _ in p.restores[fs, "tar -xzf"])
+            base_best = min(s for s, _ in p.restores[fs, "tar -xzf"])
             seconds = statistics.median(s for s, _ in samples)
+            best = min(s for s, _ in samples)
             used = statistics.median(c for _, c in samples)
             rate = p.tree_bytes / 1e6 / seconds
+            cell = name.replace("|", "\\|")
             print(
-                f"| {p.name} | {name} | {len(samples)} | {seconds:.2f} | {used:.2f} | "
-                f"{rate:.0f} | {baseline / seconds:.2f}x |"
+                f"| {p.name} | {fs} | {cell} | {len(samples)} | {seconds:.2f} | {best:.2f} | "
+                f"{used:.2f} | {rate:.0f} | {baseline / seconds:.2f}x | {base_best / best:.2f}x |"
             )
-    if starts:
-        print("\n### Start to ready in real containers (prepare sent -> ready answered)\n")
-        print("| project | case | dependencies | seconds | files ms | deps ms | dev server ms |")
-        print("|---|---|---|---:|---:|---:|---:|")
-        for name, runs in starts.items():
-            for s in runs:
-                t = s.timings
-                print(
-                    f"| {name} | {s.kind} | {s.dependencies} | {s.seconds:.2f} | "
-                    f"{t.get('files', 0)} | {t.get('dependencies', 0)} | {t.get('devserver', 0)} |"
-                )
+
+
+def report_starts(starts: dict[str, list[Start]]) -> None:
+    print("\n### Start to ready in real containers (prepare sent -> ready answered)\n")
+    print(
+        "| project | case | dependencies | seconds | files ms | deps ms | of which restore ms "
+        "| dev server ms | host load (1 min) |"
+    )
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+    for name, runs in starts.items():
+        for s in runs:
+            t = s.timings
+            print(
+                f"| {name} | {s.kind} | {s.dependencies} | {s.seconds:.2f} | "
+                f"{t.get('files', 0)} | {t.get('dependencies', 0)} | {s.restore_ms or '-'} | "
+                f"{t.get('devserver', 0)} | {s.load:.1f} |"
+            )
 
 
 def main() -> None:
@@ -414,28 +497,41 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-container", action="store_true")
     parser.add_argument("--no-next-container", action="store_true")
-    parser.add_argument("--workdir", type=Path)
+    parser.add_argument(
+        "--workdir", type=Path, help="work here; projects a kept run installed are reused"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument(
+        "--restore-dir",
+        type=Path,
+        action="append",
+        help="restore into this directory (repeat to compare filesystems); default: workdir",
+    )
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="pv-bench-depcache-"))
     workdir.mkdir(parents=True, exist_ok=True)
     volume = f"pv-bench-depcache-{secrets.token_hex(4)}"
     projects = [Project(name, workdir / name) for name in PROJECTS]
+    targets = args.restore_dir or [workdir]
     starts: dict[str, list[Start]] = {}
     try:
         for project in projects:
             install(project, workdir)
-            pack(project, workdir, args.level, args.threads)
-            measure_restores(project, workdir, args.rounds, args.npm_rounds)
+            if args.rounds:
+                pack(project, workdir, args.level, args.threads)
+                measure_restores(project, workdir, targets, args.rounds, args.npm_rounds)
         if not args.no_container:
             say("preview image: scripts/build-image (cached)")
-            run([str(ROOT / "scripts/build-image")])
+            # Its own tag, not :latest, which other builds on this host move.
+            image = run([str(ROOT / "scripts/build-image")]).stdout.split()[-1]
             run(["docker", "volume", "create", "--label", f"{LABEL}=depcache", volume])
             wanted = [p for p in projects if p.name != "next" or not args.no_next_container]
-            starts = asyncio.run(container_starts(wanted, args.warm, volume))
+            starts = asyncio.run(container_starts(wanted, args.warm, volume, image))
     finally:
         if not args.no_container:
             subprocess.run(["docker", "volume", "rm", "-f", volume], capture_output=True)
+        for target in targets:
+            shutil.rmtree(target / RESTORES, ignore_errors=True)
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
     report(projects, starts, args.level)

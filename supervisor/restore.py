@@ -43,7 +43,7 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
 Owner = tuple[int, int] | None
-Batch = list[tuple[bytes, bytes, int, int]]
+Batch = list[tuple[bytes, bytes | memoryview, int, int]]
 
 
 class RestoreCancelled(Exception):
@@ -60,11 +60,16 @@ class Restored:
 
 
 def _write(
-    root: int, rel: bytes, data: bytes | Iterator[memoryview], mode: int, owner: Owner, mtime: int
+    root: int,
+    rel: bytes,
+    data: bytes | memoryview | Iterator[memoryview],
+    mode: int,
+    owner: Owner,
+    mtime: int,
 ) -> None:
     fd = os.open(rel, _CREATE, mode, dir_fd=root)
     try:
-        for piece in (data,) if isinstance(data, bytes) else data:
+        for piece in (data,) if isinstance(data, (bytes, memoryview)) else data:
             view = memoryview(piece)
             while view:
                 view = view[os.write(fd, view) :]
@@ -93,7 +98,7 @@ class _Writers:
         self.batch: Batch = []
         self.batch_bytes = 0
 
-    def add(self, rel: bytes, data: bytes, mode: int, mtime: int) -> None:
+    def add(self, rel: bytes, data: bytes | memoryview, mode: int, mtime: int) -> None:
         self.batch.append((rel, data, mode, mtime))
         self.batch_bytes += len(data) + 4096
         if self.batch_bytes >= BATCH_BYTES:
@@ -199,7 +204,7 @@ def _unpack(
             elif member.kind == FILE:
                 mode = member.mode & 0o777
                 if member.size <= SMALL_FILE:
-                    writers.add(rel, source.read(member.size), mode, member.mtime)
+                    writers.add(rel, source.view(member.size), mode, member.mtime)
                 else:
                     _write(root, rel, source.pieces(member.size), mode, owner, member.mtime)
                 source.skip(padding(member.size))

@@ -110,6 +110,16 @@ class Source:
             return out
         return b"".join(self.pieces(size))
 
+    def view(self, size: int) -> bytes | memoryview:
+        """Like ``read``, without a copy when the bytes lie in one chunk: a view that
+        keeps that chunk alive."""
+        if len(self._buffer) >= size:
+            out = self._buffer[:size]
+            self._buffer = self._buffer[size:]
+            self.consumed += size
+            return out
+        return b"".join(self.pieces(size))
+
     def pieces(self, size: int) -> Iterator[memoryview]:
         """The next ``size`` bytes as views into the stream's chunks (no copies)."""
         while size:
