@@ -30,6 +30,10 @@ def hypercorn_config(settings: Settings) -> Config:
     config.include_server_header = False  # no need to advertise the server software
     # Above our own relay limit, so the relay closes oversized messages cleanly (1009).
     config.websocket_max_message_size = settings.ws_max_message_bytes + 1024 * 1024
+    # Messages received ahead of the app, per connection (default 10): a WebSocket's may
+    # each be max-size, so a client sending faster than its dev server reads would hold
+    # ten of them here. HTTP bodies arrive in 64 KiB pieces and do not need more.
+    config.max_app_queue_size = 2
     return config
 
 
@@ -41,12 +45,16 @@ async def serve_gateway() -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
+    config = hypercorn_config(settings)
+
     async def shutdown_trigger() -> None:
         await stop.wait()
+        began = loop.time()
         log.info("gateway draining: %d WebSockets to close", len(app.relays))
         await app.relays.close_all(settings.drain_timeout)
+        # Hypercorn then waits graceful_timeout for requests: what is left of one budget.
+        config.graceful_timeout = max(0.1, settings.drain_timeout - (loop.time() - began))
 
-    config = hypercorn_config(settings)
     await serve(app, config, shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type]
     log.info("gateway stopped")
 

@@ -1,13 +1,17 @@
 """Preview containers on one or more Docker engines (aiodocker).
 
 Every container we create carries our labels, resource limits, ``no-new-privileges`` and
-only the capabilities the supervisor needs to run user code as ``app``. All engine and
-transport failures surface as one exception type, :class:`DockerRuntimeError`.
+only the capabilities the supervisor needs to run user code as ``app``. It joins our own
+bridge network, on which containers cannot talk to each other (ICC off): on Docker's
+default bridge one preview's code could reach another preview's dev server directly,
+bypassing the gateway's auth. All engine and transport failures surface as one exception
+type, :class:`DockerRuntimeError`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 from collections.abc import Mapping, Sequence
@@ -31,6 +35,9 @@ CACHE_PATH = "/cache"
 # aiodocker reports transport failures as DockerError with status 900 and above.
 _TRANSPORT_ERROR = 900
 CAPABILITIES = ("CHOWN", "SETUID", "SETGID", "KILL", "DAC_OVERRIDE", "FOWNER")
+# Created on each engine on first use; outbound traffic (registries, git) still works.
+NETWORK = "preview-isolated"
+_NO_ICC = "com.docker.network.bridge.enable_icc"
 
 
 class DockerRuntimeError(Exception):
@@ -100,6 +107,7 @@ class DockerHost:
         self.settings = settings
         ssl_context = _tls_context(settings) if url.startswith("tcp://") else None
         self._docker = aiodocker.Docker(url=url, ssl_context=ssl_context)
+        self._network_lock = asyncio.Lock()
 
     async def close(self) -> None:
         await self._docker.close()
@@ -167,6 +175,7 @@ class DockerHost:
                 "CapDrop": ["ALL"],
                 "CapAdd": list(CAPABILITIES),
                 "PortBindings": {port: [{"HostIp": s.publish_host, "HostPort": ""}]},
+                "NetworkMode": NETWORK,  # by id at create: the name may be ambiguous
                 "Mounts": mounts,
                 "ExtraHosts": ["host.docker.internal:host-gateway"],
                 "RestartPolicy": {"Name": "no"},
@@ -177,9 +186,60 @@ class DockerHost:
             config["Cmd"] = list(spec.command)
         return config
 
+    async def ensure_network(self) -> str:
+        """The id of our network on this engine, made if missing. Looked up at every
+        create: `docker network prune` may have removed it while no container used it.
+        A same-named network that lets containers talk to each other is refused."""
+        async with self._network_lock:
+            found = await self._call("list networks", self._networks())
+            if not found:
+                await self._call("create network", self._create_network())
+                found = await self._call("list networks", self._networks())
+                if not found:
+                    raise DockerRuntimeError(self.name, f"network {NETWORK} vanished")
+                log.info("network %s ready on %s (no inter-container traffic)", NETWORK, self.name)
+            # Two processes creating it at once may both succeed (the engine's duplicate
+            # check is not atomic): all use the oldest; the others go when unused.
+            for extra in found[1:]:
+                with contextlib.suppress(aiodocker.DockerError, aiohttp.ClientError, OSError):
+                    await (await self._docker.networks.get(extra["Id"])).delete()
+        network = found[0]
+        if (network.get("Options") or {}).get(_NO_ICC) != "false":
+            raise DockerRuntimeError(
+                self.name,
+                f"network {NETWORK} lets containers reach each other: remove it (docker "
+                f"network rm {NETWORK}) and it is made again with {_NO_ICC}=false",
+            )
+        return str(network["Id"])
+
+    async def _networks(self) -> list[dict[str, Any]]:
+        """Networks named exactly NETWORK (the engine's filter matches substrings), oldest
+        first."""
+        listed = await self._docker.networks.list(filters={"name": NETWORK})
+        return sorted(
+            (n for n in listed if n.get("Name") == NETWORK),
+            key=lambda n: (str(n.get("Created", "")), str(n["Id"])),
+        )
+
+    async def _create_network(self) -> None:
+        config = {
+            "Name": NETWORK,
+            "Driver": "bridge",
+            "CheckDuplicate": True,
+            "Options": {_NO_ICC: "false"},
+            "Labels": {LABEL_MANAGED: "1"},
+        }
+        try:
+            await self._docker.networks.create(config)
+        except aiodocker.DockerError as exc:
+            if exc.status != 409:  # 409: another process just made it
+                raise
+
     async def create(self, spec: ContainerSpec) -> ContainerInfo:
         """Create and start a container; on failure nothing is left behind."""
+        network = await self.ensure_network()
         config = self.container_config(spec)
+        config["HostConfig"]["NetworkMode"] = network
         container = await self._call(
             "create container", self._docker.containers.create(config, name=spec.cid)
         )

@@ -1,25 +1,81 @@
-"""Make hypercorn report the browser's WebSocket close code and reason to the app.
-
-Hypercorn answers a client's close frame itself and then tells the application only 1000
-or 1006 (pgjones/hypercorn#127), so a proxy cannot relay the browser's code to the dev
-server. This records the peer's close frame on the stream and puts its code and reason
-(ASGI 2.5's `reason`) on `websocket.disconnect`. Applied once, at start-up; the proxy
+"""Three fixes to hypercorn's internals, applied once at start-up; the proxy and shutdown
 tests pin the behaviour, so an upgrade that changes these internals fails loudly.
+
+- Hypercorn answers a client's close frame itself and then tells the application only 1000
+  or 1006 (pgjones/hypercorn#127), so a proxy cannot relay the browser's code to the dev
+  server. We record the peer's close frame on the stream and put its code and reason
+  (ASGI 2.5's `reason`) on `websocket.disconnect`.
+- Closing a connection waits until its unsent data is flushed, so a client that stops
+  reading (a stuck tab with WebSockets full of HMR messages) holds its connection, and
+  the gateway's shutdown, forever. We abort such a connection after a grace: a short one
+  once the server is shutting down.
+- A request whose body the app never read (a refusal) fills the stream's queue, and
+  hypercorn's `http.disconnect` then waits on it forever: the connection is wedged. We drop
+  the unread messages.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
-from hypercorn.protocol import ws_stream
+from hypercorn.asyncio import tcp_server
+from hypercorn.protocol import http_stream, ws_stream
 from hypercorn.protocol.events import StreamClosed
 from wsproto.events import CloseConnection, Event
 
 _PATCHED = "_preview_gateway_patched"
+CLOSE_GRACE = 30.0  # to flush what a slow but live client has still to read
+CLOSE_GRACE_TERMINATED = 1.0
 
 
 def install() -> None:
+    _install_close_codes()
+    _install_close_grace()
+    _install_unread_body_close()
+
+
+def _install_unread_body_close() -> None:
+    """An app that answers without reading the request body (a 401, 404, 413...) leaves it
+    in the stream's queue (max_app_queue_size messages); once that is full,
+    hypercorn's own `http.disconnect` put blocks forever, so the connection neither closes
+    nor serves its next keep-alive request. Drop what the app never read instead."""
+    cls: Any = http_stream.HTTPStream
+    if getattr(cls, _PATCHED, False):
+        return
+    original_handle = cls.handle
+
+    async def handle(self: Any, event: Any) -> None:
+        if isinstance(event, StreamClosed):
+            queue = getattr(getattr(self, "app_put", None), "__self__", None)
+            while isinstance(queue, asyncio.Queue) and queue.full():
+                queue.get_nowait()
+        await original_handle(self, event)
+
+    cls.handle = handle
+    setattr(cls, _PATCHED, True)
+
+
+def _install_close_grace() -> None:
+    cls: Any = tcp_server.TCPServer
+    if getattr(cls, _PATCHED, False):
+        return
+    original_close = cls._close
+
+    async def _close(self: Any) -> None:
+        grace = CLOSE_GRACE_TERMINATED if self.context.terminated.is_set() else CLOSE_GRACE
+        abort = asyncio.get_running_loop().call_later(grace, self.writer.transport.abort)
+        try:
+            await original_close(self)
+        finally:
+            abort.cancel()
+
+    cls._close = _close
+    setattr(cls, _PATCHED, True)
+
+
+def _install_close_codes() -> None:
     cls: Any = ws_stream.WSStream
     if getattr(cls, _PATCHED, False):
         return

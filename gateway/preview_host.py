@@ -9,6 +9,7 @@ other requests wait (one Redis poller per preview, however many requests wait on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -175,15 +176,20 @@ class PreviewRouter:
             await self.websocket(sid, route, scope, receive, send, host)
         else:
             began = time.monotonic()
-            status = await proxy_http(
-                scope,
-                receive,
-                send,
-                self.pool,
-                route.address,
-                host.encode(),
-                cookie_name(sid).encode(),
-            )
+            try:
+                status = await proxy_http(
+                    scope,
+                    receive,
+                    send,
+                    self.pool,
+                    route.address,
+                    host.encode(),
+                    cookie_name(sid).encode(),
+                )
+            except asyncio.CancelledError:
+                if self.relays.closing:  # cut at the drain deadline
+                    await self.cut_short(scope, send, html)
+                raise
             instruments.proxied(status, time.monotonic() - began)  # observability hook
 
     async def websocket(
@@ -308,6 +314,16 @@ class PreviewRouter:
 
     def public_host(self, scope: Scope) -> str:
         return (header(scope, b"host") or b"").decode("latin-1")
+
+    @staticmethod
+    async def cut_short(scope: Scope, send: Send, html: bool) -> None:
+        """A 503 (retry elsewhere) rather than the server's bare 500, unless the response
+        had already begun (then the client sees it end early)."""
+        retry = [(b"retry-after", b"1"), (b"connection", b"close")]
+        with contextlib.suppress(Exception):
+            await error_page(
+                scope, send, 503, "unavailable", "the gateway is restarting", html, retry
+            )
 
     async def refuse(
         self, scope: Scope, send: Send, status: int, error: str, detail: str, html: bool

@@ -2,10 +2,10 @@
 
 Accepts with the upstream's chosen subprotocol, then two named relay tasks; the first to
 finish ends both. Close codes and reasons cross in both directions; an error is 1011.
-Queues are bounded on both sides (hypercorn's app queue, websockets' max_queue), so a
-slow browser stalls its upstream instead of growing memory. Message size, idle time and
-lifetime are limited; on shutdown every relay closes with 1001 so the HMR client
-reconnects (to another replica).
+Queues are bounded on both sides (hypercorn's app queue, websockets' max_queue) to a
+couple of messages, so a slow browser stalls its upstream instead of growing memory.
+Message size, idle time and lifetime are limited; on shutdown every relay closes with
+1001 so the HMR client reconnects (to another replica).
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ GOING_AWAY = 1001
 INTERNAL_ERROR = 1011
 TOO_BIG = 1009
 POLICY = 1008
+CLOSE_SEND_TIMEOUT = 1.0
+UPSTREAM_READ_AHEAD = 2
 _UNSENDABLE = {1005, 1006, 1015}  # reserved codes that must not appear in a close frame
 
 
@@ -107,7 +109,9 @@ async def proxy_ws(
             ping_interval=20,
             ping_timeout=20,
             max_size=limits.max_message_bytes,
-            max_queue=16,
+            # Frames read ahead of a browser that does not keep up: each may be a whole
+            # max-size message, and the dev server is the user's own code.
+            max_queue=UPSTREAM_READ_AHEAD,
         )
     except (InvalidStatus, InvalidHandshake, OSError, TimeoutError) as exc:
         status = exc.response.status_code if isinstance(exc, InvalidStatus) else 502
@@ -127,13 +131,18 @@ async def proxy_ws(
     try:
         await _relay(receive, send, upstream, limits, on_activity)
     except asyncio.CancelledError:
-        # Shutdown (or the client vanished): tell both sides we are going away.
+        # Shutdown (or the client vanished): tell both sides we are going away. A client
+        # that stopped reading never takes the close frame: do not wait for it.
         with contextlib.suppress(Exception):
-            await send(
-                {"type": "websocket.close", "code": GOING_AWAY, "reason": "gateway restarting"}
+            await asyncio.wait_for(
+                send(
+                    {"type": "websocket.close", "code": GOING_AWAY, "reason": "gateway restarting"}
+                ),
+                CLOSE_SEND_TIMEOUT,
             )
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(upstream.close(GOING_AWAY), 2)
+            await asyncio.wait_for(upstream.close(GOING_AWAY), CLOSE_SEND_TIMEOUT)
+        upstream.transport.abort()  # a dev server blocked sending to us never answers
         if not registry.closing:
             raise
     finally:
