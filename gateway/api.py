@@ -123,8 +123,10 @@ async def preview_events(request: Request, user: User) -> Response:
         raise ApiError(409, "not_ready", "the preview has no container yet; retry shortly")
 
     async def alive() -> bool:
+        # A session the controller failed (heartbeat lost, host down) gets no `error`
+        # event from its dead container: without this its stream would ping forever.
         current = await previews.load(session.id)
-        return current is not None and current.state != "stopping"
+        return current is not None and current.state not in ("stopping", "failed")
 
     finished = session.state in ("ready", "failed")
     body = relay(request.app.state.blocking_redis, session, cursor, alive, finished)
@@ -227,16 +229,30 @@ async def all_previews(request: Request, user: User) -> Response:
     return JSONResponse({"previews": items})
 
 
+def resource(path: str, **handlers: Callable[[Request], Awaitable[Response]]) -> Route:
+    """One route for all methods of a path, so that a 405's `Allow` names every one of
+    them (a route per method would answer with its own method only)."""
+    by_method = {method.upper(): handler for method, handler in handlers.items()}
+    if "GET" in by_method:
+        by_method["HEAD"] = by_method["GET"]
+
+    async def endpoint(request: Request) -> Response:
+        handler = by_method[request.method]
+        request.scope["endpoint"] = handler  # the rate-limit metric names the handler
+        return await handler(request)
+
+    endpoint.__name__ = "_".join(h.__name__ for h in handlers.values())
+    return Route(path, endpoint, methods=[m.upper() for m in handlers])
+
+
 routes = [
-    Route("/v1/previews", start_preview, methods=["POST"]),
-    Route("/v1/previews", list_previews, methods=["GET"]),
-    Route("/v1/previews/{id}", get_preview, methods=["GET"]),
-    Route("/v1/previews/{id}", stop_preview, methods=["DELETE"]),
-    Route("/v1/previews/{id}/events", preview_events, methods=["GET"]),
-    Route("/v1/previews/{id}/files", put_archive, methods=["PUT"]),
-    Route("/v1/previews/{id}/files/{path:path}", put_file, methods=["PUT"]),
-    Route("/v1/previews/{id}/restart", restart_preview, methods=["POST"]),
-    Route("/v1/previews/{id}/logs", preview_logs, methods=["GET"]),
-    Route("/v1/pool", pool_status, methods=["GET"]),
-    Route("/v1/admin/previews", all_previews, methods=["GET"]),
+    resource("/v1/previews", post=start_preview, get=list_previews),
+    resource("/v1/previews/{id}", get=get_preview, delete=stop_preview),
+    resource("/v1/previews/{id}/events", get=preview_events),
+    resource("/v1/previews/{id}/files", put=put_archive),
+    resource("/v1/previews/{id}/files/{path:path}", put=put_file),
+    resource("/v1/previews/{id}/restart", post=restart_preview),
+    resource("/v1/previews/{id}/logs", get=preview_logs),
+    resource("/v1/pool", get=pool_status),
+    resource("/v1/admin/previews", get=all_previews),
 ]

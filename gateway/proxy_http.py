@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
 from gateway.asgi_types import Receive, Scope, Send, header
 from gateway.pages import error_page
@@ -58,34 +59,48 @@ def _connection_tokens(headers: list[tuple[bytes, bytes]]) -> set[bytes]:
     return tokens
 
 
+class AmbiguousFraming(ValueError):
+    """The request's body length can be read two ways (request smuggling)."""
+
+
 def upstream_headers(
     scope: Scope, public_host: bytes, cookie_filter: bytes | None
 ) -> tuple[list[tuple[bytes, bytes]], bool, bool]:
-    """Headers for the upstream request; (headers, has_body, chunked)."""
+    """Headers for the upstream request; (headers, has_body, chunked).
+
+    Content-Length together with Transfer-Encoding is refused (RFC 9112 6.3 lets a server
+    reject it): h11 frames the body by the chunks, a dev server given the Content-Length
+    would not, and the difference is a request smuggled onto a pooled connection. And
+    `Connection` may not name Content-Length: dropping it would unframe the body.
+    """
     raw: list[tuple[bytes, bytes]] = scope["headers"]
     named = _connection_tokens(raw)
+    named.discard(b"content-length")
     out: list[tuple[bytes, bytes]] = [(b"host", public_host)]
-    has_length = chunked = False
+    has_length = framed = chunked = False
     for name, value in raw:
         if name in _REQUEST_DROP or name in named:
             if name == b"transfer-encoding":
                 chunked = True
             continue
         if name == b"content-length":
+            framed = True
             has_length = value != b"0"
         elif name == b"cookie" and cookie_filter is not None:
             value = strip_cookie(value, cookie_filter)
             if not value:
                 continue
         out.append((name, value))
+    if chunked and framed:
+        raise AmbiguousFraming("Content-Length and Transfer-Encoding together are ambiguous")
     client = scope.get("client")
     if client:
         out.append((b"x-forwarded-for", client[0].encode()))
     out.append((b"x-forwarded-proto", b"https" if scope.get("scheme") == "https" else b"http"))
     out.append((b"x-forwarded-host", public_host))
-    if chunked and not has_length:
+    if chunked:
         out.append((b"transfer-encoding", b"chunked"))
-    return out, has_length or chunked, chunked and not has_length
+    return out, has_length or chunked, chunked
 
 
 def strip_cookie(header: bytes, name: bytes) -> bytes:
@@ -111,15 +126,25 @@ def response_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, by
 
 def target(scope: Scope) -> bytes:
     path: bytes = scope.get("raw_path") or scope["path"].encode()
+    if not path.startswith(b"/") and path != b"*":
+        # Absolute form ("GET http://elsewhere/x"): the dev server gets the path only; its
+        # host is the preview's, never one the client names.
+        path = urlsplit(path).path
+        if not path.startswith(b"/"):
+            path = b"/" + path
     query: bytes = scope.get("query_string", b"")
     return path + b"?" + query if query else path
+
+
+class ClientGone(UpstreamError):
+    """The client stopped sending (or broke the framing of) its body midway."""
 
 
 async def request_body(receive: Receive) -> AsyncIterator[bytes]:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise UpstreamError("client went away while sending the body")
+            raise ClientGone("the request body ended early")
         chunk: bytes = message.get("body", b"")
         if chunk:
             yield chunk
@@ -141,7 +166,11 @@ async def proxy_http(
     cookie_name: bytes | None = None,
 ) -> int:
     """Relay one request to `address`; returns the status sent to the client."""
-    headers, has_body, chunked = upstream_headers(scope, public_host, cookie_name)
+    try:
+        headers, has_body, chunked = upstream_headers(scope, public_host, cookie_name)
+    except AmbiguousFraming as exc:
+        close = [(b"connection", b"close")]
+        return await error_page(scope, send, 400, "bad_request", str(exc), False, close)
     method: bytes = scope["method"].encode()
     head = serialize_head(method, target(scope), headers)
     body = request_body(receive) if has_body else None
@@ -151,6 +180,8 @@ async def proxy_http(
         return await error_page(scope, send, 504, "upstream_timeout", str(exc), wants_html(scope))
     except UpstreamRefused as exc:
         return await error_page(scope, send, 502, "upstream_refused", str(exc), wants_html(scope))
+    except ClientGone as exc:  # the client's fault, not the dev server's: no 502
+        return await error_page(scope, send, 400, "bad_request", str(exc), False)
     except UpstreamError as exc:
         return await error_page(scope, send, 502, "upstream_error", str(exc), wants_html(scope))
     try:

@@ -41,6 +41,9 @@ def verify(secret: str, purpose: str, sid: str, value: str) -> str | None:
         exp = int(parts[1])
     except (ValueError, UnicodeDecodeError):
         return None
+    # One spelling per value: int() takes "1_7", " 17", "+17"; base64 ignores stray bits.
+    if parts[1] != str(exp) or parts[0] != _b64(user.encode()):
+        return None
     if exp < time.time():
         return None
     if not hmac.compare_digest(parts[2], _mac(secret, purpose, sid, user, exp)):

@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 
 from gateway import events
 from gateway.sessions import Session
+from shared import keys
 from tests.gateway.api_helpers import add_event, bearer, fake_session
 from tests.utils import GatewayProcess, async_wait_until, wait_until
 
@@ -110,6 +111,28 @@ def test_live_events_are_relayed_and_an_error_ends_the_stream(
     preview = httpx.get(f"{gateway.url}/v1/previews/{session.id}", headers=bearer()).json()
     assert preview["state"] == "failed"
     assert preview["error"] == {"reason": "Module not found: 'react-dom'", "detail": ["l1"]}
+
+
+@pytest.mark.slow  # the relay looks at the session once per PING_INTERVAL (15 s)
+def test_the_stream_ends_when_the_controller_fails_the_session(
+    gateway: GatewayProcess, sync_redis: SyncRedis
+) -> None:
+    # Found by bench/bench_load.py: a container that stopped heartbeating writes no
+    # `error` event, and its clients waited on the stream forever.
+    session = fake_session(sync_redis, container="pvc-fake4")
+    received: list[dict[str, Any]] = []
+
+    def listen() -> None:
+        received.extend(stream(gateway, session.id))
+
+    thread = threading.Thread(target=listen, daemon=True)
+    thread.start()
+    wait_until(lambda: sync_redis.info("clients")["blocked_clients"] >= 1, 10, "the relay")
+    # What Endings.fail writes: the state, no event.
+    sync_redis.hset(keys.session(session.id), mapping={"state": "failed", "error": "{}"})
+    thread.join(events.PING_INTERVAL + 4)
+    assert not thread.is_alive(), "the stream of a failed session did not end"
+    assert received == []
 
 
 def test_a_client_that_goes_away_stops_the_relay(
