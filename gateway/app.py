@@ -7,7 +7,6 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -37,6 +36,7 @@ from gateway.ratelimit import RateLimits
 from gateway.sentry_setup import SentryUser, init_sentry
 from gateway.starts import Starter
 from gateway.tracker import Tracker
+from shared.redis_types import connect
 from shared.settings import Settings
 
 # Longest wait on a container's acknowledgement (an archive upload), plus a margin: the
@@ -57,8 +57,8 @@ def create_app(settings: Settings) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         state = app.state
-        state.redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
-        state.blocking_redis = Redis.from_url(
+        state.redis = connect(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
+        state.blocking_redis = connect(
             settings.redis_url, socket_connect_timeout=2, socket_timeout=BLOCKING_SOCKET_TIMEOUT
         )
         state.runtime = DockerRuntime(settings)

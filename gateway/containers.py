@@ -9,6 +9,7 @@ same container and a start costs one Redis round trip when the pool has one.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import secrets
 import time
@@ -30,6 +31,7 @@ from gateway.docker_runtime import (
     DockerRuntime,
     DockerRuntimeError,
 )
+from gateway.outage import ACL_FIELD, password_digest
 from gateway.placement import HostState, Placement
 from shared import keys
 from shared.acl import container_acl_rules
@@ -123,6 +125,16 @@ class Assigned:
     host: str
     address: str
     from_pool: bool
+
+
+def affinity(user: str, project_id: str | None) -> str:
+    """Whose node_modules a pooled container keeps (its record's ``project`` field, and
+    the supervisor's ``owner``): one user's one project, opaque. A start prefers a
+    container with its own key, and the supervisor drops a kept tree of any other key:
+    another user's install scripts and code wrote it."""
+    if not project_id:
+        return ""
+    return hashlib.sha256(f"{user}\x00{project_id}".encode()).hexdigest()[:32]
 
 
 def new_cid() -> str:
@@ -273,6 +285,7 @@ class Containers:
                 "docker_id": info.docker_id,
                 "address": info.address or "",
                 "state": "warming",
+                ACL_FIELD: password_digest(password),  # a restarted Redis needs it back
             },
         )
         return info
@@ -318,13 +331,7 @@ class Containers:
     # --- the warm pool ------------------------------------------------------------------
 
     async def heartbeat(self, cid: str) -> Heartbeat | None:
-        raw = await self.redis.get(keys.heartbeat(cid))
-        if raw is None:
-            return None
-        try:
-            return Heartbeat.from_json(raw)
-        except MessageError:
-            return None
+        return Heartbeat.read(await self.redis.get(keys.heartbeat(cid)))
 
     async def wait_idle(self, cid: str, timeout: float = 60.0) -> Heartbeat:
         """Wait until the container's supervisor reports `idle`."""
@@ -336,26 +343,26 @@ class Containers:
             await asyncio.sleep(0.1)
         raise ContainerError(f"container {cid} did not report idle within {timeout:.0f}s")
 
-    async def add_to_pool(self, cid: str, project_id: str = "") -> bool:
+    async def add_to_pool(self, cid: str, owner: str = "") -> bool:
         """Put a container (back) in its image's pool, once. False when it is gone or was
         handed to a session meanwhile (two controllers warming it must not pool it twice)."""
         pooled = await self._add(
             keys=[keys.container(cid)],
-            args=[cid, project_id, repr(time.time()), keys.pool("{image}")],
+            args=[cid, owner, repr(time.time()), keys.pool("{image}")],
         )
         return bool(pooled)
 
     async def pool_size(self) -> int:
         return int(await self.redis.llen(keys.pool(await self.image_id())))
 
-    async def pop_pooled(self, project_id: str) -> Assigned | None:
+    async def pop_pooled(self, owner: str) -> Assigned | None:
         """Take a warm container atomically (same project first); None when none is left.
         One Redis round trip, no Docker call."""
         now = time.time()
         popped = await self._acquire(
             keys=[keys.pool_image(self.settings.image), keys.POOL_DEMAND, keys.POOL_STATS],
             args=[
-                project_id,
+                owner,
                 keys.container("{cid}"),
                 keys.heartbeat("{cid}"),
                 keys.pool("{image}"),
@@ -371,12 +378,13 @@ class Containers:
         cid, host, address = (text(v) for v in popped)
         return Assigned(cid, host, address, from_pool=True)
 
-    async def acquire(self, project_id: str) -> Assigned:
-        """A warm container (same project first), or a new one when the pool is empty."""
-        pooled = await self.pop_pooled(project_id)
+    async def acquire(self, owner: str) -> Assigned:
+        """A warm container (same owner's project first, see ``affinity``), or a new one
+        when the pool is empty."""
+        pooled = await self.pop_pooled(owner)
         if pooled is not None:
             return pooled
-        log.warning("pool empty: creating a container for a start project=%s", project_id)
+        log.warning("pool empty: creating a container for a start")
         try:
             info = await self.launch(role="session")
         except (DockerRuntimeError, ContainerError) as exc:
@@ -448,9 +456,7 @@ class Containers:
             return "disk_budget", f"workspace uses {used} MiB, over {s.container_disk_mb} MiB"
         return None
 
-    async def release(
-        self, cid: str, project_id: str | None, budget_bytes: int | None = None
-    ) -> bool:
+    async def release(self, cid: str, owner: str | None, budget_bytes: int | None = None) -> bool:
         """Reset the container and return it to the pool; destroy it if that fails, it is
         over its disk budget or has served too long (the pool keeper replaces it).
         True when it went back to the pool."""
@@ -472,7 +478,7 @@ class Containers:
             return False
         served = int(found.get("served") or 0) + 1
         await self.redis.hset(keys.container(cid), "served", str(served))
-        await self.add_to_pool(cid, project_id or "")
+        await self.add_to_pool(cid, owner or "")
         decision(
             log,
             "container_released",
@@ -480,7 +486,7 @@ class Containers:
             "reset cleanly",
             counters=self.counters,
             cid=cid,
-            project=project_id,
+            owner=owner,
             served=served,
         )
         return True

@@ -31,6 +31,7 @@ from gateway.pool import PoolKeeper
 from gateway.previews import Previews
 from gateway.reaper import Reaper
 from gateway.sentry_setup import init_sentry
+from shared.redis_types import connect
 from shared.settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
@@ -101,8 +102,8 @@ class Controller:
         records = ops.records if ops is not None else None
         self.previews = Previews(settings, redis, self.containers, self.background, records)
         self.endings = Endings(redis, self.containers, self.previews)
-        self.keeper = PoolKeeper(self.containers)
         self.reaper = Reaper(settings, redis, self.containers, self.previews, self.endings)
+        self.keeper = PoolKeeper(self.containers, outage=self.reaper.outage)
         self.orphans = OrphanSweeper(redis, self.containers, self.endings)
         self.hosts = HostMonitor(settings, redis, self.containers, self.endings, self._rejoined)
         self.lease = LeaderLease(redis, settings.leader_ttl)
@@ -190,8 +191,8 @@ class Controller:
 
 
 async def run(settings: Settings) -> None:
-    redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
-    blocking = Redis.from_url(
+    redis = connect(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
+    blocking = connect(
         settings.redis_url, socket_connect_timeout=2, socket_timeout=BLOCKING_SOCKET_TIMEOUT
     )
     runtime = DockerRuntime(settings)

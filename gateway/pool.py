@@ -13,12 +13,15 @@ import asyncio
 import logging
 import time
 
+from redis.exceptions import RedisError
+
 from gateway.autoscale import Autoscaler
 from gateway.containers import ContainerError, Containers
 from gateway.counters import decision
 from gateway.docker_runtime import DockerRuntimeError
+from gateway.outage import OutageWatch
 from shared import keys
-from shared.messages import Heartbeat, MessageError
+from shared.messages import Heartbeat
 from shared.redis_types import text
 
 log = logging.getLogger(__name__)
@@ -27,18 +30,15 @@ SURPLUS_KEEP = 300.0  # seconds a released container may sit above the target (r
 WARMING = ("creating", "warming")
 
 
-def parse_heartbeat(raw: bytes | str | None) -> Heartbeat | None:
-    if raw is None:
-        return None
-    try:
-        return Heartbeat.from_json(raw)
-    except MessageError:
-        return None
-
-
 class PoolKeeper:
-    def __init__(self, containers: Containers, autoscaler: Autoscaler | None = None) -> None:
+    def __init__(
+        self,
+        containers: Containers,
+        autoscaler: Autoscaler | None = None,
+        outage: OutageWatch | None = None,
+    ) -> None:
         self.containers = containers
+        self.outage = outage  # the reaper's: no heartbeat verdicts just after an outage
         self.settings = containers.settings
         self.redis = containers.redis
         self.autoscaler = autoscaler or Autoscaler(self.settings, self.redis)
@@ -55,9 +55,10 @@ class PoolKeeper:
         await self._retire_old_images(image_id)
         records = await self.containers.records()
         now = time.monotonic()
-        if now - self._checked >= self.settings.pool_health_interval:
+        full = now - self._checked >= self.settings.pool_health_interval
+        if full:
             self._checked = now
-            await self.check_health(image_id, records)
+        await self.check_health(image_id, records, full)
         warming = await self._adopt_warming(image_id, records)
         await self._scale(image_id, warming)
         await self._trim(image_id, records)
@@ -71,9 +72,17 @@ class PoolKeeper:
             for raw in await self.redis.lrange(key, 0, -1):
                 await self._drop(key, text(raw), "image_rebuilt", "image was rebuilt")
 
-    async def check_health(self, image_id: str, records: dict[str, dict[str, str]]) -> None:
+    async def check_health(
+        self, image_id: str, records: dict[str, dict[str, str]], full: bool = True
+    ) -> None:
         """Drop pooled containers that do not heartbeat fresh and `idle`, or whose record
-        or host is gone: the pool never holds one it thinks is alive but is not."""
+        or host is gone: the pool never holds one it thinks is alive but is not.
+
+        Not `full` (every pass between full checks): only those whose heartbeat key has
+        expired, the ones acquisitions already skip as dead. Counted as pooled until the
+        next full check, they held back their replacement for up to
+        PREVIEW_POOL_HEALTH_INTERVAL (40 s, 2.7 x TTL, with the defaults in
+        bench/bench_pool.py)."""
         key = keys.pool(image_id)
         cids = [text(c) for c in await self.redis.lrange(key, 0, -1)]
         if not cids:
@@ -83,15 +92,21 @@ class PoolKeeper:
                 pipe.get(keys.heartbeat(cid))
             beats = await pipe.execute()
         now = time.time()
+        trusted = self.outage is None or self.outage.heartbeats_trusted
         for cid, raw in zip(cids, beats, strict=True):
             reason = ""
             found = records.get(cid)
-            if found is None:
+            if not trusted and found is not None:
+                continue  # Redis was away: their supervisors are only now writing again
+            if not full:
+                # A container pooled since `records` was read has no record there yet.
+                reason = "stopped heartbeating" if raw is None else ""
+            elif found is None:
                 reason = "its record is gone"
             elif raw is None:
                 reason = "stopped heartbeating"
             else:
-                heartbeat = parse_heartbeat(raw)
+                heartbeat = Heartbeat.read(raw)
                 if heartbeat is None or now - heartbeat.ts > self.settings.heartbeat_ttl:
                     reason = "heartbeat is stale"
                 elif heartbeat.ts < float(found.get("pooled_at") or 0):
@@ -218,8 +233,8 @@ class PoolKeeper:
             await self.containers.add_to_pool(cid)
             await self.autoscaler.record_replenish(time.monotonic() - began)
             log.info("container pooled cid=%s in %.1fs", cid, time.monotonic() - began)
-        except (DockerRuntimeError, ContainerError) as exc:
-            log.error("pool launch failed: %s", exc)
+        except (DockerRuntimeError, ContainerError, RedisError, OSError) as exc:
+            log.error("pool launch failed: %s", exc)  # (a Redis restart closes connections)
         finally:
             if not cid:
                 self.launching -= 1

@@ -16,7 +16,7 @@ from redis.exceptions import RedisError
 
 from gateway import limits
 from gateway.background import Background
-from gateway.containers import ContainerError, Containers
+from gateway.containers import ContainerError, Containers, affinity
 from gateway.docker_runtime import DockerRuntimeError
 from gateway.errors import ApiError
 from gateway.recorder import Recorder
@@ -45,15 +45,6 @@ MAX_ID = 64
 
 def not_found() -> ApiError:
     return ApiError(404, "not_found", "no such preview")
-
-
-def _heartbeat(raw: bytes | None) -> Heartbeat | None:
-    if raw is None:
-        return None
-    try:
-        return Heartbeat.from_json(raw)
-    except MessageError:
-        return None
 
 
 class Previews:
@@ -89,7 +80,9 @@ class Previews:
         session = await self.load(sid)
         if session is None or session.user != user or session.state == "stopping":
             raise not_found()
-        if not await self.slots.holds(user, sid):
+        # A session the controller failed gave its slot back; its record stays a while so
+        # that its owner can read why.
+        if session.state != "failed" and not await self.slots.holds(user, sid):
             raise not_found()
         return session
 
@@ -115,7 +108,7 @@ class Previews:
             if want_result:
                 pipe.lindex(keys.command_result(cid, session.prepare_id), 0)
             replies = await pipe.execute()
-        entries, heartbeat = replies[0], _heartbeat(replies[1])
+        entries, heartbeat = replies[0], Heartbeat.read(replies[1])
         mine = event_entries(entries, session.id)
         changes = fold(session, (event for _, event in mine))
         if mine:
@@ -179,7 +172,9 @@ class Previews:
     async def _release(self, session: Session) -> None:
         try:
             if session.container:
-                await self.containers.release(session.container, session.project_id)
+                await self.containers.release(
+                    session.container, affinity(session.user, session.project_id)
+                )
         except (ContainerError, DockerRuntimeError, RedisError) as exc:
             log.error("release failed sid=%s cid=%s: %s", session.id, session.container, exc)
         finally:

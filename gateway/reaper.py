@@ -4,7 +4,7 @@
 - its container's record is gone → failed;
 - its container's heartbeat missing past the TTL → failed ("container stopped
   responding"), slot freed, container destroyed: within TTL + one pass of the last
-  heartbeat, so well within 2 x TTL;
+  heartbeat, so well within 2 x TTL; not while Redis is only just back (gateway/outage.py);
 - older than PREVIEW_SESSION_MAX_LIFETIME → stopped (released to the pool);
 - no proxied traffic for PREVIEW_IDLE_TIMEOUT → stopped, after reading the activity
   again under the session's lock (fresh traffic must win over a reaper);
@@ -24,11 +24,12 @@ from gateway import limits
 from gateway.containers import Containers
 from gateway.counters import decision
 from gateway.endings import Endings, session_lock
+from gateway.outage import OutageWatch
 from gateway.previews import Previews
-from gateway.resources import ResourceRules
+from gateway.resources import MEMORY_LIMIT, ResourceRules
 from gateway.sessions import Session
 from shared import keys
-from shared.messages import Heartbeat, MessageError
+from shared.messages import Heartbeat
 from shared.redis_types import record, text
 from shared.settings import Settings
 
@@ -36,15 +37,6 @@ log = logging.getLogger(__name__)
 
 STOPPED_RESPONDING = "container stopped responding"
 HISTORY_FIELD = b"heartbeat"  # field of each heartbeat_history entry (supervisor/heartbeat.py)
-
-
-def _heartbeat(raw: bytes | None) -> Heartbeat | None:
-    if raw is None:
-        return None
-    try:
-        return Heartbeat.from_json(raw)
-    except MessageError:
-        return None
 
 
 def _float(raw: str | bytes | None) -> float:
@@ -69,9 +61,16 @@ class Reaper:
         self.previews = previews
         self.endings = endings
         self.resources = ResourceRules(settings, redis, containers, endings)
+        self.outage = OutageWatch(redis, settings.heartbeat_ttl)
 
     async def tick(self) -> int:
         """One pass over every live session; returns how many were ended."""
+        await self.outage.check()
+        ended = await self._pass()
+        self.outage.passed()
+        return ended
+
+    async def _pass(self) -> int:
         sids = sorted(text(s) for s in await self.redis.smembers(keys.SESSIONS))
         if not sids:
             return 0
@@ -92,7 +91,7 @@ class Reaper:
             found, beat, active = record(replies[3 * i]), replies[3 * i + 1], replies[3 * i + 2]
             if session.state == "stopping" or not session.id:
                 continue
-            if await self.check(session, found, _heartbeat(beat), _float(active), down):
+            if await self.check(session, found, Heartbeat.read(beat), _float(active), down):
                 ended += 1
         return ended
 
@@ -120,10 +119,19 @@ class Reaper:
                 session, "container_gone", "the preview's container is gone", container="keep"
             )
         if heartbeat is None:
-            silent = await self._silent_for(session.container, found, now)
-            if silent is None:
+            if not self.outage.heartbeats_trusted:
+                return False  # Redis was away: supervisors are only now writing again
+            silence = await self._silent_for(session.container, found, now)
+            if silence is None:
                 return False
+            silent, last = silence
             detail = f"no heartbeat for {silent:.0f}s (limit {s.heartbeat_ttl:.0f}s)"
+            if last is not None and last.memory_used > MEMORY_LIMIT * last.memory_limit > 0:
+                # A container thrashing at its memory limit starves its supervisor too.
+                detail += (
+                    f"; its last heartbeat showed {last.memory_used >> 20} of "
+                    f"{last.memory_limit >> 20} MiB memory in use: it likely ran out of memory"
+                )
             return await self.endings.fail(session, "heartbeat_lost", STOPPED_RESPONDING, detail)
         if now - session.created_at > s.session_max_lifetime:
             hours = s.session_max_lifetime / 3600
@@ -135,19 +143,21 @@ class Reaper:
             await self.resources.check(session, heartbeat, found, now)
         return False
 
-    async def _silent_for(self, cid: str, found: dict[str, str], now: float) -> float | None:
-        """Seconds since the container's last heartbeat when that is past the TTL (None
-        while it may still be starting up or only just missed one)."""
+    async def _silent_for(
+        self, cid: str, found: dict[str, str], now: float
+    ) -> tuple[float, Heartbeat | None] | None:
+        """Seconds since the container's last heartbeat, and that heartbeat, when that is
+        past the TTL (None while it may still be starting up or only just missed one)."""
         last: Any = await self.redis.xrevrange(keys.heartbeat_history(cid), count=1)
         if last:
-            beat = _heartbeat(last[0][1].get(HISTORY_FIELD))
+            beat = Heartbeat.read(last[0][1].get(HISTORY_FIELD))
             last_ts = beat.ts if beat is not None else 0.0
             if now - last_ts > self.settings.heartbeat_ttl:
-                return now - last_ts
+                return now - last_ts, beat
             return None
         created = _float(found.get("created_at"))
         if now - created > self.settings.pool_warm_timeout:
-            return now - created  # it never heartbeated at all
+            return now - created, None  # it never heartbeated at all
         return None
 
     async def _stop_if_idle(self, session: Session) -> bool:

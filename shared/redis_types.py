@@ -5,6 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 
 def text(value: bytes | str | None, default: str = "") -> str:
@@ -22,3 +25,11 @@ def record(reply: dict[Any, Any]) -> dict[str, str]:
 async def raw_command(redis: Redis, *args: str | bytes | int | float) -> Any:
     """A raw command (ACL SETUSER and others redis-py has no typed method for)."""
     return await redis.execute_command(*args)  # type: ignore[no-untyped-call]
+
+
+def connect(url: str, **options: Any) -> Redis:
+    """An asyncio client for a long-lived process. After a Redis restart every pooled
+    connection is closed under it, and redis-py fails the next command on each; this
+    client reconnects and sends it again, once (an outage still fails fast)."""
+    retry = Retry(NoBackoff(), 1)
+    return Redis.from_url(url, retry=retry, retry_on_error=[RedisConnectionError], **options)

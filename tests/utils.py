@@ -99,16 +99,27 @@ def bridge_ip() -> str | None:
     return gateway or None
 
 
-def remove_labelled_containers(label: str) -> None:
-    """Force-remove every container carrying `label` (key=value): test clean-up."""
-    ids = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", f"label={label}"],
+def _labelled(listing: list[str], label: str) -> list[str]:
+    return subprocess.run(
+        ["docker", *listing, "-q", "--filter", f"label={label}"],
         capture_output=True,
         text=True,
         check=False,
     ).stdout.split()
+
+
+def remove_labelled_containers(label: str) -> None:
+    """Force-remove every container carrying `label` (key=value): test clean-up."""
+    ids = _labelled(["ps", "-a"], label)
     if ids:
         subprocess.run(["docker", "rm", "-f", "-v", *ids], capture_output=True, check=False)
+
+
+def remove_labelled_volumes(label: str) -> None:
+    """Remove every Docker volume carrying `label` (key=value): bench clean-up."""
+    names = _labelled(["volume", "ls"], label)
+    if names:
+        subprocess.run(["docker", "volume", "rm", "-f", *names], capture_output=True, check=False)
 
 
 @dataclass
@@ -117,10 +128,34 @@ class RedisServer:
     password: str
     process: subprocess.Popen[bytes]
     workdir: str
+    args: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
         return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+
+    def shutdown(self) -> None:
+        """Stop the way an operator restarts Redis: SHUTDOWN (the append-only file, when
+        persistence is on, is flushed); the data directory is kept for `restart`."""
+        if self.process.poll() is None:
+            subprocess.run(
+                ["redis-cli", "-p", str(self.port), "--no-auth-warning", "-a", self.password,
+                 "SHUTDOWN"],
+                capture_output=True,
+                check=False,
+                timeout=30,
+            )  # fmt: skip
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def restart(self) -> None:
+        """Start again on the same port, password and data directory."""
+        self.shutdown()
+        self.process = _spawn_redis(self.args, self.workdir)
+        _wait_listening(self)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -133,8 +168,35 @@ class RedisServer:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def start_redis(bind_bridge: bool = True, port: int | None = None) -> RedisServer:
-    """A real, password-protected redis-server on a free port (and the Docker bridge)."""
+def _spawn_redis(args: tuple[str, ...], workdir: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        ["redis-server", *args, "--dir", workdir, "--logfile", os.path.join(workdir, "redis.log")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _wait_listening(server: RedisServer) -> None:
+    def answers() -> bool:
+        if server.process.poll() is not None:
+            log = Path(server.workdir, "redis.log").read_text()
+            raise AssertionError(f"redis-server exited: {log}")
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection(("127.0.0.1", server.port), 0.2),
+        ):
+            return True
+        return False
+
+    wait_until(answers, 10, "redis-server to listen")
+
+
+def start_redis(
+    bind_bridge: bool = True, port: int | None = None, persistent: bool = False
+) -> RedisServer:
+    """A real, password-protected redis-server on a free port (and the Docker bridge).
+    `persistent`: an append-only file, fsync'd every second as in production, so that
+    `restart` finds the data again."""
     port = port or free_port()
     password = secrets.token_hex(16)
     workdir = tempfile.mkdtemp(prefix="pv-redis-")
@@ -142,37 +204,12 @@ def start_redis(bind_bridge: bool = True, port: int | None = None) -> RedisServe
     bridge = bridge_ip() if bind_bridge else None
     if bridge:
         binds.append(bridge)
-    process = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            " ".join(binds),
-            "--requirepass",
-            password,
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            workdir,
-            "--logfile",
-            os.path.join(workdir, "redis.log"),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    args = (
+        *("--port", str(port), "--bind", " ".join(binds), "--requirepass", password),
+        *("--save", "", "--appendonly", "yes" if persistent else "no", "--appendfsync", "everysec"),
     )
-    server = RedisServer(port, password, process, workdir)
-
-    def answers() -> bool:
-        if process.poll() is not None:
-            raise AssertionError(f"redis-server exited: {Path(workdir, 'redis.log').read_text()}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return True
-        return False
-
-    wait_until(answers, 10, "redis-server to listen")
+    server = RedisServer(port, password, _spawn_redis(args, workdir), workdir, args)
+    _wait_listening(server)
     return server
 
 
@@ -242,3 +279,25 @@ def settings_env(**values: Any) -> dict[str, str]:
             value = ",".join(value)
         env["PREVIEW_" + name.upper()] = str(value)
     return env
+
+
+@contextlib.contextmanager
+def run_controller(env: Mapping[str, str]) -> Iterator[GatewayProcess]:
+    """The real controller (python -m gateway.controller) in a subprocess; its log is
+    printed when the block ends (pytest shows it for a failing test)."""
+    log_path = Path(tempfile.mkstemp(prefix="pv-controller-", suffix=".log")[1])
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway.controller"],
+            env={**os.environ, "PREVIEW_CONTROLLER_METRICS_BIND": "", **env},
+            cwd=ROOT,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    controller = GatewayProcess(0, process, log_path)
+    try:
+        yield controller
+    finally:
+        controller.stop()
+        print(f"--- controller log\n{controller.log()[-5000:]}")
+        log_path.unlink(missing_ok=True)

@@ -154,7 +154,11 @@ async def test_rebuilt_image_retires_old_warm_containers(
 async def test_dead_pooled_container_is_dropped_and_replaced(
     settings: Settings, redis: Redis, make_controller: ControllerFactory
 ) -> None:
-    controller = make_controller(fast(settings, pool_min=1, pool_max=1))
+    # No full health check after the first pass: the expired heartbeat alone must drop it
+    # (it used to hold its place until the next check, 60 s apart by default).
+    controller = make_controller(
+        fast(settings, pool_min=1, pool_max=1, pool_health_interval=3600.0)
+    )
     containers = controller.containers
     before = COUNTERS.get("container_destroyed", "unhealthy")
     async with running(controller):

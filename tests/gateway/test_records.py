@@ -3,17 +3,10 @@ and replayed (in order, once) when it returns, and what the admin API makes of t
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
-import secrets
-import shutil
-import socket
-import subprocess
-import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -32,7 +25,7 @@ from shared import keys
 from shared.settings import Settings
 from tests.gateway.api_helpers import bearer, fake_session
 from tests.gateway.conftest import GatewayFactory
-from tests.utils import free_port, wait_until
+from tests.utils import RedisServer, start_redis, wait_until
 
 
 def session(state: str = "ready", **timings: int) -> Session:
@@ -94,57 +87,19 @@ async def test_store_is_bounded_by_age_and_count(redis: Redis) -> None:
 # --- spool and replay with a real Redis outage -----------------------------------------
 
 
-@dataclass
-class OwnRedis:
-    """A redis-server of this test's own, stopped and restarted on the same port (with
-    an append-only file, so what it held before the outage is still there after)."""
-
-    port: int
-    password: str
-    workdir: str
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                *("redis-server", "--port", str(self.port), "--bind", "127.0.0.1"),
-                *("--requirepass", self.password, "--save", "", "--appendonly", "yes"),
-                *("--appendfsync", "always", "--dir", self.workdir),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-        def answers() -> bool:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port)):
-                return True
-            return False
-
-        wait_until(answers, 10, "redis-server to listen")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
-
-
 @pytest.fixture
-def own_redis() -> Iterator[OwnRedis]:
-    server = OwnRedis(free_port(), secrets.token_hex(8), tempfile.mkdtemp(prefix="pv-redis-"))
-    server.start()
+def own_redis() -> Iterator[RedisServer]:
+    """A redis-server of this test's own, shut down and restarted on the same port (with
+    an append-only file, so what it held before the outage is still there after)."""
+    server = start_redis(bind_bridge=False, persistent=True)
     try:
         yield server
     finally:
         server.stop()
-        shutil.rmtree(server.workdir, ignore_errors=True)
 
 
 @pytest_asyncio.fixture
-async def recorder_on(own_redis: OwnRedis, tmp_path: Path) -> AsyncIterator[Recorder]:
+async def recorder_on(own_redis: RedisServer, tmp_path: Path) -> AsyncIterator[Recorder]:
     settings = Settings.from_env({}, redis_url=own_redis.url, state_dir=str(tmp_path))
     client = Redis.from_url(own_redis.url, socket_connect_timeout=0.5, socket_timeout=2)
     recorder = Recorder(settings, client)
@@ -156,14 +111,14 @@ async def recorder_on(own_redis: OwnRedis, tmp_path: Path) -> AsyncIterator[Reco
 
 
 async def test_records_survive_a_redis_outage_in_order_and_once(
-    own_redis: OwnRedis, recorder_on: Recorder, tmp_path: Path
+    own_redis: RedisServer, recorder_on: Recorder, tmp_path: Path
 ) -> None:
     recorder = recorder_on
     before = session()
     await recorder.start_seen(before, result_known=True)
     assert await recorder.store.count() == 1
 
-    own_redis.stop()  # Redis is down from here
+    own_redis.shutdown()  # Redis is down from here
     during = [session() for _ in range(5)]
     for s in during:
         await recorder.start_seen(s, result_known=True)
@@ -174,7 +129,7 @@ async def test_records_survive_a_redis_outage_in_order_and_once(
     assert await recorder.flush() == 0  # still down: nothing sent, nothing lost
     assert recorder.spool.path.read_text().splitlines() == spooled
 
-    own_redis.start()  # back
+    own_redis.restart()  # back
     late = session()
     await recorder.start_seen(late, result_known=True)  # queued behind the spooled ones
     last = recorder.spool.path.read_text().splitlines()[-1]

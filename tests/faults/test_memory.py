@@ -1,0 +1,122 @@
+"""A dev server that eats memory, in a real container with a small memory limit.
+
+Two ways it goes: it holds just under the limit (a leak that has not killed it yet), and
+the resource rule acts (dev server restarted, then the container recycled with a reason);
+or it goes past the limit and the kernel's OOM killer ends it: the supervisor (not the
+dev server's victim) survives, says why, and the session fails with that reason.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+from shared import keys
+from tests.faults.conftest import SystemFactory, docker_has
+from tests.utils import wait_until
+
+MEMORY_MB = 320
+# Near its limit a container thrashes (no swap: the kernel evicts the supervisor's code
+# pages), and a 1 s heartbeat can be a few seconds late; production's TTL is 3 intervals.
+HEARTBEAT = {"heartbeat_interval": 1.0, "heartbeat_ttl": 10.0}
+
+# Allocates 8 MiB buffers (touched, so resident) until the container's cgroup (v1 or v2)
+# is at FILL of its limit, then holds them; FILL > 1 eats until killed.
+HUNGRY_SERVER = """
+const fs = require("node:fs"), http = require("node:http");
+const read = (f) => {
+  try { return fs.readFileSync("/sys/fs/cgroup/" + f, "utf8"); } catch { return ""; }
+};
+const v2 = read("memory.max") !== "";
+const limit = Number(v2 ? read("memory.max") : read("memory/memory.limit_in_bytes"));
+function used() {
+  const stat = read(v2 ? "memory.stat" : "memory/memory.stat");
+  const inactive = Number((/(?:^|\\n)(?:total_)?inactive_file (\\d+)/.exec(stat) || [0, 0])[1]);
+  return Number(v2 ? read("memory.current") : read("memory/memory.usage_in_bytes")) - inactive;
+}
+const hold = [];
+function eat() {
+  if (used() < FILL * limit) hold.push(Buffer.alloc(8 << 20, 1));
+  setTimeout(eat, 25);
+}
+http.createServer((q, s) => s.end("holding " + hold.length * 8 + " MiB"))
+  .listen(Number(process.env.PORT || 3000), eat);
+"""
+
+
+def hungry_project(fill: float) -> dict[str, str]:
+    package = {"name": "hungry", "private": True, "scripts": {"dev": "node server.js"}}
+    return {
+        "package.json": json.dumps(package),
+        "server.js": HUNGRY_SERVER.replace("FILL", str(fill)),
+    }
+
+
+def test_memory_held_near_the_limit_restarts_then_recycles(make_system: SystemFactory) -> None:
+    system = make_system(container_memory_mb=MEMORY_MB, resource_grace=12.0, **HEARTBEAT)
+    sid = system.start_project("leaky", hungry_project(0.93))
+    system.wait_state(sid, "ready")
+    cid = system.container_of(sid)
+
+    # The supervisor reports it: its heartbeat shows the memory over 90% of the limit.
+    def over() -> int | None:
+        beat = system.heartbeat(cid)
+        if beat and beat.memory_limit and beat.memory_used > 0.9 * beat.memory_limit:
+            return beat.pid
+        return None
+
+    first_pid = wait_until(over, 60, "the heartbeat to show memory over 90%")
+    # The reaper restarts the dev server (a new process) ...
+    wait_until(
+        lambda: (b := system.heartbeat(cid)) is not None and b.pid not in (None, first_pid),
+        30,
+        "the dev server restarted",
+    )
+    # ... which eats again; still over after the grace, the container is recycled.
+    failed = system.wait_state(sid, "failed", timeout=60)
+    reason = failed["error"]["reason"]
+    assert "memory" in reason and "restarted" in reason, failed["error"]
+    wait_until(lambda: not docker_has(cid), 30, "the container removed")
+    assert system.redis.zcard(keys.user_slots("alice")) == 0  # its slot is free
+
+
+def test_memory_past_the_limit_kills_the_dev_server_not_the_supervisor(
+    make_system: SystemFactory,
+) -> None:
+    system = make_system(container_memory_mb=MEMORY_MB, **HEARTBEAT)
+    sid = system.start_project("hog", hungry_project(5.0))
+    system.wait_state(sid, "ready", "failed")
+    cid = system.container_of(sid)
+    supervisor_pid = supervisor_of(cid)
+
+    def said_why() -> str:
+        beat = system.heartbeat(cid)
+        return beat.last_error or "" if beat else ""
+
+    error = wait_until(said_why, 90, "the supervisor to report the dev server's end")
+    assert "memory" in error.lower(), error
+    # It restarts the dev server; the supervisor is the same process throughout.
+    wait_until(
+        lambda: (b := system.heartbeat(cid)) is not None and b.restarts >= 1,
+        60,
+        "the dev server restarted",
+    )
+    assert supervisor_of(cid) == supervisor_pid
+    # Killed again and again, it is given up on: the preview fails saying why (the
+    # supervisor's "crashed ... out of memory", or, when the thrashing before each kill
+    # starved its heartbeats, the reaper's reason naming the memory).
+    failed = system.wait_state(sid, "failed", timeout=120)
+    said = f"{failed['error']['reason']} {failed['error']['detail']}".lower()
+    assert "memory" in said, failed["error"]
+    print(f"oom: {failed['error']}")
+
+
+def supervisor_of(cid: str) -> str:
+    out = subprocess.run(
+        ["docker", "exec", cid, "pgrep", "-f", "-o", "python.*supervisor"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.stdout.strip(), out.stderr
+    return out.stdout.strip()
