@@ -17,7 +17,7 @@ import time
 from redis.exceptions import RedisError
 
 from gateway import limits
-from gateway.containers import Assigned, ContainerError
+from gateway.containers import Assigned, ContainerError, affinity
 from gateway.docker_runtime import DockerRuntimeError
 from gateway.errors import ApiError
 from gateway.previews import Previews
@@ -29,6 +29,7 @@ from shared import keys
 from shared.messages import Command
 
 log = logging.getLogger(__name__)
+NO_CAPACITY_RETRY_AFTER = 5  # seconds: about what a pool refill takes
 
 # KEYS: session, route-changes channel. ARGV = field/value pairs. Only while the start
 # still owns the session (it was not stopped meanwhile).
@@ -95,14 +96,17 @@ class Starter:
     async def _launch(self, session: Session, request: StartRequest) -> None:
         began = time.monotonic()
         try:
-            assigned = await self.containers.acquire(request.project_id)
+            assigned = await self.containers.acquire(affinity(session.user, request.project_id))
         except (ContainerError, DockerRuntimeError, RedisError) as exc:
             log.error("start failed sid=%s: no container: %s", session.id, exc)
             await self._abandon(session)
             if self.previews.records is not None:  # observability hook: the start record
                 await self.previews.records.start_refused(session, "no_capacity", str(exc))
             raise ApiError(
-                503, "no_capacity", "no preview container is available; try again shortly"
+                503,
+                "no_capacity",
+                "no preview container is available; try again shortly",
+                headers={"Retry-After": str(NO_CAPACITY_RETRY_AFTER)},
             ) from None
         except BaseException:
             self.previews.background.spawn(self._abandon(session), f"abandon {session.id}")
@@ -166,6 +170,7 @@ class Starter:
         args = {
             "session_id": session.id,
             "project_id": session.project_id,
+            "owner": affinity(session.user, session.project_id),
             "source": request.source,
             "env": request.env,
             "public_host": public_host(s, session.id),
@@ -198,6 +203,6 @@ class Starter:
             await self.redis.delete(keys.session(session.id))
             await publish_change(self.redis, session.id)
             if cid:
-                await self.containers.release(cid, session.project_id)
+                await self.containers.release(cid, affinity(session.user, session.project_id))
         except (RedisError, ContainerError, DockerRuntimeError) as exc:
             log.error("could not undo start sid=%s: %s", session.id, exc)

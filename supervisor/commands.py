@@ -130,7 +130,9 @@ async def reset(ctx: Context, command: Command) -> dict[str, Any]:
         key = node_modules_key(ctx) if kept else None
         await asyncio.to_thread(_clear, root, ["node_modules"] if kept else [])
         ctx.session = SessionState(
-            lock_hash=ctx.session.lock_hash if kept else None, node_modules_key=key
+            lock_hash=ctx.session.lock_hash if kept else None,
+            node_modules_key=key,
+            modules_owner=ctx.session.modules_owner if kept else None,
         )
         ctx.save()
         ctx.logs.clear()

@@ -33,6 +33,9 @@ class SessionState:
     # "{project_id}:{lock_hash}" while node_modules is in the workspace: the controller
     # reuses this container for the same project.
     node_modules_key: str | None = None
+    # Whose install (and code) wrote node_modules: the gateway's opaque owner key (one
+    # user's one project). A kept tree is trusted only for the same owner.
+    modules_owner: str | None = None
     dev_wanted: bool = False  # a dev server should be running for this session
     dev_pgid: int | None = None
     dev_started: int | None = None  # its start time (/proc/PID/stat), against pid reuse

@@ -110,6 +110,12 @@ async def prepare(ctx: Context, command: Command) -> dict[str, Any]:
     user_env = _user_env(args.get("env"))
     ctx.session.session_id = session_id
     ctx.session.project_id = str(args.get("project_id") or "") or None
+    owner = f"{args.get('owner') or ''}\x00{ctx.session.project_id or ''}"
+    if ctx.session.lock_hash is not None and ctx.session.modules_owner != owner:
+        # Kept from someone else's session: their install scripts and code wrote it.
+        ctx.session.lock_hash = ctx.session.node_modules_key = None
+        await asyncio.to_thread(workspace.drop, ctx.config.workspace, "node_modules")
+    ctx.session.modules_owner = owner
     ctx.session.dev_wanted = False
     ctx.save()
     progress = Progress(ctx.events, session_id)

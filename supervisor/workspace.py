@@ -18,6 +18,7 @@ import stat
 import tarfile
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO
 
 MAX_MEMBERS = 200_000
@@ -186,9 +187,25 @@ def clear(root_fd: int, keep: Iterable[str] = ()) -> None:
     """Remove everything in the workspace except the top-level names in ``keep``."""
     kept = set(keep)
     for entry in os.scandir(root_fd):
-        if entry.name in kept:
-            continue
-        if entry.is_dir(follow_symlinks=False):
-            shutil.rmtree(entry.name, dir_fd=root_fd)
-        else:
-            os.unlink(entry.name, dir_fd=root_fd)
+        if entry.name not in kept:
+            _remove(root_fd, entry.name, entry.is_dir(follow_symlinks=False))
+
+
+def drop(root: Path, name: str) -> None:
+    """Remove one top-level entry of the workspace (a tree, a file or a link), if there."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            mode = os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode
+        except FileNotFoundError:
+            return
+        _remove(fd, name, stat.S_ISDIR(mode))
+    finally:
+        os.close(fd)
+
+
+def _remove(root_fd: int, name: str, is_dir: bool) -> None:
+    if is_dir:
+        shutil.rmtree(name, dir_fd=root_fd)
+    else:
+        os.unlink(name, dir_fd=root_fd)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import httpx
 
+from tests.gateway.api_helpers import SECRET, bearer
 from tests.utils import run_gateway, settings_env, start_redis, wait_until
 
 
@@ -33,12 +34,24 @@ def test_ready_when_redis_and_docker_answer_then_503_naming_redis() -> None:
 def test_503_naming_docker_when_the_engine_is_down(tmp_path: object) -> None:
     redis = start_redis(bind_bridge=False)
     try:
-        env = settings_env(redis_url=redis.url, docker_hosts=f"unix://{tmp_path}/gone.sock")
+        env = settings_env(
+            redis_url=redis.url, docker_hosts=f"unix://{tmp_path}/gone.sock", jwt_secret=SECRET
+        )
         with run_gateway(env) as gateway:
             down = httpx.get(f"{gateway.url}/readyz", timeout=10)
             assert down.status_code == 503
             assert down.json()["detail"] == "not reachable: docker"
             assert "Docker engine not reachable" in str(down.json()["checks"]["docker"])
+            # A start then finds no container: 503 that says when to come back.
+            started = httpx.post(
+                f"{gateway.url}/v1/previews",
+                headers=bearer(),
+                json={"project_id": "p", "source": {"type": "template", "name": "node-basic"}},
+                timeout=30,
+            )
+            assert started.status_code == 503, started.text
+            assert started.json()["error"] == "no_capacity"
+            assert int(started.headers["retry-after"]) >= 1
     finally:
         redis.stop()
 

@@ -10,6 +10,7 @@ import time
 
 from redis.asyncio import Redis
 
+from gateway.containers import affinity
 from gateway.counters import COUNTERS
 from shared import keys
 from shared.messages import Heartbeat
@@ -97,7 +98,7 @@ async def test_idle_session_goes_back_to_the_pool_and_returns_with_node_modules(
 
         await async_wait_until(back_in_pool, 30, "the idle session's container in the pool")
         assert COUNTERS.get("session_stopped", "idle") == stopped + 1
-        assert await redis.hget(keys.container(cid), "project") == b"kept"
+        assert await redis.hget(keys.container(cid), "project") == affinity("bob", "kept").encode()
         assert await redis.zscore(keys.user_slots("bob"), session.id) is None
 
         again = await start(starter, "bob", "kept", {"type": "archive"})

@@ -201,6 +201,17 @@ async def test_reset_keeps_node_modules_for_the_same_project(sup_factory: Any) -
     assert second.ok and second.result["dependencies"] == "skipped"
     assert get(sup) == "from local-dep"
 
+    # Someone else's project by the same name: the kept tree (which the first user's
+    # install and code could have changed) is not theirs to run.
+    planted = sup.workspace / "node_modules" / "planted.js"
+    planted.write_text("tampered")
+    keep = {"keep_node_modules": True, "node_modules_budget_bytes": 1 << 30}
+    assert (await sup.send("reset", keep)).result["kept_node_modules"] is True
+    assert (await sup.send("write_files", {"files": files})).ok
+    other = await sup.send("prepare", prepare_args(session_id="s3", owner="u2"), timeout=120)
+    assert other.ok and other.result["dependencies"] in ("restored", "installed"), other
+    assert not planted.exists() and get(sup) == "from local-dep"
+
     over = await sup.send("reset", {"keep_node_modules": True, "node_modules_budget_bytes": 1})
     assert over.ok and over.result["kept_node_modules"] is False
     assert list(sup.workspace.iterdir()) == []
