@@ -1,4 +1,4 @@
-"""Three fixes to hypercorn's internals, applied once at start-up; the proxy and shutdown
+"""Four fixes to hypercorn's internals, applied once at start-up; the proxy and shutdown
 tests pin the behaviour, so an upgrade that changes these internals fails loudly.
 
 - Hypercorn answers a client's close frame itself and then tells the application only 1000
@@ -12,6 +12,10 @@ tests pin the behaviour, so an upgrade that changes these internals fails loudly
 - A request whose body the app never read (a refusal) fills the stream's queue, and
   hypercorn's `http.disconnect` then waits on it forever: the connection is wedged. We drop
   the unread messages.
+- A connection the client closes while idle between keep-alive requests keeps its socket
+  until keep_alive_timeout (75 s), so a client opening and closing connections exhausts
+  the gateway's file descriptors. We stop the idle timer once the connection's reading is
+  over.
 """
 
 from __future__ import annotations
@@ -21,9 +25,11 @@ from collections.abc import Iterator
 from typing import Any
 
 from hypercorn.asyncio import tcp_server
+from hypercorn.events import Event, Updated
 from hypercorn.protocol import http_stream, ws_stream
 from hypercorn.protocol.events import StreamClosed
-from wsproto.events import CloseConnection, Event
+from wsproto.events import CloseConnection
+from wsproto.events import Event as WSEvent
 
 _PATCHED = "_preview_gateway_patched"
 CLOSE_GRACE = 30.0  # to flush what a slow but live client has still to read
@@ -34,6 +40,42 @@ def install() -> None:
     _install_close_codes()
     _install_close_grace()
     _install_unread_body_close()
+    _install_release_on_eof()
+
+
+def _install_release_on_eof() -> None:
+    """Hypercorn 0.17+ (asyncio) runs a connection inside an `asyncio.TaskGroup` and closes
+    its socket only after that group exits (`TCPServer.run`'s `finally: _close()`). The
+    keep-alive timer (`_idle_timeout`, restarted on `Updated(idle=True)` after every
+    response) is a task of that group, and nothing stops it when `_read_data` returns at
+    the client's EOF: the group waits for it, so the fd and buffers stay until
+    keep_alive_timeout. (Older hypercorn ran that timer as a plain loop task outside the
+    group, so EOF closed the socket at once, as pgjones/hypercorn#235 describes; we found
+    no upstream issue or fix for this as of 0.18.0.) Once reading is over, nothing can
+    arrive for the timer to wait for: stop it, and do not restart it for an
+    `Updated(idle=True)` that a finishing request may still send. A request still
+    being answered has been told `http.disconnect` by hypercorn and keeps the group (and
+    the socket) until its app task returns, as before; live keep-alive clients never reach
+    EOF and keep their timer."""
+    cls: Any = tcp_server.TCPServer
+    if getattr(cls, "_preview_gateway_release_on_eof", False):
+        return
+    original_read_data = cls._read_data
+    original_protocol_send = cls.protocol_send
+
+    async def _read_data(self: Any) -> None:
+        await original_read_data(self)  # not on cancellation: the group is going anyway
+        self._preview_read_done = True
+        await self.idle_task.stop()
+
+    async def protocol_send(self: Any, event: Event) -> None:
+        if isinstance(event, Updated) and event.idle and getattr(self, "_preview_read_done", False):
+            return
+        await original_protocol_send(self, event)
+
+    cls._read_data = _read_data
+    cls.protocol_send = protocol_send
+    cls._preview_gateway_release_on_eof = True
 
 
 def _install_unread_body_close() -> None:
@@ -85,7 +127,7 @@ def _install_close_codes() -> None:
     async def _handle_events(self: Any) -> None:
         events = self.connection.events
 
-        def capture() -> Iterator[Event]:
+        def capture() -> Iterator[WSEvent]:
             for event in events():
                 if isinstance(event, CloseConnection):
                     self._peer_close = (event.code, event.reason or "")

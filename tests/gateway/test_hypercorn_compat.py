@@ -1,0 +1,74 @@
+"""gateway.hypercorn_compat's patches, on the real gateway process (hypercorn, uvloop).
+
+The close codes, close grace and unread-body patches are pinned by test_proxy_ws.py,
+test_shutdown.py and test_proxy_http.py; this file pins the release of client-closed
+connections.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from tests.utils import run_gateway, settings_env, start_redis, wait_until
+
+CONNECTIONS = 300
+REQUEST = b"GET /healthz HTTP/1.1\r\nHost: gateway\r\n\r\n"
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def keep_alive_request(sock: socket.socket) -> bytes:
+    """One request on a keep-alive connection (no `Connection: close`): the response."""
+    sock.sendall(REQUEST)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        assert chunk, f"connection closed mid-response: {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        chunk = sock.recv(4096)
+        assert chunk, "connection closed mid-body"
+        body += chunk
+    assert head.startswith(b"HTTP/1.1 200"), head
+    return body
+
+
+def test_connections_the_client_closes_release_their_fds_promptly() -> None:
+    """Without the patch each one keeps its socket until keep_alive_timeout (75 s)."""
+    redis = start_redis(bind_bridge=False)
+    try:
+        with run_gateway(settings_env(redis_url=redis.url)) as gateway:
+            pid = gateway.process.pid
+            address = ("127.0.0.1", gateway.port)
+            live = socket.create_connection(address, timeout=10)
+            try:
+                assert keep_alive_request(live) == b'{"status":"ok"}'
+                baseline = open_fds(pid)
+                for _ in range(CONNECTIONS):
+                    with socket.create_connection(address, timeout=10) as sock:
+                        keep_alive_request(sock)
+                counts = [open_fds(pid)]
+
+                def released() -> bool:
+                    counts.append(open_fds(pid))
+                    return counts[-1] <= baseline + 10
+
+                try:
+                    wait_until(released, 5, f"gateway fds back near {baseline}")
+                except AssertionError as error:
+                    raise AssertionError(f"{error}: {counts[0]} -> {counts[-1]}") from None
+                # The client that stayed keeps its keep-alive connection.
+                assert keep_alive_request(live) == b'{"status":"ok"}'
+            finally:
+                live.close()
+    finally:
+        redis.stop()
