@@ -384,7 +384,7 @@ class Containers:
         pooled = await self.pop_pooled(owner)
         if pooled is not None:
             return pooled
-        log.warning("pool empty: creating a container for a start")
+        log.info("pool empty: creating a container for a start")  # alerted as pool_depleted
         try:
             info = await self.launch(role="session")
         except (DockerRuntimeError, ContainerError) as exc:

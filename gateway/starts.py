@@ -98,7 +98,9 @@ class Starter:
         try:
             assigned = await self.containers.acquire(affinity(session.user, request.project_id))
         except (ContainerError, DockerRuntimeError, RedisError) as exc:
-            log.error("start failed sid=%s: no container: %s", session.id, exc)
+            # A warning, not an error: under a burst every refusal would be a Sentry event.
+            # On-call hears of it once, through the pool_depleted / start_error_rate alerts.
+            log.warning("start refused sid=%s: no container: %s", session.id, exc)
             await self._abandon(session)
             if self.previews.records is not None:  # observability hook: the start record
                 await self.previews.records.start_refused(session, "no_capacity", str(exc))

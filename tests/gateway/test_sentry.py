@@ -177,3 +177,22 @@ def test_a_real_gateway_alerts_when_a_start_finds_the_pool_empty(
     assert event["contexts"]["alert"]["project"] == "p1"
     assert USER_TOKEN.encode() not in sentry_endpoint.raw
     assert SECRET.encode() not in sentry_endpoint.raw
+
+
+def test_refused_starts_are_no_sentry_errors(
+    sentry_endpoint: SentryEndpoint, start_gateway: GatewayFactory, tmp_path: object
+) -> None:
+    # Under a burst with no capacity every refusal used to log an ERROR, which the SDK
+    # turns into an event: on-call hears of it through the alerts instead.
+    gateway = start_gateway(
+        sentry_dsn=sentry_endpoint.dsn(), docker_hosts=f"unix://{tmp_path}/no-engine.sock"
+    )
+    body = {"project_id": "p1", "source": {"type": "template", "name": "node-basic"}}
+    headers = {"Authorization": f"Bearer {USER_TOKEN}"}
+    for _ in range(3):
+        refused = httpx.post(f"{gateway.url}/v1/previews", json=body, headers=headers, timeout=30)
+        assert refused.status_code == 503 and refused.json()["error"] == "no_capacity"
+    wait_until(lambda: "start refused" in gateway.log(), 10, "the refusals logged")
+    gateway.stop()  # the SDK flushes what it holds on the way out
+    errors = [e for e in sentry_endpoint.events if e.get("level") in ("error", "fatal")]
+    assert errors == [], errors
