@@ -32,11 +32,9 @@ import random
 import re
 import secrets
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +58,7 @@ from tests.utils import (  # noqa: E402
     RedisServer,
     free_port,
     remove_labelled_containers,
+    run_controller,
     run_gateway,
     start_redis,
 )
@@ -572,31 +571,6 @@ def rss_row(results: Results, index: int, slope: float) -> str:
     return f"{first:.0f} / {last:.0f} MiB, {slope:+.2f} MiB/min"
 
 
-@contextlib.contextmanager
-def run_controller(env: Mapping[str, str], metrics_port: int) -> Iterator[GatewayProcess]:
-    """The controller process (`preview-controller`), logging to a file; the same
-    handle as the gateway's (`port` is its metrics port)."""
-    log_path = Path(tempfile.mkstemp(prefix="pv-controller-", suffix=".log")[1])
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gateway.controller"],
-            env={
-                **os.environ,
-                **env,
-                "PREVIEW_CONTROLLER_METRICS_BIND": f"127.0.0.1:{metrics_port}",
-            },
-            cwd=ROOT,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    controller = GatewayProcess(metrics_port, process, log_path)
-    try:
-        yield controller
-    finally:
-        controller.stop()
-        log_path.unlink(missing_ok=True)
-
-
 def stack_env(options: Options, server: RedisServer, port: int, label: str) -> dict[str, str]:
     n = options.containers
     return gateway_env(
@@ -621,7 +595,10 @@ def run_load(options: Options) -> tuple[Results, dict[str, str]]:
     try:
         port = free_port()
         env = stack_env(options, server, port, label)
-        with run_gateway(env, port=port) as gateway, run_controller(env, free_port()) as controller:
+        with (
+            run_gateway(env, port=port) as gateway,
+            run_controller(env, free_port(), show_log=False) as controller,
+        ):
             try:
                 results = asyncio.run(load(options, server, gateway, controller.process.pid))
             finally:

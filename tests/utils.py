@@ -281,23 +281,33 @@ def settings_env(**values: Any) -> dict[str, str]:
     return env
 
 
-@contextlib.contextmanager
-def run_controller(env: Mapping[str, str]) -> Iterator[GatewayProcess]:
-    """The real controller (python -m gateway.controller) in a subprocess; its log is
-    printed when the block ends (pytest shows it for a failing test)."""
-    log_path = Path(tempfile.mkstemp(prefix="pv-controller-", suffix=".log")[1])
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
+def spawn_controller(env: Mapping[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """`python -m gateway.controller` with `env` over this environment, output to `log_path`."""
+    with log_path.open("wb") as out:
+        return subprocess.Popen(
             [sys.executable, "-m", "gateway.controller"],
-            env={**os.environ, "PREVIEW_CONTROLLER_METRICS_BIND": "", **env},
+            env={**os.environ, **env},
             cwd=ROOT,
-            stdout=log_file,
+            stdout=out,
             stderr=subprocess.STDOUT,
         )
-    controller = GatewayProcess(0, process, log_path)
+
+
+@contextlib.contextmanager
+def run_controller(
+    env: Mapping[str, str], metrics_port: int = 0, show_log: bool = True
+) -> Iterator[GatewayProcess]:
+    """The real controller in a subprocess (its /metrics on `metrics_port`, none for 0);
+    its log is printed when the block ends (pytest shows it for a failing test)."""
+    log_path = Path(tempfile.mkstemp(prefix="pv-controller-", suffix=".log")[1])
+    bind = f"127.0.0.1:{metrics_port}" if metrics_port else ""
+    metrics = {"PREVIEW_CONTROLLER_METRICS_BIND": bind} if metrics_port else {}
+    process = spawn_controller({"PREVIEW_CONTROLLER_METRICS_BIND": "", **env, **metrics}, log_path)
+    controller = GatewayProcess(metrics_port, process, log_path)
     try:
         yield controller
     finally:
         controller.stop()
-        print(f"--- controller log\n{controller.log()[-5000:]}")
+        if show_log:
+            print(f"--- controller log\n{controller.log()[-5000:]}")
         log_path.unlink(missing_ok=True)

@@ -15,7 +15,6 @@ import os
 import secrets
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -43,7 +42,7 @@ from tests.gateway.controller_fixtures import (
     starter_for,
     wait_state,
 )
-from tests.utils import ROOT, RedisServer, async_wait_until, settings_env
+from tests.utils import RedisServer, async_wait_until, settings_env, spawn_controller
 
 DOCKER_SOCKET = "/var/run/docker.sock"
 
@@ -78,18 +77,7 @@ def controllers(
         ),
     }
     logs = [tmp_path / f"controller{i}.log" for i in range(2)]
-    processes = []
-    for log_path in logs:
-        with log_path.open("wb") as out:
-            processes.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "gateway.controller"],
-                    env=env,
-                    cwd=ROOT,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                )
-            )
+    processes = [spawn_controller(env, log_path) for log_path in logs]
     try:
         yield processes, case
     finally:

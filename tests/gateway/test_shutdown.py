@@ -13,7 +13,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from dataclasses import dataclass, field
@@ -35,13 +34,13 @@ from shared.settings import Settings
 from tests.gateway.proxy_fixtures import ProxyEnv
 from tests.gateway.test_proxy_ws import cookie_for, ws_connect
 from tests.utils import (
-    ROOT,
     GatewayProcess,
     RedisServer,
     async_wait_until,
     free_port,
     run_gateway,
     settings_env,
+    spawn_controller,
     wait_until,
 )
 
@@ -218,16 +217,7 @@ def controller_processes(
     processes = []
     try:
         for i in range(count):
-            with (tmp_path / f"controller{i}.log").open("wb") as out:
-                processes.append(
-                    subprocess.Popen(
-                        [sys.executable, "-m", "gateway.controller"],
-                        env=env,
-                        cwd=ROOT,
-                        stdout=out,
-                        stderr=subprocess.STDOUT,
-                    )
-                )
+            processes.append(spawn_controller(env, tmp_path / f"controller{i}.log"))
         yield processes
     finally:
         for process in processes:
