@@ -99,9 +99,9 @@ class Endings:
         elif cid and container == "forget":
             await self.containers.forget(cid)
             decision(log, "container_forgotten", code, reason, counters=self.counters, cid=cid)
-        if written and self.previews.records is not None:  # the session's stop record
-            await self.previews.records.failed(session, code, reason)
         if written:
+            if self.previews.records is not None:  # the session's stop record
+                await self.previews.records.failed(session, code, reason)
             decision(
                 log,
                 "session_failed",
