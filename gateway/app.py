@@ -70,7 +70,7 @@ def create_app(settings: Settings) -> Starlette:
             settings, state.redis, state.containers, state.background, records=state.ops.records
         )
         state.starter = Starter(state.previews)
-        state.rate_limits = RateLimits(settings, state.redis)
+        state.rate_limits = RateLimits(settings)
         tracker = Tracker(state.previews, interval=1.0)
         tracking = asyncio.create_task(tracker.run(), name="session tracker")
         state.ops.start()

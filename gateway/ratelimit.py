@@ -1,26 +1,28 @@
-"""Request rate limits per user, counted in Redis so they hold across gateway replicas.
+"""Request rate limits per user, with slowapi, counted in Redis so they hold across
+gateway replicas.
 
-Why not slowapi's ``Limiter`` decorators: slowapi checks limits synchronously even around
-``async def`` endpoints (``_check_request_limit`` in its async wrapper; upstream issues
-laurentS/slowapi#55 and #130), so its Redis storage would make a blocking Redis round trip
-on the event loop for every request, and a slow Redis would stall every connection of the
-process, proxy traffic included. ``async+redis://`` does not help: slowapi would hand the
-async storage to its sync strategies. So this module uses the engine slowapi is built on,
-the ``limits`` package, through its asyncio API (``limits.aio``): same limit syntax as the
-settings (``10/minute``, ``100/hour;1000/day``), a moving window, the keys under
-``keys.RATE_LIMIT_PREFIX``, and the gateway's own Redis connection pool.
+slowapi's ``Limiter`` builds the storage (Redis, under ``keys.RATE_LIMIT_PREFIX``) and the
+moving-window strategy from our settings; we call that strategy ourselves rather than
+through slowapi's decorators or middleware, for one reason: slowapi checks limits
+synchronously even around ``async def`` endpoints (``_check_request_limit``; upstream
+laurentS/slowapi#55 and #130), so each check would be a blocking Redis round trip on the
+event loop, and a slow Redis would stall every connection of the process, proxy traffic
+included. Here each check runs in a worker thread (at most ``CHECK_THREADS`` at once), and
+the Redis socket timeouts bound how long one can take. Limits use slowapi's syntax
+(``10/minute``, ``100/hour;1000/day``); over a limit → 429 JSON with ``Retry-After``.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from typing import Any
 
+import anyio
+import anyio.to_thread
 from limits import RateLimitItem, parse_many
-from limits.aio.storage import RedisStorage
-from limits.aio.strategies import MovingWindowRateLimiter
-from redis.asyncio import Redis
+from slowapi import Limiter
 from starlette.requests import HTTPConnection
 
 from gateway.errors import ApiError
@@ -28,22 +30,32 @@ from shared import keys
 from shared.settings import Settings
 
 KINDS = ("starts", "reads", "auth_failures")
+CHECK_THREADS = 16
+CONNECT_TIMEOUT = 2.0
+SOCKET_TIMEOUT = 5.0
 
 
 class RateLimits:
     """`await hit(kind, key)`: count one request; ApiError 429 with Retry-After when over."""
 
-    def __init__(self, settings: Settings, redis: Redis) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.items = self.check_settings(settings)
-        # Share the gateway's pool (limits types its options as scalars only).
-        options: dict[str, Any] = {"connection_pool": redis.connection_pool}
-        self.storage = RedisStorage(
-            "async+" + settings.redis_url,
-            implementation="redispy",
-            key_prefix=keys.RATE_LIMIT_PREFIX,
-            **options,
+        # Passed on to redis-py (slowapi types them as strings only).
+        options: dict[str, Any] = {
+            "key_prefix": keys.RATE_LIMIT_PREFIX,
+            "socket_connect_timeout": CONNECT_TIMEOUT,
+            "socket_timeout": SOCKET_TIMEOUT,
+        }
+        self.slowapi = Limiter(
+            key_func=client_address,
+            storage_uri=settings.redis_url,
+            storage_options=options,
+            strategy="moving-window",
+            headers_enabled=False,
+            swallow_errors=False,  # Redis down → 503 like the rest of the API
+            in_memory_fallback_enabled=False,  # a per-replica count would not be a limit
         )
-        self.strategy = MovingWindowRateLimiter(self.storage)
+        self.threads = anyio.CapacityLimiter(CHECK_THREADS)
 
     @staticmethod
     def check_settings(settings: Settings) -> dict[str, list[RateLimitItem]]:
@@ -59,21 +71,37 @@ class RateLimits:
         return items
 
     async def hit(self, kind: str, key: str) -> None:
-        for item in self.items[kind]:
-            if not await self.strategy.hit(item, kind, key):
-                stats = await self.strategy.get_window_stats(item, kind, key)
-                retry = max(1, math.ceil(stats.reset_time - time.time()))
-                raise ApiError(
-                    429,
-                    "rate_limited",
-                    f"more than {item.amount} {kind.replace('_', ' ')} per "
-                    f"{item.multiples} {item.GRANULARITY.name}; retry in {retry} s",
-                    headers={"Retry-After": str(retry)},
-                )
+        items = self.items[kind]
+        over = await anyio.to_thread.run_sync(self._hit, items, kind, key, limiter=self.threads)
+        if over is not None:
+            item, retry = over
+            raise ApiError(
+                429,
+                "rate_limited",
+                f"more than {item.amount} {kind.replace('_', ' ')} per "
+                f"{item.multiples} {item.GRANULARITY.name}; retry in {retry} s",
+                headers={"Retry-After": str(retry)},
+            )
+
+    def _hit(
+        self, items: Sequence[RateLimitItem], kind: str, key: str
+    ) -> tuple[RateLimitItem, int] | None:
+        """In a worker thread: count the request against each limit; the first one it is
+        over and the seconds until it has room again, or None."""
+        strategy = self.slowapi.limiter
+        for item in items:
+            if not strategy.hit(item, kind, key):
+                stats = strategy.get_window_stats(item, kind, key)
+                return item, max(1, math.ceil(stats.reset_time - time.time()))
+        return None
+
+
+def client_address(conn: HTTPConnection) -> str:
+    return conn.client.host if conn.client else "unknown"
 
 
 def client_key(conn: HTTPConnection, user: str | None) -> str:
     """Per user when the caller is known, else per client address."""
     if user is not None:
         return "user:" + user
-    return "ip:" + (conn.client.host if conn.client else "unknown")
+    return "ip:" + client_address(conn)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import io
 import json
+import signal
 import subprocess
 import tarfile
+import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -18,7 +21,7 @@ from gateway.signed import verify
 from shared import keys
 from shared.redis_types import text
 from shared.settings import Settings
-from tests.gateway.api_helpers import bearer, start_body, token
+from tests.gateway.api_helpers import bearer, gateway_env, start_body, token
 from tests.gateway.conftest import GatewayFactory
 from tests.utils import GatewayProcess, run_gateway, settings_env, start_redis, wait_until
 
@@ -263,6 +266,39 @@ def test_reads_are_rate_limited_per_user(start_gateway: GatewayFactory) -> None:
     assert limited.json()["error"] == "rate_limited"
     assert 1 <= int(limited.headers["retry-after"]) <= 60
     assert httpx.get(f"{gw.url}/v1/previews", headers=bearer("bob")).status_code == 200
+
+
+def test_a_stalled_redis_does_not_stall_the_event_loop(test_image: str) -> None:
+    """Rate limits are checked with slowapi's (synchronous) Redis storage, off the event
+    loop: while Redis hangs, a limited request waits but the gateway keeps answering."""
+    server = start_redis(bind_bridge=False)
+    try:
+        with run_gateway(gateway_env(server, test_image)) as gw:
+            url = f"{gw.url}/v1/previews"
+            assert httpx.get(url, headers=bearer("alice")).status_code == 200
+            server.process.send_signal(signal.SIGSTOP)
+            try:
+                with ThreadPoolExecutor(1) as pool:
+                    pending = pool.submit(httpx.get, url, headers=bearer("alice"), timeout=30)
+                    # Probe for 2 s: a check on the loop would hold every probe after the
+                    # first milliseconds for the 5 s Redis socket timeout.
+                    slowest = 0.0
+                    until = time.monotonic() + 2.0
+                    while time.monotonic() < until:
+                        started = time.monotonic()
+                        assert httpx.get(f"{gw.url}/healthz", timeout=10).status_code == 200
+                        slowest = max(slowest, time.monotonic() - started)
+                    assert slowest < 0.5, f"a probe took {slowest:.2f} s"
+                    assert not pending.done()  # it is waiting on Redis
+                    server.process.send_signal(signal.SIGCONT)
+                    answer = pending.result(30)
+            finally:
+                server.process.send_signal(signal.SIGCONT)
+            # Answered within the Redis socket timeout either way: counted, or 503 JSON.
+            assert answer.status_code in (200, 503), answer.text
+            assert httpx.get(url, headers=bearer("alice")).status_code == 200
+    finally:
+        server.stop()
 
 
 def test_openapi_describes_every_route(gateway: GatewayProcess) -> None:
