@@ -27,7 +27,7 @@ STOPS = REGISTRY.counter("preview_stops_total", "Previews stopped, by reason.", 
 RATE_LIMITED = REGISTRY.counter(
     "preview_rate_limited_total",
     "Requests refused for a limit (429), by kind: starts, reads, auth_failures, "
-    "too_many_previews, preview_auth, websockets_per_client.",
+    "too_many_previews, preview_auth, websockets_per_client, websocket_buffer.",
     ["kind"],
 )
 PROXY_REQUESTS = REGISTRY.counter(
@@ -45,6 +45,10 @@ PROXY_REFUSED = REGISTRY.counter(
     ["status"],
 )
 WEBSOCKETS_OPEN = REGISTRY.gauge("preview_websockets_open", "Preview WebSockets relayed now.")
+WEBSOCKET_BUFFERED = REGISTRY.gauge(
+    "preview_websocket_buffered_bytes",
+    "Bytes held by WebSocket relays between one side and the other (per-client budget).",
+)
 WEBSOCKETS = REGISTRY.counter("preview_websockets_total", "Preview WebSockets accepted.")
 DEPENDENCY_ERRORS = REGISTRY.counter(
     "preview_dependency_errors_total",

@@ -29,6 +29,7 @@ from gateway.routes import Route, RouteCache
 from gateway.signed import sign, verify
 from gateway.starting import starting_page, status_json
 from gateway.upstream import UpstreamPool
+from gateway.ws_budget import Budgets
 from shared import keys
 from shared.settings import Settings
 
@@ -67,6 +68,7 @@ class PreviewRouter:
         self._waits: dict[str, asyncio.Task[Route | None]] = {}
         self._activity: dict[str, float] = {}
         self._ws_per_client: dict[str, int] = {}
+        self.ws_budgets = Budgets(settings.ws_buffer_per_client)
         self._background: set[asyncio.Task[object]] = set()
 
     # --- dispatch -----------------------------------------------------------------------
@@ -201,6 +203,7 @@ class PreviewRouter:
             await send({"type": "websocket.close", "code": 1008, "reason": "too many WebSockets"})
             return
         self._ws_per_client[client] = self._ws_per_client.get(client, 0) + 1
+        account = self.ws_budgets.account(client)
         instruments.WEBSOCKETS.inc()  # observability hook (and the decrement below)
         instruments.WEBSOCKETS_OPEN.inc()
         try:
@@ -213,9 +216,11 @@ class PreviewRouter:
                 cookie_name(sid).encode(),
                 self.limits,
                 self.relays,
+                account,
                 on_activity=lambda: self.touch(sid),
             )
         finally:
+            account.close()
             instruments.WEBSOCKETS_OPEN.dec()
             left = self._ws_per_client[client] - 1
             if left:

@@ -4,8 +4,9 @@ Accepts with the upstream's chosen subprotocol, then two named relay tasks; the 
 finish ends both. Close codes and reasons cross in both directions; an error is 1011.
 Queues are bounded on both sides (hypercorn's app queue, websockets' max_queue) to a
 couple of messages, so a slow browser stalls its upstream instead of growing memory.
-Message size, idle time and lifetime are limited; on shutdown every relay closes with
-1001 so the HMR client reconnects (to another replica).
+Message size, idle time and lifetime are limited, and the bytes a client's relays hold
+count against its budget (gateway/ws_budget.py): over it, the relay closes with 1008. On
+shutdown every relay closes with 1001 so the HMR client reconnects (to another replica).
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.typing import Subprotocol
 
+from gateway import instruments
 from gateway.asgi_types import Receive, Scope, Send
 from gateway.proxy_http import strip_cookie, target
+from gateway.ws_budget import Account, frame_size
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,27 @@ POLICY = 1008
 CLOSE_SEND_TIMEOUT = 1.0
 UPSTREAM_READ_AHEAD = 2
 _UNSENDABLE = {1005, 1006, 1015}  # reserved codes that must not appear in a close frame
+
+
+class CountedConnection(ClientConnection):
+    """The dev server's side: every byte read from its socket (the library's read-ahead
+    too) is taken from the relay's account; `over` is set when the client is over budget."""
+
+    account: Account | None = None
+    over: asyncio.Event | None = None
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.account is not None and not self.account.take(len(data)):
+            assert self.over is not None
+            self.transport.pause_reading()  # not another byte: the relay is closing
+            self.over.set()
+
+
+def encoded_size(data: str | bytes) -> int:
+    if isinstance(data, bytes):
+        return len(data)
+    return len(data) if data.isascii() else len(data.encode())
 
 
 @dataclass(frozen=True)
@@ -73,9 +97,10 @@ async def proxy_ws(
     cookie_name: bytes | None,
     limits: WsLimits,
     registry: RelayRegistry,
+    account: Account,
     on_activity: Callable[[], None] | None = None,
 ) -> None:
-    """Relay one WebSocket until either side closes."""
+    """Relay one WebSocket until either side closes; the bytes it holds count in `account`."""
     message = await receive()
     if message["type"] != "websocket.connect":
         return
@@ -112,6 +137,7 @@ async def proxy_ws(
             # Frames read ahead of a browser that does not keep up: each may be a whole
             # max-size message, and the dev server is the user's own code.
             max_queue=UPSTREAM_READ_AHEAD,
+            create_connection=CountedConnection,
         )
     except (InvalidStatus, InvalidHandshake, OSError, TimeoutError) as exc:
         status = exc.response.status_code if isinstance(exc, InvalidStatus) else 502
@@ -124,12 +150,14 @@ async def proxy_ws(
             }
         )
         return
+    assert isinstance(upstream, CountedConnection)
+    upstream.account, upstream.over = account, asyncio.Event()
     await send({"type": "websocket.accept", "subprotocol": upstream.subprotocol})
     task = asyncio.current_task()
     assert task is not None
     registry.open.add(task)
     try:
-        await _relay(receive, send, upstream, limits, on_activity)
+        await _relay(receive, send, upstream, limits, account, on_activity)
     except asyncio.CancelledError:
         # Shutdown (or the client vanished): tell both sides we are going away. A client
         # that stopped reading never takes the close frame: do not wait for it.
@@ -154,12 +182,17 @@ async def proxy_ws(
 async def _relay(
     receive: Receive,
     send: Send,
-    upstream: ClientConnection,
+    upstream: CountedConnection,
     limits: WsLimits,
+    account: Account,
     on_activity: Callable[[], None] | None,
 ) -> None:
     last_seen = time.monotonic()
     closed_by: dict[str, tuple[int, str]] = {}
+
+    def over_budget() -> tuple[int, str]:
+        held = account.budgets.held.get(account.client, 0)
+        return POLICY, f"client not reading: {held >> 20} MiB waiting for it"
 
     def touch() -> None:
         nonlocal last_seen
@@ -186,7 +219,13 @@ async def _relay(
                 closed_by["limit"] = (TOO_BIG, "message too big")
                 return
             touch()
+            size = encoded_size(data)
+            if not account.take(size):
+                closed_by["limit"] = over_budget()
+                instruments.RATE_LIMITED.labels("websocket_buffer").inc()  # observability hook
+                return
             await upstream.send(data)
+            account.give(size)
 
     async def upstream_to_browser() -> None:
         try:
@@ -196,10 +235,17 @@ async def _relay(
                     await send({"type": "websocket.send", "text": data})
                 else:
                     await send({"type": "websocket.send", "bytes": data})
+                account.give(frame_size(encoded_size(data)))
         except ConnectionClosed:
             pass
         rcvd = upstream.protocol.close_rcvd
         closed_by["upstream"] = (rcvd.code, rcvd.reason) if rcvd else (INTERNAL_ERROR, "")
+
+    async def budget() -> None:
+        assert upstream.over is not None
+        await upstream.over.wait()
+        closed_by["limit"] = over_budget()
+        instruments.RATE_LIMITED.labels("websocket_buffer").inc()  # observability hook
 
     async def watchdog() -> None:
         started = time.monotonic()
@@ -217,6 +263,7 @@ async def _relay(
         asyncio.create_task(browser_to_upstream(), name="ws browser->upstream"),
         asyncio.create_task(upstream_to_browser(), name="ws upstream->browser"),
         asyncio.create_task(watchdog(), name="ws watchdog"),
+        asyncio.create_task(budget(), name="ws budget"),
     ]
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -239,7 +286,13 @@ async def _relay(
     )
     if code in _UNSENDABLE:
         code = INTERNAL_ERROR if code == 1006 else 1000
+    # Either side may have stopped reading (that may be why we are closing): bounded waits.
     with contextlib.suppress(Exception):
-        await send({"type": "websocket.close", "code": code, "reason": reason})
+        await asyncio.wait_for(
+            send({"type": "websocket.close", "code": code, "reason": reason}), CLOSE_SEND_TIMEOUT
+        )
     with contextlib.suppress(Exception):
-        await upstream.close(code if "limit" in closed_by else 1000, reason)
+        await asyncio.wait_for(
+            upstream.close(code if "limit" in closed_by else 1000, reason), CLOSE_SEND_TIMEOUT
+        )
+    upstream.transport.abort()

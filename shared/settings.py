@@ -114,6 +114,11 @@ class Settings:
     ws_max_per_client: int = _setting(
         256, "Open preview WebSockets per client address (offices share one).", int
     )
+    ws_buffer_per_client: int = _setting(
+        64 * 1024 * 1024,
+        "Bytes a client address's WebSockets may hold in the gateway, unread; over: 1008.",
+        int,
+    )
     ws_idle_timeout: float = _setting(
         600.0, "Close a preview WebSocket after this long without a message, seconds.", float
     )
@@ -328,6 +333,10 @@ class Settings:
             raise SettingsError("PREVIEW_CONTAINER_LABELS: expected key=value pairs")
         if "none" in {a.lower() for a in self.jwt_algorithms}:
             raise SettingsError("PREVIEW_JWT_ALGORITHMS must not allow 'none'")
+        if self.ws_buffer_per_client < self.ws_max_message_bytes:
+            raise SettingsError(
+                "PREVIEW_WS_BUFFER_PER_CLIENT must be at least PREVIEW_WS_MAX_MESSAGE_BYTES"
+            )
         if self.cache_max_bytes < 0:
             raise SettingsError("PREVIEW_CACHE_MAX_BYTES must not be negative")
         if not 1 <= self.cache_zstd_level <= 22 or not 0 <= self.cache_zstd_threads <= 64:

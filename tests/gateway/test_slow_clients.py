@@ -7,7 +7,6 @@ clients must not notice.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
@@ -21,6 +20,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.gateway.proxy_fixtures import ProxyEnv, Upstream, proxy_env, rss_kib, upstream
+from tests.gateway.test_metrics import value
 from tests.gateway.test_proxy_ws import cookie_for
 from tests.gateway.test_shutdown import DRAIN, proxy_gateway
 from tests.utils import RedisServer
@@ -114,6 +114,7 @@ class Flood:
 
     port: int = 0
     sent: list[int] = field(default_factory=list)  # bytes sent, per connection
+    closes: list[tuple[int, str]] = field(default_factory=list)  # from the gateway
     finished: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -130,7 +131,7 @@ async def flood() -> AsyncIterator[Flood]:
         index = len(up.sent)
         up.sent.append(0)
         path = ws.request.path if ws.request is not None else "/"
-        with contextlib.suppress(ConnectionClosed):
+        try:
             if path.startswith("/echo"):
                 async for message in ws:
                     await ws.send(message)
@@ -142,6 +143,9 @@ async def flood() -> AsyncIterator[Flood]:
             while True:
                 await ws.send(payload)
                 up.sent[index] += len(payload)
+        except ConnectionClosed as exc:
+            if exc.rcvd is not None:
+                up.closes.append((exc.rcvd.code, exc.rcvd.reason))
 
     async with serve(handler, "127.0.0.1", 0, compression=None) as server:
         up.port = next(iter(server.sockets)).getsockname()[1]
@@ -233,3 +237,53 @@ async def test_websockets_sending_to_a_dev_server_that_never_reads_are_stalled(
     )
     # hypercorn queues 2 messages per connection ahead of the app (10 by default: +116 MiB)
     assert growth < 80, f"gateway RSS grew {growth:.0f} MiB for {count} stalled senders"
+
+
+async def unread_sockets(
+    redis_server: RedisServer, flood: Flood, count: int, **settings: int
+) -> tuple[float, float]:
+    """Open `count` WebSockets from one address that never read while the dev server
+    floods them; once its sends have stalled: the gateway's RSS growth and the bytes its
+    relays count as held (MiB)."""
+    with proxy_gateway(redis_server, ws_max_per_client=count, **settings) as env:
+        pid = env.gateway.process.pid
+        sid = env.session(flood.address)
+        cookie = cookie_for(env, sid)
+        before = rss_kib(pid)
+        sockets = [await ws_open(env, sid, cookie) for _ in range(count)]
+        try:
+            await stalled(lambda: sum(flood.sent))
+            growth = (rss_kib(pid) - before) / 1024
+            metrics = httpx.get(f"{env.gateway.url}/metrics").text
+            held = value(metrics, "preview_websocket_buffered_bytes") or 0.0
+            return growth, held / MIB
+        finally:
+            for ws in sockets:
+                ws.transport.abort()
+            flood.sent.clear()
+
+
+async def test_a_clients_unread_websockets_are_held_to_its_byte_budget(
+    redis_server: RedisServer, redis: Redis, flood: Flood
+) -> None:
+    count, budget = 12, 4 * MIB
+    # Baseline in the same run: the default budget (64 MiB) is too large to matter here.
+    unbounded, held = await unread_sockets(redis_server, flood, count)
+    assert not [code for code, _ in flood.closes if code == 1008]
+    bounded, held_bounded = await unread_sockets(
+        redis_server, flood, count, ws_max_message_bytes=2 * MIB, ws_buffer_per_client=budget
+    )
+    limited = [reason for code, reason in flood.closes if code == 1008]
+    print(
+        f"\n[websocket byte budget] {count} unread sockets, 1 MiB messages: default budget: "
+        f"gateway RSS +{unbounded:.1f} MiB, {held:.1f} MiB counted as held; 4 MiB budget: "
+        f"RSS +{bounded:.1f} MiB ({bounded / max(unbounded, 0.1):.2f}x), "
+        f"{held_bounded:.1f} MiB held, {len(limited)} closed with 1008"
+    )
+    # The count sees what the RSS sees (the library's read-ahead included) ...
+    assert held > unbounded / 2, (held, unbounded)
+    # ... and the relays that went over were closed, telling the dev server why.
+    assert limited and all("not reading" in reason for reason in limited), flood.closes
+    assert held_bounded <= budget / MIB
+    assert bounded < 20, f"gateway RSS grew {bounded:.0f} MiB with a 4 MiB budget"
+    assert bounded < unbounded / 2, (bounded, unbounded)
