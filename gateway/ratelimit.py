@@ -30,7 +30,7 @@ from shared import keys
 from shared.settings import Settings
 
 KINDS = ("starts", "reads", "auth_failures")
-CHECK_THREADS = 16
+CHECK_THREADS = 4
 CONNECT_TIMEOUT = 2.0
 SOCKET_TIMEOUT = 5.0
 
