@@ -268,6 +268,22 @@ def test_reads_are_rate_limited_per_user(start_gateway: GatewayFactory) -> None:
     assert httpx.get(f"{gw.url}/v1/previews", headers=bearer("bob")).status_code == 200
 
 
+def test_start_limit_is_shared_by_replicas(start_gateway: GatewayFactory) -> None:
+    """Two gateways on one Redis count one user's starts together (a body that fails
+    validation is counted too: the limit is checked first, and no container is needed)."""
+    replicas = [start_gateway(rate_limit_starts="4/minute") for _ in range(2)]
+
+    def post(i: int, user: str = "alice") -> httpx.Response:
+        url = f"{replicas[i % 2].url}/v1/previews"
+        return httpx.post(url, json={"project_id": ""}, headers=bearer(user))
+
+    codes = [post(i).status_code for i in range(6)]
+    assert codes == [422] * 4 + [429] * 2, codes
+    limited = post(0)
+    assert limited.json()["error"] == "rate_limited" and int(limited.headers["retry-after"]) >= 1
+    assert post(1, "bob").status_code == 422  # per user
+
+
 def test_a_stalled_redis_does_not_stall_the_event_loop(test_image: str) -> None:
     """Rate limits are checked with slowapi's (synchronous) Redis storage, off the event
     loop: while Redis hangs, a limited request waits but the gateway keeps answering."""
