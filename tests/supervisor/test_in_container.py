@@ -226,6 +226,9 @@ async def test_node_basic_runs_as_app_without_credentials(
     assert "PREVIEW_" not in environ and sup.password not in environ
     assert "PORT=3000" in environ.split("\0")
     supervisor_pid = sup.exec("pgrep", "-f", "python3 -m supervisor").stdout.split()[0]
+    # User code is the OOM killer's first choice, the supervisor is not.
+    assert sup.exec("cat", f"/proc/{hb.pid}/oom_score_adj").stdout.strip() == "1000"
+    assert sup.exec("cat", f"/proc/{supervisor_pid}/oom_score_adj").stdout.strip() == "0"
     for pid in ("1", supervisor_pid):  # tini and the supervisor hold the credentials
         attempt = sup.exec("cat", f"/proc/{pid}/environ", user="app")
         assert attempt.returncode != 0 and "Permission denied" in attempt.stderr
