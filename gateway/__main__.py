@@ -19,6 +19,7 @@ from hypercorn.config import Config
 from shared.settings import Settings
 
 log = logging.getLogger("gateway")
+MAX_REQUEST_HEAD = 64 * 1024  # bytes; what hypercorn reads at once
 
 
 def hypercorn_config(settings: Settings) -> Config:
@@ -34,6 +35,12 @@ def hypercorn_config(settings: Settings) -> Config:
     # each be max-size, so a client sending faster than its dev server reads would hold
     # ten of them here. HTTP bodies arrive in 64 KiB pieces and do not need more.
     config.max_app_queue_size = 2
+    # h11 refuses a request head with 431 once more than this is buffered incomplete
+    # (hypercorn: 16 KiB) but it reads 64 KiB at a time, so a 20-60 KiB head was answered
+    # or refused depending on how the client's packets arrived. Now heads up to 64 KiB
+    # are always read; one that stays incomplete past 64 KiB is refused (so surely one
+    # over 128 KiB: h11 checks only what it could not parse yet).
+    config.h11_max_incomplete_size = MAX_REQUEST_HEAD
     return config
 
 
