@@ -5,8 +5,9 @@ finish ends both. Close codes and reasons cross in both directions; an error is 
 Queues are bounded on both sides (hypercorn's app queue, websockets' max_queue) to a
 couple of messages, so a slow browser stalls its upstream instead of growing memory.
 Message size, idle time and lifetime are limited, and the bytes a client's relays hold
-count against its budget (gateway/ws_budget.py): over it, the relay closes with 1008. On
-shutdown every relay closes with 1001 so the HMR client reconnects (to another replica).
+count against its budget (gateway/ws_budget.py): over it, the biggest holders close with
+1008. On shutdown every relay closes with 1001 so the HMR client reconnects (to another
+replica).
 """
 
 from __future__ import annotations
@@ -44,17 +45,16 @@ _UNSENDABLE = {1005, 1006, 1015}  # reserved codes that must not appear in a clo
 
 class CountedConnection(ClientConnection):
     """The dev server's side: every byte read from its socket (the library's read-ahead
-    too) is taken from the relay's account; `over` is set when the client is over budget."""
+    too) is taken from the relay's account."""
 
     account: Account | None = None
-    over: asyncio.Event | None = None
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
-        if self.account is not None and not self.account.take(len(data)):
-            assert self.over is not None
-            self.transport.pause_reading()  # not another byte: the relay is closing
-            self.over.set()
+        if self.account is not None and self.account.take(len(data)):
+            # The client is over its budget: no more from here until it is back under.
+            self.transport.pause_reading()
+            self.account.resume = self.transport.resume_reading
 
 
 def encoded_size(data: str | bytes) -> int:
@@ -151,7 +151,7 @@ async def proxy_ws(
         )
         return
     assert isinstance(upstream, CountedConnection)
-    upstream.account, upstream.over = account, asyncio.Event()
+    upstream.account = account
     await send({"type": "websocket.accept", "subprotocol": upstream.subprotocol})
     task = asyncio.current_task()
     assert task is not None
@@ -220,10 +220,7 @@ async def _relay(
                 return
             touch()
             size = encoded_size(data)
-            if not account.take(size):
-                closed_by["limit"] = over_budget()
-                instruments.RATE_LIMITED.labels("websocket_buffer").inc()  # observability hook
-                return
+            account.take(size)  # over the budget: `budget` below ends the relay
             await upstream.send(data)
             account.give(size)
 
@@ -242,8 +239,7 @@ async def _relay(
         closed_by["upstream"] = (rcvd.code, rcvd.reason) if rcvd else (INTERNAL_ERROR, "")
 
     async def budget() -> None:
-        assert upstream.over is not None
-        await upstream.over.wait()
+        await account.over.wait()
         closed_by["limit"] = over_budget()
         instruments.RATE_LIMITED.labels("websocket_buffer").inc()  # observability hook
 

@@ -23,7 +23,7 @@ from tests.gateway.proxy_fixtures import ProxyEnv, Upstream, proxy_env, rss_kib,
 from tests.gateway.test_metrics import value
 from tests.gateway.test_proxy_ws import cookie_for
 from tests.gateway.test_shutdown import DRAIN, proxy_gateway
-from tests.utils import RedisServer
+from tests.utils import RedisServer, wait_until
 
 __all__ = ["proxy_env", "upstream"]
 
@@ -243,19 +243,33 @@ async def unread_sockets(
     redis_server: RedisServer, flood: Flood, count: int, **settings: int
 ) -> tuple[float, float]:
     """Open `count` WebSockets from one address that never read while the dev server
-    floods them; once its sends have stalled: the gateway's RSS growth and the bytes its
-    relays count as held (MiB)."""
-    with proxy_gateway(redis_server, ws_max_per_client=count, **settings) as env:
+    floods them, next to one (opened first) that echoes; once the dev server's sends have
+    stalled: the gateway's RSS growth and the bytes its relays count as held (MiB). The
+    echoing one must still work then."""
+    with proxy_gateway(redis_server, ws_max_per_client=count + 1, **settings) as env:
         pid = env.gateway.process.pid
         sid = env.session(flood.address)
         cookie = cookie_for(env, sid)
         before = rss_kib(pid)
-        sockets = [await ws_open(env, sid, cookie) for _ in range(count)]
+        lively = await ws_open(env, sid, cookie, "/echo")
+        sockets = [lively, *[await ws_open(env, sid, cookie) for _ in range(count)]]
         try:
             await stalled(lambda: sum(flood.sent))
             growth = (rss_kib(pid) - before) / 1024
             metrics = httpx.get(f"{env.gateway.url}/metrics").text
             held = value(metrics, "preview_websocket_buffered_bytes") or 0.0
+            budget = settings.get("ws_buffer_per_client")
+            if budget is not None:  # the relays told to close have closed by now
+
+                def within() -> tuple[float] | None:
+                    text = httpx.get(f"{env.gateway.url}/metrics").text
+                    now = value(text, "preview_websocket_buffered_bytes") or 0.0
+                    return (now,) if now <= budget else None
+
+                (held,) = await asyncio.to_thread(wait_until, within, 15, "held within budget")
+            # A neighbour behind the same address that reads is not made to pay.
+            await lively.send("still here")
+            assert await asyncio.wait_for(lively.recv(), 5) == "still here"
             return growth, held / MIB
         finally:
             for ws in sockets:
@@ -282,8 +296,10 @@ async def test_a_clients_unread_websockets_are_held_to_its_byte_budget(
     )
     # The count sees what the RSS sees (the library's read-ahead included) ...
     assert held > unbounded / 2, (held, unbounded)
-    # ... and the relays that went over were closed, telling the dev server why.
+    # ... and the relays holding the most were closed, telling the dev server why, until
+    # the client was within its budget (its reading neighbour kept working).
     assert limited and all("not reading" in reason for reason in limited), flood.closes
     assert held_bounded <= budget / MIB
-    assert bounded < 20, f"gateway RSS grew {bounded:.0f} MiB with a 4 MiB budget"
-    assert bounded < unbounded / 2, (bounded, unbounded)
+    # RSS: what the relays held is gone; hypercorn still holds the message it was writing
+    # to each closed socket's browser until its close grace (30 s) ends.
+    assert bounded < 0.7 * unbounded, (bounded, unbounded)
