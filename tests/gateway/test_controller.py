@@ -239,11 +239,23 @@ async def test_host_down_and_back(
             # and the pool is refilled on a.
             await relay.stop()
             await async_wait_until(lambda: host_is(redis, b, "down"), 10, "b down again")
+            # The host is marked down first (no placement on it meanwhile), then its
+            # sessions are failed and its containers dropped, one by one.
+
+            async def session_failed() -> bool:  # and then its slot freed
+                found = await load(redis, session.id)
+                freed = await redis.zscore(keys.user_slots("dave"), session.id) is None
+                return found is not None and found.state == "failed" and freed
+
+            await async_wait_until(session_failed, 10, "the session on b failed, slot freed")
             failed = await load(redis, session.id)
-            assert failed is not None and failed.state == "failed" and failed.error
+            assert failed is not None and failed.error
             assert b in failed.error["reason"] and "unreachable" in failed.error["reason"]
-            assert await redis.zscore(keys.user_slots("dave"), session.id) is None
-            assert not set(on_b) & set(await pooled(redis, containers))
+
+            async def b_dropped() -> bool:
+                return not set(on_b) & set(await pooled(redis, containers))
+
+            await async_wait_until(b_dropped, 10, "b's pooled containers dropped")
             await async_wait_until(lambda: pool_on({a}), 60, "the pool refilled on a")
             assert COUNTERS.get("host_down", "unreachable") == down_before + 2
 
