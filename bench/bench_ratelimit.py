@@ -30,17 +30,13 @@ from limits import parse  # noqa: E402
 from limits.aio.storage import RedisStorage  # noqa: E402
 from limits.aio.strategies import MovingWindowRateLimiter  # noqa: E402
 
+from bench.bench_api import percentile  # noqa: E402
 from gateway.ratelimit import RateLimits  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from tests.utils import RedisServer, start_redis  # noqa: E402
 
 ITEM = parse("1000000/minute")
 Check = Callable[[str], Awaitable[None]]
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 async def measure(

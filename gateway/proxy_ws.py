@@ -191,8 +191,7 @@ async def _relay(
     closed_by: dict[str, tuple[int, str]] = {}
 
     def over_budget() -> tuple[int, str]:
-        held = account.budgets.held.get(account.client, 0)
-        return POLICY, f"client not reading: {held >> 20} MiB waiting for it"
+        return POLICY, f"client not reading: {account.client_held() >> 20} MiB waiting for it"
 
     def touch() -> None:
         nonlocal last_seen

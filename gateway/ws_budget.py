@@ -33,9 +33,6 @@ class Budgets:
         self.accounts.setdefault(client, set()).add(account)
         return account
 
-    def total(self) -> int:
-        return sum(self.held.values())
-
 
 class Account:
     """One relay's share of its client's budget; `over` is set when the relay must close."""
@@ -47,12 +44,15 @@ class Account:
         self.over = asyncio.Event()
         self.resume: Callable[[], None] | None = None  # while its reading is paused
 
+    def client_held(self) -> int:
+        """What all of this client's relays hold now."""
+        return self.budgets.held.get(self.client, 0)
+
     def take(self, size: int) -> bool:
         """Count `size` more bytes; over the client's budget, its biggest holder (unless
         one is already closing and brings it back under) is told, and True."""
         self.held += size
-        held = self.budgets.held.get(self.client, 0) + size
-        self.budgets.held[self.client] = held
+        self.budgets.held[self.client] = self.client_held() + size
         instruments.WEBSOCKET_BUFFERED.inc(size)  # observability hook (and in give)
         return self._enforce()
 
@@ -60,7 +60,7 @@ class Account:
         """Over the client's budget (counting what relays told to close will give back):
         tell the biggest holders still open, as many as it takes to come back under. True
         when over, closing ones included."""
-        held = self.budgets.held.get(self.client, 0)
+        held = self.client_held()
         if held <= self.budgets.limit:
             return False
         accounts = self.budgets.accounts.get(self.client, set())
@@ -77,7 +77,7 @@ class Account:
         size = min(size, self.held)  # estimates never free more than this relay took
         self.held -= size
         instruments.WEBSOCKET_BUFFERED.dec(size)
-        left = self.budgets.held.get(self.client, 0) - size
+        left = self.client_held() - size
         if left > 0:
             self.budgets.held[self.client] = left
         else:
