@@ -40,14 +40,42 @@ ensure_venv() {
 
 docker_ok() { docker info >/dev/null 2>&1; }
 
+# The engine we start keeps its data on btrfs, so that each container's writable layer can
+# be held to PREVIEW_CONTAINER_DISK_MB by the kernel (btrfs qgroups, Docker's `size` storage
+# option); this kernel-independent route is needed because overlay2's quota needs XFS project
+# quotas, which many kernels (this one included) lack. When the data root is not on btrfs
+# already, a sparse loop-mounted image file holds it.
+DOCKER_DATA_ROOT="${PREVIEW_DOCKER_DATA_ROOT:-/var/lib/preview-gateway/docker}"
+DOCKER_FS_IMAGE="${PREVIEW_DOCKER_FS_IMAGE:-/var/lib/preview-gateway/docker.btrfs}"
+DOCKER_FS_GB="${PREVIEW_DOCKER_FS_GB:-64}"
+
+ensure_btrfs_root() {
+  ensure_pkg mkfs.btrfs btrfs-progs
+  mkdir -p "$DOCKER_DATA_ROOT"
+  [ "$(stat -f -c %T "$DOCKER_DATA_ROOT")" = btrfs ] && return 0
+  if [ ! -f "$DOCKER_FS_IMAGE" ]; then
+    say "creating a ${DOCKER_FS_GB} GiB sparse btrfs image for Docker's data: $DOCKER_FS_IMAGE"
+    mkdir -p "$(dirname "$DOCKER_FS_IMAGE")"
+    truncate -s "${DOCKER_FS_GB}G" "$DOCKER_FS_IMAGE"
+    mkfs.btrfs -q "$DOCKER_FS_IMAGE" >/dev/null
+  fi
+  mount -o loop "$DOCKER_FS_IMAGE" "$DOCKER_DATA_ROOT"
+}
+
 ensure_dockerd() {
   ensure_pkg dockerd docker.io
-  docker_ok && return 0
+  if docker_ok; then
+    [ "$(docker info -f '{{.Driver}}' 2>/dev/null)" = btrfs ] ||
+      say "note: the running Docker engine does not use btrfs: it cannot hold containers to PREVIEW_CONTAINER_DISK_MB (set it to 0 there, or let scripts/setup start the engine)"
+    return 0
+  fi
   if [ "$(id -u)" != 0 ]; then say "Docker engine not running: start it (e.g. 'sudo systemctl start docker')"; return 1; fi
-  say "starting dockerd"
+  ensure_btrfs_root
+  say "starting dockerd (data on btrfs at $DOCKER_DATA_ROOT)"
   mkdir -p "$STATE"
   # setsid: the engine outlives this script and is not killed with its process group.
-  setsid dockerd >"$STATE/dockerd.log" 2>&1 < /dev/null &
+  setsid dockerd --data-root "$DOCKER_DATA_ROOT" --storage-driver btrfs \
+    >"$STATE/dockerd.log" 2>&1 < /dev/null &
   local i
   for i in $(seq 1 60); do docker_ok && return 0; sleep 0.5; done
   say "dockerd did not come up; last lines of $STATE/dockerd.log:"; tail -20 "$STATE/dockerd.log" >&2
