@@ -61,6 +61,9 @@ class CountedConnection(ClientConnection):
             # Feed no more of the handshake response than the bound: websockets alone
             # would take 128 lines of 8 KiB each.
             room = MAX_HEAD_BYTES - self.head_bytes
+            if room <= 0:
+                self.transport.abort()
+                return
             self.head_bytes += min(len(data), room)
             super().data_received(data[:room] if len(data) > room else data)
             if self.protocol.state is State.CONNECTING and self.protocol.handshake_exc is None:
