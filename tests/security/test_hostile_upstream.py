@@ -213,6 +213,15 @@ def test_head_size_and_line_bounds_are_exact(attacker: httpx.Client) -> None:
     assert page.status_code == 502 and "over 100 header lines" in page.text
 
 
+def test_huge_trailer_section_is_cut_too(attacker: httpx.Client) -> None:
+    """A chunked body's trailer section is parsed like a head (and dropped): 50 MiB of
+    it ends the response at the bound (the body was already relayed), quickly."""
+    began = time.monotonic()
+    response = attacker.get("/huge-trailer", params={"mb": 50})
+    assert response.status_code == 200 and response.text == "ok"
+    assert time.monotonic() - began < MAX_STALL
+
+
 def test_endless_trickled_head_ends_at_the_head_timeout(
     env: ProxyEnv, attacker: httpx.Client, hostile: Upstream
 ) -> None:
