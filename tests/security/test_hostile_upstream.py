@@ -35,9 +35,10 @@ from tests.gateway.proxy_fixtures import (
     upstream,
 )
 from tests.gateway.test_api import tar_of, wait_ready
+from tests.gateway.test_proxy_ws import WsUpstream, cookie_for, ws_upstream
 from tests.utils import ROOT, GatewayProcess, RedisServer, free_port, run_gateway, wait_until
 
-__all__ = ["upstream"]
+__all__ = ["upstream", "ws_upstream"]
 
 HOSTILE = ROOT / "tests/fixtures/hostile_devserver.js"
 HEAD_TIMEOUT = 3.0  # PREVIEW_UPSTREAM_HEAD_TIMEOUT for these gateways
@@ -293,6 +294,31 @@ def test_dev_server_sees_the_canonical_host(
     }
 
 
+def ws_open(env: ProxyEnv, host: str, cookie: str, path: str) -> connect:
+    """A WebSocket through the gateway to `host` (any spelling of a preview's host)."""
+    return connect(
+        f"ws://{host}{path}",
+        host="127.0.0.1",
+        port=env.gateway.port,
+        additional_headers={"cookie": cookie},
+        origin=f"http://{host}",  # type: ignore[arg-type]
+        proxy=None,
+        compression=None,
+        open_timeout=15,
+    )
+
+
+async def test_websocket_upstream_sees_the_canonical_host(
+    env: ProxyEnv, ws_upstream: WsUpstream
+) -> None:
+    sid = env.session(ws_upstream.address)
+    odd = f"{sid.upper()}.Preview.LOCALHOST"  # routes: case and port are ignored
+    async with ws_open(env, odd, cookie_for(env, sid), "/hmr") as ws:
+        await ws.send("ping")
+        assert await ws.recv() == "ping"
+    assert ws_upstream.hosts[-1] == f"{sid}.preview.localhost:{env.gateway.port}"
+
+
 @pytest.mark.parametrize(
     ("path", "accepted"),
     [
@@ -305,18 +331,7 @@ def test_dev_server_sees_the_canonical_host(
 async def test_websocket_handshake_response_is_bounded(
     env: ProxyEnv, attacker: httpx.Client, path: str, accepted: bool
 ) -> None:
-    host = str(attacker.headers["host"])
-    cookie = str(attacker.headers["cookie"])
-    opening = connect(
-        f"ws://{host}{path}",
-        host="127.0.0.1",
-        port=env.gateway.port,
-        additional_headers={"cookie": cookie},
-        origin=f"http://{host}",  # type: ignore[arg-type]
-        proxy=None,
-        compression=None,
-        open_timeout=15,
-    )
+    opening = ws_open(env, str(attacker.headers["host"]), str(attacker.headers["cookie"]), path)
     if accepted:
         async with opening:
             pass
