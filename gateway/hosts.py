@@ -94,13 +94,15 @@ class HostMonitor:
             mapping={"state": "down", "since": repr(time.time()), "reason": error},
         )
         decision(log, "host_down", "unreachable", error, level=logging.ERROR, host=name)
-        reason = f"the Docker host {name} running this preview is unreachable"
+        # The user sees the reason: not the host's name (an engine's name is its address)
+        # nor the engine's error; both are in the decision logged above.
+        reason = "the Docker host running this preview is unreachable"
         cids = sorted(text(c) for c in await self.redis.smembers(keys.host_containers(name)))
         for cid in cids:
             found = record(await self.redis.hgetall(keys.container(cid)))
             session = await self._session(found.get("session", ""), cid)
             if session is not None:
-                await self.endings.fail(session, "host_down", reason, error, container="forget")
+                await self.endings.fail(session, "host_down", reason, container="forget")
             else:
                 await self.containers.forget(cid)
                 decision(log, "container_forgotten", "host_down", error, cid=cid, host=name)

@@ -29,6 +29,7 @@ from gateway.routes import Route, RouteCache
 from gateway.signed import sign, verify
 from gateway.starting import starting_page, status_json
 from gateway.upstream import UpstreamPool
+from gateway.views import public_host
 from gateway.ws_budget import Budgets
 from shared import keys
 from shared.settings import Settings
@@ -57,7 +58,7 @@ class PreviewRouter:
         self.settings = settings
         self.check_token = check_token
         self.suffix = "." + settings.domain.lower()
-        self.pool = UpstreamPool()
+        self.pool = UpstreamPool(head_timeout=settings.upstream_head_timeout)
         self.relays = RelayRegistry()
         self.limits = WsLimits(
             settings.ws_max_message_bytes, settings.ws_idle_timeout, settings.ws_max_lifetime
@@ -173,7 +174,9 @@ class PreviewRouter:
             await self.refuse(scope, send, 503, "not_ready", detail, html)
             return
         self.touch(sid)
-        host = self.public_host(scope)
+        # The dev server sees the preview's canonical host, the one its allowed-hosts
+        # were configured with at prepare, never the client's spelling of it.
+        host = public_host(self.settings, sid)
         if is_ws:
             await self.websocket(sid, route, scope, receive, send, host)
         else:
@@ -187,6 +190,7 @@ class PreviewRouter:
                     route.address,
                     host.encode(),
                     cookie_name(sid).encode(),
+                    self.settings.preview_scheme,
                 )
             except asyncio.CancelledError:
                 if self.relays.closing:  # cut at the drain deadline

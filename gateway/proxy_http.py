@@ -64,7 +64,7 @@ class AmbiguousFraming(ValueError):
 
 
 def upstream_headers(
-    scope: Scope, public_host: bytes, cookie_filter: bytes | None
+    scope: Scope, public_host: bytes, cookie_filter: bytes | None, public_scheme: str = "http"
 ) -> tuple[list[tuple[bytes, bytes]], bool, bool]:
     """Headers for the upstream request; (headers, has_body, chunked).
 
@@ -96,7 +96,9 @@ def upstream_headers(
     client = scope.get("client")
     if client:
         out.append((b"x-forwarded-for", client[0].encode()))
-    out.append((b"x-forwarded-proto", b"https" if scope.get("scheme") == "https" else b"http"))
+    # The scheme of the preview's public URL (a TLS proxy in front may reach us in http).
+    https = scope.get("scheme") == "https" or public_scheme == "https"
+    out.append((b"x-forwarded-proto", b"https" if https else b"http"))
     out.append((b"x-forwarded-host", public_host))
     if chunked:
         out.append((b"transfer-encoding", b"chunked"))
@@ -164,10 +166,13 @@ async def proxy_http(
     address: str,
     public_host: bytes,
     cookie_name: bytes | None = None,
+    public_scheme: str = "http",
 ) -> int:
     """Relay one request to `address`; returns the status sent to the client."""
     try:
-        headers, has_body, chunked = upstream_headers(scope, public_host, cookie_name)
+        headers, has_body, chunked = upstream_headers(
+            scope, public_host, cookie_name, public_scheme
+        )
     except AmbiguousFraming as exc:
         close = [(b"connection", b"close")]
         return await error_page(scope, send, 400, "bad_request", str(exc), False, close)
@@ -176,14 +181,18 @@ async def proxy_http(
     body = request_body(receive) if has_body else None
     try:
         response = await _send_with_retry(pool, address, head, body, chunked, method == b"HEAD")
-    except UpstreamTimeout as exc:
-        return await error_page(scope, send, 504, "upstream_timeout", str(exc), wants_html(scope))
-    except UpstreamRefused as exc:
-        return await error_page(scope, send, 502, "upstream_refused", str(exc), wants_html(scope))
     except ClientGone as exc:  # the client's fault, not the dev server's: no 502
         return await error_page(scope, send, 400, "bad_request", str(exc), False)
     except UpstreamError as exc:
-        return await error_page(scope, send, 502, "upstream_error", str(exc), wants_html(scope))
+        # The address is for our log only: upstream errors' messages never hold it, and
+        # the page says what happened in the dev server's terms.
+        log.info("upstream failed address=%s: %s", address, exc)
+        status, error = 502, "upstream_error"
+        if isinstance(exc, UpstreamTimeout):
+            status, error = 504, "upstream_timeout"
+        elif isinstance(exc, UpstreamRefused):
+            error = "upstream_refused"
+        return await error_page(scope, send, status, error, str(exc), wants_html(scope))
     try:
         await send(
             {

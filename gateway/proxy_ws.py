@@ -7,13 +7,16 @@ couple of messages, so a slow browser stalls its upstream instead of growing mem
 Message size, idle time and lifetime are limited, and the bytes a client's relays hold
 count against its budget (gateway/ws_budget.py): over it, the biggest holders close with
 1008. On shutdown every relay closes with 1001 so the HMR client reconnects (to another
-replica).
+replica). The dev server's handshake response is bounded like an HTTP response head (its
+bytes, its header lines, and HANDSHAKE_TIMEOUT); a failed handshake is answered with an
+HTTP 502/504 JSON error, as the HTTP proxy answers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -22,11 +25,13 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.protocol import State
 from websockets.typing import Subprotocol
 
 from gateway import instruments
 from gateway.asgi_types import Receive, Scope, Send
 from gateway.proxy_http import strip_cookie, target
+from gateway.upstream import MAX_HEAD_BYTES, MAX_HEAD_LINES
 from gateway.ws_budget import Account, frame_size
 
 log = logging.getLogger(__name__)
@@ -40,6 +45,7 @@ TOO_BIG = 1009
 POLICY = 1008
 CLOSE_SEND_TIMEOUT = 1.0
 UPSTREAM_READ_AHEAD = 2
+HANDSHAKE_TIMEOUT = 10.0  # the whole upstream handshake, however slowly it trickles in
 _UNSENDABLE = {1005, 1006, 1015}  # reserved codes that must not appear in a close frame
 
 
@@ -48,8 +54,25 @@ class CountedConnection(ClientConnection):
     too) is taken from the relay's account."""
 
     account: Account | None = None
+    head_bytes = 0  # of the handshake response: bounded like an HTTP response head
 
     def data_received(self, data: bytes) -> None:
+        if self.protocol.state is State.CONNECTING and self.protocol.handshake_exc is None:
+            # Feed no more of the handshake response than the bound: websockets alone
+            # would take 128 lines of 8 KiB each.
+            room = MAX_HEAD_BYTES - self.head_bytes
+            if room <= 0:
+                self.transport.abort()
+                return
+            self.head_bytes += min(len(data), room)
+            super().data_received(data[:room] if len(data) > room else data)
+            if self.protocol.state is State.CONNECTING and self.protocol.handshake_exc is None:
+                if self.head_bytes >= MAX_HEAD_BYTES:
+                    self.transport.abort()  # connect() fails: no valid response
+                return
+            data = data[room:]
+            if not data:
+                return
         super().data_received(data)
         if self.account is not None and self.account.take(len(data)):
             # The client is over its budget: no more from here until it is back under.
@@ -130,7 +153,7 @@ async def proxy_ws(
             origin=None,
             compression=None,
             proxy=None,
-            open_timeout=10,
+            open_timeout=HANDSHAKE_TIMEOUT,
             ping_interval=20,
             ping_timeout=20,
             max_size=limits.max_message_bytes,
@@ -140,17 +163,31 @@ async def proxy_ws(
             create_connection=CountedConnection,
         )
     except (InvalidStatus, InvalidHandshake, OSError, TimeoutError) as exc:
-        status = exc.response.status_code if isinstance(exc, InvalidStatus) else 502
-        log.info("websocket upstream refused address=%s status=%s", address, status)
-        await send(
-            {
-                "type": "websocket.close",
-                "code": INTERNAL_ERROR,
-                "reason": "dev server refused the WebSocket",
-            }
-        )
+        # The address and the library's words for our log; the client gets neither.
+        log.info("websocket upstream failed address=%s: %r", address, exc)
+        if isinstance(exc, TimeoutError):
+            detail = (
+                f"the dev server did not complete the WebSocket handshake in {HANDSHAKE_TIMEOUT:g}s"
+            )
+            await refuse(scope, send, 504, "upstream_timeout", detail)
+        elif isinstance(exc, InvalidStatus):
+            detail = f"the dev server refused the WebSocket ({exc.response.status_code})"
+            await refuse(scope, send, 502, "upstream_error", detail)
+        else:
+            detail = (
+                "the dev server's WebSocket handshake failed (no answer, a malformed one, "
+                f"or over {MAX_HEAD_BYTES >> 10} KiB)"
+            )
+            await refuse(scope, send, 502, "upstream_error", detail)
         return
     assert isinstance(upstream, CountedConnection)
+    lines = len(list(upstream.response.headers.raw_items())) if upstream.response else 0
+    if lines > MAX_HEAD_LINES:
+        upstream.transport.abort()
+        log.info("websocket upstream head too long address=%s", address)
+        detail = f"the dev server's WebSocket handshake has over {MAX_HEAD_LINES} header lines"
+        await refuse(scope, send, 502, "upstream_error", detail)
+        return
     upstream.account = account
     await send({"type": "websocket.accept", "subprotocol": upstream.subprotocol})
     task = asyncio.current_task()
@@ -177,6 +214,18 @@ async def proxy_ws(
         registry.open.discard(task)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(upstream.close(), 2)
+
+
+async def refuse(scope: Scope, send: Send, status: int, error: str, detail: str) -> None:
+    """Answer the browser's handshake with an HTTP error (the ASGI WebSocket Denial
+    Response, which hypercorn offers), as the HTTP proxy would; else a close (403)."""
+    if "websocket.http.response" not in scope.get("extensions", {}):
+        await send({"type": "websocket.close", "code": INTERNAL_ERROR, "reason": detail[:120]})
+        return
+    body = json.dumps({"error": error, "detail": detail}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
+    await send({"type": "websocket.http.response.body", "body": body})
 
 
 async def _relay(

@@ -107,7 +107,7 @@ class Reaper:
         now = time.time()
         s = self.settings
         if session.host and session.host in down:
-            reason = f"the Docker host {session.host} running this preview is unreachable"
+            reason = "the Docker host running this preview is unreachable"  # no name: an address
             return await self.endings.fail(session, "host_down", reason, container="forget")
         if not session.container:
             if now - session.created_at > s.pool_warm_timeout:

@@ -6,6 +6,13 @@ request head as bytes, stream the body, parse the response with httptools (llhtt
 hand body chunks over a small bounded queue (reading pauses when it is full), and put the
 connection back in the pool when the response ended cleanly. No cookies, no redirects, no
 decompression.
+
+The dev server is the user's own code, so what it sends is bounded as it arrives: a
+response head (with any 1xx heads before it) of at most MAX_HEAD_BYTES and MAX_HEAD_LINES
+header lines, else the connection is dropped at the bound and the request fails, and never
+more than MAX_HEAD_BYTES parsed without body progress later (trailers, chunk extensions).
+httptools builds a header value by concatenation, so an unbounded one costs memory and
+quadratic CPU on the gateway's only event loop: that is what stalled every user.
 """
 
 from __future__ import annotations
@@ -30,8 +37,20 @@ class UpstreamTimeout(UpstreamError):
     """The upstream did not answer in time."""
 
 
+class UpstreamBadResponse(UpstreamError):
+    """The upstream answered with bytes we will not relay (malformed or over a bound).
+
+    Messages never name the upstream's address: they reach the client's error page."""
+
+
+MAX_HEAD_BYTES = 64 * 1024
+MAX_HEAD_LINES = 100
 _QUEUE_HIGH = 16  # body chunks buffered before reading from the upstream pauses
 _EOF = b""
+
+
+class _Stop(Exception):
+    """Raised in a parser callback to stop parsing at once (the reason is already set)."""
 
 
 class _Connection(asyncio.Protocol):
@@ -50,6 +69,11 @@ class _Connection(asyncio.Protocol):
         self._paused = False
         self._drain: asyncio.Future[None] | None = None
         self._can_write = True
+        self.received = 0  # bytes of the current exchange: 0 means it may be retried
+        self._in_head = True  # the final (non-1xx) head is not complete yet
+        self._lines = 0  # header lines of the head (or trailer section) being parsed
+        self._unframed = 0  # bytes parsed without progress (head, trailers, chunk sizes)
+        self._progress = False
 
     # --- asyncio.Protocol ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -57,12 +81,40 @@ class _Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            pass
-        except httptools.HttpParserError as exc:
-            self._fail(UpstreamError(f"bad response from upstream: {exc}"))
+        if self._done or self._error is not None:
+            # Bytes after the response ended (or after we gave up on it): whatever they
+            # are, the next request must not read them as its answer.
+            self._reusable = False
+            self.close()
+            return
+        self.received += len(data)
+        view = memoryview(data)
+        while view:
+            # While in the head, feed no more than the bound allows: the head is refused
+            # at its 64 KiB + 1st byte, whatever size the socket reads come in.
+            part = view[: MAX_HEAD_BYTES - self._unframed] if self._in_head else view
+            view = view[len(part) :]
+            self._progress = False
+            try:
+                self.parser.feed_data(part)
+            except httptools.HttpParserError as exc:  # HttpParserUpgrade included
+                if self._done:  # more bytes after a complete response
+                    self._reusable = False
+                    self.close()
+                elif self._error is None:
+                    self._abort(
+                        UpstreamBadResponse(f"malformed response from the dev server: {exc}")
+                    )
+                return
+            self._unframed = 0 if self._progress else self._unframed + len(part)
+            if self._unframed >= MAX_HEAD_BYTES:
+                what = "response head" if self._in_head else "trailer section"
+                self._abort(
+                    UpstreamBadResponse(
+                        f"the dev server's {what} is over {MAX_HEAD_BYTES >> 10} KiB"
+                    )
+                )
+                return
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -80,14 +132,46 @@ class _Connection(asyncio.Protocol):
             self._drain.set_result(None)
 
     # --- httptools callbacks ------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        if self._done:
+            raise _Stop  # a second response to one request
+
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
+        self._lines += 1
+        if self._lines > MAX_HEAD_LINES:
+            what = "response head" if self._in_head else "trailer section"
+            self._abort(
+                UpstreamBadResponse(
+                    f"the dev server's {what} has over {MAX_HEAD_LINES} header lines"
+                )
+            )
+            raise _Stop
+        if self._in_head:
+            self._headers.append((name, value))
+        # Trailers are counted, not kept: we do not relay them.
 
     def on_headers_complete(self) -> None:
+        self._lines = 0
+        if not self._in_head:
+            return  # the end of the trailer section
+        status = self.parser.get_status_code()
+        if status == 101:
+            # We never ask to upgrade a plain request (Upgrade is hop-by-hop, dropped).
+            self._abort(UpstreamBadResponse("the dev server switched protocols unasked"))
+            raise _Stop
+        if 100 <= status < 200:
+            # Informational (100 Continue, 103 Early Hints): not relayed; the final head
+            # follows. Their bytes count towards the same bound, so an endless series
+            # of them is cut like one endless head.
+            self._headers = []
+            return
+        self._in_head = False
+        self._progress = True
         if self._head is not None and not self._head.done():
-            self._head.set_result((self.parser.get_status_code(), self._headers))
+            self._head.set_result((status, self._headers))
 
     def on_body(self, body: bytes) -> None:
+        self._progress = True
         self._body.append(body)
         self._body_ready.set()
         if len(self._body) >= _QUEUE_HIGH and not self._paused and self.transport:
@@ -95,17 +179,28 @@ class _Connection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def on_message_complete(self) -> None:
+        if self._in_head:
+            return  # an informational response ended
+        self._progress = True
         self._done = True
         self._reusable = self.parser.should_keep_alive()
         self._body_ready.set()
 
     # --- used by the pool ---------------------------------------------------------------
     def _fail(self, exc: Exception) -> None:
-        self._error = exc
+        if self._error is None:  # the first reason is the one worth reporting
+            self._error = exc
         if self._head is not None and not self._head.done():
             self._head.set_exception(exc)
         self._body_ready.set()
         self._reusable = False
+
+    def _abort(self, exc: Exception) -> None:
+        """Give up on this connection now: nothing more is read from it."""
+        self._fail(exc)
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
 
     def start(self) -> asyncio.Future[tuple[int, list[tuple[bytes, bytes]]]]:
         self.parser = httptools.HttpResponseParser(self)
@@ -115,6 +210,9 @@ class _Connection(asyncio.Protocol):
         self._done = False
         self._error = None
         self._reusable = False
+        self.received = 0
+        self._in_head = True
+        self._lines = self._unframed = 0
         self._head = asyncio.get_running_loop().create_future()
         return self._head
 
@@ -210,12 +308,16 @@ class UpstreamPool:
                 loop.create_connection(lambda: _Connection(address), host, int(port)),
                 self.connect_timeout,
             )
+        # Messages without the address: they reach the client's error page (the caller
+        # logs the address).
         except ConnectionRefusedError as exc:
-            raise UpstreamRefused(f"connection refused by {address}") from exc
+            raise UpstreamRefused("the dev server refused the connection") from exc
         except TimeoutError as exc:
-            raise UpstreamTimeout(f"connecting to {address} timed out") from exc
+            raise UpstreamTimeout("connecting to the dev server timed out") from exc
         except OSError as exc:
-            raise UpstreamError(f"cannot connect to {address}: {exc.strerror or exc}") from exc
+            # Not str(exc): asyncio's names the address ("Connect call failed (ip, port)").
+            reason = exc.strerror or "unreachable"
+            raise UpstreamError(f"cannot connect to the dev server: {reason}") from exc
         conn.transport = transport
         return conn
 
@@ -279,11 +381,13 @@ class UpstreamPool:
             except TimeoutError:
                 conn.close()
                 raise UpstreamTimeout(
-                    f"{address} sent no response in {self.head_timeout:.0f}s"
+                    f"the dev server sent no complete response head in {self.head_timeout:g}s"
                 ) from None
             except UpstreamError:
                 conn.close()
-                if reused and attempt == 0 and body is None:
+                # Only a reused connection closed before any response byte: the server
+                # timed it out. One that answered badly is not asked twice.
+                if reused and attempt == 0 and body is None and not conn.received:
                     conn, reused = None, False
                     continue
                 raise

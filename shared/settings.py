@@ -108,6 +108,12 @@ class Settings:
     hold_timeout: float = _setting(
         60.0, "How long a request to a starting preview is held before 503, seconds.", float
     )
+    upstream_head_timeout: float = _setting(
+        60.0,
+        "How long the dev server may take to send a response head (all of it, however "
+        "slowly it trickles in) before 504, seconds.",
+        float,
+    )
     ws_max_message_bytes: int = _setting(
         16 * 1024 * 1024, "Largest WebSocket message relayed, bytes.", int
     )
@@ -337,6 +343,8 @@ class Settings:
             raise SettingsError(
                 "PREVIEW_WS_BUFFER_PER_CLIENT must be at least PREVIEW_WS_MAX_MESSAGE_BYTES"
             )
+        if self.upstream_head_timeout <= 0:
+            raise SettingsError("PREVIEW_UPSTREAM_HEAD_TIMEOUT must be positive")
         if self.cache_max_bytes < 0:
             raise SettingsError("PREVIEW_CACHE_MAX_BYTES must not be negative")
         if not 1 <= self.cache_zstd_level <= 22 or not 0 <= self.cache_zstd_threads <= 64:

@@ -3,12 +3,14 @@ as the API writes them."""
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -122,15 +124,17 @@ def upstream() -> Iterator[Upstream]:
     up.process.wait()
 
 
-@pytest.fixture(scope="module")
-def proxy_env(redis_server: RedisServer) -> Iterator[ProxyEnv]:
+@contextlib.contextmanager
+def proxy_gateway(redis_server: RedisServer, **overrides: Any) -> Iterator[ProxyEnv]:
+    """A gateway for proxy tests (settings `overrides` on top of the usual ones)."""
     port = free_port()
-    values = dict(
+    values: dict[str, Any] = dict(
         redis_url=redis_server.url,
         signing_secret=SECRET,
         preview_port=port,
         hold_timeout=5.0,
         drain_timeout=3.0,
+        **overrides,
     )
     settings = Settings.from_env({}, **values)
     client = redis_sync.Redis.from_url(redis_server.url)
@@ -139,6 +143,12 @@ def proxy_env(redis_server: RedisServer) -> Iterator[ProxyEnv]:
     for key in client.scan_iter(match=keys.session("*")):
         client.delete(key)
     client.close()
+
+
+@pytest.fixture(scope="module")
+def proxy_env(redis_server: RedisServer) -> Iterator[ProxyEnv]:
+    with proxy_gateway(redis_server) as env:
+        yield env
 
 
 def rss_kib(pid: int) -> int:
