@@ -1,7 +1,10 @@
-"""Host-based routing: ``{id}.{PREVIEW_DOMAIN}`` is that preview, anything else the API.
+"""Host-based routing: ``{id}.{PREVIEW_DOMAIN}`` is that preview, the API hosts the API
+(gateway/vhosts.py), nothing else.
 
-For a preview host: find its route (cached), authenticate (the `preview_token` query
-parameter once, then a per-host cookie), then proxy HTTP or WebSocket to the dev server.
+The client address is resolved first (gateway/clients.py: trusted proxies), for everything
+downstream. For a preview host: find its route (cached), authenticate (the single-use
+`preview_token` query parameter once, then a per-host cookie; gateway/cookies.py), then
+proxy HTTP or WebSocket to the dev server.
 While the preview is still starting, a browser navigation gets a self-refreshing page and
 other requests wait (one Redis poller per preview, however many requests wait on it).
 """
@@ -12,23 +15,25 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 from limits import parse as parse_limit
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.datastructures import State
 
-from gateway import instruments
+from gateway import cookies, instruments
 from gateway.asgi_types import Receive, Scope, Send, header
+from gateway.clients import ClientResolver
 from gateway.pages import error_page, send_body
+from gateway.preview_tokens import spend, token_user
 from gateway.proxy_http import proxy_http, wants_html
 from gateway.proxy_ws import RelayRegistry, WsLimits, proxy_ws
 from gateway.routes import Route, RouteCache
 from gateway.signed import sign, verify
 from gateway.starting import starting_page, status_json
 from gateway.upstream import UpstreamPool
+from gateway.vhosts import HostRules
 from gateway.ws_budget import Budgets
 from shared import keys
 from shared.settings import Settings
@@ -40,23 +45,38 @@ ACTIVITY_EVERY = 5.0  # seconds between activity writes per preview
 STARTING = frozenset({"assigned", "preparing", "starting"})
 STATUS_PATH = "/__preview/status"
 TOO_MANY_FAILURES = "too many failed attempts; wait a minute"
-
-# token → user id for the preview `sid`, or None (preview token or the user's own JWT).
-TokenCheck = Callable[[str, str], Awaitable[str | None]]
+# Bytes a location may keep as they are; anything else (a backslash, which browsers read as
+# a slash, controls, spaces) is percent-encoded.
+_LOCATION_SAFE = "/%:@!$&'()*+,;=-._~"
 
 
 def cookie_name(sid: str) -> str:
+    """The name the dev server's Cookie header is cleaned of (with every other of ours)."""
     return f"pv_{sid}"
+
+
+def same_host_location(scope: Scope) -> str:
+    """The request's own path (not the query) as a Location that stays on this host.
+
+    `//evil/x`, `/\\evil/x` or an absolute-form target would send the browser off-site
+    once the token is dropped: leading slashes collapse to one, backslashes and anything
+    unusual are percent-encoded, and only the path of an absolute target is kept."""
+    raw = scope.get("raw_path") or scope["path"].encode()
+    path = raw.decode("latin-1")
+    if not path.startswith("/"):
+        path = urlsplit(path).path
+    path = quote(path, safe=_LOCATION_SAFE, encoding="latin-1")
+    return "/" + path.lstrip("/")
 
 
 class PreviewRouter:
     """The ASGI entry point: wraps the API app and serves preview hosts itself."""
 
-    def __init__(self, api: Starlette, settings: Settings, check_token: TokenCheck) -> None:
+    def __init__(self, api: Starlette, settings: Settings) -> None:
         self.api = api
         self.settings = settings
-        self.check_token = check_token
-        self.suffix = "." + settings.domain.lower()
+        self.hosts = HostRules(settings)
+        self.clients = ClientResolver(settings.trusted_proxies)
         self.pool = UpstreamPool()
         self.relays = RelayRegistry()
         self.limits = WsLimits(
@@ -77,10 +97,20 @@ class PreviewRouter:
         if scope["type"] == "lifespan":
             await self.api(scope, self._lifespan_receive(receive), send)
             return
-        sid = self.preview_id(scope)
-        if sid is None:
+        self.clients.resolve(scope)
+        where = self.hosts.classify(scope)
+        if where.kind == "api":
             await self.api(scope, receive, send)
             return
+        html = scope["type"] == "http" and wants_html(scope)
+        if where.kind == "refused":
+            detail = "this host name is not served here"
+            await self.refuse(scope, send, 421, "misdirected_request", detail, html)
+            return
+        if not where.sid:
+            await self.refuse(scope, send, 404, "not_found", "no such preview", html)
+            return
+        sid = where.sid
         if self.routes is None:
             self.routes = RouteCache(self.state.redis)
             self.routes.start()
@@ -89,17 +119,6 @@ class PreviewRouter:
     @property
     def state(self) -> State:
         return self.api.state
-
-    def preview_id(self, scope: Scope) -> str | None:
-        raw = header(scope, b"host")
-        if raw is None:
-            return None
-        host = raw.decode("latin-1").lower().rsplit(":", 1)[0]
-        if host.endswith(self.suffix):
-            label = host[: -len(self.suffix)]
-            if label and "." not in label:
-                return label
-        return None
 
     def _lifespan_receive(self, receive: Receive) -> Receive:
         async def wrapped() -> dict[str, object]:
@@ -134,24 +153,11 @@ class PreviewRouter:
             return
         token = self.query_token(scope)
         if token is not None and not is_ws:
-            if await self.too_many_failures(scope, failed=False):
-                await self.refuse(scope, send, 429, "rate_limited", TOO_MANY_FAILURES, html)
-                return
             await self.login(sid, route, token, scope, send, html)
             return
-        user = self.cookie_user(sid, scope)
-        if user is None or user != route.user:
-            if await self.too_many_failures(scope, failed=True):
-                await self.refuse(scope, send, 429, "rate_limited", TOO_MANY_FAILURES, html)
-                return
-            await self.refuse(
-                scope,
-                send,
-                401,
-                "unauthorized",
-                "open this preview from its link (the token is missing or expired)",
-                html,
-            )
+        if not self.cookie_ok(sid, route.user, scope):
+            detail = "open this preview from its link (the token is missing or expired)"
+            await self.fail(sid, scope, send, 401, "unauthorized", detail, html)
             return
         if is_ws and not self.origin_ok(scope):
             await self.refuse(scope, send, 403, "forbidden", "cross-origin WebSocket", False)
@@ -197,7 +203,7 @@ class PreviewRouter:
     async def websocket(
         self, sid: str, route: Route, scope: Scope, receive: Receive, send: Send, host: str
     ) -> None:
-        client = (scope.get("client") or ("?", 0))[0]
+        client = _client(scope)
         if self._ws_per_client.get(client, 0) >= self.settings.ws_max_per_client:
             instruments.RATE_LIMITED.labels("websockets_per_client").inc()  # observability hook
             await send({"type": "websocket.close", "code": 1008, "reason": "too many WebSockets"})
@@ -243,33 +249,30 @@ class PreviewRouter:
     async def login(
         self, sid: str, route: Route, token: str, scope: Scope, send: Send, html: bool
     ) -> None:
-        """Trade the URL's token for a cookie on this host, and drop the token from the URL."""
-        user = await self.check_token(token, sid)
-        if user is None or user != route.user:
-            await self.too_many_failures(scope, failed=True)
-            log.info(
-                "preview login refused sid=%s client=%s", sid, (scope.get("client") or ("?",))[0]
-            )
-            await self.refuse(
-                scope,
-                send,
-                401,
-                "invalid_token",
-                "the preview link has expired or is not yours: open it again",
-                html,
-            )
+        """Trade the URL's single-use token for a cookie on this host, and drop the token
+        from the URL (redirecting to this host only)."""
+        found = token_user(self.settings, sid, token)
+        detail = "the preview link has expired or is not yours: open it again"
+        if found is not None and found[0] == route.user:
+            try:
+                fresh = await spend(self.state.redis, self.settings, found[1])
+            except (RedisError, OSError):
+                instruments.REDIS_ERRORS.inc()  # observability hook
+                await self.refuse(scope, send, 503, "unavailable", "state store unreachable", html)
+                return
+            if fresh:
+                await self.redirect(sid, route.user, scope, send)
+                return
+            detail = "this preview link was used already: open the preview again"
+        if self.cookie_ok(sid, route.user, scope):
+            # Signed in already (a reloaded link): the spent token adds nothing, nor harm.
+            await self.redirect(sid, None, scope, send)
             return
-        value = sign(
-            self.settings.signing_secret, COOKIE_PURPOSE, sid, user, self.settings.cookie_ttl
-        )
-        cookie = f"{cookie_name(sid)}={value}; Path=/; Max-Age={self.settings.cookie_ttl}; HttpOnly"
-        if self.secure_context(scope):
-            # What an iframe needs: sent in third-party context, partitioned by top site.
-            cookie += "; Secure; SameSite=None; Partitioned"
-        else:
-            # Browsers drop SameSite=None without Secure; on plain http (not localhost) the
-            # preview then works top-level but not inside a cross-site iframe.
-            cookie += "; SameSite=Lax"
+        log.info("preview login refused sid=%s client=%s", sid, _client(scope))
+        await self.fail(sid, scope, send, 401, "invalid_token", detail, html)
+
+    async def redirect(self, sid: str, user: str | None, scope: Scope, send: Send) -> None:
+        """302 to the same path without the token; with a fresh cookie for `user`."""
         query = [
             (k, v)
             for k, v in parse_qsl(
@@ -277,37 +280,53 @@ class PreviewRouter:
             )
             if k != "preview_token"
         ]
-        location = scope.get("raw_path", b"").decode("latin-1") or scope["path"]
+        location = same_host_location(scope)
         if query:
             location += "?" + urlencode(query)
-        await send_body(
-            send,
-            302,
-            b"",
-            b"text/plain",
-            [(b"location", location.encode()), (b"set-cookie", cookie.encode())],
+        headers = [(b"location", location.encode("latin-1"))]
+        if user is not None:
+            secure = self.secure_context(scope)
+            # Whatever another page planted for the parent domain goes (a junk pv_{sid},
+            # kilobytes of cookies): opening the preview again always gets it back.
+            headers += cookies.expire_parent_cookies(scope["headers"], self.settings.domain, secure)
+            headers.append((b"set-cookie", self.auth_cookie(sid, user, scope).encode()))
+        await send_body(send, 302, b"", b"text/plain", headers)
+
+    def auth_cookie(self, sid: str, user: str, scope: Scope) -> str:
+        value = sign(
+            self.settings.signing_secret, COOKIE_PURPOSE, sid, user, self.settings.cookie_ttl
         )
+        # On https `__Host-`: the browser then refuses that name from any other host and
+        # with any Domain, so no other preview can set or shadow it.
+        name = cookies.cookie_name(sid, self.https(scope))
+        cookie = f"{name}={value}; Path=/; Max-Age={self.settings.cookie_ttl}; HttpOnly"
+        if self.secure_context(scope):
+            # What an iframe needs: sent in third-party context, partitioned by top site.
+            cookie += "; Secure; SameSite=None; Partitioned"
+        else:
+            # Browsers drop SameSite=None without Secure; on plain http (not localhost) the
+            # preview then works top-level but not inside a cross-site iframe.
+            cookie += "; SameSite=Lax"
+        return cookie
+
+    def https(self, scope: Scope) -> bool:
+        return self.settings.preview_scheme == "https" or scope.get("scheme") in ("https", "wss")
 
     def secure_context(self, scope: Scope) -> bool:
         """https, or a *.localhost host, which browsers treat as secure even over http."""
-        if self.settings.preview_scheme == "https" or scope.get("scheme") == "https":
+        if self.https(scope):
             return True
         host = self.public_host(scope).lower().rsplit(":", 1)[0]
         return host == "localhost" or host.endswith(".localhost")
 
-    def cookie_user(self, sid: str, scope: Scope) -> str | None:
-        prefix = cookie_name(sid) + "="
-        for name, value in scope["headers"]:
-            if name != b"cookie":
-                continue
-            assert isinstance(value, bytes)
-            for part in value.decode("latin-1").split(";"):
-                part = part.strip()
-                if part.startswith(prefix):
-                    return verify(
-                        self.settings.signing_secret, COOKIE_PURPOSE, sid, part[len(prefix) :]
-                    )
-        return None
+    def cookie_ok(self, sid: str, user: str, scope: Scope) -> bool:
+        """Any of the request's cookies named as this preview's is valid for `user`: junk
+        of the same name planted by another page (it comes first when older) never hides
+        the real one."""
+        return any(
+            verify(self.settings.signing_secret, COOKIE_PURPOSE, sid, value) == user
+            for value in cookies.candidates(scope["headers"], sid)
+        )
 
     def origin_ok(self, scope: Scope) -> bool:
         """A preview's WebSockets come from its own pages (the HMR client), nowhere else."""
@@ -348,24 +367,27 @@ class PreviewRouter:
         extra = [(b"retry-after", str(self.auth_window).encode())] if status == 429 else None
         await error_page(scope, send, status, error, detail, html, extra)
 
-    async def too_many_failures(self, scope: Scope, failed: bool) -> bool:
-        """Failed authentications per client address have their own, stricter limit; a
-        client over it is refused before its token is even checked."""
-        client = (scope.get("client") or ("?",))[0]
-        key = keys.auth_failures(client)
+    async def fail(
+        self, sid: str, scope: Scope, send: Send, status: int, error: str, detail: str, html: bool
+    ) -> None:
+        """Refuse a failed authentication: `status` while this client is within its limit
+        on this preview, 429 past it. Only failures count, and only after the credentials
+        were checked: a valid token or cookie always passes, whoever failed before."""
+        if await self.too_many_failures(sid, scope):
+            status, error, detail = 429, "rate_limited", TOO_MANY_FAILURES
+        await self.refuse(scope, send, status, error, detail, html)
+
+    async def too_many_failures(self, sid: str, scope: Scope) -> bool:
+        """Count one failure of this client on this preview; True once over the limit."""
+        key = keys.auth_failures(sid, _client(scope))
         try:
-            if failed:
-                async with self.state.redis.pipeline(transaction=True) as pipe:
-                    pipe.incr(key)
-                    pipe.expire(key, self.auth_window, nx=True)
-                    count, _ = await pipe.execute()
-            else:
-                count = int(await self.state.redis.get(key) or 0)
+            async with self.state.redis.pipeline(transaction=True) as pipe:
+                pipe.incr(key)
+                pipe.expire(key, self.auth_window, nx=True)
+                count, _ = await pipe.execute()
         except (RedisError, OSError):
             return False  # the limit is a guard, not a dependency
-        # Checking: refuse once the limit is used up. Counting: this failure is allowed
-        # through as a 401 while it is within the limit.
-        return int(count) > self.auth_limit if failed else int(count) >= self.auth_limit
+        return int(count) > self.auth_limit
 
     # --- readiness and activity -------------------------------------------------------------
 
@@ -404,3 +426,8 @@ class PreviewRouter:
             await self.state.redis.set(keys.activity(sid), repr(time.time()), ex=86400)
         except (RedisError, OSError) as exc:
             log.debug("activity not recorded sid=%s: %s", sid, exc)
+
+
+def _client(scope: Scope) -> str:
+    """The client's address, as resolved from trusted proxies (gateway/clients.py)."""
+    return str((scope.get("client") or ("?",))[0])
