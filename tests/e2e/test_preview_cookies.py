@@ -1,0 +1,143 @@
+"""Cookies between previews, in Chromium (issue 14, finding 5).
+
+Two previews of the same user behind a real gateway, each a real Node dev server. Preview
+A is hostile: its dev server answers with cookies for the parent domain (a junk `pv_{B}`
+in several spellings, 12 × 4 KB), and its page's JavaScript plants more with
+`document.cookie`. B must still open from a fresh `open_url` (200, its own page), and
+nothing A planted may reach B's dev server. Also: the login redirect stays on the host.
+
+On the code before the fix: B answered 401 after `open_url` (A's junk `pv_{B}` with
+`Domain=preview.localhost` was older, so first in the Cookie header, and only the first
+was checked), and a `//other-host/` path was redirected off-site.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.gateway.proxy_fixtures import ProxyEnv, Upstream, proxy_env, start_upstream, upstream
+from tests.utils import wait_until
+
+__all__ = ["proxy_env", "upstream"]
+
+DOMAIN = "preview.localhost"
+
+
+@pytest.fixture(scope="module")
+def upstream_b() -> Iterator[Upstream]:
+    up = start_upstream()
+    yield up
+    up.process.kill()
+    up.process.wait()
+
+
+def url(env: ProxyEnv, sid: str, path: str = "/") -> str:
+    return f"http://{env.host(sid)}{path}"
+
+
+def open_url(env: ProxyEnv, sid: str) -> str:
+    return url(env, sid, f"/?preview_token={env.token(sid)}")
+
+
+def parent_cookies(context: Any) -> list[str]:
+    return [c["name"] for c in context.cookies() if c["domain"].lstrip(".") == DOMAIN]
+
+
+def seen_by_dev_server(page: Any, env: ProxyEnv, sid: str) -> str:
+    response = page.goto(url(env, sid, "/headers"))
+    assert response is not None and response.status == 200, response and response.text()
+    headers: dict[str, str] = response.json()["headers"]
+    assert headers["host"] == env.host(sid)
+    return headers.get("cookie", "")
+
+
+@pytest.mark.parametrize("attack", ["shadow", "flood"])
+def test_upstream_cookies_stay_on_their_own_host(
+    proxy_env: ProxyEnv, upstream: Upstream, upstream_b: Upstream, browser: Any, attack: str
+) -> None:
+    """shadow: a junk `pv_{B}` for the parent domain (was 401); flood: 48 KB of cookies
+    for the parent domain, more than B's dev server takes in a head (was 431)."""
+    a = proxy_env.session(upstream.address)
+    b = proxy_env.session(upstream_b.address)
+    victim = b if attack == "shadow" else "nobody"
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        assert page.goto(open_url(proxy_env, a)).status == 200
+        hostile = f"/hostile-cookies?victim={victim}&domain={DOMAIN}&big=12"
+        planted = page.goto(url(proxy_env, a, hostile))
+        assert planted is not None and planted.status == 200
+        before_b = context.cookies()
+
+        # B opens from a fresh link: its own page, not a 401 or a 431.
+        response = page.goto(open_url(proxy_env, b))
+        assert response is not None and response.status == 200, response.text()
+        assert "hello from the dev server" in page.content()
+        assert urlsplit(page.url).netloc == proxy_env.host(b)
+        seen = seen_by_dev_server(page, proxy_env, b)
+        assert "big0" not in seen and "shared" not in seen and "junk" not in seen, seen
+
+        # Every Set-Cookie of A's was made host-only, and none named like ours was kept.
+        assert [c["name"] for c in before_b if c["domain"].lstrip(".") == DOMAIN] == []
+        names = {c["name"].lower() for c in before_b}
+        assert not any(n.startswith(("pv_", "__host-pv_")) and b in n for n in names), names
+    finally:
+        context.close()
+
+
+def test_cookies_planted_by_script_do_not_lock_the_owner_out(
+    proxy_env: ProxyEnv, upstream: Upstream, upstream_b: Upstream, browser: Any
+) -> None:
+    """The gateway cannot stop a page's JavaScript from setting parent-domain cookies:
+    B accepts its valid cookie among the junk, and its login clears what was planted."""
+    a = proxy_env.session(upstream.address)
+    b = proxy_env.session(upstream_b.address)
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        assert page.goto(open_url(proxy_env, a)).status == 200
+        page.evaluate(
+            """([victim, domain]) => {
+                const tail = `; domain=${domain}; path=/`;
+                document.cookie = `pv_${victim}=junk` + tail;
+                for (let i = 0; i < 12; i++) document.cookie = `js${i}=${'y'.repeat(4000)}` + tail;
+            }""",
+            [b, DOMAIN],
+        )
+        # Chromium took them (its cookie store answers a moment later): the attack is real.
+        wait_until(lambda: len(parent_cookies(context)) == 13, 10, "planted cookies stored")
+
+        response = page.goto(open_url(proxy_env, b))
+        assert response is not None and response.status == 200, response.text()
+        assert "hello from the dev server" in page.content()
+        assert parent_cookies(context) == []  # the login response expired them
+        seen = seen_by_dev_server(page, proxy_env, b)
+        assert "js0" not in seen and "junk" not in seen, seen
+
+        # Planted again after B's login: B's own cookie still opens it (any valid one).
+        page.goto(url(proxy_env, a))
+        page.evaluate(f"document.cookie = 'pv_{b}=junk; domain={DOMAIN}; path=/'")
+        again = page.goto(url(proxy_env, b))
+        assert again is not None and again.status == 200
+    finally:
+        context.close()
+
+
+def test_the_login_redirect_stays_on_the_preview_host(
+    proxy_env: ProxyEnv, upstream: Upstream, browser: Any
+) -> None:
+    sid = proxy_env.session(upstream.address)
+    elsewhere = f"evil.localhost:{proxy_env.gateway.port}"
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        for path in (f"//{elsewhere}/x", f"/\\{elsewhere}/x", f"/%2F%2F{elsewhere}/x"):
+            page.goto(url(proxy_env, sid, f"{path}?preview_token={proxy_env.token(sid)}"))
+            assert urlsplit(page.url).netloc == proxy_env.host(sid), (path, page.url)
+            assert "hello from the dev server" in page.content()
+    finally:
+        context.close()
