@@ -2,7 +2,7 @@
 
 Two previews of the same user behind a real gateway, each a real Node dev server. Preview
 A is hostile: its dev server answers with cookies for the parent domain (a junk `pv_{B}`
-in several spellings, 12 × 4 KB), and its page's JavaScript plants more with
+in several spellings, 12 x 4 KB), and its page's JavaScript plants more with
 `document.cookie`. B must still open from a fresh `open_url` (200, its own page), and
 nothing A planted may reach B's dev server. Also: the login redirect stays on the host.
 
