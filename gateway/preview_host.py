@@ -15,22 +15,20 @@ import asyncio
 import contextlib
 import logging
 import time
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit
+from urllib.parse import parse_qsl
 
-from limits import parse as parse_limit
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.datastructures import State
 
-from gateway import cookies, instruments
+from gateway import instruments
 from gateway.asgi_types import Receive, Scope, Send, header
 from gateway.clients import ClientResolver
 from gateway.pages import error_page, send_body
-from gateway.preview_tokens import spend, token_user
+from gateway.preview_auth import EXPIRED, PreviewAuth, client_address
 from gateway.proxy_http import proxy_http, wants_html
 from gateway.proxy_ws import RelayRegistry, WsLimits, proxy_ws
 from gateway.routes import Route, RouteCache
-from gateway.signed import sign, verify
 from gateway.starting import starting_page, status_json
 from gateway.upstream import UpstreamPool
 from gateway.vhosts import HostRules
@@ -40,33 +38,15 @@ from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
-COOKIE_PURPOSE = "cookie"
 ACTIVITY_EVERY = 5.0  # seconds between activity writes per preview
 STARTING = frozenset({"assigned", "preparing", "starting"})
 STATUS_PATH = "/__preview/status"
 TOO_MANY_FAILURES = "too many failed attempts; wait a minute"
-# Bytes a location may keep as they are; anything else (a backslash, which browsers read as
-# a slash, controls, spaces) is percent-encoded.
-_LOCATION_SAFE = "/%:@!$&'()*+,;=-._~"
 
 
 def cookie_name(sid: str) -> str:
     """The name the dev server's Cookie header is cleaned of (with every other of ours)."""
     return f"pv_{sid}"
-
-
-def same_host_location(scope: Scope) -> str:
-    """The request's own path (not the query) as a Location that stays on this host.
-
-    `//evil/x`, `/\\evil/x` or an absolute-form target would send the browser off-site
-    once the token is dropped: leading slashes collapse to one, backslashes and anything
-    unusual are percent-encoded, and only the path of an absolute target is kept."""
-    raw = scope.get("raw_path") or scope["path"].encode()
-    path = raw.decode("latin-1")
-    if not path.startswith("/"):
-        path = urlsplit(path).path
-    path = quote(path, safe=_LOCATION_SAFE, encoding="latin-1")
-    return "/" + path.lstrip("/")
 
 
 class PreviewRouter:
@@ -77,14 +57,13 @@ class PreviewRouter:
         self.settings = settings
         self.hosts = HostRules(settings)
         self.clients = ClientResolver(settings.trusted_proxies)
+        self.auth = PreviewAuth(settings)
         self.pool = UpstreamPool()
         self.relays = RelayRegistry()
         self.limits = WsLimits(
             settings.ws_max_message_bytes, settings.ws_idle_timeout, settings.ws_max_lifetime
         )
         self.routes: RouteCache | None = None
-        rule = parse_limit(settings.rate_limit_auth_failures)
-        self.auth_limit, self.auth_window = rule.amount, rule.get_expiry()
         self._waits: dict[str, asyncio.Task[Route | None]] = {}
         self._activity: dict[str, float] = {}
         self._ws_per_client: dict[str, int] = {}
@@ -155,7 +134,7 @@ class PreviewRouter:
         if token is not None and not is_ws:
             await self.login(sid, route, token, scope, send, html)
             return
-        if not self.cookie_ok(sid, route.user, scope):
+        if not self.auth.cookie_ok(sid, route.user, scope):
             detail = "open this preview from its link (the token is missing or expired)"
             await self.fail(sid, scope, send, 401, "unauthorized", detail, html)
             return
@@ -203,7 +182,7 @@ class PreviewRouter:
     async def websocket(
         self, sid: str, route: Route, scope: Scope, receive: Receive, send: Send, host: str
     ) -> None:
-        client = _client(scope)
+        client = client_address(scope)
         if self._ws_per_client.get(client, 0) >= self.settings.ws_max_per_client:
             instruments.RATE_LIMITED.labels("websockets_per_client").inc()  # observability hook
             await send({"type": "websocket.close", "code": 1008, "reason": "too many WebSockets"})
@@ -251,82 +230,22 @@ class PreviewRouter:
     ) -> None:
         """Trade the URL's single-use token for a cookie on this host, and drop the token
         from the URL (redirecting to this host only)."""
-        found = token_user(self.settings, sid, token)
-        detail = "the preview link has expired or is not yours: open it again"
-        if found is not None and found[0] == route.user:
-            try:
-                fresh = await spend(self.state.redis, self.settings, found[1])
-            except (RedisError, OSError):
-                instruments.REDIS_ERRORS.inc()  # observability hook
-                await self.refuse(scope, send, 503, "unavailable", "state store unreachable", html)
-                return
-            if fresh:
-                await self.redirect(sid, route.user, scope, send)
-                return
-            detail = "this preview link was used already: open the preview again"
-        if self.cookie_ok(sid, route.user, scope):
-            # Signed in already (a reloaded link): the spent token adds nothing, nor harm.
-            await self.redirect(sid, None, scope, send)
+        try:
+            user, detail = await self.auth.token_user(self.state.redis, sid, token)
+        except (RedisError, OSError):
+            instruments.REDIS_ERRORS.inc()  # observability hook
+            await self.refuse(scope, send, 503, "unavailable", "state store unreachable", html)
             return
-        log.info("preview login refused sid=%s client=%s", sid, _client(scope))
-        await self.fail(sid, scope, send, 401, "invalid_token", detail, html)
-
-    async def redirect(self, sid: str, user: str | None, scope: Scope, send: Send) -> None:
-        """302 to the same path without the token; with a fresh cookie for `user`."""
-        query = [
-            (k, v)
-            for k, v in parse_qsl(
-                scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True
-            )
-            if k != "preview_token"
-        ]
-        location = same_host_location(scope)
-        if query:
-            location += "?" + urlencode(query)
-        headers = [(b"location", location.encode("latin-1"))]
-        if user is not None:
-            secure = self.secure_context(scope)
-            # Whatever another page planted for the parent domain goes (a junk pv_{sid},
-            # kilobytes of cookies): opening the preview again always gets it back.
-            headers += cookies.expire_parent_cookies(scope["headers"], self.settings.domain, secure)
-            headers.append((b"set-cookie", self.auth_cookie(sid, user, scope).encode()))
-        await send_body(send, 302, b"", b"text/plain", headers)
-
-    def auth_cookie(self, sid: str, user: str, scope: Scope) -> str:
-        value = sign(
-            self.settings.signing_secret, COOKIE_PURPOSE, sid, user, self.settings.cookie_ttl
-        )
-        # On https `__Host-`: the browser then refuses that name from any other host and
-        # with any Domain, so no other preview can set or shadow it.
-        name = cookies.cookie_name(sid, self.https(scope))
-        cookie = f"{name}={value}; Path=/; Max-Age={self.settings.cookie_ttl}; HttpOnly"
-        if self.secure_context(scope):
-            # What an iframe needs: sent in third-party context, partitioned by top site.
-            cookie += "; Secure; SameSite=None; Partitioned"
+        if user is not None and user == route.user:
+            headers = self.auth.redirect_headers(sid, user, scope)
+        elif self.auth.cookie_ok(sid, route.user, scope):
+            # Signed in already (a reloaded link): the spent token adds nothing, nor harm.
+            headers = self.auth.redirect_headers(sid, None, scope)
         else:
-            # Browsers drop SameSite=None without Secure; on plain http (not localhost) the
-            # preview then works top-level but not inside a cross-site iframe.
-            cookie += "; SameSite=Lax"
-        return cookie
-
-    def https(self, scope: Scope) -> bool:
-        return self.settings.preview_scheme == "https" or scope.get("scheme") in ("https", "wss")
-
-    def secure_context(self, scope: Scope) -> bool:
-        """https, or a *.localhost host, which browsers treat as secure even over http."""
-        if self.https(scope):
-            return True
-        host = self.public_host(scope).lower().rsplit(":", 1)[0]
-        return host == "localhost" or host.endswith(".localhost")
-
-    def cookie_ok(self, sid: str, user: str, scope: Scope) -> bool:
-        """Any of the request's cookies named as this preview's is valid for `user`: junk
-        of the same name planted by another page (it comes first when older) never hides
-        the real one."""
-        return any(
-            verify(self.settings.signing_secret, COOKIE_PURPOSE, sid, value) == user
-            for value in cookies.candidates(scope["headers"], sid)
-        )
+            log.info("preview login refused sid=%s client=%s", sid, client_address(scope))
+            await self.fail(sid, scope, send, 401, "invalid_token", detail or EXPIRED, html)
+            return
+        await send_body(send, 302, b"", b"text/plain", headers)
 
     def origin_ok(self, scope: Scope) -> bool:
         """A preview's WebSockets come from its own pages (the HMR client), nowhere else."""
@@ -364,30 +283,17 @@ class PreviewRouter:
                 }
             )
             return
-        extra = [(b"retry-after", str(self.auth_window).encode())] if status == 429 else None
+        extra = [(b"retry-after", str(self.auth.window).encode())] if status == 429 else None
         await error_page(scope, send, status, error, detail, html, extra)
 
     async def fail(
         self, sid: str, scope: Scope, send: Send, status: int, error: str, detail: str, html: bool
     ) -> None:
         """Refuse a failed authentication: `status` while this client is within its limit
-        on this preview, 429 past it. Only failures count, and only after the credentials
-        were checked: a valid token or cookie always passes, whoever failed before."""
-        if await self.too_many_failures(sid, scope):
+        on this preview, 429 past it (gateway/preview_auth.py)."""
+        if await self.auth.over_limit(self.state.redis, sid, scope):
             status, error, detail = 429, "rate_limited", TOO_MANY_FAILURES
         await self.refuse(scope, send, status, error, detail, html)
-
-    async def too_many_failures(self, sid: str, scope: Scope) -> bool:
-        """Count one failure of this client on this preview; True once over the limit."""
-        key = keys.auth_failures(sid, _client(scope))
-        try:
-            async with self.state.redis.pipeline(transaction=True) as pipe:
-                pipe.incr(key)
-                pipe.expire(key, self.auth_window, nx=True)
-                count, _ = await pipe.execute()
-        except (RedisError, OSError):
-            return False  # the limit is a guard, not a dependency
-        return int(count) > self.auth_limit
 
     # --- readiness and activity -------------------------------------------------------------
 
@@ -426,8 +332,3 @@ class PreviewRouter:
             await self.state.redis.set(keys.activity(sid), repr(time.time()), ex=86400)
         except (RedisError, OSError) as exc:
             log.debug("activity not recorded sid=%s: %s", sid, exc)
-
-
-def _client(scope: Scope) -> str:
-    """The client's address, as resolved from trusted proxies (gateway/clients.py)."""
-    return str((scope.get("client") or ("?",))[0])

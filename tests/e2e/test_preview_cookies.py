@@ -117,6 +117,9 @@ def test_cookies_planted_by_script_do_not_lock_the_owner_out(
         assert parent_cookies(context) == []  # the login response expired them
         seen = seen_by_dev_server(page, proxy_env, b)
         assert "js0" not in seen and "junk" not in seen, seen
+        # B's own (host-only) cookies are not the parent's: opening again keeps them.
+        assert page.goto(open_url(proxy_env, b)).status == 200
+        assert "devserver=1" in seen_by_dev_server(page, proxy_env, b)
 
         # Planted again after B's login: B's own cookie still opens it (any valid one).
         page.goto(url(proxy_env, a))
