@@ -342,7 +342,10 @@ def test_unread_request_bodies_do_not_wedge_the_connection(
     asked to close is closed (hypercorn used to block on its full app queue)."""
     env, host, cookie = target
     port = env.gateway.port
-    refused = b"PUT /v1/previews/x/files HTTP/1.1\r\nHost: localhost\r\nContent-Length: 12\r\n\r\n[null, null]"
+    refused = (
+        b"PUT /v1/previews/x/files HTTP/1.1\r\nHost: localhost\r\n"
+        b"Content-Length: 12\r\n\r\n[null, null]"
+    )
     with socket.create_connection(("127.0.0.1", port), 10) as sock:
         for _ in range(3):
             sock.sendall(refused)
