@@ -18,10 +18,15 @@ import redis as redis_sync
 
 from shared import keys
 from shared.settings import Settings
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
 from tests.gateway.proxy_fixtures import SECRET, ProxyEnv, Upstream, upstream
+from tests.gateway.test_proxy_ws import WsUpstream, cookie_for, ws_upstream
 from tests.utils import RedisServer, free_port, run_gateway, settings_env
 
-__all__ = ["upstream"]
+__all__ = ["upstream", "ws_upstream"]
+WS_CAP = 2
 
 FAILURES = 25  # over the default 20/minute
 STRANGER, OWNER = "203.0.113.7", "198.51.100.9"
@@ -51,6 +56,11 @@ def behind_nat(redis_server: RedisServer) -> Iterator[ProxyEnv]:
 @pytest.fixture
 def behind_proxy(redis_server: RedisServer) -> Iterator[ProxyEnv]:
     yield from gateway(redis_server, trusted_proxies=("127.0.0.1/32",))
+
+
+@pytest.fixture
+def ws_capped(redis_server: RedisServer) -> Iterator[ProxyEnv]:
+    yield from gateway(redis_server, trusted_proxies=("127.0.0.1/32",), ws_max_per_client=WS_CAP)
 
 
 def bad_cookies(client: httpx.Client, sid: str, forwarded: str | None = None) -> list[int]:
@@ -119,3 +129,36 @@ def test_a_trusted_proxy_names_the_client_that_is_limited(
     limited = list(env.redis.scan_iter(match=f"{keys.RATE_LIMIT_PREFIX}*{STRANGER}*"))
     assert limited, "the API's failed-auth limit did not count the forwarded address"
     env.redis.delete(*limited)
+
+
+def ws_from(env: ProxyEnv, sid: str, cookie: str, client: str) -> connect:
+    host = env.host(sid)
+    return connect(
+        f"ws://{host}/",
+        host="127.0.0.1",
+        port=env.gateway.port,
+        additional_headers={"cookie": cookie, "x-forwarded-for": client},
+        origin=f"http://{host}",  # type: ignore[arg-type]
+        proxy=None,
+        compression=None,
+        open_timeout=10,
+    )
+
+
+async def test_websocket_caps_are_per_forwarded_client(
+    ws_capped: ProxyEnv, ws_upstream: WsUpstream
+) -> None:
+    env = ws_capped
+    sid = env.session(ws_upstream.address)
+    cookie = cookie_for(env, sid)
+    held = [await ws_from(env, sid, cookie, STRANGER) for _ in range(WS_CAP)]
+    try:
+        with pytest.raises(InvalidStatus):  # the stranger is at its cap...
+            async with ws_from(env, sid, cookie, STRANGER) as extra:
+                await extra.recv()
+        async with ws_from(env, sid, cookie, OWNER) as ws:  # ...the owner is not
+            await ws.send("mine")
+            assert await ws.recv() == "mine"
+    finally:
+        for ws in held:
+            await ws.close()
