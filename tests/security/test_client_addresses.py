@@ -15,12 +15,11 @@ from typing import Any
 import httpx
 import pytest
 import redis as redis_sync
-
-from shared import keys
-from shared.settings import Settings
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
+from shared import keys
+from shared.settings import Settings
 from tests.gateway.proxy_fixtures import SECRET, ProxyEnv, Upstream, upstream
 from tests.gateway.test_proxy_ws import WsUpstream, cookie_for, ws_upstream
 from tests.utils import RedisServer, free_port, run_gateway, settings_env
