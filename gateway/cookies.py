@@ -21,7 +21,9 @@ from collections.abc import Iterator
 
 OUR_PREFIXES = ("pv_", "__host-pv_", "__secure-pv_")
 HOST_PREFIX = "__Host-"
-MAX_CANDIDATES = 16  # auth cookies verified per request at most (each costs an HMAC)
+# Auth cookies verified per request at most (an HMAC each). Junk with a longer Path is sent
+# before ours, one per path level, so a deep path's worth.
+MAX_CANDIDATES = 64
 MAX_EXPIRED = 64  # parent-domain cookie names expired by one login response at most
 
 
