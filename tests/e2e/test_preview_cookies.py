@@ -13,18 +13,31 @@ was checked), and a `//other-host/` path was redirected off-site.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from playwright.sync_api import Error as PlaywrightError
 
+from tests.e2e.conftest import Stack
 from tests.gateway.proxy_fixtures import ProxyEnv, Upstream, proxy_env, start_upstream, upstream
 from tests.utils import wait_until
 
 __all__ = ["proxy_env", "upstream"]
 
 DOMAIN = "preview.localhost"
+# What user A deploys in its own preview: every answer plants cookies for B.
+HOSTILE_SERVER = """
+const http = require("node:http");
+http.createServer((req, res) => {
+  const cookies = ["pv_VICTIM=junk; Domain=DOMAIN; Path=/"];
+  for (let i = 0; i < 12; i++) cookies.push(`big${i}=${"x".repeat(4000)}; Domain=DOMAIN; Path=/`);
+  res.writeHead(200, {"content-type": "text/html", "set-cookie": cookies});
+  res.end("<!doctype html><p>planted</p>");
+}).listen(Number(process.env.PORT || 3000));
+"""
 
 
 @pytest.fixture(scope="module")
@@ -144,3 +157,44 @@ def test_the_login_redirect_stays_on_the_preview_host(
             assert "hello from the dev server" in page.content()
     finally:
         context.close()
+
+
+def test_real_previews_in_containers(stack: Stack, browser: Any) -> None:
+    """The same attack from a real preview container, through the API, as a user would."""
+    with stack.api("alice") as alice:
+        sids = []
+        try:
+            for project in ("cookies-a", "cookies-b"):
+                source = {"type": "template", "name": "node-basic"}
+                created = alice.post("/v1/previews", json={"project_id": project, "source": source})
+                assert created.status_code == 202, created.text
+                sids.append(created.json()["id"])
+            for sid in sids:
+                assert stack.wait_ready(alice, sid)["state"] == "ready"
+            a, b = sids
+            hostile = HOSTILE_SERVER.replace("VICTIM", b).replace("DOMAIN", DOMAIN).encode()
+            saved = alice.put(f"/v1/previews/{a}/files/server.js", content=hostile)
+            assert saved.status_code in (200, 204), saved.text
+            assert alice.post(f"/v1/previews/{a}/restart").status_code in (200, 202)
+
+            context = browser.new_context()
+            page = context.new_page()
+            page.goto(alice.get(f"/v1/previews/{a}").json()["open_url"])
+            a_url = str(alice.get(f"/v1/previews/{a}").json()["url"])
+
+            def planted() -> bool:
+                # Once planted, A's own requests carry 48 KB of cookies and its dev server
+                # answers 431: A hurts only itself.
+                with contextlib.suppress(PlaywrightError):
+                    page.goto(a_url)
+                return any(c["name"] == "big0" for c in context.cookies())
+
+            wait_until(planted, 60, "A's restarted dev server")
+            response = page.goto(alice.get(f"/v1/previews/{b}").json()["open_url"])
+            assert response is not None and response.status == 200, response.text()
+            assert "Hello from node-basic" in page.content()
+            assert parent_cookies(context) == []
+            context.close()
+        finally:
+            for sid in sids:
+                alice.delete(f"/v1/previews/{sid}")
