@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -206,15 +205,3 @@ def describe(settings: Settings) -> str:
             "jwks": bool(settings.jwt_jwks_file),
         }
     )
-
-
-def jwt_checker(authenticator: Authenticator) -> Callable[[str], Awaitable[str | None]]:
-    """For the preview proxy's `?preview_token=<JWT>`: token → user id, or None."""
-
-    async def check(token: str) -> str | None:
-        try:
-            return authenticator.verify(token).id
-        except ApiError:
-            return None
-
-    return check

@@ -182,7 +182,7 @@ SCHEMAS: dict[str, Schema] = {
             "open_url": {
                 "type": "string",
                 "format": "uri",
-                "description": "url with a ~60 s preview_token",
+                "description": "url with a ~60 s, single-use preview_token",
             },
             "events_url": {"type": "string", "format": "uri"},
             "created_at": {"type": "number", "description": "Unix time, seconds"},

@@ -1,7 +1,10 @@
-"""Host-based routing: ``{id}.{PREVIEW_DOMAIN}`` is that preview, anything else the API.
+"""Host-based routing: ``{id}.{PREVIEW_DOMAIN}`` is that preview, the API hosts the API
+(gateway/vhosts.py), nothing else.
 
-For a preview host: find its route (cached), authenticate (the `preview_token` query
-parameter once, then a per-host cookie), then proxy HTTP or WebSocket to the dev server.
+The client address is resolved first (gateway/clients.py: trusted proxies), for everything
+downstream. For a preview host: find its route (cached), authenticate (the single-use
+`preview_token` query parameter once, then a per-host cookie; gateway/cookies.py), then
+proxy HTTP or WebSocket to the dev server.
 While the preview is still starting, a browser navigation gets a self-refreshing page and
 other requests wait (one Redis poller per preview, however many requests wait on it).
 """
@@ -12,23 +15,23 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl
 
-from limits import parse as parse_limit
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.datastructures import State
 
 from gateway import instruments
 from gateway.asgi_types import Receive, Scope, Send, header
+from gateway.clients import ClientResolver
 from gateway.pages import error_page, send_body
+from gateway.preview_auth import EXPIRED, PreviewAuth, client_address
 from gateway.proxy_http import proxy_http, wants_html
 from gateway.proxy_ws import RelayRegistry, WsLimits, proxy_ws
 from gateway.routes import Route, RouteCache
-from gateway.signed import sign, verify
 from gateway.starting import starting_page, status_json
 from gateway.upstream import UpstreamPool
+from gateway.vhosts import HostRules
 from gateway.views import public_host
 from gateway.ws_budget import Budgets
 from shared import keys
@@ -36,36 +39,32 @@ from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
-COOKIE_PURPOSE = "cookie"
 ACTIVITY_EVERY = 5.0  # seconds between activity writes per preview
 STARTING = frozenset({"assigned", "preparing", "starting"})
 STATUS_PATH = "/__preview/status"
 TOO_MANY_FAILURES = "too many failed attempts; wait a minute"
 
-# token → user id for the preview `sid`, or None (preview token or the user's own JWT).
-TokenCheck = Callable[[str, str], Awaitable[str | None]]
-
 
 def cookie_name(sid: str) -> str:
+    """The name the dev server's Cookie header is cleaned of (with every other of ours)."""
     return f"pv_{sid}"
 
 
 class PreviewRouter:
     """The ASGI entry point: wraps the API app and serves preview hosts itself."""
 
-    def __init__(self, api: Starlette, settings: Settings, check_token: TokenCheck) -> None:
+    def __init__(self, api: Starlette, settings: Settings) -> None:
         self.api = api
         self.settings = settings
-        self.check_token = check_token
-        self.suffix = "." + settings.domain.lower()
+        self.hosts = HostRules(settings)
+        self.clients = ClientResolver(settings.trusted_proxies)
+        self.auth = PreviewAuth(settings)
         self.pool = UpstreamPool(head_timeout=settings.upstream_head_timeout)
         self.relays = RelayRegistry()
         self.limits = WsLimits(
             settings.ws_max_message_bytes, settings.ws_idle_timeout, settings.ws_max_lifetime
         )
         self.routes: RouteCache | None = None
-        rule = parse_limit(settings.rate_limit_auth_failures)
-        self.auth_limit, self.auth_window = rule.amount, rule.get_expiry()
         self._waits: dict[str, asyncio.Task[Route | None]] = {}
         self._activity: dict[str, float] = {}
         self._ws_per_client: dict[str, int] = {}
@@ -78,10 +77,20 @@ class PreviewRouter:
         if scope["type"] == "lifespan":
             await self.api(scope, self._lifespan_receive(receive), send)
             return
-        sid = self.preview_id(scope)
-        if sid is None:
+        self.clients.resolve(scope)
+        where = self.hosts.classify(scope)
+        if where.kind == "api":
             await self.api(scope, receive, send)
             return
+        html = scope["type"] == "http" and wants_html(scope)
+        if where.kind == "refused":
+            detail = "this host name is not served here"
+            await self.refuse(scope, send, 421, "misdirected_request", detail, html)
+            return
+        if not where.sid:
+            await self.refuse(scope, send, 404, "not_found", "no such preview", html)
+            return
+        sid = where.sid
         if self.routes is None:
             self.routes = RouteCache(self.state.redis)
             self.routes.start()
@@ -90,17 +99,6 @@ class PreviewRouter:
     @property
     def state(self) -> State:
         return self.api.state
-
-    def preview_id(self, scope: Scope) -> str | None:
-        raw = header(scope, b"host")
-        if raw is None:
-            return None
-        host = raw.decode("latin-1").lower().rsplit(":", 1)[0]
-        if host.endswith(self.suffix):
-            label = host[: -len(self.suffix)]
-            if label and "." not in label:
-                return label
-        return None
 
     def _lifespan_receive(self, receive: Receive) -> Receive:
         async def wrapped() -> dict[str, object]:
@@ -135,24 +133,11 @@ class PreviewRouter:
             return
         token = self.query_token(scope)
         if token is not None and not is_ws:
-            if await self.too_many_failures(scope, failed=False):
-                await self.refuse(scope, send, 429, "rate_limited", TOO_MANY_FAILURES, html)
-                return
             await self.login(sid, route, token, scope, send, html)
             return
-        user = self.cookie_user(sid, scope)
-        if user is None or user != route.user:
-            if await self.too_many_failures(scope, failed=True):
-                await self.refuse(scope, send, 429, "rate_limited", TOO_MANY_FAILURES, html)
-                return
-            await self.refuse(
-                scope,
-                send,
-                401,
-                "unauthorized",
-                "open this preview from its link (the token is missing or expired)",
-                html,
-            )
+        if not self.auth.cookie_ok(sid, route.user, scope):
+            detail = "open this preview from its link (the token is missing or expired)"
+            await self.fail(sid, scope, send, 401, "unauthorized", detail, html)
             return
         if is_ws and not self.origin_ok(scope):
             await self.refuse(scope, send, 403, "forbidden", "cross-origin WebSocket", False)
@@ -201,7 +186,7 @@ class PreviewRouter:
     async def websocket(
         self, sid: str, route: Route, scope: Scope, receive: Receive, send: Send, host: str
     ) -> None:
-        client = (scope.get("client") or ("?", 0))[0]
+        client = client_address(scope)
         if self._ws_per_client.get(client, 0) >= self.settings.ws_max_per_client:
             instruments.RATE_LIMITED.labels("websockets_per_client").inc()  # observability hook
             await send({"type": "websocket.close", "code": 1008, "reason": "too many WebSockets"})
@@ -247,71 +232,24 @@ class PreviewRouter:
     async def login(
         self, sid: str, route: Route, token: str, scope: Scope, send: Send, html: bool
     ) -> None:
-        """Trade the URL's token for a cookie on this host, and drop the token from the URL."""
-        user = await self.check_token(token, sid)
-        if user is None or user != route.user:
-            await self.too_many_failures(scope, failed=True)
-            log.info(
-                "preview login refused sid=%s client=%s", sid, (scope.get("client") or ("?",))[0]
-            )
-            await self.refuse(
-                scope,
-                send,
-                401,
-                "invalid_token",
-                "the preview link has expired or is not yours: open it again",
-                html,
-            )
+        """Trade the URL's single-use token for a cookie on this host, and drop the token
+        from the URL (redirecting to this host only)."""
+        try:
+            user, detail = await self.auth.token_user(self.state.redis, sid, token)
+        except (RedisError, OSError):
+            instruments.REDIS_ERRORS.inc()  # observability hook
+            await self.refuse(scope, send, 503, "unavailable", "state store unreachable", html)
             return
-        value = sign(
-            self.settings.signing_secret, COOKIE_PURPOSE, sid, user, self.settings.cookie_ttl
-        )
-        cookie = f"{cookie_name(sid)}={value}; Path=/; Max-Age={self.settings.cookie_ttl}; HttpOnly"
-        if self.secure_context(scope):
-            # What an iframe needs: sent in third-party context, partitioned by top site.
-            cookie += "; Secure; SameSite=None; Partitioned"
+        if user is not None and user == route.user:
+            headers = self.auth.redirect_headers(sid, user, scope)
+        elif self.auth.cookie_ok(sid, route.user, scope):
+            # Signed in already (a reloaded link): the spent token adds nothing, nor harm.
+            headers = self.auth.redirect_headers(sid, None, scope)
         else:
-            # Browsers drop SameSite=None without Secure; on plain http (not localhost) the
-            # preview then works top-level but not inside a cross-site iframe.
-            cookie += "; SameSite=Lax"
-        query = [
-            (k, v)
-            for k, v in parse_qsl(
-                scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True
-            )
-            if k != "preview_token"
-        ]
-        location = scope.get("raw_path", b"").decode("latin-1") or scope["path"]
-        if query:
-            location += "?" + urlencode(query)
-        await send_body(
-            send,
-            302,
-            b"",
-            b"text/plain",
-            [(b"location", location.encode()), (b"set-cookie", cookie.encode())],
-        )
-
-    def secure_context(self, scope: Scope) -> bool:
-        """https, or a *.localhost host, which browsers treat as secure even over http."""
-        if self.settings.preview_scheme == "https" or scope.get("scheme") == "https":
-            return True
-        host = self.public_host(scope).lower().rsplit(":", 1)[0]
-        return host == "localhost" or host.endswith(".localhost")
-
-    def cookie_user(self, sid: str, scope: Scope) -> str | None:
-        prefix = cookie_name(sid) + "="
-        for name, value in scope["headers"]:
-            if name != b"cookie":
-                continue
-            assert isinstance(value, bytes)
-            for part in value.decode("latin-1").split(";"):
-                part = part.strip()
-                if part.startswith(prefix):
-                    return verify(
-                        self.settings.signing_secret, COOKIE_PURPOSE, sid, part[len(prefix) :]
-                    )
-        return None
+            log.info("preview login refused sid=%s client=%s", sid, client_address(scope))
+            await self.fail(sid, scope, send, 401, "invalid_token", detail or EXPIRED, html)
+            return
+        await send_body(send, 302, b"", b"text/plain", headers)
 
     def origin_ok(self, scope: Scope) -> bool:
         """A preview's WebSockets come from its own pages (the HMR client), nowhere else."""
@@ -349,27 +287,17 @@ class PreviewRouter:
                 }
             )
             return
-        extra = [(b"retry-after", str(self.auth_window).encode())] if status == 429 else None
+        extra = [(b"retry-after", str(self.auth.window).encode())] if status == 429 else None
         await error_page(scope, send, status, error, detail, html, extra)
 
-    async def too_many_failures(self, scope: Scope, failed: bool) -> bool:
-        """Failed authentications per client address have their own, stricter limit; a
-        client over it is refused before its token is even checked."""
-        client = (scope.get("client") or ("?",))[0]
-        key = keys.auth_failures(client)
-        try:
-            if failed:
-                async with self.state.redis.pipeline(transaction=True) as pipe:
-                    pipe.incr(key)
-                    pipe.expire(key, self.auth_window, nx=True)
-                    count, _ = await pipe.execute()
-            else:
-                count = int(await self.state.redis.get(key) or 0)
-        except (RedisError, OSError):
-            return False  # the limit is a guard, not a dependency
-        # Checking: refuse once the limit is used up. Counting: this failure is allowed
-        # through as a 401 while it is within the limit.
-        return int(count) > self.auth_limit if failed else int(count) >= self.auth_limit
+    async def fail(
+        self, sid: str, scope: Scope, send: Send, status: int, error: str, detail: str, html: bool
+    ) -> None:
+        """Refuse a failed authentication: `status` while this client is within its limit
+        on this preview, 429 past it (gateway/preview_auth.py)."""
+        if await self.auth.over_limit(self.state.redis, sid, scope):
+            status, error, detail = 429, "rate_limited", TOO_MANY_FAILURES
+        await self.refuse(scope, send, status, error, detail, html)
 
     # --- readiness and activity -------------------------------------------------------------
 

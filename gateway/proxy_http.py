@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 from gateway.asgi_types import Receive, Scope, Send, header
+from gateway.cookies import strip_ours, upstream_set_cookie
 from gateway.pages import error_page
 from gateway.upstream import (
     UpstreamError,
@@ -106,10 +107,10 @@ def upstream_headers(
 
 
 def strip_cookie(header: bytes, name: bytes) -> bytes:
-    """The Cookie header without our auth cookie (it must never reach the dev server)."""
-    prefix = name + b"="
-    kept = [p for p in (c.strip() for c in header.split(b";")) if p and not p.startswith(prefix)]
-    return b"; ".join(kept)
+    """The Cookie header without our auth cookie `name`, nor anything else named like one
+    of ours (another preview's, or junk planted for the parent domain): none of them is
+    the dev server's business."""
+    return strip_ours(header)
 
 
 # Hop-by-hop, plus Date: hypercorn adds its own, and two Date headers confuse caches.
@@ -121,8 +122,14 @@ def response_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, by
     out = []
     for name, value in headers:
         lower = name.lower()
-        if lower not in _RESPONSE_DROP and lower not in named:
-            out.append((lower, value))
+        if lower in _RESPONSE_DROP or lower in named:
+            continue
+        if lower == b"set-cookie":
+            kept = upstream_set_cookie(value)  # host-only, never one of ours
+            if kept is None:
+                continue
+            value = kept
+        out.append((lower, value))
     return out
 
 

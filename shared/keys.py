@@ -103,9 +103,16 @@ def activity(sid: str) -> str:
     return f"{PREFIX}s:{sid}:active"
 
 
-def auth_failures(client: str) -> str:
-    """Counter of failed preview authentications from one client address (fixed window)."""
-    return f"{PREFIX}authfail:{client}"
+def auth_failures(sid: str, client: str) -> str:
+    """Counter of failed authentications on one preview from one client address (fixed
+    window): strangers' failures on the same address or preview never add up to a limit."""
+    return f"{PREFIX}authfail:{sid}:{client}"
+
+
+def open_token_used(nonce: str) -> str:
+    """String with a TTL (the token's lifetime): this open_url token was traded for a
+    cookie already (single use, across every gateway replica)."""
+    return f"{PREFIX}open-used:{nonce}"
 
 
 ROUTE_CHANGES = f"{PREFIX}route-changes"  # pub/sub channel: a session id whose route changed

@@ -8,6 +8,7 @@ machine with a local Docker engine and a local Redis.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -70,6 +71,20 @@ class Settings:
     preview_port: int = _setting(
         8080, "Port shown in preview URLs (0 = none, e.g. 443 behind a TLS proxy).", int
     )
+    api_hosts: tuple[str, ...] = _setting(
+        (),
+        "Host names the API, /admin and /metrics answer on, comma-separated (* = any). "
+        "Empty: PREVIEW_PUBLIC_URL's host, localhost and IP literals. Never a host under "
+        "PREVIEW_DOMAIN, which only serves previews.",
+        _list,
+    )
+    trusted_proxies: tuple[str, ...] = _setting(
+        (),
+        "Proxies (CIDRs, comma-separated) whose X-Forwarded-For/-Proto are believed: the "
+        "client is the rightmost hop not in this list. Empty: trust none (the TCP peer is "
+        "the client); set it to the TLS proxy's address, or every client shares that one.",
+        _list,
+    )
     # --- auth ---------------------------------------------------------------------------
     jwt_secret: str = _setting(
         "dev-secret-change-me-before-production-use",
@@ -94,7 +109,9 @@ class Settings:
     rate_limit_starts: str = _setting("10/minute", "Preview starts per user (slowapi syntax).")
     rate_limit_reads: str = _setting("300/minute", "API reads per user (slowapi syntax).")
     rate_limit_auth_failures: str = _setting(
-        "20/minute", "Failed preview authentications per client address."
+        "20/minute",
+        "Failed authentications per client address (API), per preview and client address "
+        "(preview hosts); a valid token or cookie is never refused by it.",
     )
     max_upload_bytes: int = _setting(
         50 * 1024 * 1024, "Largest upload (archive or single file), bytes.", int
@@ -345,6 +362,13 @@ class Settings:
             )
         if self.upstream_head_timeout <= 0:
             raise SettingsError("PREVIEW_UPSTREAM_HEAD_TIMEOUT must be positive")
+        for cidr in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise SettingsError(
+                    f"PREVIEW_TRUSTED_PROXIES: not an address or CIDR: {cidr!r}"
+                ) from None
         if self.cache_max_bytes < 0:
             raise SettingsError("PREVIEW_CACHE_MAX_BYTES must not be negative")
         if not 1 <= self.cache_zstd_level <= 22 or not 0 <= self.cache_zstd_threads <= 64:

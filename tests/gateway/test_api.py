@@ -16,8 +16,7 @@ import pytest
 from redis import Redis as SyncRedis
 
 from gateway import api
-from gateway.preview_tokens import OPEN_PURPOSE
-from gateway.signed import verify
+from gateway.preview_tokens import token_user
 from shared import keys
 from shared.redis_types import text
 from shared.settings import Settings
@@ -83,7 +82,8 @@ def test_start_hot_start_read_and_stop(gateway: GatewayProcess, sync_redis: Sync
     assert preview["url"] == f"http://{sid}.preview.localhost:8080/"
     assert preview["open_url"].startswith(preview["url"] + "?preview_token=")
     open_token = preview["open_url"].split("preview_token=", 1)[1]
-    assert verify(Settings().signing_secret, OPEN_PURPOSE, sid, open_token) == "alice"
+    found = token_user(Settings(), sid, open_token)
+    assert found is not None and found[0] == "alice"
     assert preview["state"] == "assigned" and "acquire" in preview["timings"]
 
     hot = start(gateway)

@@ -343,13 +343,14 @@ def test_unread_request_bodies_do_not_wedge_the_connection(
     env, host, cookie = target
     port = env.gateway.port
     refused = (
-        b"PUT /v1/previews/x/files HTTP/1.1\r\nHost: api\r\nContent-Length: 12\r\n\r\n[null, null]"
+        b"PUT /v1/previews/x/files HTTP/1.1\r\nHost: localhost\r\n"
+        b"Content-Length: 12\r\n\r\n[null, null]"
     )
     with socket.create_connection(("127.0.0.1", port), 10) as sock:
         for _ in range(3):
             sock.sendall(refused)
             assert status_of(read_one(sock)) == 401
-        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: api\r\n\r\n")
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
         assert status_of(read_one(sock)) == 200
     for body in (b"abcd", b"a" * (1 << 20)):
         raw = head(host, cookie) + b"Content-Length: %d\r\nTransfer-Encoding: chunked\r\n" % 4

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import secrets
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -226,13 +227,13 @@ def test_malformed_authorization_headers(env: ProxyEnv) -> None:
         "tab_separated": b"Bearer\t" + good,
     }
     for name, value in heads.items():
-        head = b"GET /v1/previews HTTP/1.1\r\nHost: x\r\nAuthorization: " + value + b"\r\n"
+        head = b"GET /v1/previews HTTP/1.1\r\nHost: localhost\r\nAuthorization: " + value + b"\r\n"
         status, body = raw_request(port, head)
         assert status == 401, (name, status, body[:200])
         parsed = json.loads(body)
         assert set(parsed) == {"error", "detail"} and parsed["error"] == "invalid_token", name
     # Two Authorization headers: refused, never "first one wins" with the second ignored.
-    head = b"GET /v1/previews HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer junk\r\n"
+    head = b"GET /v1/previews HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer junk\r\n"
     status, _ = raw_request(port, head + b"Authorization: Bearer " + good + b"\r\n")
     assert status == 401
 
@@ -291,34 +292,51 @@ def _respelled(encoded: str) -> str:
 
 
 def _preview_tokens(sid: str, pem: bytes, jwks: bytes, where: str) -> dict[str, str]:
-    """name → hostile `preview_token` (or cookie value) for the preview `sid` of alice."""
+    """name → hostile `preview_token` (or cookie value) for the preview `sid` of alice.
+
+    A link token is `nonce.user.exp.mac` signed for `sid/nonce`, a cookie `user.exp.mac`
+    for `sid`: the mutations keep the nonce of a link token, so they test the signature."""
     now = int(time.time())
-    good = sign(SIGNING, "open", sid, "alice", 60)
-    user, exp, mac = good.split(".")
-    return {
+    nonce = secrets.token_urlsafe(12) if where == "query" else ""
+    purpose, other = ("open", "cookie") if where == "query" else ("cookie", "open")
+
+    def signed(purpose: str, sid: str, user: str, ttl: int, secret: str = SIGNING) -> str:
+        bound = f"{sid}/{nonce}" if nonce else sid
+        value = sign(secret, purpose, bound, user, ttl)
+        return f"{nonce}.{value}" if nonce else value
+
+    good = signed(purpose, sid, "alice", 60)
+    pre = f"{nonce}." if nonce else ""
+    user, exp, mac = good.removeprefix(pre).split(".")
+    cases = {
         **{f"jwt_{name}": raw for name, raw in corpus(pem, jwks).items()},
         "bob_jwt": _jwt(sub="bob"),
-        "expired_open": sign(SIGNING, "open", sid, "alice", -5),
-        "other_preview": sign(SIGNING, "open", "0" * 16, "alice", 60),
-        "other_user": sign(SIGNING, "open", sid, "bob", 60),
+        "alice_jwt": _good(),  # the owner's own JWT: never accepted in a URL (nor cookie)
+        "expired_open": signed(purpose, sid, "alice", -5),
+        "other_preview": signed(purpose, "0" * 16, "alice", 60),
+        "other_user": signed(purpose, sid, "bob", 60),
         # A value made for the other use: a cookie as a link token, a link token as cookie.
-        "other_purpose": sign(SIGNING, "cookie" if where == "query" else "open", sid, "alice", 60),
-        "wrong_secret": sign("guessed-secret", "open", sid, "alice", 60),
+        "other_purpose": signed(other, sid, "alice", 60),
+        "wrong_secret": signed(purpose, sid, "alice", 60, "guessed-secret"),
         "mac_truncated": good[:-4],
-        "mac_empty": f"{user}.{exp}.",
-        "exp_extended": f"{user}.{now + 10**6}.{mac}",
-        "exp_not_a_number": f"{user}.soon.{mac}",
-        "exp_underscored": f"{user}.{exp[:3]}_{exp[3:]}.{mac}",
-        "user_swapped": f"{_b64(b'bob')}.{exp}.{mac}",
-        "user_other_spelling": f"{_respelled(user)}.{exp}.{mac}",
-        "exp_leading_zero": f"{user}.0{exp}.{mac}",
-        "user_bad_base64": f"!!!.{exp}.{mac}",
-        "user_not_utf8": f"{_b64(bytes([0xFF, 0xFE]))}.{exp}.{mac}",
+        "mac_empty": f"{pre}{user}.{exp}.",
+        "exp_extended": f"{pre}{user}.{now + 10**6}.{mac}",
+        "exp_not_a_number": f"{pre}{user}.soon.{mac}",
+        "exp_underscored": f"{pre}{user}.{exp[:3]}_{exp[3:]}.{mac}",
+        "user_swapped": f"{pre}{_b64(b'bob')}.{exp}.{mac}",
+        "user_other_spelling": f"{pre}{_respelled(user)}.{exp}.{mac}",
+        "exp_leading_zero": f"{pre}{user}.0{exp}.{mac}",
+        "user_bad_base64": f"{pre}!!!.{exp}.{mac}",
+        "user_not_utf8": f"{pre}{_b64(bytes([0xFF, 0xFE]))}.{exp}.{mac}",
         "unicode": "ålice.☃.✓",
         "huge": good + "A" * 5000,
         "empty": "",
         "dots": "..",
     }
+    if nonce:  # a link token without its nonce (the old format), or with another one
+        cases["unbound"] = sign(SIGNING, purpose, sid, "alice", 60)
+        cases["nonce_swapped"] = f"{secrets.token_urlsafe(12)}.{user}.{exp}.{mac}"
+    return cases
 
 
 @pytest.mark.parametrize("where", ["query", "cookie"])
@@ -342,11 +360,10 @@ def test_the_corpus_is_401_on_a_preview_host(
             assert_refused(response, raw, error)
             assert "set-cookie" not in response.headers, name
         # The real ones pass (the upstream is down, so the proxy's 502 is the proof).
-        opened = client.get("/", params={"preview_token": sign(SIGNING, "open", sid, "alice", 60)})
+        opened = client.get("/", params={"preview_token": env.token(sid)})
         assert opened.status_code == 302
         cookie = opened.headers["set-cookie"].split(";", 1)[0]
         assert client.get("/", headers={"cookie": cookie}).status_code == 502
-        assert client.get("/", params={"preview_token": _good()}).status_code == 302
     log = env.gateway.log()
     assert not [n for n, raw in cases.items() if len(raw) > 40 and raw[-40:] in log]
 
