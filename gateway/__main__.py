@@ -16,7 +16,9 @@ import uvloop
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
-from shared.settings import Settings
+from gateway.auth import AuthConfigError
+from gateway.exposure import check_gateway
+from shared.settings import Settings, SettingsError
 
 log = logging.getLogger("gateway")
 MAX_REQUEST_HEAD = 64 * 1024  # bytes; what hypercorn reads at once
@@ -53,6 +55,9 @@ async def serve_gateway() -> None:
         loop.add_signal_handler(sig, stop.set)
 
     config = hypercorn_config(settings)
+    # Before a socket is bound: a gateway on built-in secrets must not listen beyond this
+    # machine even for a moment. config.bind is exactly what hypercorn binds next.
+    check_gateway(settings, config.bind)
 
     async def shutdown_trigger() -> None:
         await stop.wait()
@@ -67,7 +72,12 @@ async def serve_gateway() -> None:
 
 
 def main() -> int:
-    uvloop.run(serve_gateway())
+    try:
+        uvloop.run(serve_gateway())
+    except (SettingsError, AuthConfigError) as exc:
+        # A configuration mistake is the operator's to fix: the message, no traceback.
+        print(f"preview-gateway: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -8,6 +8,10 @@ gateway, so it works when no gateway answers. ``--json`` prints machine-readable
     previewctl drain HOST | undrain HOST
     previewctl token --sub USER [--admin] [--ttl S]
     previewctl dashboard [--sub USER] [--ttl S]
+
+Beside `scripts/run` it needs no settings: a PREVIEW_* variable missing from the
+environment is taken from that run's record, .state/run.env (the Redis URL with its
+password, the generated secrets); a variable set in the environment wins.
 """
 
 from __future__ import annotations
@@ -15,14 +19,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import jwt
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import (
+    AuthenticationError,
+    AuthenticationWrongNumberOfArgsError,
+    AuthorizationError,
+    NoPermissionError,
+    RedisError,
+    ResponseError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway import live
 from gateway.background import Background
@@ -32,9 +48,83 @@ from gateway.previews import Previews
 from gateway.record_store import RecordStore
 from gateway.recorder import Recorder
 from gateway.stats import stats
-from shared.settings import Settings
+from shared.settings import Settings, SettingsError
 
 RELEASE_DEADLINE = 90.0  # a stopped session's container reset, at most
+RUN_ENV = "run.env"  # written by scripts/run into its state directory
+CHECKOUT = Path(__file__).resolve().parent.parent
+# Redis's answers to a login it refuses, whichever protocol step notices first.
+LOGIN_REFUSED = ("NOAUTH", "WRONGPASS", "HELLO must be called", "invalid password", "AUTH <pass")
+
+
+def run_env_candidates(environ: Mapping[str, str]) -> list[Path]:
+    """Where a local run's record may be: the state directory named in the environment,
+    else ./.state and this checkout's .state (previewctl run from elsewhere)."""
+    if environ.get("PREVIEW_STATE_DIR"):
+        return [Path(environ["PREVIEW_STATE_DIR"]) / RUN_ENV]
+    return list(dict.fromkeys([Path(".state").resolve() / RUN_ENV, CHECKOUT / ".state" / RUN_ENV]))
+
+
+def read_run_env(path: Path) -> dict[str, str] | None:
+    """PREVIEW_* lines of a run record; None when absent or not private to this user
+    (another user's file must not point us at their Redis or hand us their secrets)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    with os.fdopen(fd, encoding="utf-8", errors="replace") as file:
+        info = os.fstat(file.fileno())
+        if info.st_uid != os.getuid() or info.st_mode & 0o077:
+            print(f"previewctl: ignoring {path}: not private to this user", file=sys.stderr)
+            return None
+        values = {}
+        for line in file:
+            name, sep, value = line.rstrip("\n").partition("=")
+            if sep and name.startswith("PREVIEW_"):
+                values[name] = value
+        return values
+
+
+def environment(environ: Mapping[str, str]) -> tuple[dict[str, str], Path | None]:
+    """The environment with a local run's settings under it, and the record used."""
+    for path in run_env_candidates(environ):
+        found = read_run_env(path)
+        if found is not None:
+            return {**found, **environ}, path
+    return dict(environ), None
+
+
+def redis_problem(exc: RedisError, url: str, source: Path | None) -> str:
+    """One line saying what to set when Redis cannot be used, never a protocol error."""
+    try:
+        parts = urlsplit(url)
+        where = f"{parts.hostname or '127.0.0.1'}:{parts.port or 6379}"
+    except ValueError:
+        where = "(unparsable PREVIEW_REDIS_URL)"
+    origin = f" (PREVIEW_REDIS_URL from {source})" if source else ""
+    message = str(exc)
+    if isinstance(exc, AuthenticationError | AuthenticationWrongNumberOfArgsError) or (
+        isinstance(exc, ResponseError) and any(m in message for m in LOGIN_REFUSED)
+    ):
+        return (
+            f"previewctl: Redis at {where} refused the login (wrong or missing password)"
+            f"{origin}: set PREVIEW_REDIS_URL=redis://[USER]:PASSWORD@{where}/0"
+        )
+    if isinstance(exc, AuthorizationError | NoPermissionError):
+        return (
+            f"previewctl: Redis at {where} denied a command to this user{origin}: set "
+            "PREVIEW_REDIS_URL to the credentials the gateway uses"
+        )
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+        why = " (timed out)" if isinstance(exc, RedisTimeoutError) or "imeout" in message else ""
+        cause = exc.__cause__ or exc.__context__
+        refused = isinstance(cause, ConnectionRefusedError) or "refused" in message.lower()
+        why = " (connection refused)" if refused or "Error 111 " in message else why
+        return (
+            f"previewctl: cannot reach Redis at {where}{why}{origin}: start it (scripts/run) "
+            "or set PREVIEW_REDIS_URL to the gateway's Redis"
+        )
+    return f"previewctl: Redis at {where}: {message.splitlines()[0] if message else type(exc)}"
 
 
 def mint_token(settings: Settings, sub: str, ttl: int, admin: bool) -> str:
@@ -233,7 +323,12 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    settings = Settings.from_env()
+    env, source = environment(os.environ)
+    try:
+        settings = Settings.from_env(env)
+    except SettingsError as exc:
+        print(f"previewctl: {exc}", file=sys.stderr)
+        return 2
     if args.command == "token":
         print(mint_token(settings, args.sub, args.ttl, args.admin))
         return 0
@@ -241,9 +336,14 @@ def main(argv: list[str] | None = None) -> int:
         token = mint_token(settings, args.sub, args.ttl, admin=True)
         print(f"{settings.public_url.rstrip('/')}/admin#token={token}")
         return 0
+    # Name the run record in a Redis problem only when the URL came from it.
+    url_from = None if "PREVIEW_REDIS_URL" in os.environ else source
     try:
         return asyncio.run(run(settings, args))
-    except (RedisError, OSError) as exc:
+    except RedisError as exc:
+        print(redis_problem(exc, settings.redis_url, url_from), file=sys.stderr)
+        return 1
+    except OSError as exc:
         print(f"previewctl: {exc}", file=sys.stderr)
         return 1
 

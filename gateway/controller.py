@@ -22,6 +22,7 @@ from gateway.background import Background
 from gateway.containers import ContainerError, Containers
 from gateway.docker_runtime import DockerRuntime, DockerRuntimeError
 from gateway.endings import Endings
+from gateway.exposure import check_controller
 from gateway.hosts import HostMonitor
 from gateway.leader import LeaderLease
 from gateway.logs import configure_logging
@@ -207,9 +208,16 @@ async def run(settings: Settings) -> None:
 
 
 def main() -> int:
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+        check_settings(settings)
+        # The deployment's secrets, refused here too when it reaches beyond this machine
+        # (gateway/exposure.py says why the controller checks what it does not use).
+        check_controller(settings)
+    except SettingsError as exc:
+        print(f"preview-controller: {exc}", file=sys.stderr)
+        return 2
     configure_logging(settings)
-    check_settings(settings)
     init_sentry(settings, "controller", starlette=False)
 
     async def serve() -> None:

@@ -94,3 +94,26 @@ bridge_ip() {
 ensure_image() {
   "$ROOT/scripts/build-image" | tail -1
 }
+
+# scripts/run's own secrets (PREVIEW_JWT_SECRET, PREVIEW_SIGNING_SECRET): generated once into
+# $STATE/secrets (0600 files in a 0700 directory) and reused, so tokens and preview cookies
+# outlive a restart; a value already in the environment wins. The built-in defaults are
+# published in the source: a gateway on them refuses to listen beyond loopback.
+ensure_local_secrets() {
+  local dir="$STATE/secrets" name var
+  (umask 077 && mkdir -p "$dir") && chmod 700 "$dir"
+  for name in jwt_secret signing_secret; do
+    [ -s "$dir/$name" ] || (umask 077 &&
+      head -c 48 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' > "$dir/$name.new" &&
+      mv "$dir/$name.new" "$dir/$name")
+    var="PREVIEW_${name^^}"
+    [ -n "${!var:-}" ] || export "$var=$(cat "$dir/$name")"
+  done
+}
+
+# Record the PREVIEW_* settings this run passes (the Redis URL with its password, the
+# secrets) in $STATE/run.env, 0600: previewctl in another shell reads what it lacks there.
+write_run_env() {
+  (umask 077 && env | grep -E '^PREVIEW_[A-Z0-9_]+=' | sort > "$STATE/run.env.new" &&
+    mv "$STATE/run.env.new" "$STATE/run.env")
+}
