@@ -174,6 +174,8 @@ def second_engine(bridge: str, address: str, btrfs: bool) -> Iterator[Engine]:
         with contextlib.suppress(subprocess.CalledProcessError):
             _ip("link", "del", bridge)
         _drop_iptables_rules(bridge, address.rsplit(".", 1)[0] + ".")
+        # Its btrfs data root (and what dockerd mounted inside it) before the files go.
+        subprocess.run(["umount", "-R", str(root / "data")], capture_output=True, check=False)
         subprocess.run(["umount", "-R", str(root)], capture_output=True, check=False)
         shutil.rmtree(root, ignore_errors=True)
 
