@@ -15,13 +15,13 @@ import errno
 import json
 import subprocess
 
-from gateway.docker_runtime import SHM_BYTES
 from shared import keys
 from tests.faults.conftest import SystemFactory, docker_has
 from tests.utils import wait_until
 
 BUDGET_MB = 96
 MIB = 1 << 20
+SHM_BYTES = 64 * MIB  # /dev/shm (gateway.docker_runtime.SHM_BYTES; Docker's default too)
 CACHE = "/workspace/node_modules/.cache/babel-loader"
 DISK_PLACES = ("/tmp", "/var/tmp", "/home/app", "/workspace")
 # Each place is written until the kernel refuses, or up to this much: on an engine that
