@@ -80,6 +80,15 @@ class BtrfsQuota:
         qgroup = sysfs / fsid / "qgroups" / f"0_{tree}"
         return cls(qgroup, root) if (qgroup / "referenced").exists() else None
 
+    def consistent(self) -> bool:
+        """False when the kernel marked the filesystem's quotas inconsistent: it then
+        enforces no limit at all (full accounting after Docker removed a container, on
+        current kernels; scripts/btrfs-quota explains)."""
+        try:
+            return (self.qgroup.parent / "inconsistent").read_text().strip() != "1"
+        except OSError:
+            return True  # kernels before 5.9's sysfs files: nothing to tell
+
     def _value(self, name: str) -> int:
         return int((self.qgroup / name).read_text())
 

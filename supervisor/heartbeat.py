@@ -46,11 +46,23 @@ class DiskMeter:
         self.quota = BtrfsQuota.find(root)
         self.sample = DiskSample(0, 0)
         self._measured = -DISK_REFRESH
+        self._consistent = True
+
+    def _check_consistent(self, quota: BtrfsQuota) -> None:
+        consistent = quota.consistent()
+        if not consistent and self._consistent:
+            log.error(
+                "btrfs quotas on this host are inconsistent: the kernel enforces no "
+                "PREVIEW_CONTAINER_DISK_MB bound (run scripts/btrfs-quota on the engine's "
+                "data root for simple quotas)"
+            )
+        self._consistent = consistent
 
     async def read(self, ctx: Context) -> DiskSample:
         if self.quota is not None:
             try:
                 self.sample = self.quota.sample()
+                self._check_consistent(self.quota)
                 return self.sample
             except OSError as exc:
                 log.warning("disk quota not readable any more, falling back: %s", exc)

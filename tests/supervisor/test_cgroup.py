@@ -156,6 +156,16 @@ def test_btrfs_quota_with_full_accounting_leaves_the_shared_image_out(tmp_path: 
     assert quota.sample() == DiskSample(used=10 << 20, total=100 << 20)
 
 
+def test_btrfs_quota_tells_when_the_kernel_stopped_enforcing(tmp_path: Path) -> None:
+    (tmp_path / "0_300").mkdir()
+    quota = _qgroup(tmp_path / "0_300", referenced=1, exclusive=1, max_referenced=2)
+    assert quota.consistent()  # no status file: nothing to tell
+    (tmp_path / "inconsistent").write_text("0\n")
+    assert quota.consistent()
+    (tmp_path / "inconsistent").write_text("1\n")
+    assert not quota.consistent()
+
+
 def test_btrfs_quota_without_a_limit_reports_the_filesystem_free_space(tmp_path: Path) -> None:
     quota = _qgroup(tmp_path, referenced=5 << 20, exclusive=5 << 20, max_referenced=0,
                     limit_flags=0)  # fmt: skip
