@@ -9,12 +9,13 @@ of milliseconds per 10k files and /tmp or $HOME may hold any number. The two ids
 ioctls that need no capability: BTRFS_IOC_FS_INFO (fsid) and BTRFS_IOC_INO_LOOKUP of the
 subvolume's root directory (which the kernel answers for anyone with its tree id).
 
-- used = exclusive + reservations: the extents only this container holds (whatever it
-  wrote, wherever), plus writes the next transaction commit (up to 30 s away) has not
-  counted yet, which the kernel already holds against the limit.
-- total = used + free, free = max_referenced - referenced - reservations. With simple
-  quotas (what scripts/btrfs-quota sets up) referenced is exclusive and total the limit;
-  with full accounting referenced also counts the image's files the container shares.
+- used = exclusive + rsv_data: the extents only this container holds (whatever it wrote,
+  wherever), plus data written that the next transaction commit (up to 30 s away) has not
+  counted yet, which the kernel already holds against the limit. Metadata reservations
+  are left out: estimates that come and go by megabytes with every commit.
+- total = max_referenced - (referenced - exclusive): the limit, less the image's files the
+  container shares when accounting is full (with simple quotas, what scripts/btrfs-quota
+  sets up, referenced is exclusive and total the limit itself).
 
 Other storage drivers: see ``heartbeat.DiskMeter``.
 """
@@ -37,7 +38,6 @@ _INO_LOOKUP = 0xD0009412
 _INO_LOOKUP_SIZE = 4096
 _FIRST_FREE_OBJECTID = 256  # a subvolume's root directory
 _LIMIT_MAX_RFER = 1  # BTRFS_QGROUP_LIMIT_MAX_RFER in limit_flags
-_RESERVATIONS = ("rsv_data", "rsv_meta_pertrans", "rsv_meta_prealloc")
 
 
 @dataclass(frozen=True)
@@ -94,25 +94,18 @@ class BtrfsQuota:
 
     def sample(self) -> DiskSample:
         """OSError when the qgroup went away (quotas turned off)."""
-        reserved = 0
-        for name in _RESERVATIONS:
-            try:
-                reserved += self._value(name)
-            except (OSError, ValueError):
-                continue  # older kernels have fewer of them
         try:
             exclusive, referenced = self._value("exclusive"), self._value("referenced")
             limited = self._value("limit_flags") & _LIMIT_MAX_RFER
             limit = self._value("max_referenced") if limited else 0
+            pending = self._value("rsv_data")
         except ValueError as exc:
             raise OSError(f"unreadable qgroup {self.qgroup}: {exc}") from None
-        used = exclusive + reserved
+        used = exclusive + pending
         if limit:
-            free = limit - referenced - reserved
-        else:  # no bound: what the filesystem has left
-            st = os.statvfs(self.root)
-            free = st.f_bavail * st.f_frsize
-        return DiskSample(used=used, total=used + max(free, 0))
+            return DiskSample(used=used, total=limit - (referenced - exclusive))
+        st = os.statvfs(self.root)  # no bound: what the filesystem has left
+        return DiskSample(used=used, total=used + st.f_bavail * st.f_frsize)
 
 
 def statvfs_sample(path: Path) -> DiskSample:
