@@ -83,6 +83,11 @@ def test_code_cannot_write_past_the_bound_anywhere_and_the_rule_recycles(
     assert result["/dev/shm"][0] <= SHM_BYTES, result
     assert result["/cache"][0] == 0, result
 
+    # An editor's save that no longer fits is refused saying why (a 4xx, not a 500).
+    saved = system.api("PUT", f"/v1/previews/{sid}/files/big.bin", content=b"x" * (4 * MIB))
+    assert saved.status_code == 409, saved.text
+    assert "quota" in saved.json()["detail"].lower(), saved.text
+
     # The heartbeat reports what was written (not the workspace's few KiB), against the
     # container's bound.
     def reported() -> bool:
