@@ -64,10 +64,15 @@ ensure_btrfs_root() {
 }
 
 # Simple quotas on the engine's btrfs, before (or whatever) Docker enabled: idempotent.
+# Docker cannot delete a removed container's quota group (still in use while the kernel
+# drops the subvolume; it logs "Failed to delete btrfs qgroup"): the empty ones go here.
 ensure_btrfs_quota() {
   local root="$1"
   [ "$(stat -f -c %T "$root" 2>/dev/null)" = btrfs ] || return 0
-  as_root python3 "$ROOT/scripts/btrfs-quota" "$root" >&2 && return 0
+  if as_root python3 "$ROOT/scripts/btrfs-quota" "$root" >&2; then
+    as_root btrfs qgroup clear-stale "$root" >/dev/null 2>&1 || true
+    return 0
+  fi
   say "containers cannot be held to PREVIEW_CONTAINER_DISK_MB on this kernel: set it to 0, or run Docker on overlay2 over XFS mounted with pquota"
   return 0
 }
