@@ -111,6 +111,19 @@ return 1
 """
 
 
+# Share of a container's disk bound past which the disk rule acts (the kernel refuses
+# writes at the bound itself): caches cleaned, then recycled; not pooled again.
+DISK_FULL = 0.85
+
+
+def disk_bound(settings: Settings, heartbeat: Heartbeat) -> int:
+    """Bytes a container may write: what its heartbeat reports as its bound (the kernel's,
+    less what the filesystem spends on the image), else PREVIEW_CONTAINER_DISK_MB; 0 when
+    that is 0 (unbounded: the disk rule does not apply)."""
+    budget = settings.container_disk_mb * 1024 * 1024
+    return min(budget, heartbeat.disk_total) if heartbeat.disk_total else budget
+
+
 class ContainerError(Exception):
     """A container could not be had or did not do what it was told."""
 
@@ -257,6 +270,7 @@ class Containers:
             "PREVIEW_CACHE_MAX_BYTES": str(s.cache_max_bytes),
             "PREVIEW_CACHE_ZSTD_LEVEL": str(s.cache_zstd_level),
             "PREVIEW_CACHE_ZSTD_THREADS": str(s.cache_zstd_threads),
+            "PREVIEW_CONTAINER_DISK_MB": str(s.container_disk_mb),
         }
         if s.sentry_dsn:
             env["PREVIEW_SENTRY_DSN"] = s.sentry_dsn
@@ -451,9 +465,10 @@ class Containers:
         heartbeat = await self.heartbeat(found["cid"])
         if heartbeat is None:
             return "unhealthy", "stopped heartbeating"
-        if heartbeat.disk_used > s.container_disk_mb * 1024 * 1024:
+        bound = disk_bound(s, heartbeat)
+        if bound and heartbeat.disk_used > DISK_FULL * bound:
             used = heartbeat.disk_used >> 20
-            return "disk_budget", f"workspace uses {used} MiB, over {s.container_disk_mb} MiB"
+            return "disk_budget", f"it used {used} of its {bound >> 20} MiB of disk"
         return None
 
     async def release(self, cid: str, owner: str | None, budget_bytes: int | None = None) -> bool:

@@ -6,6 +6,16 @@ bridge network, on which containers cannot talk to each other (ICC off): on Dock
 default bridge one preview's code could reach another preview's dev server directly,
 bypassing the gateway's auth. All engine and transport failures surface as one exception
 type, :class:`DockerRuntimeError`.
+
+Disk: the kernel holds what a container writes, anywhere (/workspace, $HOME, /tmp,
+/var/tmp...), to PREVIEW_CONTAINER_DISK_MB through the storage driver's ``size`` option:
+a btrfs qgroup (simple quotas, which count the container's own writes, not the image it
+shares: scripts/btrfs-quota), a zfs quota, an XFS project quota under overlay2. An engine
+whose driver cannot do that is refused by name (:func:`storage_problem`) rather than run
+previews unbounded.
+The other places a preview can write are not disk: /dev/shm is a tmpfs of ``SHM_BYTES``
+charged to the container's memory limit; /cache is root's (the supervisor's, bounded by
+PREVIEW_CACHE_MAX_BYTES); the json-file log is capped by ``LogConfig``.
 """
 
 from __future__ import annotations
@@ -14,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +49,14 @@ CAPABILITIES = ("CHOWN", "SETUID", "SETGID", "KILL", "DAC_OVERRIDE", "FOWNER")
 # Created on each engine on first use; outbound traffic (registries, git) still works.
 NETWORK = "preview-isolated"
 _NO_ICC = "com.docker.network.bridge.enable_icc"
+# /dev/shm: RAM (counted against the memory limit), Docker's own default made explicit.
+SHM_BYTES = 64 << 20
+# Drivers whose `size` storage option the kernel enforces. overlay2 (and vfs) only over
+# XFS, and only when it is mounted with pquota: Docker refuses the option at create
+# otherwise, which `docker info` does not tell in advance.
+_SIZED_DRIVERS = ("btrfs", "zfs")
+_SIZED_ON_XFS = ("overlay2", "vfs")
+STORAGE_CHECK_TTL = 60.0  # seconds a host's storage verdict is trusted
 
 
 class DockerRuntimeError(Exception):
@@ -91,6 +110,25 @@ def _tls_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
+def storage_problem(info: Mapping[str, Any], disk_mb: int) -> str | None:
+    """Why this engine (its ``docker info``) cannot hold a container to ``disk_mb`` MiB,
+    naming the setting and the fix; None when it can, or when no bound is asked (0)."""
+    if disk_mb <= 0:
+        return None
+    driver = str(info.get("Driver") or "unknown")
+    status = {str(k): str(v) for k, v in info.get("DriverStatus") or []}
+    backing = status.get("Backing Filesystem", "")
+    if driver in _SIZED_DRIVERS or (driver in _SIZED_ON_XFS and backing == "xfs"):
+        return None
+    on = f"{driver} on {backing}" if backing else driver
+    return (
+        f"its storage driver ({on}) cannot limit a container's disk, and "
+        f"PREVIEW_CONTAINER_DISK_MB={disk_mb} asks for that: run dockerd with "
+        "--storage-driver btrfs on a btrfs data root (scripts/setup does), or overlay2 on "
+        "XFS mounted with pquota; PREVIEW_CONTAINER_DISK_MB=0 runs previews unbounded"
+    )
+
+
 def _host_name(url: str) -> str:
     """A short, label-safe name for an engine URL."""
     if url.startswith("unix://"):
@@ -108,6 +146,7 @@ class DockerHost:
         ssl_context = _tls_context(settings) if url.startswith("tcp://") else None
         self._docker = aiodocker.Docker(url=url, ssl_context=ssl_context)
         self._network_lock = asyncio.Lock()
+        self._storage: tuple[float, str | None] | None = None  # (checked at, problem)
 
     async def close(self) -> None:
         await self._docker.close()
@@ -118,10 +157,12 @@ class DockerHost:
         except aiodocker.DockerError as exc:
             if exc.status < _TRANSPORT_ERROR:
                 raise DockerRuntimeError(self.name, f"{what}: {exc.message}", exc.status) from None
+            self._storage = None  # an engine back from a restart may have another driver
             raise DockerRuntimeError(
                 self.name, f"Docker engine not reachable at {self.url} ({exc.message})"
             ) from None
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            self._storage = None
             raise DockerRuntimeError(
                 self.name,
                 f"Docker engine not reachable at {self.url} ({exc or type(exc).__name__})",
@@ -138,6 +179,20 @@ class DockerHost:
         """The image's content id (sha256:...), which keys the warm pool."""
         data = await self._call(f"inspect image {image}", self._docker.images.inspect(image))
         return str(data["Id"])
+
+    async def storage_problem(self) -> str | None:
+        """Why this engine cannot bound a container's disk (see :func:`storage_problem`),
+        from one ``docker info`` a minute at most: the driver changes only when the
+        engine restarts. Raises DockerRuntimeError when the engine does not answer."""
+        if self.settings.container_disk_mb <= 0:
+            return None
+        now = time.monotonic()
+        if self._storage is None or now - self._storage[0] >= STORAGE_CHECK_TTL:
+            problem = storage_problem(await self.info(), self.settings.container_disk_mb)
+            if problem and (self._storage is None or self._storage[1] != problem):
+                log.error("Docker host %s refused: %s", self.name, problem)
+            self._storage = (now, problem)
+        return self._storage[1]
 
     def container_config(self, spec: ContainerSpec) -> dict[str, Any]:
         s = self.settings
@@ -180,8 +235,11 @@ class DockerHost:
                 "ExtraHosts": ["host.docker.internal:host-gateway"],
                 "RestartPolicy": {"Name": "no"},
                 "LogConfig": {"Type": "json-file", "Config": {"max-size": "10m", "max-file": "2"}},
+                "ShmSize": SHM_BYTES,
             },
         }
+        if s.container_disk_mb > 0:  # 0: unbounded, only when asked for
+            config["HostConfig"]["StorageOpt"] = {"size": f"{s.container_disk_mb}M"}
         if spec.command is not None:
             config["Cmd"] = list(spec.command)
         return config
@@ -236,7 +294,11 @@ class DockerHost:
                 raise
 
     async def create(self, spec: ContainerSpec) -> ContainerInfo:
-        """Create and start a container; on failure nothing is left behind."""
+        """Create and start a container; on failure nothing is left behind. Refused on an
+        engine that cannot bound its disk (never started unbounded instead)."""
+        problem = await self.storage_problem()
+        if problem is not None:
+            raise DockerRuntimeError(self.name, problem)
         network = await self.ensure_network()
         config = self.container_config(spec)
         config["HostConfig"]["NetworkMode"] = network
@@ -378,14 +440,16 @@ class DockerRuntime:
         return next(iter(self.hosts.values()))
 
     async def reachable(self) -> dict[str, str | None]:
-        """Host name → None when it answers, else the error message."""
+        """Host name → None when it answers and can bound a container's disk, else why
+        not (the engine's error, or :func:`storage_problem`)."""
 
         async def check(host: DockerHost) -> str | None:
             try:
                 await asyncio.wait_for(host.ping(), 3)
+                problem = await asyncio.wait_for(host.storage_problem(), 3)
             except (TimeoutError, DockerRuntimeError) as exc:
                 return str(exc) or "timed out"
-            return None
+            return f"{host.name}: {problem}" if problem else None
 
         results = await asyncio.gather(*(check(h) for h in self.hosts.values()))
         return dict(zip(self.hosts, results, strict=True))

@@ -2,11 +2,12 @@
 PREVIEW_HOST_DOWN_AFTER, up again as soon as one answers.
 
 Each pass pings every host (and records its memory and CPUs for placement every
-minute). When a host goes down its sessions fail with a reason naming the host, and
-everything Redis knows about its containers (pooled ones included) is dropped, so the
-pool refills elsewhere and no acquisition hands out a container nobody can reach. When
-it answers again it is marked up and swept for orphans: its old containers, no longer
-known to Redis, are removed.
+minute). A host whose engine cannot hold containers to PREVIEW_CONTAINER_DISK_MB counts
+as failing too, with that reason. When a host goes down its sessions fail with a reason
+naming the host, and everything Redis knows about its containers (pooled ones included)
+is dropped, so the pool refills elsewhere and no acquisition hands out a container
+nobody can reach. When it answers again it is marked up and swept for orphans: its old
+containers, no longer known to Redis, are removed.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ log = logging.getLogger(__name__)
 
 PING_TIMEOUT = 3.0
 SIZE_REFRESH = 60.0  # seconds between engine size updates of a host that is up
+UNREACHABLE = "unreachable"
+CANNOT_LIMIT_DISK = "cannot_limit_disk"  # see docker_runtime.storage_problem
 
 
 class HostMonitor:
@@ -54,7 +57,7 @@ class HostMonitor:
         """Check every host; name → None when up, else why it is not."""
         hosts = list(self.containers.runtime.hosts.values())
         errors = await asyncio.gather(*(self._probe(h) for h in hosts))
-        for host, error in zip(hosts, errors, strict=True):
+        for host, (error, code) in zip(hosts, errors, strict=True):
             state = text(await self.redis.hget(keys.docker_host(host.name), "state"), "up")
             if error is None:
                 self._failing_since.pop(host.name, None)
@@ -63,15 +66,22 @@ class HostMonitor:
                 continue
             since = self._failing_since.setdefault(host.name, time.monotonic())
             if state != "down" and time.monotonic() - since >= self.settings.host_down_after:
-                await self.mark_down(host.name, error)
-        return {h.name: e for h, e in zip(hosts, errors, strict=True)}
+                await self.mark_down(host.name, error, code)
+        return {h.name: e for h, (e, _) in zip(hosts, errors, strict=True)}
 
-    async def _probe(self, host: DockerHost) -> str | None:
+    async def _probe(self, host: DockerHost) -> tuple[str | None, str]:
+        """(why the host cannot take containers or None, reason code)."""
         try:
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
             # that coincides with its result, and the controller would not stop.
             async with asyncio.timeout(PING_TIMEOUT):
                 await host.ping()
+            # An engine that cannot bound a container's disk is refused like one that
+            # does not answer, and says why (host state, logs, /readyz).
+            async with asyncio.timeout(PING_TIMEOUT):
+                problem = await host.storage_problem()
+            if problem is not None:
+                return problem, CANNOT_LIMIT_DISK
             if time.monotonic() - self._sized.get(host.name, -SIZE_REFRESH) >= SIZE_REFRESH:
                 async with asyncio.timeout(PING_TIMEOUT):
                     info = await host.info()
@@ -84,19 +94,22 @@ class HostMonitor:
                 )
                 self._sized[host.name] = time.monotonic()
         except (TimeoutError, DockerRuntimeError) as exc:
-            return str(exc) or "timed out"
+            return str(exc) or "timed out", UNREACHABLE
         await self.redis.hset(keys.docker_host(host.name), "checked_at", repr(time.time()))
-        return None
+        return None, ""
 
-    async def mark_down(self, name: str, error: str) -> None:
+    async def mark_down(self, name: str, error: str, code: str = UNREACHABLE) -> None:
         await self.redis.hset(
             keys.docker_host(name),
             mapping={"state": "down", "since": repr(time.time()), "reason": error},
         )
-        decision(log, "host_down", "unreachable", error, level=logging.ERROR, host=name)
+        decision(log, "host_down", code, error, level=logging.ERROR, host=name)
         # The user sees the reason: not the host's name (an engine's name is its address)
         # nor the engine's error; both are in the decision logged above.
-        reason = "the Docker host running this preview is unreachable"
+        if code == CANNOT_LIMIT_DISK:
+            reason = "the Docker host running this preview cannot limit its disk"
+        else:
+            reason = "the Docker host running this preview is unreachable"
         cids = sorted(text(c) for c in await self.redis.smembers(keys.host_containers(name)))
         for cid in cids:
             found = record(await self.redis.hgetall(keys.container(cid)))

@@ -2,10 +2,12 @@
 
 Memory over 90% of the limit: restart the dev server (leaks and runaway watchers are
 the usual cause); still over PREVIEW_RESOURCE_GRACE later: recycle (the session fails
-saying why, the container is destroyed). Disk over 85% of the workspace budget: clean
-build and package-manager caches; still over later: recycle. When a number is back
-under, the rule starts afresh. What was done and when is kept on the container record
-(``mem_action_at``, ``disk_action_at``), so a new leader continues, not restarts.
+saying why, the container is destroyed). Disk over 85% of the container's bound (as the
+supervisor reports it: all the preview wrote, anywhere; the kernel refuses writes at the
+bound itself): clean build and package-manager caches; still over later: recycle. When a
+number is back under, the rule starts afresh. What was done and when is kept on the
+container record (``mem_action_at``, ``disk_action_at``), so a new leader continues, not
+restarts.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import logging
 
 from redis.asyncio import Redis
 
-from gateway.containers import Containers
+from gateway.containers import DISK_FULL, Containers, disk_bound
 from gateway.counters import decision
 from gateway.docker_runtime import DockerRuntimeError
 from gateway.endings import Endings
@@ -26,7 +28,6 @@ from shared.settings import Settings
 log = logging.getLogger(__name__)
 
 MEMORY_LIMIT = 0.90
-DISK_LIMIT = 0.85
 # Safe to delete under a running dev server: tools rebuild them. Not node_modules/.vite:
 # Vite serves its pre-bundled dependencies from there.
 CACHE_DIRS = (
@@ -53,10 +54,6 @@ class ResourceRules:
         self.containers = containers
         self.endings = endings
 
-    def disk_limit(self, heartbeat: Heartbeat) -> int:
-        budget = self.settings.container_disk_mb * MIB
-        return min(budget, heartbeat.disk_total) if heartbeat.disk_total else budget
-
     async def check(
         self, session: Session, heartbeat: Heartbeat, found: dict[str, str], now: float
     ) -> None:
@@ -66,9 +63,11 @@ class ResourceRules:
             summary = f"{used // MIB} of {limit // MIB} MiB memory"
             if await self._rule(session, found, now, "mem", used > MEMORY_LIMIT * limit, summary):
                 return
-        disk_limit = self.disk_limit(heartbeat)
-        summary = f"{heartbeat.disk_used // MIB} of {disk_limit // MIB} MiB workspace disk"
-        over = heartbeat.disk_used > DISK_LIMIT * disk_limit
+        bound = disk_bound(self.settings, heartbeat)
+        if not bound:
+            return
+        summary = f"{heartbeat.disk_used // MIB} of {bound // MIB} MiB disk"
+        over = heartbeat.disk_used > DISK_FULL * bound
         await self._rule(session, found, now, "disk", over, summary)
 
     async def _rule(
@@ -109,8 +108,9 @@ class ResourceRules:
         else:
             code = "disk"
             reason = (
-                f"the workspace kept using over {DISK_LIMIT:.0%} of its disk budget "
-                f"({summary}) after caches were cleaned"
+                f"the preview kept using over {DISK_FULL:.0%} of its disk ({summary}, "
+                "counting files written anywhere: /workspace, /tmp, /var/tmp, the home "
+                "directory) after caches were cleaned; make the project write less"
             )
         await self.endings.fail(session, code, reason)
         return True

@@ -44,7 +44,8 @@ docker_ok() { docker info >/dev/null 2>&1; }
 # be held to PREVIEW_CONTAINER_DISK_MB by the kernel (btrfs qgroups, Docker's `size` storage
 # option); this kernel-independent route is needed because overlay2's quota needs XFS project
 # quotas, which many kernels (this one included) lack. When the data root is not on btrfs
-# already, a sparse loop-mounted image file holds it.
+# already, a sparse loop-mounted image file holds it. Its quotas are btrfs *simple* quotas
+# (Linux 6.7+; scripts/btrfs-quota says why full qgroup accounting does not hold).
 DOCKER_DATA_ROOT="${PREVIEW_DOCKER_DATA_ROOT:-/var/lib/preview-gateway/docker}"
 DOCKER_FS_IMAGE="${PREVIEW_DOCKER_FS_IMAGE:-/var/lib/preview-gateway/docker.btrfs}"
 DOCKER_FS_GB="${PREVIEW_DOCKER_FS_GB:-64}"
@@ -62,15 +63,33 @@ ensure_btrfs_root() {
   mount -o loop "$DOCKER_FS_IMAGE" "$DOCKER_DATA_ROOT"
 }
 
+# Simple quotas on the engine's btrfs, before (or whatever) Docker enabled: idempotent.
+# Docker cannot delete a removed container's quota group (still in use while the kernel
+# drops the subvolume; it logs "Failed to delete btrfs qgroup"): the empty ones go here.
+ensure_btrfs_quota() {
+  local root="$1"
+  [ "$(stat -f -c %T "$root" 2>/dev/null)" = btrfs ] || return 0
+  if as_root python3 "$ROOT/scripts/btrfs-quota" "$root" >&2; then
+    as_root btrfs qgroup clear-stale "$root" >/dev/null 2>&1 || true
+    return 0
+  fi
+  say "containers cannot be held to PREVIEW_CONTAINER_DISK_MB on this kernel: set it to 0, or run Docker on overlay2 over XFS mounted with pquota"
+  return 0
+}
+
 ensure_dockerd() {
   ensure_pkg dockerd docker.io
   if docker_ok; then
-    [ "$(docker info -f '{{.Driver}}' 2>/dev/null)" = btrfs ] ||
+    if [ "$(docker info -f '{{.Driver}}' 2>/dev/null)" = btrfs ]; then
+      ensure_btrfs_quota "$(docker info -f '{{.DockerRootDir}}' 2>/dev/null)"
+    else
       say "note: the running Docker engine does not use btrfs: it cannot hold containers to PREVIEW_CONTAINER_DISK_MB (set it to 0 there, or let scripts/setup start the engine)"
+    fi
     return 0
   fi
   if [ "$(id -u)" != 0 ]; then say "Docker engine not running: start it (e.g. 'sudo systemctl start docker')"; return 1; fi
   ensure_btrfs_root
+  ensure_btrfs_quota "$DOCKER_DATA_ROOT"
   say "starting dockerd (data on btrfs at $DOCKER_DATA_ROOT)"
   mkdir -p "$STATE"
   # setsid: the engine outlives this script and is not killed with its process group.

@@ -231,8 +231,11 @@ class Settings:
     )
     container_disk_mb: int = _setting(
         4096,
-        "Workspace disk budget per container, MiB: over 85% the reaper cleans caches then "
-        "recycles; a released container over it is destroyed; node_modules kept within half.",
+        "Disk per container, MiB: all a preview writes anywhere (workspace, home, /tmp...), "
+        "held by the kernel (the engine's storage driver must bound it: btrfs, see README; "
+        "an engine that cannot is refused); over 85% the reaper cleans caches then recycles; "
+        "a released container over 85% is destroyed; node_modules kept within half. 0: "
+        "unbounded.",
         int,
     )
     resource_grace: float = _setting(
@@ -371,6 +374,8 @@ class Settings:
                 ) from None
         if self.cache_max_bytes < 0:
             raise SettingsError("PREVIEW_CACHE_MAX_BYTES must not be negative")
+        if self.container_disk_mb < 0:
+            raise SettingsError("PREVIEW_CONTAINER_DISK_MB must not be negative (0: unbounded)")
         if not 1 <= self.cache_zstd_level <= 22 or not 0 <= self.cache_zstd_threads <= 64:
             raise SettingsError("need PREVIEW_CACHE_ZSTD_LEVEL 1..22, _THREADS 0..64")
 

@@ -52,6 +52,9 @@ class SupervisorConfig:
     cache_max_bytes: int = 10 << 30
     cache_zstd_level: int = 1
     cache_zstd_threads: int = 2
+    # PREVIEW_CONTAINER_DISK_MB as the gateway set it: 0 when no bound is kept on this
+    # container's disk (the heartbeat then measures the workspace only).
+    container_disk_mb: int = 0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> SupervisorConfig:
@@ -94,6 +97,7 @@ class SupervisorConfig:
             cache_max_bytes=int(number("CACHE_MAX_BYTES", 10 << 30)),
             cache_zstd_level=int(number("CACHE_ZSTD_LEVEL", 1)),
             cache_zstd_threads=int(number("CACHE_ZSTD_THREADS", 2)),
+            container_disk_mb=int(number("CONTAINER_DISK_MB", 0)),
         )
         config.validate()
         return config

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from pathlib import Path
 
 from redis.exceptions import RedisError
 
@@ -13,33 +14,73 @@ from shared import keys
 from shared.messages import Heartbeat
 from supervisor.cgroup import CpuMeter, disk_total, tree_size
 from supervisor.context import Context
+from supervisor.diskquota import BtrfsQuota, DiskSample, statvfs_sample
 from supervisor.ticker import ticks
 
 log = logging.getLogger(__name__)
 
-# Walking node_modules costs tens of milliseconds per 10k files: not every beat, and not
-# after every editor save either.
+# Where the kernel counts the container's disk (btrfs qgroups), every beat reads it: a few
+# sysfs files. Otherwise the fallback walks the workspace, which costs tens of
+# milliseconds per 10k files of node_modules: not every beat, and not after every editor
+# save either.
 DISK_REFRESH = 60.0
 DISK_REFRESH_CHANGED = 10.0
 HISTORY_FIELD = "heartbeat"  # field of each heartbeat_history entry (Heartbeat JSON)
 
 
 class DiskMeter:
-    def __init__(self) -> None:
-        self.used = 0
-        self._measured = -DISK_REFRESH
+    """The container's disk use and its bound, as the heartbeat reports them.
 
-    async def read(self, ctx: Context) -> int:
+    - btrfs with quotas (the engine scripts/setup starts): the container's qgroup, which
+      counts what it wrote anywhere and is the limit the kernel enforces (diskquota).
+    - another driver holding the container to PREVIEW_CONTAINER_DISK_MB (overlay2 on XFS
+      with project quotas, zfs): its root filesystem's own use and size.
+    - no bound (PREVIEW_CONTAINER_DISK_MB=0): the workspace's size, walked now and then,
+      and its filesystem's size.
+    """
+
+    def __init__(self, workspace: Path, bounded: bool, root: Path = Path("/")) -> None:
+        self.workspace = workspace
+        self.bounded = bounded
+        self.root = root
+        self.quota = BtrfsQuota.find(root)
+        self.sample = DiskSample(0, 0)
+        self._measured = -DISK_REFRESH
+        self._consistent = True
+
+    def _check_consistent(self, quota: BtrfsQuota) -> None:
+        consistent = quota.consistent()
+        if not consistent and self._consistent:
+            log.error(
+                "btrfs quotas on this host are inconsistent: the kernel enforces no "
+                "PREVIEW_CONTAINER_DISK_MB bound (run scripts/btrfs-quota on the engine's "
+                "data root for simple quotas)"
+            )
+        self._consistent = consistent
+
+    async def read(self, ctx: Context) -> DiskSample:
+        if self.quota is not None:
+            try:
+                self.sample = self.quota.sample()
+                self._check_consistent(self.quota)
+                return self.sample
+            except OSError as exc:
+                log.warning("disk quota not readable any more, falling back: %s", exc)
+                self.quota = None
+        if self.bounded:
+            self.sample = statvfs_sample(self.root)
+            return self.sample
         now = time.monotonic()
         due = DISK_REFRESH_CHANGED if ctx.disk_dirty else DISK_REFRESH
         if now - self._measured >= due:
             ctx.disk_dirty = False
             self._measured = now
-            self.used = await asyncio.to_thread(tree_size, ctx.config.workspace)
-        return self.used
+            used = await asyncio.to_thread(tree_size, self.workspace)
+            self.sample = DiskSample(used, disk_total(self.workspace))
+        return self.sample
 
 
-def sample(ctx: Context, cpu: CpuMeter, disk_used: int) -> Heartbeat:
+def sample(ctx: Context, cpu: CpuMeter, disk: DiskSample) -> Heartbeat:
     cg = ctx.cgroup.sample()
     now = time.time()
     dev = ctx.devserver
@@ -51,8 +92,8 @@ def sample(ctx: Context, cpu: CpuMeter, disk_used: int) -> Heartbeat:
         cpu_percent=cpu.update(cg.cpu_usage_ns, time.monotonic()),
         memory_used=cg.memory_used,
         memory_limit=cg.memory_limit,
-        disk_used=disk_used,
-        disk_total=disk_total(ctx.config.workspace),
+        disk_used=disk.used,
+        disk_total=disk.total,
         pid=dev.pid,
         port=dev.port,
         restarts=dev.restarts,
@@ -78,7 +119,8 @@ async def publish(ctx: Context, heartbeat: Heartbeat) -> None:
 
 async def run(ctx: Context) -> None:
     """Beat until cancelled; a Redis outage is logged once and then waited out."""
-    cpu, disk = CpuMeter(), DiskMeter()
+    config = ctx.config
+    cpu, disk = CpuMeter(), DiskMeter(config.workspace, config.container_disk_mb > 0)
     failing = False
     async for _ in ticks(ctx.config.heartbeat_interval, first_now=True):
         try:

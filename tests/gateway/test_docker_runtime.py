@@ -11,9 +11,11 @@ from gateway.docker_runtime import (
     EXTRA_CA_PATH,
     LABEL_CID,
     LABEL_MANAGED,
+    SHM_BYTES,
     DockerHost,
     DockerRuntime,
     DockerRuntimeError,
+    storage_problem,
 )
 from shared.settings import Settings
 from tests.conftest import ContainerFactory
@@ -67,6 +69,9 @@ async def test_limits_and_hardening_are_applied(
         assert host_config["MemorySwap"] == host_config["Memory"]
         assert host_config["NanoCpus"] == int(settings.container_cpus * 1e9)
         assert host_config["PidsLimit"] == settings.container_pids
+        # Disk: the kernel's bound on all it writes; /dev/shm is RAM, capped.
+        assert host_config["StorageOpt"] == {"size": f"{settings.container_disk_mb}M"}
+        assert host_config["ShmSize"] == SHM_BYTES
         assert host_config["CapDrop"] == ["ALL"]
         assert sorted(host_config["CapAdd"]) == sorted(CAPABILITIES)
         assert "no-new-privileges:true" in host_config["SecurityOpt"]
@@ -120,3 +125,28 @@ async def test_unreachable_engine_is_one_clear_error(settings: Settings, tmp_pat
         assert (await runtime.reachable())[host.name] is not None
     finally:
         await runtime.close()
+
+
+@pytest.mark.parametrize(
+    ("driver", "backing", "refused"),
+    [
+        ("btrfs", "btrfs", False),
+        ("zfs", "zfs", False),
+        ("overlay2", "xfs", False),  # with pquota; Docker refuses the size at create if not
+        ("overlay2", "extfs", True),
+        ("vfs", "extfs", True),
+        ("fuse-overlayfs", "", True),
+    ],
+)
+def test_storage_drivers_that_cannot_bound_disk_are_named(
+    driver: str, backing: str, refused: bool
+) -> None:
+    info = {"Driver": driver, "DriverStatus": [["Backing Filesystem", backing]]}
+    problem = storage_problem(info, 512)
+    if not refused:
+        assert problem is None
+        return
+    assert problem is not None
+    assert driver in problem and "PREVIEW_CONTAINER_DISK_MB=512" in problem
+    assert "btrfs" in problem and "PREVIEW_CONTAINER_DISK_MB=0" in problem  # the fixes
+    assert storage_problem(info, 0) is None  # unbounded on purpose

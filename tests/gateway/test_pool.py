@@ -179,14 +179,15 @@ async def test_dead_pooled_container_is_dropped_and_replaced(
 async def test_release_destroys_what_must_not_serve_again(
     settings: Settings, redis: Redis, make_controller: ControllerFactory
 ) -> None:
-    """Over its disk budget, or served its maximum: destroyed (the keeper replaces it)."""
-    s = fast(settings, container_max_sessions=2, container_disk_mb=1)
+    """Its disk nearly full, or served its maximum: destroyed (the keeper replaces it)."""
+    s = fast(settings, container_max_sessions=2, container_disk_mb=64)
     containers = make_controller(s).containers
     image = await containers.image_id()
     full = await containers.launch()
     heartbeat = await containers.wait_idle(full.cid)
-    # The workspace is a few KiB: a budget of 1 MiB holds it, so fake a big number.
-    big = Heartbeat(**{**heartbeat.__dict__, "disk_used": 5 << 20, "ts": time.time()})
+    assert heartbeat.disk_total == 64 << 20  # the kernel's bound
+    # It has written next to nothing: fake a number over 85% of the bound.
+    big = Heartbeat(**{**heartbeat.__dict__, "disk_used": 60 << 20, "ts": time.time()})
     await redis.set(keys.heartbeat(full.cid), big.to_json(), px=60_000)
     assert await containers.release(full.cid, "p") is False
     assert await containers.runtime.default.inspect(full.cid) is None

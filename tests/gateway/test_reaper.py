@@ -204,7 +204,7 @@ async def test_disk_cleans_caches_then_recycles(
     make_controller: ControllerFactory,
     make_container: ContainerFactory,
 ) -> None:
-    controller = make_controller(fast(settings, resource_grace=0.5, container_disk_mb=10))
+    controller = make_controller(fast(settings, resource_grace=0.5, container_disk_mb=64))
     host = controller.containers.runtime.default
     # A container without a supervisor: this test writes its heartbeats.
     async with make_container(command=["sleep", "600"]) as info:
@@ -216,7 +216,7 @@ async def test_disk_cleans_caches_then_recycles(
         )
         assert code == 0, out
         session = await fake_session(redis, info.cid)
-        full = int(0.9 * 10 * MIB)
+        full = int(0.9 * 64 * MIB)
         await beat(redis, info.cid, session, disk_used=full)
         await controller.reaper.tick()
         code, _ = await host.exec(info.cid, ["test", "-e", "/workspace/node_modules/.cache"])

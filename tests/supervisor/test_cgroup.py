@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
+import pytest
+
 from supervisor.cgroup import Cgroup, CpuMeter, disk_total, tree_size
+from supervisor.diskquota import BtrfsQuota, DiskSample
 
 GIB = 1 << 30
 
@@ -115,3 +119,62 @@ def test_tree_size_counts_hard_links_once_and_skips_symlinks(tmp_path: Path) -> 
     size = tree_size(tmp_path)
     assert 15000 <= size < 15000 + 5 * 8192
     assert disk_total(tmp_path) > size
+
+
+def _qgroup(tmp_path: Path, **values: int) -> BtrfsQuota:
+    for name, value in values.items():
+        (tmp_path / name).write_text(f"{value}\n")
+    return BtrfsQuota(tmp_path, tmp_path)
+
+
+def test_btrfs_quota_counts_writes_not_yet_committed_against_the_limit(tmp_path: Path) -> None:
+    # Simple quotas: referenced == exclusive == what the container wrote; 30 MiB more are
+    # reserved (written, not committed yet) and count already; metadata estimates do not.
+    quota = _qgroup(
+        tmp_path,
+        referenced=50 << 20,
+        exclusive=50 << 20,
+        max_referenced=100 << 20,
+        limit_flags=1,
+        rsv_data=30 << 20,
+        rsv_meta_pertrans=0,
+        rsv_meta_prealloc=1 << 20,
+    )
+    assert quota.sample() == DiskSample(used=80 << 20, total=100 << 20)
+
+
+def test_btrfs_quota_with_full_accounting_leaves_the_shared_image_out(tmp_path: Path) -> None:
+    # Full accounting: referenced also holds the 400 MiB of image the container shares.
+    quota = _qgroup(
+        tmp_path,
+        referenced=410 << 20,
+        exclusive=10 << 20,
+        max_referenced=500 << 20,
+        limit_flags=1,
+        rsv_data=0,
+    )
+    assert quota.sample() == DiskSample(used=10 << 20, total=100 << 20)
+
+
+def test_btrfs_quota_tells_when_the_kernel_stopped_enforcing(tmp_path: Path) -> None:
+    (tmp_path / "0_300").mkdir()
+    quota = _qgroup(tmp_path / "0_300", referenced=1, exclusive=1, max_referenced=2, rsv_data=0)
+    assert quota.consistent()  # no status file: nothing to tell
+    (tmp_path / "inconsistent").write_text("0\n")
+    assert quota.consistent()
+    (tmp_path / "inconsistent").write_text("1\n")
+    assert not quota.consistent()
+
+
+def test_btrfs_quota_without_a_limit_reports_the_filesystem_free_space(tmp_path: Path) -> None:
+    quota = _qgroup(tmp_path, referenced=5 << 20, exclusive=5 << 20, max_referenced=0,
+                    limit_flags=0, rsv_data=0)  # fmt: skip
+    sample = quota.sample()
+    assert sample.used == 5 << 20 and sample.total > sample.used
+
+
+def test_no_btrfs_quota_off_btrfs(tmp_path: Path) -> None:
+    kind = subprocess.run(["stat", "-f", "-c", "%T", str(tmp_path)], capture_output=True)
+    if kind.stdout.strip() == b"btrfs":
+        pytest.skip("the temporary directory is on btrfs")
+    assert BtrfsQuota.find(tmp_path) is None  # not btrfs (the ioctl is refused)

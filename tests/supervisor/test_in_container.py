@@ -37,6 +37,7 @@ IMAGE = os.environ.get("PREVIEW_TEST_IMAGE", "preview-gateway/preview:latest")
 CAPABILITIES = ("CHOWN", "SETUID", "SETGID", "KILL", "DAC_OVERRIDE", "FOWNER")
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 MEMORY = 1 << 30
+DISK_MB = 2048  # the kernel's bound on what the container writes (Docker's size option)
 
 
 def docker(*args: str, check: bool = True, timeout: float = 120) -> str:
@@ -155,6 +156,7 @@ async def sup_container(
         *("run", "-d", "--name", cid, "--label", "preview-gateway.test-run=supervisor"),
         *("-e", f"PREVIEW_CONTAINER_ID={cid}", "-e", f"PREVIEW_SUPERVISOR_REDIS_URL={url}"),
         *("-e", "PREVIEW_HEARTBEAT_INTERVAL=1", "-e", "PREVIEW_HEARTBEAT_TTL=4"),
+        *("-e", f"PREVIEW_CONTAINER_DISK_MB={DISK_MB}", "--storage-opt", f"size={DISK_MB}M"),
         *("--memory", str(MEMORY), "--memory-swap", str(MEMORY), "--cpus", "1"),
         *("--pids-limit", "512", "--cap-drop", "ALL"),
         *(arg for cap in CAPABILITIES for arg in ("--cap-add", cap)),
@@ -195,7 +197,13 @@ async def test_heartbeat_reports_the_containers_own_numbers(
     hb = await sup_container.wait_heartbeat(30, state="idle")
     assert hb.memory_limit == MEMORY  # the cgroup's, not the host's
     assert 0 < hb.memory_used < MEMORY
-    assert hb.disk_total > 0
+    # Disk: the container's bound, and what it wrote anywhere (not the workspace alone).
+    assert hb.disk_total == DISK_MB << 20
+    docker("exec", "-u", "app", sup_container.cid, "sh", "-c", "head -c 20M /dev/zero >/tmp/x")
+    written = await sup_container.wait_heartbeat(
+        10, where=lambda h: h.disk_used >= hb.disk_used + (20 << 20)
+    )
+    assert written.disk_used < hb.disk_used + (22 << 20)  # its metadata: a few KiB
     ttl = await sup_container.redis.pttl(keys.heartbeat(sup_container.cid))
     assert 0 < ttl <= 4000
     docker("stop", "-t", "10", sup_container.cid)
