@@ -39,8 +39,11 @@ redis.call('HSET', KEYS[1], unpack(ARGV))
 redis.call('PUBLISH', KEYS[2], redis.call('HGET', KEYS[1], 'id'))
 return 1
 """
-# KEYS: session. ARGV: prepare id. Hands the pending prepare to exactly one caller.
+# KEYS: session. ARGV: prepare id. Hands the pending prepare to exactly one caller, and
+# only while the session is live (an upload read across a DELETE must start nothing).
 _CLAIM = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state or state == 'stopping' then return false end
 local pending = redis.call('HGET', KEYS[1], 'pending')
 if not pending or pending == '' then return false end
 redis.call('HSET', KEYS[1], 'pending', '', 'prepare_id', ARGV[1])
@@ -128,6 +131,11 @@ class Starter:
             await self._assign(session, assigned, began)
             if not session.pending:
                 await self.containers.submit(assigned.cid, prepare)
+            else:
+                # The files come first (write_files), so the session must be the
+                # container's current one before its prepare (supervisor/fence.py).
+                claim = Command("claim", {}, session_id=session.id)
+                await self.containers.submit(assigned.cid, claim)
         except (ContainerError, RedisError) as exc:
             log.error("start failed sid=%s cid=%s: %s", session.id, assigned.cid, exc)
             self._abandon_later(session, assigned.cid)
@@ -205,6 +213,8 @@ class Starter:
             await self.redis.delete(keys.session(session.id))
             await publish_change(self.redis, session.id)
             if cid:
-                await self.containers.release(cid, affinity(session.user, session.project_id))
+                await self.containers.release(
+                    cid, affinity(session.user, session.project_id), session=session.id
+                )
         except (RedisError, ContainerError, DockerRuntimeError) as exc:
             log.error("could not undo start sid=%s: %s", session.id, exc)

@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 
 from shared import keys
 from shared.messages import Command
-from supervisor import depcache, procs, sources, workspace
+from supervisor import depcache, fence, procs, sources, workspace
 from supervisor.context import Context
 from supervisor.dependencies import InstallError, ensure_dependencies, resolve_tool
 from supervisor.detect import Exposure, Project, detect, warnings_for
@@ -108,7 +108,9 @@ async def prepare(ctx: Context, command: Command) -> dict[str, Any]:
     except (TypeError, ValueError) as exc:
         raise CommandError(f"bad arguments: {exc}") from None
     user_env = _user_env(args.get("env"))
-    ctx.session.session_id = session_id
+    # fence.admit made it current at dispatch; a reset since then has ended it.
+    if ctx.session.session_id != session_id:
+        raise fence.refused(f"session {session_id} ended before its prepare ran")
     ctx.session.project_id = str(args.get("project_id") or "") or None
     owner = f"{args.get('owner') or ''}\x00{ctx.session.project_id or ''}"
     if ctx.session.lock_hash is not None and ctx.session.modules_owner != owner:
