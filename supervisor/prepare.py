@@ -12,6 +12,7 @@ from typing import Any, NoReturn
 
 from shared import keys
 from shared.messages import Command
+from shared.redact import public_url
 from supervisor import depcache, fence, procs, sources, workspace
 from supervisor.context import Context
 from supervisor.dependencies import InstallError, ensure_dependencies, resolve_tool
@@ -81,7 +82,7 @@ async def _write_source(ctx: Context, command: Command, source: dict[str, Any]) 
     if kind == "git":
         url, ref = str(source.get("url") or ""), source.get("ref")
         await sources.git_checkout(ctx, url, str(ref) if ref else None)
-        return f"git {url}" + (f" ({ref})" if ref else "")
+        return f"git {public_url(url)}" + (f" ({ref})" if ref else "")
     if kind == "archive":
         if command.args.get("blob"):
             await sources.unpack(ctx, await blob(ctx, command), "replace")
