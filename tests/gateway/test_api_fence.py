@@ -11,12 +11,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
+import pytest
 from redis import Redis as SyncRedis
 
 from shared import keys
 from shared.redis_types import text
 from tests.gateway.api_helpers import bearer
-from tests.gateway.test_api import container_file, start, wait_ready
+from tests.gateway.test_api import container_file, start, tar_of, wait_ready
 from tests.utils import GatewayProcess, wait_until
 
 MARKER = "planted-by-alice"
@@ -59,8 +60,16 @@ def page(gw: GatewayProcess, preview: dict[str, Any]) -> str:
         return browser.get("/", headers={"Cookie": cookie}).text
 
 
+UPLOADS = {
+    # The editor's save of one file, and a whole archive merged into the workspace.
+    "file": ("files/server.js", PLANTED.encode()),
+    "archive": ("files?mode=merge", tar_of({"server.js": PLANTED})),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(UPLOADS))
 def test_upload_in_flight_across_delete_lands_nowhere(
-    gateway: GatewayProcess, sync_redis: SyncRedis
+    gateway: GatewayProcess, sync_redis: SyncRedis, kind: str
 ) -> None:
     first = start(gateway, "alice")
     assert first.status_code == 202, first.text
@@ -70,12 +79,14 @@ def test_upload_in_flight_across_delete_lands_nowhere(
 
     finish = threading.Event()
 
-    def trickle() -> Iterator[bytes]:
-        yield b"// saving...\n"
-        finish.wait(180)  # the rest arrives once the container has moved on
-        yield PLANTED.encode()
+    path, content = UPLOADS[kind]
 
-    url = f"{gateway.url}/v1/previews/{a}/files/server.js"
+    def trickle() -> Iterator[bytes]:
+        yield content[:10]
+        finish.wait(180)  # the rest arrives once the container has moved on
+        yield content[10:]
+
+    url = f"{gateway.url}/v1/previews/{a}/{path}"
     with ThreadPoolExecutor(1) as pool, sync_redis.monitor() as monitor:
         upload = pool.submit(
             httpx.put, url, content=trickle(), headers=bearer("alice"), timeout=240
