@@ -27,6 +27,7 @@ from gateway.validation import StartRequest
 from gateway.views import public_host
 from shared import keys
 from shared.messages import Command
+from shared.redact import public_url, url_secrets
 
 log = logging.getLogger(__name__)
 NO_CAPACITY_RETRY_AFTER = 5  # seconds: about what a pool refill takes
@@ -123,14 +124,14 @@ class Starter:
                 f"pool alert {session.id}",
             )
         try:
-            prepare = self._prepare(session, request)
+            prepare, secret = self._prepare(session, request)
             if request.source["type"] == "archive":
                 session.pending = json.dumps(prepare.args, separators=(",", ":"))
             else:
                 session.prepare_id = prepare.id
             await self._assign(session, assigned, began)
             if not session.pending:
-                await self.containers.submit(assigned.cid, prepare)
+                await self.containers.submit(assigned.cid, prepare, secret)
             else:
                 # The files come first (write_files), so the session must be the
                 # container's current one before its prepare (supervisor/fence.py).
@@ -175,19 +176,27 @@ class Starter:
             raise ApiError(404, "not_found", "the preview was stopped while it was starting")
         await self.redis.hset(keys.container(assigned.cid), "session", session.id)
 
-    def _prepare(self, session: Session, request: StartRequest) -> Command:
+    def _prepare(self, session: Session, request: StartRequest) -> tuple[Command, bytes | None]:
+        """The prepare command, and its blob: a git URL with credentials. Those must not
+        stay in the command stream, which lives as long as the container; the blob is
+        deleted once the command has run."""
         s = self.settings
+        source: dict[str, object] = dict(request.source)
+        secret = None
+        if source["type"] == "git" and url_secrets(request.source["url"]):
+            secret = request.source["url"].encode()
+            source.update(url=public_url(request.source["url"]), url_in_blob=True)
         args = {
             "session_id": session.id,
             "project_id": session.project_id,
             "owner": affinity(session.user, session.project_id),
-            "source": request.source,
+            "source": source,
             "env": request.env,
             "public_host": public_host(s, session.id),
             "public_port": s.preview_port or (443 if s.preview_scheme == "https" else 80),
             "public_scheme": s.preview_scheme,
         }
-        return Command("prepare", args, session_id=session.id)
+        return Command("prepare", args, session_id=session.id), secret
 
     async def prepare_pending(self, session: Session, blob: bytes | None) -> bool:
         """For an archive source: queue the waiting `prepare` (with the archive as its

@@ -9,7 +9,8 @@ from ``keys.command_blob(cid, id)``.
 server; answered once the dev server answers HTTP or has failed. Progress events flow
 meanwhile. Args:
     session_id (or Command.session_id), project_id,
-    source: {"type": "template", "name"} | {"type": "git", "url", "ref"?}
+    source: {"type": "template", "name"} | {"type": "git", "url", "ref"?, "url_in_blob"?}
+          (url_in_blob: the URL with its credentials is the blob; ``url`` has none),
           | {"type": "archive"} (with ``blob``: the tar[.zst] replaces the workspace;
             without: the files already written by ``write_files`` are used),
     blob: bool, env: {name: value} for install and dev server,

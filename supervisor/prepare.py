@@ -81,6 +81,8 @@ async def _write_source(ctx: Context, command: Command, source: dict[str, Any]) 
         return f"template {name}"
     if kind == "git":
         url, ref = str(source.get("url") or ""), source.get("ref")
+        if source.get("url_in_blob"):  # the URL with its credentials (commands docstring)
+            url = (await blob(ctx, command)).decode("utf-8", "replace")
         await sources.git_checkout(ctx, url, str(ref) if ref else None)
         return f"git {public_url(url)}" + (f" ({ref})" if ref else "")
     if kind == "archive":
