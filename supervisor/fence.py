@@ -11,13 +11,9 @@ if it gets there before the reset does.
 
 from __future__ import annotations
 
-import logging
-
 from shared.messages import WRONG_SESSION, Command
 from supervisor.context import Context
 from supervisor.errors import CommandError
-
-log = logging.getLogger(__name__)
 
 ESTABLISH = frozenset({"prepare", "claim"})
 ENDED_KEPT = 64  # sessions remembered as ended: a late command of one is still refused
