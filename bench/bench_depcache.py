@@ -399,7 +399,7 @@ async def container_starts(
                 starts.append(replace(start, kind="pooled container + cached archive"))
                 say(f"{project.name}: warm start {start.seconds:.2f}s {start.timings}")
                 if i == warm - 1:
-                    reset = Command("reset", {"keep_node_modules": True})
+                    reset = Command("reset", {"keep_node_modules": True}, session_id=f"warm{i}")
                     assert (await containers.send(cid, reset, timeout=60)).ok
                     start = await prepare(cid, project, blob, "kept")
                     starts.append(replace(start, kind="same container, node_modules kept"))

@@ -471,9 +471,17 @@ class Containers:
             return "disk_budget", f"it used {used} of its {bound >> 20} MiB of disk"
         return None
 
-    async def release(self, cid: str, owner: str | None, budget_bytes: int | None = None) -> bool:
+    async def release(
+        self,
+        cid: str,
+        owner: str | None,
+        budget_bytes: int | None = None,
+        session: str | None = None,
+    ) -> bool:
         """Reset the container and return it to the pool; destroy it if that fails, it is
         over its disk budget or has served too long (the pool keeper replaces it).
+        `session`: the one it served, which the reset must name (supervisor/fence.py; a
+        supervisor serving a session nobody names refuses, and is destroyed).
         True when it went back to the pool."""
         found = record(await self.redis.hgetall(keys.container(cid)))
         if not found:
@@ -487,7 +495,7 @@ class Containers:
                 keys.container(cid),
                 mapping={"state": "releasing", "releasing_at": repr(time.time())},
             )
-            retire = await self._reset(cid, budget_bytes)
+            retire = await self._reset(cid, budget_bytes, session)
         if retire is not None:
             await self.destroy(cid, retire[1], retire[0])
             return False
@@ -506,10 +514,13 @@ class Containers:
         )
         return True
 
-    async def _reset(self, cid: str, budget_bytes: int) -> tuple[str, str] | None:
+    async def _reset(
+        self, cid: str, budget_bytes: int, session: str | None = None
+    ) -> tuple[str, str] | None:
         args = {"keep_node_modules": True, "node_modules_budget_bytes": budget_bytes}
+        command = Command("reset", args, session_id=session)
         try:
-            result = await self.send(cid, Command("reset", args), timeout=RESET_TIMEOUT)
+            result = await self.send(cid, command, timeout=RESET_TIMEOUT)
         except (ContainerError, RedisError) as exc:
             return "reset_failed", f"reset failed: {exc}"
         if not result.ok:

@@ -46,7 +46,9 @@ ERRORS: dict[str, Schema] = {
     "403": _json(_ref("Error"), "Valid token without the admin scope"),
     "404": _json(_ref("Error"), "No such preview (or not the caller's)"),
     "409": _json(
-        _ref("Error"), "The preview cannot do this now (no container yet, command refused)"
+        _ref("Error"),
+        "The preview cannot do this now (no container yet, command refused, or it was "
+        "stopped or moved while the request was read: nothing was done)",
     ),
     "413": _json(_ref("Error"), "Body over the size limit"),
     "415": _json(_ref("Error"), "Body is not application/json"),

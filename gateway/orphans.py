@@ -157,7 +157,10 @@ class OrphanSweeper:
                 if session is None or session.container != cid:
                     fixed += 1
                     decision(log, "container_reclaimed", "abandoned", "no session uses it", cid=cid)
-                    await self.containers.release(cid, found.get("project") or None)
+                    # The session it was given to, if any: its reset must name it.
+                    await self.containers.release(
+                        cid, found.get("project") or None, session=sid or None
+                    )
         return fixed
 
     async def _session(self, sid: str) -> Session | None:

@@ -23,7 +23,7 @@ from gateway.recorder import Recorder
 from gateway.routes import publish_change
 from gateway.sessions import ADVANCE, Session, event_entries, fold, merge_result
 from shared import keys
-from shared.messages import Command, CommandResult, Heartbeat, MessageError
+from shared.messages import WRONG_SESSION, Command, CommandResult, Heartbeat, MessageError
 from shared.redis_types import record, text
 from shared.settings import Settings
 
@@ -38,6 +38,24 @@ redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('SREM', KEYS[2], ARGV[1])
 redis.call('PUBLISH', KEYS[3], ARGV[1])
 return 1
+"""
+# The re-check of ownership right before a command is queued (after the request's body
+# was read), in the same step as the XADD: the session still exists, is this user's, is
+# not stopping, holds its slot (a failed one need not: its owner may read its logs) and
+# is still on the container the request began with.
+# KEYS: session, user slots, commands stream. ARGV: sid, user, cid, now, command, maxlen.
+_SEND = """
+local found = redis.call('HMGET', KEYS[1], 'id', 'user', 'state', 'container')
+if found[1] ~= ARGV[1] or found[2] ~= ARGV[2] or not found[3] or found[3] == 'stopping' then
+  return 'gone'
+end
+if found[3] ~= 'failed' then
+  local lease = redis.call('ZSCORE', KEYS[2], ARGV[1])
+  if not lease or tonumber(lease) <= tonumber(ARGV[4]) then return 'gone' end
+end
+if found[4] ~= ARGV[3] then return 'moved' end
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'command', ARGV[5])
+return 'sent'
 """
 FOLD_BATCH = 500
 MAX_ID = 64
@@ -66,6 +84,7 @@ class Previews:
         )
         self._stop = redis.register_script(_STOP)
         self._advance = redis.register_script(ADVANCE)
+        self._send = redis.register_script(_SEND)
 
     # --- reading ------------------------------------------------------------------------
 
@@ -173,7 +192,9 @@ class Previews:
         try:
             if session.container:
                 await self.containers.release(
-                    session.container, affinity(session.user, session.project_id)
+                    session.container,
+                    affinity(session.user, session.project_id),
+                    session=session.id,
                 )
         except (ContainerError, DockerRuntimeError, RedisError) as exc:
             log.error("release failed sid=%s cid=%s: %s", session.id, session.container, exc)
@@ -189,14 +210,53 @@ class Previews:
         blob: bytes | None = None,
         timeout: float = 30.0,
     ) -> CommandResult:
-        """Send a command to the session's container and wait for its acknowledgement."""
-        if not session.container:
+        """Send a command to the session's container and wait for its acknowledgement.
+
+        Ownership is checked again as the command is queued: a request that read its body
+        across a DELETE, or across its container moving, sends nothing (404 / 409); and the
+        supervisor refuses a command of a session it no longer serves (409)."""
+        cid = session.container
+        if not cid:
             raise ApiError(409, "not_ready", "the preview has no container yet; retry shortly")
         command = Command(kind, args, session_id=session.id)
+        if blob is not None:
+            await self.redis.set(keys.command_blob(cid, command.id), blob, ex=keys.COMMAND_BLOB_TTL)
+        outcome = text(
+            await self._send(
+                keys=[keys.session(session.id), keys.user_slots(session.user), keys.commands(cid)],
+                args=[
+                    session.id,
+                    session.user,
+                    cid,
+                    repr(time.time()),
+                    command.to_fields()["command"],
+                    keys.COMMANDS_MAXLEN,
+                ],
+            )
+        )
+        if outcome != "sent":
+            if blob is not None:
+                await self.redis.delete(keys.command_blob(cid, command.id))
+            log.info("command %s refused sid=%s cid=%s: %s", kind, session.id, cid, outcome)
+            if outcome == "moved":
+                raise ApiError(
+                    409,
+                    "container_changed",
+                    "the preview moved to another container during the request; "
+                    "nothing was done, retry",
+                )
+            raise not_found()
         try:
-            result = await self.containers.send(session.container, command, blob, timeout)
+            result = await self.containers.result(cid, command.id, timeout)
         except ContainerError as exc:
             raise ApiError(504, "container_timeout", exc.reason) from None
+        if not result.ok and result.result.get("code") == WRONG_SESSION:
+            raise ApiError(
+                409,
+                "session_ended",
+                "the preview's container no longer serves this preview (it was stopped); "
+                "nothing was done",
+            )
         if not result.ok:
             raise ApiError(409, "command_failed", result.error or f"{kind} failed")
         return result

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from gateway.sessions import Session
+from shared.redact import redact
 
 PHASES = ("acquire", "files", "dependencies", "devserver", "total")
 # Start outcomes: ready; failed (the preview reported an error); no_capacity (no container
@@ -58,7 +59,7 @@ def _detail(error: dict[str, Any] | None) -> str:
     detail = error.get("detail", "")
     if isinstance(detail, list):
         detail = "\n".join(str(line) for line in detail[-10:])
-    return str(detail)[-MAX_DETAIL:]
+    return redact(str(detail))[-MAX_DETAIL:]
 
 
 def start_record(
@@ -77,7 +78,8 @@ def start_record(
         host=session.host,
         container=session.container,
         outcome=outcome,
-        reason=reason or (str(error.get("reason") or "") if outcome == "failed" else ""),
+        # Kept for months and read by the team: no credential a failure quoted.
+        reason=redact(reason or (str(error.get("reason") or "") if outcome == "failed" else "")),
         detail=_detail(error) if outcome == "failed" else "",
         from_pool=session.from_pool,
         dependencies=session.dependencies,
@@ -98,7 +100,7 @@ def stop_record(session: Session, code: str, reason: str = "", now: float | None
         host=session.host,
         container=session.container,
         outcome=code,
-        reason=reason,
+        reason=redact(reason),
         from_pool=session.from_pool,
         dependencies=session.dependencies,
         created_at=session.created_at,

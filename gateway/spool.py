@@ -54,7 +54,9 @@ class Spool:
 
     def _open(self) -> int:
         if self._fd is None:
-            self.dir.mkdir(parents=True, exist_ok=True)
+            # Records name users and projects: the spool is the gateway user's alone.
+            self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(self.dir, 0o700)
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             if not _lock(fd):  # a fresh unique name: only we can hold it
                 os.close(fd)

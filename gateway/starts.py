@@ -27,6 +27,7 @@ from gateway.validation import StartRequest
 from gateway.views import public_host
 from shared import keys
 from shared.messages import Command
+from shared.redact import public_url, url_secrets
 
 log = logging.getLogger(__name__)
 NO_CAPACITY_RETRY_AFTER = 5  # seconds: about what a pool refill takes
@@ -39,8 +40,11 @@ redis.call('HSET', KEYS[1], unpack(ARGV))
 redis.call('PUBLISH', KEYS[2], redis.call('HGET', KEYS[1], 'id'))
 return 1
 """
-# KEYS: session. ARGV: prepare id. Hands the pending prepare to exactly one caller.
+# KEYS: session. ARGV: prepare id. Hands the pending prepare to exactly one caller, and
+# only while the session is live (an upload read across a DELETE must start nothing).
 _CLAIM = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state or state == 'stopping' then return false end
 local pending = redis.call('HGET', KEYS[1], 'pending')
 if not pending or pending == '' then return false end
 redis.call('HSET', KEYS[1], 'pending', '', 'prepare_id', ARGV[1])
@@ -120,14 +124,19 @@ class Starter:
                 f"pool alert {session.id}",
             )
         try:
-            prepare = self._prepare(session, request)
+            prepare, secret = self._prepare(session, request)
             if request.source["type"] == "archive":
                 session.pending = json.dumps(prepare.args, separators=(",", ":"))
             else:
                 session.prepare_id = prepare.id
             await self._assign(session, assigned, began)
             if not session.pending:
-                await self.containers.submit(assigned.cid, prepare)
+                await self.containers.submit(assigned.cid, prepare, secret)
+            else:
+                # The files come first (write_files), so the session must be the
+                # container's current one before its prepare (supervisor/fence.py).
+                claim = Command("claim", {}, session_id=session.id)
+                await self.containers.submit(assigned.cid, claim)
         except (ContainerError, RedisError) as exc:
             log.error("start failed sid=%s cid=%s: %s", session.id, assigned.cid, exc)
             self._abandon_later(session, assigned.cid)
@@ -167,19 +176,27 @@ class Starter:
             raise ApiError(404, "not_found", "the preview was stopped while it was starting")
         await self.redis.hset(keys.container(assigned.cid), "session", session.id)
 
-    def _prepare(self, session: Session, request: StartRequest) -> Command:
+    def _prepare(self, session: Session, request: StartRequest) -> tuple[Command, bytes | None]:
+        """The prepare command, and its blob: a git URL with credentials. Those must not
+        stay in the command stream, which lives as long as the container; the blob is
+        deleted once the command has run."""
         s = self.settings
+        source: dict[str, object] = dict(request.source)
+        secret = None
+        if source["type"] == "git" and url_secrets(request.source["url"]):
+            secret = request.source["url"].encode()
+            source.update(url=public_url(request.source["url"]), url_in_blob=True)
         args = {
             "session_id": session.id,
             "project_id": session.project_id,
             "owner": affinity(session.user, session.project_id),
-            "source": request.source,
+            "source": source,
             "env": request.env,
             "public_host": public_host(s, session.id),
             "public_port": s.preview_port or (443 if s.preview_scheme == "https" else 80),
             "public_scheme": s.preview_scheme,
         }
-        return Command("prepare", args, session_id=session.id)
+        return Command("prepare", args, session_id=session.id), secret
 
     async def prepare_pending(self, session: Session, blob: bytes | None) -> bool:
         """For an archive source: queue the waiting `prepare` (with the archive as its
@@ -205,6 +222,8 @@ class Starter:
             await self.redis.delete(keys.session(session.id))
             await publish_change(self.redis, session.id)
             if cid:
-                await self.containers.release(cid, affinity(session.user, session.project_id))
+                await self.containers.release(
+                    cid, affinity(session.user, session.project_id), session=session.id
+                )
         except (RedisError, ContainerError, DockerRuntimeError) as exc:
             log.error("could not undo start sid=%s: %s", session.id, exc)

@@ -22,7 +22,7 @@ ensure_pkg() {
   fi
   say "installing $* (for '$cmd')"
   if [ ! -f "$STATE/.apt-updated" ] || [ -n "$(find "$STATE/.apt-updated" -mmin +1440 2>/dev/null)" ]; then
-    as_root apt-get update -qq && mkdir -p "$STATE" && touch "$STATE/.apt-updated"
+    as_root apt-get update -qq && ensure_private "$STATE" && touch "$STATE/.apt-updated"
   fi
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
@@ -39,6 +39,53 @@ ensure_venv() {
 }
 
 docker_ok() { docker info >/dev/null 2>&1; }
+
+# Local state holds secrets (the dev Redis password, its append-only file with every key,
+# the gateway's spooled records): our user's alone. ensure_private DIR...: create each
+# 0700, and take group/other access off whatever an older version left in it.
+ensure_private() {
+  local dir
+  for dir in "$@"; do
+    (umask 077 && mkdir -p "$dir")
+    chmod -R go-rwx "$dir"
+  done
+}
+
+# The checkout's own Redis (scripts/run): password-protected, append-only, on loopback and
+# the Docker bridge (containers log in as their own ACL users), every file it writes 0600
+# in 0700 directories. Port: PREVIEW_LOCAL_REDIS_PORT (6379). Sets REDIS_PORT, REDIS_PASSWORD.
+ensure_local_redis() {
+  local dir="$STATE/redis" bridge
+  ensure_private "$STATE" "$dir"
+  [ -s "$dir/password" ] ||
+    (umask 077 && head -c 24 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' > "$dir/password")
+  REDIS_PASSWORD="$(cat "$dir/password")"
+  REDIS_PORT="${PREVIEW_LOCAL_REDIS_PORT:-6379}"
+  _our_redis && return 0
+  # Something else on the port (the system's redis-server, another checkout's) would
+  # make our start fail quietly and the gateway refuse every login: say so instead.
+  if redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; then
+    say "port $REDIS_PORT answers as a Redis that is not this checkout's (password differs):"
+    say "stop it, or choose another port: PREVIEW_LOCAL_REDIS_PORT=6390 scripts/run"
+    return 1
+  fi
+  bridge="$(bridge_ip)"
+  say "starting redis-server on 127.0.0.1${bridge:+,$bridge}:$REDIS_PORT"
+  # The password goes in through stdin (a config file read from "-"), not argv: argv is
+  # world-readable in /proc. umask 077: the files Redis creates are ours alone.
+  printf 'requirepass %s\n' "$REDIS_PASSWORD" | (umask 077 && redis-server - \
+    --port "$REDIS_PORT" --bind "127.0.0.1${bridge:+ $bridge}" \
+    --dir "$dir" --daemonize yes --logfile "$dir/redis.log" \
+    --pidfile "$dir/redis.pid" --save "" --appendonly yes >/dev/null)
+  local _
+  for _ in $(seq 50); do _our_redis && return 0; sleep 0.2; done
+  say "redis-server did not start:"; tail -5 "$dir/redis.log" >&2
+  return 1
+}
+
+_our_redis() {
+  REDISCLI_AUTH="$REDIS_PASSWORD" redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG
+}
 
 # The engine we start keeps its data on btrfs, so that each container's writable layer can
 # be held to PREVIEW_CONTAINER_DISK_MB by the kernel (btrfs qgroups, Docker's `size` storage
@@ -91,10 +138,10 @@ ensure_dockerd() {
   ensure_btrfs_root
   ensure_btrfs_quota "$DOCKER_DATA_ROOT"
   say "starting dockerd (data on btrfs at $DOCKER_DATA_ROOT)"
-  mkdir -p "$STATE"
+  ensure_private "$STATE"
   # setsid: the engine outlives this script and is not killed with its process group.
-  setsid dockerd --data-root "$DOCKER_DATA_ROOT" --storage-driver btrfs \
-    >"$STATE/dockerd.log" 2>&1 < /dev/null &
+  (umask 077 && setsid dockerd --data-root "$DOCKER_DATA_ROOT" --storage-driver btrfs \
+    >"$STATE/dockerd.log" 2>&1 < /dev/null &)
   local i
   for i in $(seq 1 60); do docker_ok && return 0; sleep 0.5; done
   say "dockerd did not come up; last lines of $STATE/dockerd.log:"; tail -20 "$STATE/dockerd.log" >&2

@@ -23,8 +23,19 @@ DEV_STATES: tuple[str, ...] = (
     "failed",
 )
 
-CommandType = Literal["prepare", "write_files", "restart", "stop", "reset", "logs"]
-COMMAND_TYPES: tuple[str, ...] = ("prepare", "write_files", "restart", "stop", "reset", "logs")
+CommandType = Literal["prepare", "claim", "write_files", "restart", "stop", "reset", "logs"]
+COMMAND_TYPES: tuple[str, ...] = (
+    "prepare",
+    "claim",
+    "write_files",
+    "restart",
+    "stop",
+    "reset",
+    "logs",
+)
+# CommandResult.result["code"] of a command refused because its session is not the
+# container's current one (supervisor/fence.py): the gateway answers 409, not 500.
+WRONG_SESSION = "wrong_session"
 
 EventType = Literal["progress", "warning", "ready", "error"]
 

@@ -9,7 +9,8 @@ from ``keys.command_blob(cid, id)``.
 server; answered once the dev server answers HTTP or has failed. Progress events flow
 meanwhile. Args:
     session_id (or Command.session_id), project_id,
-    source: {"type": "template", "name"} | {"type": "git", "url", "ref"?}
+    source: {"type": "template", "name"} | {"type": "git", "url", "ref"?, "url_in_blob"?}
+          (url_in_blob: the URL with its credentials is the blob; ``url`` has none),
           | {"type": "archive"} (with ``blob``: the tar[.zst] replaces the workspace;
             without: the files already written by ``write_files`` are used),
     blob: bool, env: {name: value} for install and dev server,
@@ -30,6 +31,23 @@ meanwhile. Args:
   under budget), forget the session. result {state: "idle", kept_node_modules,
   node_modules_bytes, node_modules_key}.
 ``logs`` — {lines: int (default 100, at most 2000)}; result {lines: [...]}.
+``claim`` — make ``Command.session_id`` the current session without doing anything else
+  (sent when a container is attached to an archive-source session, whose ``prepare`` waits
+  for its files); result {session_id}.
+
+Sessions (the fence, ``supervisor/fence.py``). The container has at most one current
+session; ``Command.session_id`` says whose a command is. Decided at dispatch, in stream
+order:
+- ``prepare`` and ``claim`` make their session current when there is none or it is
+  already theirs; refused when another session is current or theirs has ended here.
+- ``reset`` ends a session: it must name the current one. With no current session (a
+  start abandoned before its prepare, a warm container) any reset is accepted, and a
+  session-less one only then: a container whose session its releaser cannot name is
+  destroyed, not reset. The ended session can never become current again here.
+- ``write_files``, ``restart``, ``stop``, ``logs``: their session must be the current one
+  (checked again when they act); a command without a session only while none is current.
+A refused command does nothing; its result is ``ok: false`` with ``result.code ==
+"wrong_session"`` (``shared.messages.WRONG_SESSION``), which the gateway answers with 409.
 """
 
 from __future__ import annotations
@@ -45,7 +63,7 @@ from typing import Any
 
 from shared import keys
 from shared.messages import Command
-from supervisor import procs, sources, workspace
+from supervisor import fence, procs, sources, workspace
 from supervisor.cgroup import tree_size
 from supervisor.context import Context, SessionState
 from supervisor.errors import CommandError
@@ -75,6 +93,8 @@ async def write_files(ctx: Context, command: Command) -> dict[str, Any]:
                     raise CommandError(f"content of {path!r} is not base64") from None
             archive = sources.files_archive(decoded)
         async with ctx.workspace_lock:
+            # A reset may have ended the session while this waited for the lock.
+            fence.check(ctx, command)
             return await sources.unpack(ctx, archive, mode)
     except workspace.UnsafePath as exc:
         raise CommandError(f"refused: {exc} (nothing was written)") from None
@@ -93,6 +113,7 @@ async def restart(ctx: Context, command: Command) -> dict[str, Any]:
             raise CommandError("ready_timeout must be a number") from None
     progress = Progress(ctx.events, ctx.devserver.session_id)
     await progress.report("devserver", 0, "restarting the dev server", force=True)
+    fence.check(ctx, command)  # not ended by a reset during the progress report
     ctx.session.dev_wanted = True
     started = await ctx.devserver.start(spec, ctx.devserver.session_id, progress)
     if not started.ready:
@@ -133,6 +154,7 @@ async def reset(ctx: Context, command: Command) -> dict[str, Any]:
             lock_hash=ctx.session.lock_hash if kept else None,
             node_modules_key=key,
             modules_owner=ctx.session.modules_owner if kept else None,
+            ended=ctx.session.ended,
         )
         ctx.save()
         ctx.logs.clear()
@@ -163,8 +185,14 @@ async def logs(ctx: Context, command: Command) -> dict[str, Any]:
     return {"lines": ctx.logs.tail(max(0, min(count, MAX_LOG_LINES)))}
 
 
+async def claim(ctx: Context, command: Command) -> dict[str, Any]:
+    # All of it happened in fence.admit, at dispatch.
+    return {"session_id": ctx.session.session_id}
+
+
 HANDLERS: dict[str, Callable[[Context, Command], Awaitable[dict[str, Any]]]] = {
     "prepare": prepare,
+    "claim": claim,
     "write_files": write_files,
     "restart": restart,
     "stop": stop,

@@ -42,6 +42,8 @@ class SessionState:
     # How the dev server was launched (LaunchSpec as JSON), so that `restart` works after
     # a supervisor restart. Root-only like the rest: it holds the project's env.
     launch: dict[str, Any] | None = None
+    # Sessions a reset ended here, newest last (supervisor/fence.py): never current again.
+    ended: list[str] = field(default_factory=list)
 
     @classmethod
     def load(cls, path: Path) -> SessionState:
@@ -53,7 +55,10 @@ class SessionState:
             log.warning("state file %s unreadable (%s): starting afresh", path, exc)
             return cls()
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        state = cls(**{k: v for k, v in data.items() if k in names})
+        if not isinstance(state.ended, list):
+            state.ended = []
+        return state
 
     def save(self, path: Path) -> None:
         temp = path.with_suffix(".tmp")

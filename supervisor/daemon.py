@@ -6,7 +6,8 @@ a command delivered to a supervisor that died is executed by the next one. What 
 recorded in ``keys.command_done(cid)`` in the same transaction that publishes the result
 and acknowledges the entry, and checked before running: nothing runs twice. Each command
 is a task, so ``stop`` or ``logs`` are answered while a ``prepare`` installs; those that
-change the workspace take turns (``Context.workspace_lock``).
+change the workspace take turns (``Context.workspace_lock``). Before its task is made, a
+command is admitted or refused by its session (``supervisor/fence.py``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from shared import keys
 from shared.messages import Command, CommandResult, MessageError
-from supervisor import heartbeat, procs
+from supervisor import fence, heartbeat, procs
 from supervisor.cgroup import Cgroup
 from supervisor.commands import HANDLERS
 from supervisor.config import SupervisorConfig
@@ -221,6 +222,19 @@ class Supervisor:
             except MessageError:
                 recorded = CommandResult(command.id, False, {}, "it ran; its result is unreadable")
             await self._finish(entry_id, recorded)
+            return
+        try:
+            # Here, in stream order and before any task runs: see supervisor/fence.py.
+            fence.admit(self.ctx, command)
+        except CommandError as exc:
+            log.warning(
+                "command %s %s (session %s) refused: %s",
+                command.id,
+                command.type,
+                command.session_id,
+                exc.error,
+            )
+            await self._finish(entry_id, CommandResult(command.id, False, exc.result, exc.error))
             return
         task = asyncio.create_task(self._execute(entry_id, command), name=command.id)
         self.running[command.id] = task

@@ -12,7 +12,8 @@ from typing import Any, NoReturn
 
 from shared import keys
 from shared.messages import Command
-from supervisor import depcache, procs, sources, workspace
+from shared.redact import public_url
+from supervisor import depcache, fence, procs, sources, workspace
 from supervisor.context import Context
 from supervisor.dependencies import InstallError, ensure_dependencies, resolve_tool
 from supervisor.detect import Exposure, Project, detect, warnings_for
@@ -80,8 +81,10 @@ async def _write_source(ctx: Context, command: Command, source: dict[str, Any]) 
         return f"template {name}"
     if kind == "git":
         url, ref = str(source.get("url") or ""), source.get("ref")
+        if source.get("url_in_blob"):  # the URL with its credentials (commands docstring)
+            url = (await blob(ctx, command)).decode("utf-8", "replace")
         await sources.git_checkout(ctx, url, str(ref) if ref else None)
-        return f"git {url}" + (f" ({ref})" if ref else "")
+        return f"git {public_url(url)}" + (f" ({ref})" if ref else "")
     if kind == "archive":
         if command.args.get("blob"):
             await sources.unpack(ctx, await blob(ctx, command), "replace")
@@ -108,7 +111,9 @@ async def prepare(ctx: Context, command: Command) -> dict[str, Any]:
     except (TypeError, ValueError) as exc:
         raise CommandError(f"bad arguments: {exc}") from None
     user_env = _user_env(args.get("env"))
-    ctx.session.session_id = session_id
+    # fence.admit made it current at dispatch; a reset since then has ended it.
+    if ctx.session.session_id != session_id:
+        raise fence.refused(f"session {session_id} ended before its prepare ran")
     ctx.session.project_id = str(args.get("project_id") or "") or None
     owner = f"{args.get('owner') or ''}\x00{ctx.session.project_id or ''}"
     if ctx.session.lock_hash is not None and ctx.session.modules_owner != owner:

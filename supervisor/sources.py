@@ -14,6 +14,7 @@ from pathlib import Path
 
 import zstandard
 
+from shared.redact import scrub, url_secrets
 from supervisor import procs
 from supervisor.context import Context
 from supervisor.workspace import MAX_BYTES, UnsafePath, normalize
@@ -158,18 +159,24 @@ async def git_checkout(ctx: Context, url: str, ref: str | None) -> None:
         ["git", "init", "-q"],
         ["git", "fetch", "--depth", "1", "--no-tags", "--", url, ref or "HEAD"],
         ["git", "checkout", "-q", "-f", "FETCH_HEAD"],
+        # It names the URL fetched from; git leaves no other copy of it in the workspace.
+        ["rm", "-f", ".git/FETCH_HEAD"],
     ]
+    # The URL's credentials are the user's: git's output (the log, a failure's reason)
+    # must not carry them, in whatever form git echoes the URL.
+    secrets = url_secrets(url)
     for argv in steps:
         finished = await procs.run_to_end(
             argv,
             user=ctx.user,
             env=env,
             cwd=workspace,
-            on_line=ctx.logs.append,
+            on_line=lambda line: ctx.logs.append(scrub(line, secrets)),
             timeout=GIT_TIMEOUT,
         )
         if finished.returncode != 0:
-            tail = " / ".join(line for line in finished.lines[-3:] if line.strip())
+            lines = [scrub(line, secrets) for line in finished.lines[-3:]]
+            tail = " / ".join(line for line in lines if line.strip())
             raise SourceError(
                 f"{' '.join(argv[:2])} failed ({procs_exit(finished.returncode)}): {tail}"
             )

@@ -39,11 +39,13 @@ def get(gw: GatewayProcess, sid: str, user: str = "alice") -> httpx.Response:
     return httpx.get(f"{gw.url}/v1/previews/{sid}", headers=bearer(user))
 
 
-def wait_ready(gw: GatewayProcess, sid: str, timeout: float = 60) -> dict[str, Any]:
+def wait_ready(
+    gw: GatewayProcess, sid: str, timeout: float = 60, user: str = "alice"
+) -> dict[str, Any]:
     last: list[dict[str, Any]] = []
 
     def ready() -> dict[str, Any] | None:
-        preview: dict[str, Any] = get(gw, sid).json()
+        preview: dict[str, Any] = get(gw, sid, user).json()
         last[:] = [preview]
         assert preview["state"] != "failed", preview
         return preview if preview["state"] == "ready" else None

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gateway.logs import JsonFormatter, TextFormatter, configure_logging
-from shared.redact import redact
+from shared.redact import public_url, redact, scrub, url_secrets
 from shared.settings import Settings
 
 JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLXNpZ25hdHVyZQ"
@@ -39,11 +39,26 @@ def make_record(message: str, *args: object, exc: bool = False) -> logging.LogRe
         ("cookie: pv_abc=signedvalue; other=1", "signedvalue"),
         ("sent Cookie: session=xyz789", "xyz789"),
         ("password=letmein and secret=shh", "letmein"),
+        # Git URLs: a token as the user name, and GitLab's query token.
+        ("fetching https://ghp_tokenvalue1@github.com/o/r.git", "ghp_tokenvalue1"),
+        ("fatal: https://h/r.git?private_token=glpat-abc123/ not valid", "glpat-abc123"),
     ],
 )
 def test_redact_removes_secrets(raw: str, secret: str) -> None:
     assert secret not in redact(raw)
     assert "[redacted]" in redact(raw)
+
+
+def test_a_git_urls_credentials_in_any_form() -> None:
+    url = "https://bob:p%40ss-word@git.example.com/team/app.git?private_token=tok-123&ref=main"
+    secrets = url_secrets(url)
+    assert {"bob", "p%40ss-word", "p@ss-word", "tok-123"} <= set(secrets)
+    shown = public_url(url)
+    assert shown.startswith("https://git.example.com/team/app.git?private_token=")
+    # git quotes the URL percent-decoded, or only the user name, or only the query.
+    echoed = "bob@git.example.com p@ss-word 'https://git.example.com/?private_token=tok-123'"
+    assert all(secret not in scrub(echoed, secrets) for secret in secrets)
+    assert all(secret not in shown for secret in secrets)
 
 
 def test_redact_leaves_ordinary_text() -> None:

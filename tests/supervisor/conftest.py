@@ -124,6 +124,9 @@ class SupervisorProcess:
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
     results: list[str] = field(default_factory=list)
+    # The session commands are sent for unless they name one, as the gateway does:
+    # a prepare or claim sets it, a reset ends it (supervisor/fence.py).
+    session: str | None = None
 
     def start(self) -> None:
         assert self.process is None or self.process.poll() is not None
@@ -162,7 +165,15 @@ class SupervisorProcess:
 
     async def submit(self, type: str, args: dict[str, Any] | None = None, **kw: Any) -> Command:
         blob = kw.pop("blob", None)
-        command = Command(type, args or {}, **kw)
+        args = args or {}
+        if "session_id" not in kw:
+            named = args.get("session_id") if type in ("prepare", "claim") else None
+            kw["session_id"] = named or self.session
+        command = Command(type, args, **kw)
+        if type in ("prepare", "claim"):
+            self.session = command.session_id or args.get("session_id")
+        elif type == "reset":
+            self.session = None
         if blob is not None:
             await self.redis.set(keys.command_blob(self.cid, command.id), blob, ex=300)
         await self.redis.xadd(keys.commands(self.cid), command.to_fields())  # type: ignore[arg-type]

@@ -291,6 +291,14 @@ async def test_git_source(sup_factory: Any, sup_app_user: str) -> None:
         assert result.ok, result
         assert get(sup) == "ok"
         assert (sup.workspace / ".git").is_dir()
+        assert not (sup.workspace / ".git" / "FETCH_HEAD").exists()  # it names the URL
+        # A URL with credentials comes as the command's blob, gone once the command ran.
+        hidden = {"type": "git", "url": "https://x.invalid/r.git", "url_in_blob": True}
+        via_blob = await sup.send(
+            "prepare", prepare_args(source=hidden), blob=f"file://{repo}".encode()
+        )
+        assert via_blob.ok, via_blob
+        assert not await sup.redis.exists(keys.command_blob(sup.cid, via_blob.command_id))
         bad = await sup.send(
             "prepare", prepare_args(source={"type": "git", "url": "ext::sh -c id"})
         )
