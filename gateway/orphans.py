@@ -157,7 +157,8 @@ class OrphanSweeper:
                 if session is None or session.container != cid:
                     fixed += 1
                     decision(log, "container_reclaimed", "abandoned", "no session uses it", cid=cid)
-                    await self.containers.release(cid, found.get("project") or None)
+                    # Reserved for the user the acquisition recorded (no user: destroyed).
+                    await self.containers.release(cid, found.get("user", ""))
         return fixed
 
     async def _session(self, sid: str) -> Session | None:

@@ -173,7 +173,7 @@ class Previews:
         try:
             if session.container:
                 await self.containers.release(
-                    session.container, affinity(session.user, session.project_id)
+                    session.container, session.user, affinity(session.user, session.project_id)
                 )
         except (ContainerError, DockerRuntimeError, RedisError) as exc:
             log.error("release failed sid=%s cid=%s: %s", session.id, session.container, exc)

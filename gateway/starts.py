@@ -96,7 +96,9 @@ class Starter:
     async def _launch(self, session: Session, request: StartRequest) -> None:
         began = time.monotonic()
         try:
-            assigned = await self.containers.acquire(affinity(session.user, request.project_id))
+            assigned = await self.containers.acquire(
+                session.user, affinity(session.user, request.project_id)
+            )
         except (ContainerError, DockerRuntimeError, RedisError) as exc:
             # A warning, not an error: under a burst every refusal would be a Sentry event.
             # On-call hears of it once, through the pool_depleted / start_error_rate alerts.
@@ -205,6 +207,8 @@ class Starter:
             await self.redis.delete(keys.session(session.id))
             await publish_change(self.redis, session.id)
             if cid:
-                await self.containers.release(cid, affinity(session.user, session.project_id))
+                await self.containers.release(
+                    cid, session.user, affinity(session.user, session.project_id)
+                )
         except (RedisError, ContainerError, DockerRuntimeError) as exc:
             log.error("could not undo start sid=%s: %s", session.id, exc)
