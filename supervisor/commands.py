@@ -130,7 +130,7 @@ async def reset(ctx: Context, command: Command) -> dict[str, Any]:
         kept = keep and size > 0 and size <= budget and bool(ctx.session.lock_hash)
         key = node_modules_key(ctx) if kept else None
         await asyncio.to_thread(_clear, root, ["node_modules"] if kept else [])
-        if ctx.user.uid is not None and ctx.user.gid is not None:
+        if ctx.config.restore_user_files and ctx.user.uid is not None and ctx.user.gid is not None:
             owner = (ctx.user.uid, ctx.user.gid)
             try:
                 await asyncio.to_thread(scrub.restore, Path(ctx.user.home), root, owner)

@@ -52,6 +52,10 @@ class SupervisorConfig:
     cache_max_bytes: int = 10 << 30
     cache_zstd_level: int = 1
     cache_zstd_threads: int = 2
+    # Reset restores app's home and the shared temporary directories (supervisor/scrub.py).
+    # Only the preview image turns it on (its ENV): on a developer's or CI's host those
+    # directories hold other people's files.
+    restore_user_files: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> SupervisorConfig:
@@ -94,6 +98,7 @@ class SupervisorConfig:
             cache_max_bytes=int(number("CACHE_MAX_BYTES", 10 << 30)),
             cache_zstd_level=int(number("CACHE_ZSTD_LEVEL", 1)),
             cache_zstd_threads=int(number("CACHE_ZSTD_THREADS", 2)),
+            restore_user_files=get("RESTORE_USER_FILES", "") == "1",
         )
         config.validate()
         return config

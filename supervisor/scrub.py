@@ -15,6 +15,9 @@ mounts):
   directories among them are searched too;
 - /workspace: app's again with mode 0755 (user code may have changed both).
 
+Only where SupervisorConfig.restore_user_files is set (the preview image's ENV): on a
+host running the supervisor for development these directories hold other people's files.
+
 Walks go by file descriptor and never follow a symlink: user code may have planted some,
 and the host may not protect symlinks in sticky directories. Nothing is swallowed: any
 failure fails the reset, and the gateway destroys the container instead.
