@@ -260,7 +260,7 @@ async def test_orphans_both_ways(
     await containers.wait_idle(stuck.cid)
     await redis.hset(
         keys.container(stuck.cid),
-        mapping={"state": "assigned", "assigned_at": repr(time.time() - 5)},
+        mapping={"state": "assigned", "assigned_at": repr(time.time() - 5), "user": "dave"},
     )
     await redis.execute_command("ACL", "SETUSER", "pvc-leftover", "on", ">pw")
     async with make_container(command=["sleep", "600"]) as foreign:  # another deployment's
@@ -272,4 +272,6 @@ async def test_orphans_both_ways(
     assert current.error == {"reason": "the preview's container is gone", "detail": ""}
     assert not await redis.exists(keys.container(vanished.cid))
     assert b"pvc-leftover" not in await redis.execute_command("ACL", "USERS")
-    assert await redis.hget(keys.container(stuck.cid), "state") == b"pooled"
+    # Its user's code may have run: kept for that user only.
+    assert await redis.hget(keys.container(stuck.cid), "state") == b"reserved"
+    assert await redis.zscore(keys.user_reserved("dave"), stuck.cid) is not None
