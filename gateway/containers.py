@@ -54,7 +54,8 @@ RESET_TIMEOUT = 60.0
 # the one that last served this project first, its node_modules are kept, else the most
 # recently released), else the oldest container of the general pool. Skipped: entries whose
 # heartbeat is gone (dead while pooled), reserved ones past their time or of another image,
-# and any general-pool entry whose record says a user had it (never handed to another).
+# and any general-pool entry whose record says a user had it or it served a session (one
+# pooled by older code): never handed to another user.
 # Only general-pool draws count as demand (autoscaling): a reserved hit takes nothing there.
 # KEYS[1] = the image's current content id, KEYS[2] = demand, KEYS[3] = pool stats,
 # KEYS[4] = the user's reserved set, KEYS[5] = every reserved container.
@@ -105,8 +106,8 @@ local pool = key(ARGV[4], '{image}', image)
 local entries = redis.call('LRANGE', pool, 0, -1)
 for i = #entries, 1, -1 do
   local cid = entries[i]
-  local user = redis.call('HGET', key(ARGV[2], '{cid}', cid), 'user')
-  if alive(cid) and (not user or user == '') then
+  local used = redis.call('HMGET', key(ARGV[2], '{cid}', cid), 'user', 'served')
+  if alive(cid) and (not used[1] or used[1] == '') and (not used[2] or used[2] == '0') then
     chosen = cid
     break
   end
@@ -125,8 +126,8 @@ return take(chosen, 'pool')
 # still warming that no user ever had: the general pool never holds a used one.
 _ADD = """
 if redis.call('HGET', KEYS[1], 'state') ~= 'warming' then return 0 end
-local user = redis.call('HGET', KEYS[1], 'user')
-if user and user ~= '' then return 0 end
+local used = redis.call('HMGET', KEYS[1], 'user', 'served')
+if (used[1] and used[1] ~= '') or (used[2] and used[2] ~= '0') then return 0 end
 local image = redis.call('HGET', KEYS[1], 'image')
 local pool = string.gsub(ARGV[3], '{image}', image)
 redis.call('HSET', KEYS[1], 'state', 'pooled', 'project', '', 'session', '',

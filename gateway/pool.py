@@ -142,8 +142,11 @@ class PoolKeeper:
                 reason = "stopped heartbeating" if raw is None else ""
             elif found is None:
                 reason = "its record is gone"
-            elif found.get("state") == "pooled" and found.get("user"):
-                reason = f"ran the code of user {found['user']}"  # never for anyone else
+            elif found.get("state") == "pooled" and (
+                found.get("user") or found.get("served", "0") != "0"
+            ):
+                # Pooled by older code after a session: never for anyone else.
+                reason = f"ran user code (user {found.get('user') or 'unknown'})"
             elif raw is None:
                 reason = "stopped heartbeating"
             else:

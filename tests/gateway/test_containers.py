@@ -137,6 +137,8 @@ async def test_a_container_never_serves_two_users(containers: Containers, redis:
     image = await containers.image_id()
     await fake_pooled(redis, image, "pvc-used")  # the oldest entry: taken first if allowed
     await redis.hset(keys.container("pvc-used"), "user", "mallory")  # ran mallory's code
+    await fake_pooled(redis, image, "pvc-served")  # pooled after a session by older code
+    await redis.hset(keys.container("pvc-served"), "served", "3")
     await fake_pooled(redis, image, "pvc-dead")
     await redis.delete(keys.heartbeat("pvc-dead"))  # stopped heartbeating while pooled
     await fake_pooled(redis, image, "pvc-fresh")
@@ -157,13 +159,14 @@ async def test_a_container_never_serves_two_users(containers: Containers, redis:
     assert bob is not None and bob.cid == "pvc-bob"
 
     assert await redis.hget(keys.container("pvc-fresh"), "user") == b"carol"
-    assert await redis.lrange(keys.pool(image), 0, -1) == [b"pvc-dead", b"pvc-used"]
+    assert await redis.lrange(keys.pool(image), 0, -1) == [b"pvc-dead", b"pvc-served", b"pvc-used"]
     assert await redis.zrange(keys.RESERVED, 0, -1) == [b"pvc-a-late"]
     assert int(await redis.hget(keys.POOL_STATS, "reserved_hits") or 0) == 3
     assert int(await redis.zcard(keys.POOL_DEMAND)) == 3  # reserved hits draw no demand
-    for cid in ("pvc-used", "pvc-dead", "pvc-fresh", "pvc-a-shop", "pvc-a-blog", "pvc-bob"):
+    for cid in ("pvc-used", "pvc-served", "pvc-dead", "pvc-fresh", "pvc-a-shop", "pvc-a-blog"):
         await containers.forget(cid)
     await containers.forget("pvc-a-late")
+    await containers.forget("pvc-bob")
     assert not await redis.exists(keys.RESERVED, keys.user_reserved("alice"))
 
 
