@@ -4,17 +4,19 @@ the real stack for a bounded time (issue 9, item 1).
 Runs its own Redis, a gateway (hypercorn, as the Procfile does) and a controller process
 against the local Docker engine. A 2-core machine cannot give 200 users a container each,
 so the controller keeps a fixed fleet of `--containers` (pool min = max = host maximum):
-sessions take a warm container, and stopping releases it back to the pool for the next
-user. Starts that find every container busy get 503 `no_capacity`, an error kind of its
+sessions take a warm container; stopping resets it and keeps it for that user only (a
+container never serves two users), and with the fleet full the controller destroys such
+reserved containers, oldest first, to warm fresh ones for the next users. Starts that find every container busy get 503 `no_capacity`, an error kind of its
 own, and that user backs off and retries. Each ordinary user loops: start, wait for
 `ready` on the SSE stream, open the preview with its `open_url` token, hold it for
 `--hold` s (the HMR WebSocket open, proxied GETs back to back), stop. Every
 `--greedy-every`-th user instead takes all of its slots and asks for one more, which must
 be 429 `too_many_previews`.
 
-Sampled throughout: gateway and controller RSS, and the per-user limit as Redis holds it
-(live slot leases and live session records per user). Afterwards every container must be
-back in the pool and every slot free.
+Sampled throughout: gateway and controller RSS, the per-user limit as Redis holds it
+(live slot leases and live session records per user) and the containers registered (how
+many were created during the run). Afterwards the pool must be full again and every slot
+free.
 
     .venv/bin/python bench/bench_load.py [--users 200] [--seconds 120] [--containers 8]
 """

@@ -454,7 +454,10 @@ class Containers:
         """Destroy up to `count` reserved containers, those released longest ago first;
         how many were."""
         evicted = 0
-        for cid in await self.reserved.oldest(count):
+        # A few more than asked: concurrent evictions (other starts) may take some first.
+        for cid in await self.reserved.oldest(count + 8):
+            if evicted >= count:
+                break
             if await self.reserved.take(cid):
                 await self.destroy(cid, reason, "reserved_evicted")
                 evicted += 1
