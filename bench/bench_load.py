@@ -6,8 +6,9 @@ against the local Docker engine. A 2-core machine cannot give 200 users a contai
 so the controller keeps a fixed fleet of `--containers` (pool min = max = host maximum):
 sessions take a warm container; stopping resets it and keeps it for that user only (a
 container never serves two users), and with the fleet full the controller destroys such
-reserved containers, oldest first, to warm fresh ones for the next users. Starts that find every container busy get 503 `no_capacity`, an error kind of its
-own, and that user backs off and retries. Each ordinary user loops: start, wait for
+reserved containers, oldest first, to warm fresh ones for the next users. Starts that
+find every container busy get 503 `no_capacity`, an error kind of its own, and that user
+backs off and retries. Each ordinary user loops: start, wait for
 `ready` on the SSE stream, open the preview with its `open_url` token, hold it for
 `--hold` s (the HMR WebSocket open, proxied GETs back to back), stop. Every
 `--greedy-every`-th user instead takes all of its slots and asks for one more, which must

@@ -115,6 +115,8 @@ def test_start_hot_start_read_and_stop(gateway: GatewayProcess, sync_redis: Sync
     # Reset and kept for alice only, never in the general pool.
     assert sync_redis.hget(keys.container(cid), "state") == b"reserved"
     assert sync_redis.zscore(keys.user_reserved("alice"), cid) is not None
+    pool = httpx.get(f"{gateway.url}/v1/pool", headers=bearer("ops", scope="admin")).json()
+    assert (pool["pooled"], pool["reserved"], pool["containers"]) == (0, 1, 1)
 
 
 def test_a_user_never_sees_another_users_preview(gateway: GatewayProcess) -> None:
