@@ -250,3 +250,26 @@ async def test_a_start_on_full_hosts_evicts_another_users_reserved_container(
     assert await redis.zcard(keys.RESERVED) == 0
     assert COUNTERS.get("container_destroyed", "reserved_evicted") == before + 1
     assert await redis.hget(keys.container(bob.cid), "user") == b"bob"
+
+
+async def test_the_keeper_evicts_reserved_containers_for_the_general_pool(
+    settings: Settings, redis: Redis, make_controller: ControllerFactory
+) -> None:
+    """Hosts full and the general pool below its target: reserved containers (only their
+    user's) make room for fresh ones (anyone's)."""
+    controller = make_controller(fast(settings, pool_min=1, pool_max=1, host_max_containers=1))
+    containers = controller.containers
+    before = COUNTERS.get("container_destroyed", "reserved_evicted")
+    async with running(controller):
+        (warm,) = await async_wait_until(
+            lambda: _full(redis, containers, 1), timeout=60, what="the pool to fill"
+        )
+        taken = await containers.acquire("alice", affinity("alice", "shop"))
+        assert taken.cid == warm
+        assert await containers.release(warm, "alice", affinity("alice", "shop"))
+        (fresh,) = await async_wait_until(
+            lambda: _full(redis, containers, 1), timeout=60, what="a fresh container"
+        )
+    assert fresh != warm
+    assert await containers.runtime.default.inspect(warm) is None
+    assert COUNTERS.get("container_destroyed", "reserved_evicted") == before + 1
