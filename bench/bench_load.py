@@ -4,17 +4,20 @@ the real stack for a bounded time (issue 9, item 1).
 Runs its own Redis, a gateway (hypercorn, as the Procfile does) and a controller process
 against the local Docker engine. A 2-core machine cannot give 200 users a container each,
 so the controller keeps a fixed fleet of `--containers` (pool min = max = host maximum):
-sessions take a warm container, and stopping releases it back to the pool for the next
-user. Starts that find every container busy get 503 `no_capacity`, an error kind of its
-own, and that user backs off and retries. Each ordinary user loops: start, wait for
+sessions take a warm container; stopping resets it and keeps it for that user only (a
+container never serves two users), and with the fleet full the controller destroys such
+reserved containers, oldest first, to warm fresh ones for the next users. Starts that
+find every container busy get 503 `no_capacity`, an error kind of its own, and that user
+backs off and retries. Each ordinary user loops: start, wait for
 `ready` on the SSE stream, open the preview with its `open_url` token, hold it for
 `--hold` s (the HMR WebSocket open, proxied GETs back to back), stop. Every
 `--greedy-every`-th user instead takes all of its slots and asks for one more, which must
 be 429 `too_many_previews`.
 
-Sampled throughout: gateway and controller RSS, and the per-user limit as Redis holds it
-(live slot leases and live session records per user). Afterwards every container must be
-back in the pool and every slot free.
+Sampled throughout: gateway and controller RSS, the per-user limit as Redis holds it
+(live slot leases and live session records per user) and the containers registered (how
+many were created during the run). Afterwards the pool must be full again and every slot
+free.
 
     .venv/bin/python bench/bench_load.py [--users 200] [--seconds 120] [--containers 8]
 """
@@ -108,6 +111,12 @@ class Results:
     redis_max_slots: int = 0
     redis_max_sessions: int = 0
     redis_samples: int = 0
+    # Containers the run saw registered (keys.CONTAINERS), before it and in all: the
+    # difference is how many were created while users came and went.
+    containers_before: int = 0
+    containers_seen: set[str] = field(default_factory=set)
+    from_pool: collections.Counter[bool] = field(default_factory=collections.Counter)
+    pool_stats: dict[str, int] = field(default_factory=dict)  # keys.POOL_STATS, over the run
     rss: list[tuple[float, int, int]] = field(default_factory=list)
 
     def error(self, kind: str) -> None:
@@ -157,6 +166,7 @@ class User:
         results.start_latency[response.status_code].append(results.api["POST"][-1])
         if response.status_code == 202:
             results.starts["accepted"] += 1
+            results.from_pool[bool(response.json().get("from_pool"))] += 1
             self.live.add(response.json()["id"])
             results.client_max_live = max(results.client_max_live, len(self.live))
         elif response.status_code == 200:
@@ -358,6 +368,8 @@ async def sample_redis(
                 pipe.zcount(keys.user_slots(user.name), now, "+inf")
             slots = await pipe.execute()
         sids = [text(s) for s in await redis.smembers(keys.SESSIONS)]
+        # Sampled each second: a container lives far longer, so none is missed.
+        results.containers_seen.update(text(c) for c in await redis.smembers(keys.CONTAINERS))
         owners: collections.Counter[str] = collections.Counter()
         if sids:
             async with redis.pipeline(transaction=False) as pipe:
@@ -396,6 +408,12 @@ async def pool_size(redis: Redis) -> int:
     return total
 
 
+async def pool_stats(redis: Redis) -> dict[str, int]:
+    """The acquisition counters of keys.POOL_STATS (hits, misses, and any other count)."""
+    found = {text(k): text(v) for k, v in (await redis.hgetall(keys.POOL_STATS)).items()}
+    return {k: int(v) for k, v in found.items() if v.isdigit() and k not in ("target", "peak")}
+
+
 async def wait_pool(redis: Redis, want: int, timeout: float) -> float:
     began = time.monotonic()
     while await pool_size(redis) < want:
@@ -417,6 +435,10 @@ async def load(
             flush=True,
         )
         run = Run(options, gateway)
+        before = {text(c) for c in await redis.smembers(keys.CONTAINERS)}
+        run.results.containers_before = len(before)
+        run.results.containers_seen.update(before)
+        stats_before = await pool_stats(redis)
         users = [User(n, run) for n in range(options.users)]
         stop = asyncio.Event()
         samplers = [
@@ -440,6 +462,8 @@ async def load(
             run.results.ended = time.monotonic()
             stop.set()
             await asyncio.gather(*samplers)
+            after = await pool_stats(redis)
+            run.results.pool_stats = {k: v - stats_before.get(k, 0) for k, v in after.items()}
             await run.client.aclose()
         # Everything given back: every slot free, every container in the pool again.
         now = time.time()
@@ -473,6 +497,7 @@ def report(options: Options, results: Results, logs: Mapping[str, str]) -> None:
     elapsed = results.ended - results.began
     s = results.starts
     accepted = s["accepted"]
+    created = len(results.containers_seen) - results.containers_before
     print("\nRSS (MiB) every", options.sample, "s: t, gateway, controller")
     print("  " + "  ".join(f"{t:.0f}:{g / 1024:.0f}/{c / 1024:.0f}" for t, g, c in results.rss))
     half = results.rss[len(results.rss) // 2 :]
@@ -500,6 +525,18 @@ def report(options: Options, results: Results, logs: Mapping[str, str]) -> None:
             f"{s['refused at limit (429)']} of {results.limit_checks} checks",
         ),
         ("time to ready after 202, p50 / p99 s", pair(results.ready_s, 1)),
+        (
+            "containers created during the run, per minute",
+            f"{created} ({60 * created / elapsed:.1f}/min)",
+        ),
+        (
+            "pool hit rate (accepted starts given a pooled container)",
+            rate(results.from_pool[True], sum(results.from_pool.values())),
+        ),
+        (
+            "pool acquisitions (keys.POOL_STATS over the run)",
+            ", ".join(f"{k} {v}" for k, v in sorted(results.pool_stats.items())) or "n/a",
+        ),
     ]
     for method in ("POST", "GET", "DELETE"):
         rows.append((f"API {method} latency p50 / p99 ms", pair(results.api[method], 1000)))

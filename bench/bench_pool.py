@@ -13,7 +13,7 @@
 3. **Start to ready of one Vite React project** (vite, react, react-dom,
    @vitejs/plugin-react, lockfile made on the host): a fresh container on an empty cache
    volume (npm install); a new pooled container once the archive is cached on the
-   volume (restore); the container that last served the project, released to the pool
+   volume (restore); the container that last served the project, reserved for its user
    with its node_modules kept and chosen again by affinity (skipped).
 
 Everything runs on its own redis-server and Docker volumes; every container carries the
@@ -488,11 +488,11 @@ async def part_vite(server: RedisServer, blob: bytes, round_: int) -> list[ViteS
         assert session is not None
         await starter.previews.stop(session)
 
-        async def released() -> bool:  # pooled with its affinity key, in one script
-            return fresh.cid in await pooled(redis, containers)
+        async def released() -> bool:  # reserved for alice with its affinity key
+            return fresh.cid in await containers.reserved.all()
 
-        await seconds_until(released, 120, "the container back in the pool")
-        results.append(await start_ready("alice", "pooled, same project (affinity)"))
+        await seconds_until(released, 120, "the container reserved for its user")
+        results.append(await start_ready("alice", "reserved, same project (affinity)"))
     return results
 
 

@@ -73,7 +73,7 @@ async def admin_overview(request: Request, user: User) -> Response:
     redis = request.app.state.redis
     sessions = await live.sessions(redis)
     pool = await live.pool(redis, settings)
-    hosts = await live.hosts(redis, settings, sessions, pool.per_host)
+    hosts = await live.hosts(redis, settings, sessions, pool.per_host, pool.reserved_per_host)
     recent = await _store(request).recent(500)
     failures = [r for r in recent if r.kind == "start" and r.outcome in ERROR_OUTCOMES]
     now = time.time()
@@ -109,6 +109,7 @@ async def admin_overview(request: Request, user: User) -> Response:
                     "capacity": h.capacity,
                     "containers": h.containers,
                     "pooled": h.pooled,
+                    "reserved": h.reserved,
                     "sessions": h.sessions,
                     "load": round(h.load, 3),
                 }

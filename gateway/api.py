@@ -201,11 +201,20 @@ async def pool_status(request: Request, user: User) -> Response:
     previews = _previews(request)
     redis = previews.redis
     image_id = await previews.containers.image_id()
-    pooled, containers, sessions = await asyncio.gather(
-        redis.llen(keys.pool(image_id)), redis.scard(keys.CONTAINERS), redis.scard(keys.SESSIONS)
+    pooled, reserved, containers, sessions = await asyncio.gather(
+        redis.llen(keys.pool(image_id)),
+        redis.zcard(keys.RESERVED),
+        redis.scard(keys.CONTAINERS),
+        redis.scard(keys.SESSIONS),
     )
     return JSONResponse(
-        {"image": image_id, "pooled": pooled, "containers": containers, "sessions": sessions}
+        {
+            "image": image_id,
+            "pooled": pooled,  # the general pool: never ran user code
+            "reserved": reserved,  # released, kept for their last user only
+            "containers": containers,
+            "sessions": sessions,
+        }
     )
 
 

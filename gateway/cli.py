@@ -186,16 +186,25 @@ async def show_sessions(settings: Settings, redis: Redis, as_json: bool) -> int:
 
 async def show_pool(settings: Settings, redis: Redis, as_json: bool) -> int:
     pool = await live.pool(redis, settings)
-    answer: dict[str, Any] = {**pool.summary(), "per_host": pool.per_host}
+    answer: dict[str, Any] = {
+        **pool.summary(),
+        "per_host": pool.per_host,
+        "reserved_per_host": pool.reserved_per_host,
+    }
     if as_json:
         print(json.dumps(answer, indent=2))
         return 0
     rate = "-" if pool.hit_rate is None else f"{pool.hit_rate:.0%}"
     print(f"image   {pool.image or '(not resolved yet)'}")
-    print(f"pooled  {pool.pooled} (target {pool.target})")
-    print(f"hits    {pool.hits}, misses {pool.misses} (hit rate {rate})")
-    for host, count in sorted(pool.per_host.items()):
-        print(f"  {host}: {count}")
+    print(f"pooled  {pool.pooled} (target {pool.target}; never ran user code)")
+    print(f"reserved {pool.reserved} (each for its last user only)")
+    print(
+        f"hits    {pool.hits}, reserved {pool.reserved_hits}, misses {pool.misses} "
+        f"(hit rate {rate})"
+    )
+    for host in sorted({*pool.per_host, *pool.reserved_per_host}):
+        pooled, kept = pool.per_host.get(host, 0), pool.reserved_per_host.get(host, 0)
+        print(f"  {host}: {pooled} pooled, {kept} reserved")
     return 0
 
 
@@ -239,7 +248,8 @@ async def show_stats(settings: Settings, redis: Redis, days: int, as_json: bool)
 
 
 async def stop_session(settings: Settings, redis: Redis, sid: str, reason: str) -> int:
-    """Stop like a user's DELETE: slot freed, container reset and pooled (waited for)."""
+    """Stop like a user's DELETE: slot freed, container reset and reserved for its user
+    (waited for)."""
     blocking = Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=120)
     runtime = DockerRuntime(settings)
     background = Background()
@@ -293,7 +303,9 @@ def parser() -> argparse.ArgumentParser:
     commands.add_parser("hosts", help="list Docker hosts with their load")
     stat = commands.add_parser("stats", help="start statistics from the preview records")
     stat.add_argument("--days", type=int, default=7)
-    stop = commands.add_parser("stop", help="stop a session (its container goes back to the pool)")
+    stop = commands.add_parser(
+        "stop", help="stop a session (its container is kept for its user only)"
+    )
     stop.add_argument("session")
     stop.add_argument("--reason", default="stopped by an operator")
     drain = commands.add_parser("drain", help="place no new containers on a host")

@@ -49,19 +49,29 @@ def decision_families(counters: Counters) -> list[Family]:
 async def state_families(redis: Redis, settings: Settings) -> list[Family]:
     sessions = await live.sessions(redis)
     pool = await live.pool(redis, settings)
-    hosts = await live.hosts(redis, settings, sessions, pool.per_host)
+    hosts = await live.hosts(redis, settings, sessions, pool.per_host, pool.reserved_per_host)
     stored = await redis.zcard(keys.RECORDS_INDEX)
     by_state = Tally(s.state for s in sessions)
     found = [
         Family("preview_redis_up", "1 when Redis answered this scrape.", "gauge"),
         Family("preview_sessions_active", "Live preview sessions.", "gauge"),
         Family("preview_sessions", "Live preview sessions by state.", "gauge"),
-        Family("preview_pool_size", "Warm containers waiting, per Docker host.", "gauge"),
+        Family(
+            "preview_pool_size",
+            "Warm containers that never ran user code (the general pool), per Docker host.",
+            "gauge",
+        ),
         Family("preview_pool_target", "The warm pool's current target size.", "gauge"),
         Family(
             "preview_pool_acquisitions_total",
-            "Starts that found a warm container (hit) or had to create one (miss).",
+            "Starts that found a warm container (hit), their user's own reserved one "
+            "(reserved), or had to create one (miss).",
             "counter",
+        ),
+        Family(
+            "preview_pool_reserved",
+            "Released containers reset and kept for their last user only, per Docker host.",
+            "gauge",
         ),
         Family("preview_host_up", "1 when the controller sees the Docker host up.", "gauge"),
         Family("preview_host_drained", "1 when the host takes no new containers.", "gauge"),
@@ -70,17 +80,19 @@ async def state_families(redis: Redis, settings: Settings) -> list[Family]:
         Family("preview_host_sessions", "Live sessions on the host.", "gauge"),
         Family("preview_records_stored", "Preview records kept in Redis.", "gauge"),
     ]
-    up, active, states, size, target, acquired = found[:6]
-    host_up, drained, capacity, containers, on_host, records = found[6:]
+    up, active, states, size, target, acquired, reserved = found[:7]
+    host_up, drained, capacity, containers, on_host, records = found[7:]
     up.add(1)
     active.add(len(sessions))
     for state, count in sorted(by_state.items()):
         states.add(count, state=state)
     target.add(pool.target)
     acquired.add(pool.hits, result="hit")
+    acquired.add(pool.reserved_hits, result="reserved")
     acquired.add(pool.misses, result="miss")
     for host in hosts:
         size.add(host.pooled, host=host.name)
+        reserved.add(host.reserved, host=host.name)
         host_up.add(int(host.up), host=host.name)
         drained.add(int(host.drained), host=host.name)
         capacity.add(host.capacity, host=host.name)

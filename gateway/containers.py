@@ -4,6 +4,11 @@ A container is launched with its own Redis ACL user (limited to ``pv:c:{cid}:*``
 password only its supervisor receives. Warm containers wait in a per-image Redis list;
 acquiring one is a single Lua script (no Docker call), so no two gateways can hand out the
 same container and a start costs one Redis round trip when the pool has one.
+
+A container never serves two users: the general pool holds only containers that never ran
+user code, and a released one is reset and reserved for its last user (gateway/reserved.py)
+until PREVIEW_POOL_AFFINITY_TTL, then destroyed; the pool upkeep replaces the capacity
+with fresh containers.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from gateway.docker_runtime import (
 )
 from gateway.outage import ACL_FIELD, password_digest
 from gateway.placement import HostState, Placement
+from gateway.reserved import ReservedPool
 from shared import keys
 from shared.acl import container_acl_rules
 from shared.messages import Command, CommandResult, Heartbeat, MessageError
@@ -44,44 +50,66 @@ log = logging.getLogger(__name__)
 IMAGE_ID_TTL = 30.0  # seconds: how soon a rebuilt image retires the warm pool
 RESET_TIMEOUT = 60.0
 
-# Pop a warm container: the newest one that last served this project (its node_modules
-# are kept), else the oldest; skip entries whose heartbeat is gone (dead while pooled).
-# Every call is counted as demand (autoscaling), whether the pool had one or not.
-# KEYS[1] = the image's current content id, KEYS[2] = demand, KEYS[3] = pool stats.
-# ARGV[1] = project id; ARGV[2], ARGV[3], ARGV[4] = the container record, heartbeat and
-# pool keys with "{cid}"/"{image}" placeholders (built by shared/keys.py); ARGV[5] = now;
-# ARGV[6] = this caller's image id if the first key is unset; ARGV[7] = a demand token;
-# ARGV[8] = forget demand before this time; ARGV[9] = demand entries kept at most.
-# -> nil | {cid, host, address}
+# Acquire for a user: first one of that user's reserved containers (see gateway/reserved.py;
+# the one that last served this project first, its node_modules are kept, else the most
+# recently released), else the oldest container of the general pool. Skipped: entries whose
+# heartbeat is gone (dead while pooled), reserved ones past their time or of another image,
+# and any general-pool entry whose record says a user had it or it served a session (one
+# pooled by older code): never handed to another user.
+# Only general-pool draws count as demand (autoscaling): a reserved hit takes nothing there.
+# KEYS[1] = the image's current content id, KEYS[2] = demand, KEYS[3] = pool stats,
+# KEYS[4] = the user's reserved set, KEYS[5] = every reserved container.
+# ARGV[1] = the affinity key (``affinity``); ARGV[2], ARGV[3], ARGV[4] = the container
+# record, heartbeat and pool keys with "{cid}"/"{image}" placeholders (built by
+# shared/keys.py); ARGV[5] = now; ARGV[6] = this caller's image id if the first key is
+# unset; ARGV[7] = a demand token; ARGV[8] = forget demand before this time; ARGV[9] =
+# demand entries kept at most; ARGV[10] = the user.
+# -> nil | {cid, host, address, "reserved"|"pool"}
 _ACQUIRE = """
 local function key(template, name, value) return (string.gsub(template, name, value)) end
+local image = redis.call('GET', KEYS[1]) or ARGV[6]
+local function alive(cid) return redis.call('EXISTS', key(ARGV[3], '{cid}', cid)) == 1 end
+local function take(cid, how)
+  local ctr = key(ARGV[2], '{cid}', cid)
+  redis.call('HSET', ctr, 'state', 'assigned', 'assigned_at', ARGV[5], 'user', ARGV[10])
+  local found = redis.call('HMGET', ctr, 'host', 'address')
+  return {cid, found[1] or '', found[2] or '', how}
+end
+local reserved = redis.call('ZRANGEBYSCORE', KEYS[4], '(' .. ARGV[5], '+inf')
+local mine, newest = nil, nil
+for i = #reserved, 1, -1 do
+  local cid = reserved[i]
+  local found = redis.call('HMGET', key(ARGV[2], '{cid}', cid), 'state', 'user', 'image', 'project')
+  if found[1] == 'reserved' and found[2] == ARGV[10] and found[3] == image and alive(cid) then
+    newest = newest or cid
+    if ARGV[1] ~= '' and found[4] == ARGV[1] then
+      mine = cid
+      break
+    end
+  end
+end
+local chosen = mine or newest
+if chosen then
+  redis.call('ZREM', KEYS[4], chosen)
+  redis.call('ZREM', KEYS[5], chosen)
+  redis.call('HINCRBY', KEYS[3], 'reserved_hits', 1)
+  return take(chosen, 'reserved')
+end
 redis.call('ZADD', KEYS[2], ARGV[5], ARGV[7])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[8])
 redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -tonumber(ARGV[9]) - 1)
-local image = redis.call('GET', KEYS[1]) or ARGV[6]
 if image == '' then
   redis.call('HINCRBY', KEYS[3], 'misses', 1)
   return nil
 end
 local pool = key(ARGV[4], '{image}', image)
 local entries = redis.call('LRANGE', pool, 0, -1)
-local chosen = nil
-for i = 1, #entries do
+for i = #entries, 1, -1 do
   local cid = entries[i]
-  if redis.call('EXISTS', key(ARGV[3], '{cid}', cid)) == 1 then
-    if ARGV[1] ~= '' and redis.call('HGET', key(ARGV[2], '{cid}', cid), 'project') == ARGV[1] then
-      chosen = cid
-      break
-    end
-  end
-end
-if not chosen then
-  for i = #entries, 1, -1 do
-    local cid = entries[i]
-    if redis.call('EXISTS', key(ARGV[3], '{cid}', cid)) == 1 then
-      chosen = cid
-      break
-    end
+  local used = redis.call('HMGET', key(ARGV[2], '{cid}', cid), 'user', 'served')
+  if alive(cid) and (not used[1] or used[1] == '') and (not used[2] or used[2] == '0') then
+    chosen = cid
+    break
   end
 end
 if not chosen then
@@ -90,21 +118,20 @@ if not chosen then
 end
 redis.call('HINCRBY', KEYS[3], 'hits', 1)
 redis.call('LREM', pool, 1, chosen)
-local ctr = key(ARGV[2], '{cid}', chosen)
-redis.call('HSET', ctr, 'state', 'assigned', 'assigned_at', ARGV[5])
-local found = redis.call('HMGET', ctr, 'host', 'address')
-return {chosen, found[1] or '', found[2] or ''}
+return take(chosen, 'pool')
 """
 
 
-# KEYS[1] = container record. ARGV: cid, project, now, pool key with "{image}".
+# KEYS[1] = container record. ARGV: cid, now, pool key with "{image}". Only a container
+# still warming that no user ever had: the general pool never holds a used one.
 _ADD = """
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state or state == 'assigned' then return 0 end
+if redis.call('HGET', KEYS[1], 'state') ~= 'warming' then return 0 end
+local used = redis.call('HMGET', KEYS[1], 'user', 'served')
+if (used[1] and used[1] ~= '') or (used[2] and used[2] ~= '0') then return 0 end
 local image = redis.call('HGET', KEYS[1], 'image')
-local pool = string.gsub(ARGV[4], '{image}', image)
-redis.call('HSET', KEYS[1], 'state', 'pooled', 'project', ARGV[2], 'session', '',
-  'pooled_at', ARGV[3])
+local pool = string.gsub(ARGV[3], '{image}', image)
+redis.call('HSET', KEYS[1], 'state', 'pooled', 'project', '', 'session', '',
+  'pooled_at', ARGV[2])
 redis.call('LREM', pool, 0, ARGV[1])
 redis.call('LPUSH', pool, ARGV[1])
 return 1
@@ -138,13 +165,14 @@ class Assigned:
     host: str
     address: str
     from_pool: bool
+    reserved: bool = False  # from the user's own reserved containers
 
 
 def affinity(user: str, project_id: str | None) -> str:
-    """Whose node_modules a pooled container keeps (its record's ``project`` field, and
+    """Whose node_modules a reserved container keeps (its record's ``project`` field, and
     the supervisor's ``owner``): one user's one project, opaque. A start prefers a
-    container with its own key, and the supervisor drops a kept tree of any other key:
-    another user's install scripts and code wrote it."""
+    container of its user with its own key, and the supervisor drops a kept tree of any
+    other key (another project's install scripts wrote it)."""
     if not project_id:
         return ""
     return hashlib.sha256(f"{user}\x00{project_id}".encode()).hexdigest()[:32]
@@ -183,6 +211,7 @@ class Containers:
         self.counters = counters
         self.placement = Placement(settings, redis, runtime)
         self.gate = CreateGate(redis, settings.host_create_concurrency)
+        self.reserved = ReservedPool(settings, redis)
         self._acquire = redis.register_script(_ACQUIRE)
         self._add = redis.register_script(_ADD)
         self._placing = asyncio.Lock()
@@ -326,6 +355,9 @@ class Containers:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(keys.container(cid))
             pipe.srem(keys.CONTAINERS, cid)
+            pipe.zrem(keys.RESERVED, cid)
+            if found.get("user"):
+                pipe.zrem(keys.user_reserved(found["user"]), cid)
             if found.get("host"):
                 pipe.srem(keys.host_containers(found["host"]), cid)
             if found.get("image"):
@@ -357,24 +389,32 @@ class Containers:
             await asyncio.sleep(0.1)
         raise ContainerError(f"container {cid} did not report idle within {timeout:.0f}s")
 
-    async def add_to_pool(self, cid: str, owner: str = "") -> bool:
-        """Put a container (back) in its image's pool, once. False when it is gone or was
-        handed to a session meanwhile (two controllers warming it must not pool it twice)."""
+    async def add_to_pool(self, cid: str) -> bool:
+        """Put a freshly warmed container in its image's general pool, once. False when it
+        is gone, was handed to a session meanwhile (two controllers warming it must not
+        pool it twice) or ever was a user's: a used container never goes there."""
         pooled = await self._add(
             keys=[keys.container(cid)],
-            args=[cid, owner, repr(time.time()), keys.pool("{image}")],
+            args=[cid, repr(time.time()), keys.pool("{image}")],
         )
         return bool(pooled)
 
     async def pool_size(self) -> int:
         return int(await self.redis.llen(keys.pool(await self.image_id())))
 
-    async def pop_pooled(self, owner: str) -> Assigned | None:
-        """Take a warm container atomically (same project first); None when none is left.
-        One Redis round trip, no Docker call."""
+    async def pop_pooled(self, user: str, owner: str = "") -> Assigned | None:
+        """Take a warm container atomically: one of `user`'s reserved ones (that of the
+        project of affinity key `owner` first), else a never-used one of the general
+        pool; None when there is neither. One Redis round trip, no Docker call."""
         now = time.time()
         popped = await self._acquire(
-            keys=[keys.pool_image(self.settings.image), keys.POOL_DEMAND, keys.POOL_STATS],
+            keys=[
+                keys.pool_image(self.settings.image),
+                keys.POOL_DEMAND,
+                keys.POOL_STATS,
+                keys.user_reserved(user),
+                keys.RESERVED,
+            ],
             args=[
                 owner,
                 keys.container("{cid}"),
@@ -385,29 +425,57 @@ class Containers:
                 f"{now!r}:{secrets.token_hex(4)}",
                 repr(now - self.settings.pool_scale_window),
                 keys.POOL_DEMAND_MAX,
+                user,
             ],
         )
         if popped is None:
             return None
-        cid, host, address = (text(v) for v in popped)
-        return Assigned(cid, host, address, from_pool=True)
+        cid, host, address, how = (text(v) for v in popped)
+        return Assigned(cid, host, address, from_pool=True, reserved=how == "reserved")
 
-    async def acquire(self, owner: str) -> Assigned:
-        """A warm container (same owner's project first, see ``affinity``), or a new one
-        when the pool is empty."""
-        pooled = await self.pop_pooled(owner)
+    async def acquire(self, user: str, owner: str = "") -> Assigned:
+        """A warm container for `user` (see ``pop_pooled``), or a new one when there is
+        none. When the hosts are full, another user's reserved container is destroyed to
+        make room: reserved ones only save a reset user a start, a fresh start needs one."""
+        pooled = await self.pop_pooled(user, owner)
         if pooled is not None:
             return pooled
         log.info("pool empty: creating a container for a start")  # alerted as pool_depleted
         try:
-            info = await self.launch(role="session")
+            try:
+                info = await self.launch(role="session")
+            except (DockerRuntimeError, ContainerError) as exc:
+                if not await self.hosts_full() or not await self.evict_reserved(
+                    1, f"room for a start: {exc}"
+                ):
+                    raise
+                info = await self.launch(role="session")
         except (DockerRuntimeError, ContainerError) as exc:
             raise ContainerError(f"no container available: {exc}") from exc
         await self.redis.hset(
             keys.container(info.cid),
-            mapping={"state": "assigned", "assigned_at": repr(time.time())},
+            mapping={"state": "assigned", "assigned_at": repr(time.time()), "user": user},
         )
         return Assigned(info.cid, info.host, info.address or "", from_pool=False)
+
+    async def hosts_full(self) -> bool:
+        """Hosts are up but none has room: destroying a container would make some."""
+        states = await self.placement.states()
+        working = [s for s in states if s.up and not s.drained]
+        return bool(working) and not any(s.usable for s in working)
+
+    async def evict_reserved(self, count: int, reason: str) -> int:
+        """Destroy up to `count` reserved containers, those released longest ago first;
+        how many were."""
+        evicted = 0
+        # A few more than asked: concurrent evictions (other starts) may take some first.
+        for cid in await self.reserved.oldest(count + 8):
+            if evicted >= count:
+                break
+            if await self.reserved.take(cid):
+                await self.destroy(cid, reason, "reserved_evicted")
+                evicted += 1
+        return evicted
 
     # --- commands -----------------------------------------------------------------------
 
@@ -474,38 +542,48 @@ class Containers:
     async def release(
         self,
         cid: str,
-        owner: str | None,
+        user: str,
+        owner: str = "",
         budget_bytes: int | None = None,
         session: str | None = None,
     ) -> bool:
-        """Reset the container and return it to the pool; destroy it if that fails, it is
-        over its disk budget or has served too long (the pool keeper replaces it).
-        `session`: the one it served, which the reset must name (supervisor/fence.py; a
-        supervisor serving a session nobody names refuses, and is destroyed).
-        True when it went back to the pool."""
+        """Reset the container and reserve it for `user` (the one its record says had it;
+        `owner`: the affinity key of the project whose node_modules it keeps); destroy it
+        if that fails, it is over its disk budget, has served too long, or reservations
+        are off (the pool keeper replaces it). `session`: the one it served, which the
+        reset must name (supervisor/fence.py; a supervisor serving a session nobody names
+        refuses, and is destroyed). True when it was reserved."""
         found = record(await self.redis.hgetall(keys.container(cid)))
         if not found:
             return False
         found.setdefault("cid", cid)
         if budget_bytes is None:
             budget_bytes = self.settings.container_disk_mb * 1024 * 1024 // 2
+        recorded = found.get("user", "")
+        had = recorded or user
         retire = await self.retire_reason(found)
+        if retire is None and (not had or (user and recorded and user != recorded)):
+            retire = ("owner_unknown", f"released for {user!r}, its record says {recorded!r}")
+        if retire is None and self.settings.pool_affinity_ttl <= 0:
+            retire = ("not_reserved", "PREVIEW_POOL_AFFINITY_TTL is 0")
         if retire is None:
             await self.redis.hset(
                 keys.container(cid),
-                mapping={"state": "releasing", "releasing_at": repr(time.time())},
+                mapping={"state": "releasing", "releasing_at": repr(time.time()), "user": had},
             )
             retire = await self._reset(cid, budget_bytes, session)
+        served = int(found.get("served") or 0) + 1
+        if retire is None:
+            await self.redis.hset(keys.container(cid), "served", str(served))
+            if not await self.reserved.reserve(cid, had, owner):
+                retire = ("release_lost", "its record changed while it was reset")
         if retire is not None:
             await self.destroy(cid, retire[1], retire[0])
             return False
-        served = int(found.get("served") or 0) + 1
-        await self.redis.hset(keys.container(cid), "served", str(served))
-        await self.add_to_pool(cid, owner or "")
         decision(
             log,
             "container_released",
-            "pooled",
+            "reserved",
             "reset cleanly",
             counters=self.counters,
             cid=cid,

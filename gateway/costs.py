@@ -3,8 +3,8 @@
 The leading controller calls :meth:`CostMeter.accrue` every pass: the time since the
 previous accrual (``GETSET`` on one key, so two controllers overlapping during a leader
 change count disjoint intervals) is added, per UTC day, to each live session's user and
-project, and to ``pool`` for every warm container waiting. Money: a container-second
-costs PREVIEW_COST_PER_HOST_HOUR / (host capacity * 3600), the capacity being
+project, and to ``pool`` for every warm container waiting (general or reserved). Money: a
+container-second costs PREVIEW_COST_PER_HOST_HOUR / (host capacity * 3600), the capacity being
 PREVIEW_COST_HOST_CAPACITY or else what placement computes from the hosts' sizes.
 """
 
@@ -57,7 +57,7 @@ class CostMeter:
                 total += seconds
                 pipe.hincrbyfloat(key, f"u:{session.user}", seconds)
                 pipe.hincrbyfloat(key, f"p:{session.project_id}", seconds)
-            idle = (now - start) * pool.pooled
+            idle = (now - start) * (pool.pooled + pool.reserved)
             if idle:
                 pipe.hincrbyfloat(key, "pool", idle)
             pipe.hincrbyfloat(key, "total", total + idle)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 from redis.asyncio import Redis
 
@@ -35,6 +36,7 @@ class HostView:
     capacity: int
     containers: int
     pooled: int = 0
+    reserved: int = 0
     sessions: int = 0
     drained: bool = False
 
@@ -45,24 +47,33 @@ class HostView:
 
 @dataclass
 class PoolView:
+    """The general pool (never-used containers: `pooled`, `hits`) and the containers
+    reserved for their last user (`reserved`, `reserved_hits`)."""
+
     image: str
     pooled: int
     target: int
     hits: int
     misses: int
     per_host: dict[str, int] = field(default_factory=dict)
+    reserved: int = 0
+    reserved_hits: int = 0
+    reserved_per_host: dict[str, int] = field(default_factory=dict)
 
     @property
     def hit_rate(self) -> float | None:
-        total = self.hits + self.misses
-        return self.hits / total if total else None
+        """Starts that got a warm container (general or their own reserved one)."""
+        total = self.hits + self.reserved_hits + self.misses
+        return (self.hits + self.reserved_hits) / total if total else None
 
     def summary(self) -> dict[str, object]:
         return {
             "image": self.image,
             "pooled": self.pooled,
+            "reserved": self.reserved,
             "target": self.target,
             "hits": self.hits,
+            "reserved_hits": self.reserved_hits,
             "misses": self.misses,
             "hit_rate": self.hit_rate,
         }
@@ -82,13 +93,16 @@ async def sessions(redis: Redis, limit: int = MAX_SESSIONS) -> list[Session]:
 async def pool(redis: Redis, settings: Settings) -> PoolView:
     image = text(await redis.get(keys.pool_image(settings.image)))
     cids = [text(c) for c in await redis.lrange(keys.pool(image), 0, -1)] if image else []
+    found: Any = await redis.zrange(keys.RESERVED, 0, -1)
+    reserved = [text(c) for c in found]
     async with redis.pipeline(transaction=False) as pipe:
         pipe.hgetall(keys.POOL_STATS)
-        for cid in cids:
+        for cid in [*cids, *reserved]:
             pipe.hget(keys.container(cid), "host")
         replies = await pipe.execute()
     stats = record(replies[0])
-    per_host = Counter(text(h) for h in replies[1:] if h)
+    per_host = Counter(text(h) for h in replies[1 : 1 + len(cids)] if h)
+    reserved_per_host = Counter(text(h) for h in replies[1 + len(cids) :] if h)
     return PoolView(
         image=image,
         pooled=len(cids),
@@ -96,6 +110,9 @@ async def pool(redis: Redis, settings: Settings) -> PoolView:
         hits=int(stats.get("hits") or 0),
         misses=int(stats.get("misses") or 0),
         per_host=dict(per_host),
+        reserved=len(reserved),
+        reserved_hits=int(stats.get("reserved_hits") or 0),
+        reserved_per_host=dict(reserved_per_host),
     )
 
 
@@ -104,6 +121,7 @@ async def hosts(
     settings: Settings,
     live: list[Session] | None = None,
     pooled: dict[str, int] | None = None,
+    reserved: dict[str, int] | None = None,
 ) -> list[HostView]:
     """Every configured host: up or down (as the controller last saw it), capacity, use."""
     names = host_names(settings)
@@ -121,6 +139,7 @@ async def hosts(
                 capacity=host_capacity(settings, mem, cpus) if mem else 0,
                 containers=used,
                 pooled=(pooled or {}).get(name, 0),
+                reserved=(reserved or {}).get(name, 0),
                 sessions=per_host.get(name, 0),
                 drained=name in drained,
             )

@@ -390,10 +390,17 @@ def openapi_document(settings: Settings) -> Schema:
                 "200": _json(
                     {
                         "type": "object",
-                        "required": ["image", "pooled", "containers", "sessions"],
+                        "required": ["image", "pooled", "reserved", "containers", "sessions"],
                         "properties": {
                             "image": {"type": "string"},
-                            "pooled": {"type": "integer"},
+                            "pooled": {
+                                "type": "integer",
+                                "description": "the general pool: never ran user code",
+                            },
+                            "reserved": {
+                                "type": "integer",
+                                "description": "released, kept for their last user only",
+                            },
                             "containers": {"type": "integer"},
                             "sessions": {"type": "integer"},
                         },

@@ -157,10 +157,9 @@ class OrphanSweeper:
                 if session is None or session.container != cid:
                     fixed += 1
                     decision(log, "container_reclaimed", "abandoned", "no session uses it", cid=cid)
-                    # The session it was given to, if any: its reset must name it.
-                    await self.containers.release(
-                        cid, found.get("project") or None, session=sid or None
-                    )
+                    # Reserved for the user the acquisition recorded (no user: destroyed);
+                    # the session it was given to, if any: its reset must name it.
+                    await self.containers.release(cid, found.get("user", ""), session=sid or None)
         return fixed
 
     async def _session(self, sid: str) -> Session | None:

@@ -2,9 +2,13 @@
 
 Acquiring is the gateway's job (`Containers.pop_pooled`, one Lua script). Here, each
 tick: retire pools of older image builds, health-check the pooled (heartbeat fresh and
-`idle`, every PREVIEW_POOL_HEALTH_INTERVAL), adopt or drop warming containers nobody
-waits for, compute the autoscaled target, launch what is missing in parallel (the
-per-host creation gate caps them and lets user starts go first), and trim a surplus.
+`idle`, every PREVIEW_POOL_HEALTH_INTERVAL; a general-pool entry that a user ever had is
+dropped too), destroy reserved containers (gateway/reserved.py) past their
+PREVIEW_POOL_AFFINITY_TTL, of an older image or unhealthy, adopt or drop warming
+containers nobody waits for, compute the autoscaled target, launch what is missing in
+parallel (the per-host creation gate caps them and lets user starts go first; reserved
+containers are evicted, oldest first, when the hosts have no room for them), and trim a
+surplus. The general pool is only ever refilled with fresh containers.
 """
 
 from __future__ import annotations
@@ -22,11 +26,11 @@ from gateway.docker_runtime import DockerRuntimeError
 from gateway.outage import OutageWatch
 from shared import keys
 from shared.messages import Heartbeat
-from shared.redis_types import text
+from shared.redis_types import record, text
 
 log = logging.getLogger(__name__)
 
-SURPLUS_KEEP = 300.0  # seconds a released container may sit above the target (reuse)
+SURPLUS_KEEP = 300.0  # seconds a pooled container may sit above the target
 WARMING = ("creating", "warming")
 
 
@@ -59,6 +63,7 @@ class PoolKeeper:
         if full:
             self._checked = now
         await self.check_health(image_id, records, full)
+        await self.check_reserved(image_id, records, full)
         warming = await self._adopt_warming(image_id, records)
         await self._scale(image_id, warming)
         await self._trim(image_id, records)
@@ -85,14 +90,48 @@ class PoolKeeper:
         bench/bench_pool.py)."""
         key = keys.pool(image_id)
         cids = [text(c) for c in await self.redis.lrange(key, 0, -1)]
+        for cid, reason in (await self._unhealthy(cids, records, full)).items():
+            await self._drop(key, cid, "unhealthy", f"pooled container {reason}")
+
+    async def check_reserved(
+        self, image_id: str, records: dict[str, dict[str, str]], full: bool = True
+    ) -> None:
+        """Destroy reserved containers past their time, of an older image, or unhealthy
+        (the same rules as the general pool's)."""
+        doomed: dict[str, tuple[str, str]] = {}
+        for cid in await self.containers.reserved.expired():
+            doomed[cid] = ("reserved_expired", "its reservation for its last user expired")
+        cids = await self.containers.reserved.all()
+        # Read again: releases reserve containers all the time, many since `records`.
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for cid in cids:
+                pipe.hgetall(keys.container(cid))
+            replies = await pipe.execute()
+        records = {cid: record(r) for cid, r in zip(cids, replies, strict=True) if r}
+        for cid in cids:
+            found = records.get(cid)
+            if found is not None and found.get("image") != image_id:
+                doomed.setdefault(cid, ("image_rebuilt", "image was rebuilt"))
+        for cid, reason in (await self._unhealthy(cids, records, full)).items():
+            doomed.setdefault(cid, ("unhealthy", f"reserved container {reason}"))
+        for cid, (code, reason) in doomed.items():
+            # Only the one who takes it out of the sets destroys it: an acquirer may be first.
+            if await self.containers.reserved.take(cid):
+                await self.containers.destroy(cid, reason, code)
+
+    async def _unhealthy(
+        self, cids: list[str], records: dict[str, dict[str, str]], full: bool
+    ) -> dict[str, str]:
+        """Why each of these idle containers (general pool or reserved) must go, if so."""
         if not cids:
-            return
+            return {}
         async with self.redis.pipeline(transaction=False) as pipe:
             for cid in cids:
                 pipe.get(keys.heartbeat(cid))
             beats = await pipe.execute()
         now = time.time()
         trusted = self.outage is None or self.outage.heartbeats_trusted
+        found_reasons: dict[str, str] = {}
         for cid, raw in zip(cids, beats, strict=True):
             reason = ""
             found = records.get(cid)
@@ -103,6 +142,11 @@ class PoolKeeper:
                 reason = "stopped heartbeating" if raw is None else ""
             elif found is None:
                 reason = "its record is gone"
+            elif found.get("state") == "pooled" and (
+                found.get("user") or found.get("served", "0") != "0"
+            ):
+                # Pooled by older code after a session: never for anyone else.
+                reason = f"ran user code (user {found.get('user') or 'unknown'})"
             elif raw is None:
                 reason = "stopped heartbeating"
             else:
@@ -114,7 +158,8 @@ class PoolKeeper:
                 elif heartbeat.state != "idle" or heartbeat.session_id:
                     reason = f"reports {heartbeat.state} for session {heartbeat.session_id}"
             if reason:
-                await self._drop(key, cid, "unhealthy", f"pooled container {reason}")
+                found_reasons[cid] = reason
+        return found_reasons
 
     async def _drop(self, pool_key: bytes | str, cid: str, code: str, reason: str) -> None:
         # Only the one who takes it out of the list destroys it: an acquirer may be first.
@@ -169,6 +214,12 @@ class PoolKeeper:
             return
         states = await self.containers.placement.states()
         room = sum(max(0, s.free) for s in states if s.up and not s.drained)
+        if room < missing and any(s.up and not s.drained for s in states):
+            # A fresh container serves anyone; a reserved one only its user's next start.
+            reason = f"room for the general pool ({pooled} pooled < target {self.target})"
+            if await self.containers.evict_reserved(missing - room, reason):
+                states = await self.containers.placement.states()
+                room = sum(max(0, s.free) for s in states if s.up and not s.drained)
         if room < missing and not self._no_room:
             log.warning("pool refill limited by host capacity: missing=%d room=%d", missing, room)
         self._no_room = room < missing
@@ -190,8 +241,7 @@ class PoolKeeper:
 
     async def _trim(self, image_id: str, records: dict[str, dict[str, str]]) -> None:
         """Above the max: the surplus goes. Above the target: what sat unused longer than
-        SURPLUS_KEEP goes (a just-released container is likely to be wanted again soon),
-        containers without a project's node_modules first, then the oldest."""
+        SURPLUS_KEEP goes (demand that just ebbed may come back soon), oldest first."""
         key = keys.pool(image_id)
         cids = [text(c) for c in await self.redis.lrange(key, 0, -1)]
         over_max = len(cids) - self.settings.pool_max
@@ -203,7 +253,7 @@ class PoolKeeper:
         def pooled_at(cid: str) -> float:
             return float(records.get(cid, {}).get("pooled_at") or 0)
 
-        order = sorted(cids, key=lambda c: (bool(records.get(c, {}).get("project")), pooled_at(c)))
+        order = sorted(cids, key=pooled_at)
         stale = [c for c in order if now - pooled_at(c) > SURPLUS_KEEP]
         doomed = stale[:over_target]
         for cid in order:

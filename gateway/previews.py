@@ -193,6 +193,7 @@ class Previews:
             if session.container:
                 await self.containers.release(
                     session.container,
+                    session.user,
                     affinity(session.user, session.project_id),
                     session=session.id,
                 )

@@ -100,7 +100,9 @@ class Starter:
     async def _launch(self, session: Session, request: StartRequest) -> None:
         began = time.monotonic()
         try:
-            assigned = await self.containers.acquire(affinity(session.user, request.project_id))
+            assigned = await self.containers.acquire(
+                session.user, affinity(session.user, request.project_id)
+            )
         except (ContainerError, DockerRuntimeError, RedisError) as exc:
             # A warning, not an error: under a burst every refusal would be a Sentry event.
             # On-call hears of it once, through the pool_depleted / start_error_rate alerts.
@@ -223,7 +225,10 @@ class Starter:
             await publish_change(self.redis, session.id)
             if cid:
                 await self.containers.release(
-                    cid, affinity(session.user, session.project_id), session=session.id
+                    cid,
+                    session.user,
+                    affinity(session.user, session.project_id),
+                    session=session.id,
                 )
         except (RedisError, ContainerError, DockerRuntimeError) as exc:
             log.error("could not undo start sid=%s: %s", session.id, exc)

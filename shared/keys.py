@@ -64,7 +64,8 @@ def logs(cid: str) -> str:
 
 
 def container(cid: str) -> str:
-    """Hash: host, docker_id, address, port, image, state, session, created_at."""
+    """Hash: host, docker_id, address, port, image, state, session, created_at; ``user``
+    once a session of that user got it (it never serves anyone else), ``reserved_until``."""
     return f"{PREFIX}ctr:{cid}"
 
 
@@ -72,8 +73,20 @@ CONTAINERS = f"{PREFIX}containers"  # set of every cid we created and not yet re
 
 
 def pool(image: str) -> str:
-    """List of warm, idle cids for one image digest (LPUSH on release, RPOP on acquire)."""
+    """List of warm, idle cids for one image digest that never ran user code (the general
+    pool: LPUSH when warmed, taken oldest first on acquire)."""
     return f"{PREFIX}pool:{image}"
+
+
+def user_reserved(user: str) -> str:
+    """Sorted set cid -> reserved-until (unix s): containers released by this user's
+    sessions, reset and kept for this user's next start only."""
+    return f"{PREFIX}u:{user}:reserved"
+
+
+# Sorted set cid -> reserved-until of every user's reserved containers: the controller's
+# index for expiry, health checks and eviction (an entry leaves it and its user's set at once).
+RESERVED = f"{PREFIX}reserved"
 
 
 def session(sid: str) -> str:
@@ -159,7 +172,8 @@ def pool_image(image: str) -> str:
 
 
 POOL_DEMAND = f"{PREFIX}pool-demand"  # sorted set: acquisition token -> unix time (autoscale)
-POOL_STATS = f"{PREFIX}pool-stats"  # hash: target, replenish_s, peak, hits, misses, updated
+# hash: target, replenish_s, peak, updated; hits and misses (general pool), reserved_hits
+POOL_STATS = f"{PREFIX}pool-stats"
 POOL_DEMAND_MAX = 20_000  # acquisitions remembered at most (the window is also in time)
 
 

@@ -220,6 +220,13 @@ class Settings:
         "quiet hour is still served from the pool, seconds.",
         float,
     )
+    pool_affinity_ttl: float = _setting(
+        600.0,
+        "A released container is reset and kept for its last user's next start this long, "
+        "then destroyed: it never returns to the general pool (0: destroyed at release), "
+        "seconds.",
+        float,
+    )
     session_max_lifetime: float = _setting(
         8 * 3600.0, "A preview is stopped after this long in any case, seconds.", float
     )
@@ -353,6 +360,8 @@ class Settings:
             raise SettingsError("need 0 <= PREVIEW_POOL_MIN <= PREVIEW_POOL_MAX")
         if self.heartbeat_ttl <= self.heartbeat_interval:
             raise SettingsError("PREVIEW_HEARTBEAT_TTL must exceed PREVIEW_HEARTBEAT_INTERVAL")
+        if self.pool_affinity_ttl < 0:
+            raise SettingsError("PREVIEW_POOL_AFFINITY_TTL must not be negative")
         if not self.docker_hosts:
             raise SettingsError("PREVIEW_DOCKER_HOSTS is empty")
         if any("=" not in label for label in self.container_labels):

@@ -28,7 +28,8 @@ meanwhile. Args:
 ``stop`` — stop the dev server (and a prepare in progress); result {state: "stopped"}.
 ``reset`` — {keep_node_modules: bool, node_modules_budget_bytes: int}: stop everything,
   kill every ``app`` process, empty the workspace (node_modules kept when asked, known and
-  under budget), forget the session. result {state: "idle", kept_node_modules,
+  under budget), restore app's home and the temporary directories (``scrub``), forget the
+  session. result {state: "idle", kept_node_modules,
   node_modules_bytes, node_modules_key}.
 ``logs`` — {lines: int (default 100, at most 2000)}; result {lines: [...]}.
 ``claim`` — make ``Command.session_id`` the current session without doing anything else
@@ -63,7 +64,7 @@ from typing import Any
 
 from shared import keys
 from shared.messages import Command
-from supervisor import fence, procs, sources, workspace
+from supervisor import fence, procs, scrub, sources, workspace
 from supervisor.cgroup import tree_size
 from supervisor.context import Context, SessionState
 from supervisor.errors import CommandError
@@ -150,6 +151,12 @@ async def reset(ctx: Context, command: Command) -> dict[str, Any]:
         kept = keep and size > 0 and size <= budget and bool(ctx.session.lock_hash)
         key = node_modules_key(ctx) if kept else None
         await asyncio.to_thread(_clear, root, ["node_modules"] if kept else [])
+        if ctx.config.restore_user_files and ctx.user.uid is not None and ctx.user.gid is not None:
+            owner = (ctx.user.uid, ctx.user.gid)
+            try:
+                await asyncio.to_thread(scrub.restore, Path(ctx.user.home), root, owner)
+            except OSError as exc:  # the gateway then destroys the container
+                raise CommandError(f"could not restore the container's files: {exc}") from None
         ctx.session = SessionState(
             lock_hash=ctx.session.lock_hash if kept else None,
             node_modules_key=key,

@@ -55,6 +55,10 @@ class SupervisorConfig:
     # PREVIEW_CONTAINER_DISK_MB as the gateway set it: 0 when no bound is kept on this
     # container's disk (the heartbeat then measures the workspace only).
     container_disk_mb: int = 0
+    # Reset restores app's home and the shared temporary directories (supervisor/scrub.py).
+    # Only the preview image turns it on (its ENV): on a developer's or CI's host those
+    # directories hold other people's files.
+    restore_user_files: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> SupervisorConfig:
@@ -98,6 +102,7 @@ class SupervisorConfig:
             cache_zstd_level=int(number("CACHE_ZSTD_LEVEL", 1)),
             cache_zstd_threads=int(number("CACHE_ZSTD_THREADS", 2)),
             container_disk_mb=int(number("CONTAINER_DISK_MB", 0)),
+            restore_user_files=get("RESTORE_USER_FILES", "") == "1",
         )
         config.validate()
         return config

@@ -61,14 +61,44 @@ class AppUser:
             os.chown(path, self.uid, self.gid)
 
 
+# Root's files, empty and read-only to app (images/preview/Dockerfile makes them).
+USER_CONFIG_DIR = "/opt/preview/user"
+
+
+def supervised_config(home: str) -> dict[str, str]:
+    """Where npm, git, corepack and XDG programs look for per-user configuration and
+    caches: root's read-only files, or places under the home that ``reset`` restores, so
+    that nothing user code wrote (a ``~/.npmrc`` with ``node-options``, a ``~/.gitconfig``
+    with hooks) changes how a later session's install or dev server starts. A project's
+    own ``.npmrc`` in the workspace still applies: it is the user's."""
+    return {
+        "npm_config_userconfig": f"{USER_CONFIG_DIR}/npmrc",
+        "npm_config_cache": f"{home}/.npm",
+        "GIT_CONFIG_GLOBAL": f"{USER_CONFIG_DIR}/gitconfig",
+        "COREPACK_HOME": f"{home}/.cache/node/corepack",
+        "XDG_CONFIG_HOME": f"{home}/.config",
+        "XDG_CACHE_HOME": f"{home}/.cache",
+        "XDG_DATA_HOME": f"{home}/.local/share",
+        "XDG_STATE_HOME": f"{home}/.local/state",
+    }
+
+
 def child_environment(
     base: Mapping[str, str], user: AppUser, extra: Mapping[str, str] | None = None
 ) -> dict[str, str]:
-    """The environment of a child: ours with the user's identity, then ``extra``; never a
-    ``PREVIEW_*`` variable, whoever asked for it (they hold this container's credentials)."""
-    env = {k: v for k, v in base.items() if not k.startswith(("SUDO_", "MAIL"))}
+    """The environment of a child: ours with the user's identity and ``supervised_config``,
+    then ``extra``; never a ``PREVIEW_*`` variable, whoever asked for it (they hold this
+    container's credentials)."""
+    chosen = supervised_config(user.home)
+    names = {name.lower() for name in chosen}  # npm reads npm_config_* in any case
+    env = {
+        k: v
+        for k, v in base.items()
+        if not k.startswith(("SUDO_", "MAIL")) and k.lower() not in names
+    }
     env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
     env.update(HOME=user.home, USER=user.name, LOGNAME=user.name)
+    env.update(chosen)
     env.update(extra or {})
     return {k: v for k, v in env.items() if not k.startswith(ENV_PREFIX)}
 

@@ -129,7 +129,8 @@
     $("k-sessions").textContent = o.sessions.active;
     $("k-states").textContent = Object.entries(o.sessions.by_state).map(([k, v]) => v + " " + k).join(", ");
     $("k-pool").textContent = o.pool.pooled + " / " + o.pool.target;
-    $("k-pool-sub").textContent = "warm / target · " + o.pool.hits + " hits, " + o.pool.misses + " misses";
+    $("k-pool-sub").textContent = "warm / target · " + o.pool.reserved + " kept for their last user · " +
+      o.pool.hits + " hits, " + o.pool.reserved_hits + " reserved hits, " + o.pool.misses + " misses";
     fill("hosts", o.hosts, (row, h) => {
       const state = h.up ? (h.drained ? "drained" : "up") : "down";
       cell(row, h.name);
@@ -145,6 +146,7 @@
       td.appendChild(document.createTextNode(h.capacity ? Math.round(h.load * 100) + "%" : "?"));
       cell(row, h.containers + " / " + (h.capacity || "?"));
       cell(row, h.pooled);
+      cell(row, h.reserved);
       cell(row, h.sessions);
     });
     fill("failures", o.failures, (row, f) => {

@@ -38,13 +38,13 @@ def test_redis_restart_keeps_open_previews_and_recovers_by_itself(
     finally:
         browser.close()
     # And the system acts again: a stop frees the slot at once, and the container takes
-    # its reset command (the supervisor reads its command stream again) back to the pool.
+    # its reset command (the supervisor reads its command stream again): kept for alice.
     assert system.api("DELETE", f"/v1/previews/{sid}").status_code == 204
     assert system.redis.zcard(keys.user_slots("alice")) == 0
     wait_until(
-        lambda: system.redis.hget(keys.container(cid), "state") == b"pooled",
+        lambda: system.redis.hget(keys.container(cid), "state") == b"reserved",
         60,
-        "the container reset and pooled",
+        "the container reset and reserved for its user",
     )
 
 

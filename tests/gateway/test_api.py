@@ -114,7 +114,11 @@ def test_start_hot_start_read_and_stop(gateway: GatewayProcess, sync_redis: Sync
     assert httpx.delete(f"{gateway.url}/v1/previews/{sid}", headers=bearer()).status_code == 404
     cid = record["container"]
     wait_until(lambda: not sync_redis.exists(keys.session(sid)), 60, "the release to finish")
-    assert sync_redis.hget(keys.container(cid), "state") == b"pooled"  # back to the pool
+    # Reset and kept for alice only, never in the general pool.
+    assert sync_redis.hget(keys.container(cid), "state") == b"reserved"
+    assert sync_redis.zscore(keys.user_reserved("alice"), cid) is not None
+    pool = httpx.get(f"{gateway.url}/v1/pool", headers=bearer("ops", scope="admin")).json()
+    assert (pool["pooled"], pool["reserved"], pool["containers"]) == (0, 1, 1)
 
 
 def test_a_user_never_sees_another_users_preview(gateway: GatewayProcess) -> None:

@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,7 +57,11 @@ def test_lists_sessions_pool_and_hosts(
     cli_env.set(keys.pool_image("preview-gateway/preview:latest"), "sha256:abc")
     cli_env.rpush(keys.pool("sha256:abc"), "pvc-1")
     cli_env.hset(keys.container("pvc-1"), "host", "local")
-    cli_env.hset(keys.POOL_STATS, mapping={"target": "2", "hits": "3", "misses": "1"})
+    cli_env.zadd(keys.RESERVED, {"pvc-2": time.time() + 60})
+    cli_env.hset(keys.container("pvc-2"), "host", "local")
+    cli_env.hset(
+        keys.POOL_STATS, mapping={"target": "2", "hits": "3", "misses": "1", "reserved_hits": "2"}
+    )
 
     code, out, _ = run(capsys, "sessions")
     assert code == 0 and session.id in out and "carol" in out and "1 live sessions" in out
@@ -65,7 +70,10 @@ def test_lists_sessions_pool_and_hosts(
     code, out, _ = run(capsys, "--json", "pool")
     pool = json.loads(out)
     assert (pool["pooled"], pool["target"], pool["per_host"]) == (1, 2, {"local": 1})
-    assert pool["hit_rate"] == 0.75
+    assert (pool["reserved"], pool["reserved_per_host"]) == (1, {"local": 1})
+    assert pool["hit_rate"] == 5 / 6  # 3 general + 2 reserved of 6 acquisitions
+    code, out, _ = run(capsys, "pool")
+    assert "local: 1 pooled, 1 reserved" in out
     code, out, _ = run(capsys, "hosts")
     assert code == 0 and "local" in out and "up" in out
 

@@ -12,7 +12,7 @@ import pytest_asyncio
 from redis.asyncio import Redis
 from redis.exceptions import NoPermissionError
 
-from gateway.containers import Containers, supervisor_redis_url
+from gateway.containers import Containers, affinity, supervisor_redis_url
 from gateway.docker_runtime import DockerRuntime
 from shared import keys
 from shared.messages import Command
@@ -110,38 +110,90 @@ async def test_concurrent_acquisitions_never_share_a_container(
         await redis.delete(keys.container(cid), keys.heartbeat(cid))
 
 
-async def test_affinity_and_dead_entries(containers: Containers, redis: Redis) -> None:
+async def fake_reserved(
+    redis: Redis, image: str, cid: str, user: str, project: str = "", ttl: float = 60.0
+) -> None:
+    """A container reserved for `user` as a release leaves it (pure Redis logic)."""
+    until = time.time() + ttl
+    await redis.hset(
+        keys.container(cid),
+        mapping={
+            "cid": cid,
+            "image": image,
+            "project": project,
+            "host": "local",
+            "state": "reserved",
+            "user": user,
+        },
+    )
+    await redis.set(keys.heartbeat(cid), "{}", ex=60)
+    await redis.zadd(keys.user_reserved(user), {cid: until})
+    await redis.zadd(keys.RESERVED, {cid: until})
+
+
+async def test_a_container_never_serves_two_users(containers: Containers, redis: Redis) -> None:
+    """Reserved containers go to their own user only (same project first, never past
+    their time); the general pool never hands out one a user had, nor a dead one."""
     image = await containers.image_id()
-    await fake_pooled(redis, image, "pvc-old")
-    await fake_pooled(redis, image, "pvc-mine", project="shop")
+    await fake_pooled(redis, image, "pvc-used")  # the oldest entry: taken first if allowed
+    await redis.hset(keys.container("pvc-used"), "user", "mallory")  # ran mallory's code
+    await fake_pooled(redis, image, "pvc-served")  # pooled after a session by older code
+    await redis.hset(keys.container("pvc-served"), "served", "3")
     await fake_pooled(redis, image, "pvc-dead")
     await redis.delete(keys.heartbeat("pvc-dead"))  # stopped heartbeating while pooled
-    mine = await containers.pop_pooled("shop")
-    assert mine is not None and mine.cid == "pvc-mine" and mine.from_pool
-    other = await containers.pop_pooled("blog")
-    assert other is not None and other.cid == "pvc-old"
-    assert await containers.pop_pooled("blog") is None  # the dead one is never handed out
-    for cid in ("pvc-old", "pvc-mine", "pvc-dead"):
-        await redis.delete(keys.container(cid), keys.heartbeat(cid))
+    await fake_pooled(redis, image, "pvc-fresh")
+    await fake_reserved(redis, image, "pvc-a-shop", "alice", affinity("alice", "shop"))
+    await fake_reserved(redis, image, "pvc-a-blog", "alice", affinity("alice", "blog"))
+    await fake_reserved(redis, image, "pvc-a-late", "alice", ttl=-1.0)  # its time is up
+    await fake_reserved(redis, image, "pvc-bob", "bob", affinity("bob", "shop"))
+
+    carol = await containers.pop_pooled("carol", affinity("carol", "shop"))
+    assert carol is not None and (carol.cid, carol.reserved) == ("pvc-fresh", False)
+    assert await containers.pop_pooled("carol", affinity("carol", "shop")) is None
+    blog = await containers.pop_pooled("alice", affinity("alice", "blog"))
+    assert blog is not None and (blog.cid, blog.reserved) == ("pvc-a-blog", True)
+    other = await containers.pop_pooled("alice", affinity("alice", "new"))
+    assert other is not None and other.cid == "pvc-a-shop"  # the same user's other project
+    assert await containers.pop_pooled("alice", affinity("alice", "shop")) is None
+    bob = await containers.pop_pooled("bob", affinity("bob", "shop"))
+    assert bob is not None and bob.cid == "pvc-bob"
+
+    assert await redis.hget(keys.container("pvc-fresh"), "user") == b"carol"
+    assert await redis.lrange(keys.pool(image), 0, -1) == [b"pvc-dead", b"pvc-served", b"pvc-used"]
+    assert await redis.zrange(keys.RESERVED, 0, -1) == [b"pvc-a-late"]
+    assert int(await redis.hget(keys.POOL_STATS, "reserved_hits") or 0) == 3
+    assert int(await redis.zcard(keys.POOL_DEMAND)) == 3  # reserved hits draw no demand
+    for cid in ("pvc-used", "pvc-served", "pvc-dead", "pvc-fresh", "pvc-a-shop", "pvc-a-blog"):
+        await containers.forget(cid)
+    await containers.forget("pvc-a-late")
+    await containers.forget("pvc-bob")
+    assert not await redis.exists(keys.RESERVED, keys.user_reserved("alice"))
 
 
-async def test_release_returns_to_pool_and_destroy_leaves_nothing(
+async def test_release_reserves_for_its_user_and_destroy_leaves_nothing(
     containers: Containers, redis: Redis
 ) -> None:
     info = await containers.launch()
     await containers.wait_idle(info.cid, timeout=60)
-    assert await containers.release(info.cid, "shop") is True
-    assert await redis.lrange(keys.pool(await containers.image_id()), 0, -1) == [info.cid.encode()]
-    assert (await redis.hget(keys.container(info.cid), "project")) == b"shop"
+    owner = affinity("alice", "shop")
+    assert await containers.release(info.cid, "alice", owner) is True
+    assert await redis.llen(keys.pool(await containers.image_id())) == 0  # never the general
+    until = await redis.zscore(keys.user_reserved("alice"), info.cid)
+    assert until is not None and until > time.time()
+    assert await redis.zscore(keys.RESERVED, info.cid) == until
+    found = await redis.hmget(keys.container(info.cid), "state", "project", "user")
+    assert found == [b"reserved", owner.encode(), b"alice"]
+    assert await containers.pop_pooled("bob") is None
     await containers.destroy(info.cid, "test")
     assert await containers.runtime.default.inspect(info.cid) is None
     assert not [k async for k in redis.scan_iter(match=f"*{info.cid}*")]
+    assert await redis.zscore(keys.RESERVED, info.cid) is None
     users = await redis.execute_command("ACL", "USERS")
     assert info.cid.encode() not in users
 
 
 async def test_acquire_creates_when_the_pool_is_empty(containers: Containers) -> None:
     project = secrets.token_hex(4)
-    assigned = await containers.acquire(project)
+    assigned = await containers.acquire("alice", affinity("alice", project))
     assert assigned.from_pool is False and assigned.address
     await containers.wait_idle(assigned.cid, timeout=60)

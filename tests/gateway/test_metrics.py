@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -96,7 +97,11 @@ async def test_controller_metrics_show_reaps_pool_and_hosts(
         controller_metrics_bind=f"127.0.0.1:{port}",
         state_dir=str(tmp_path),
     )
-    await redis.hset(keys.POOL_STATS, mapping={"target": "3", "hits": "7", "misses": "2"})
+    await redis.hset(
+        keys.POOL_STATS, mapping={"target": "3", "hits": "7", "misses": "2", "reserved_hits": "4"}
+    )
+    await redis.zadd(keys.RESERVED, {"pvc-kept": time.time() + 60})
+    await redis.hset(keys.container("pvc-kept"), "host", "local")
     await redis.hset(keys.docker_host("local"), mapping={"state": "down", "reason": "gone"})
     await redis.sadd(keys.DRAINED_HOSTS, "local")
     ops = ControllerOps(local, redis, counters)
@@ -116,6 +121,9 @@ async def test_controller_metrics_show_reaps_pool_and_hosts(
     )
     assert value(text, "preview_pool_target") == 3
     assert value(text, "preview_pool_acquisitions_total", result="hit") == 7
+    assert value(text, "preview_pool_acquisitions_total", result="reserved") == 4
+    assert value(text, "preview_pool_reserved", host="local") == 1
+    assert value(text, "preview_pool_size", host="local") == 0
     assert value(text, "preview_host_up", host="local") == 0
     assert value(text, "preview_host_drained", host="local") == 1
     assert value(text, "preview_redis_up") == 1

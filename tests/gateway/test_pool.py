@@ -13,7 +13,7 @@ import pytest
 from redis.asyncio import Redis
 
 from gateway.autoscale import Autoscaler, Demand, peak_within, target_for
-from gateway.containers import Containers
+from gateway.containers import Containers, affinity
 from gateway.counters import COUNTERS
 from gateway.docker_runtime import DockerRuntime
 from shared import keys
@@ -232,3 +232,45 @@ async def test_hundred_concurrent_acquisitions_across_gateways_never_share(
         for client in clients:
             await client.aclose()
         await runtime.close()
+
+
+async def test_a_start_on_full_hosts_evicts_another_users_reserved_container(
+    settings: Settings, redis: Redis, make_controller: ControllerFactory
+) -> None:
+    """A reserved container only saves its user a start; a start that finds no room
+    destroys one (released longest ago) and gets a fresh container, never that one."""
+    s = fast(settings, pool_min=0, pool_max=0, host_max_containers=1)
+    containers = make_controller(s).containers
+    before = COUNTERS.get("container_destroyed", "reserved_evicted")
+    alice = await containers.acquire("alice", affinity("alice", "shop"))
+    await containers.wait_idle(alice.cid)
+    assert await containers.release(alice.cid, "alice", affinity("alice", "shop"))
+    bob = await containers.acquire("bob", affinity("bob", "shop"))
+    assert bob.cid != alice.cid and not bob.from_pool
+    assert await containers.runtime.default.inspect(alice.cid) is None
+    assert await redis.zcard(keys.RESERVED) == 0
+    assert COUNTERS.get("container_destroyed", "reserved_evicted") == before + 1
+    assert await redis.hget(keys.container(bob.cid), "user") == b"bob"
+
+
+async def test_the_keeper_evicts_reserved_containers_for_the_general_pool(
+    settings: Settings, redis: Redis, make_controller: ControllerFactory
+) -> None:
+    """Hosts full and the general pool below its target: reserved containers (only their
+    user's) make room for fresh ones (anyone's)."""
+    controller = make_controller(fast(settings, pool_min=1, pool_max=1, host_max_containers=1))
+    containers = controller.containers
+    before = COUNTERS.get("container_destroyed", "reserved_evicted")
+    async with running(controller):
+        (warm,) = await async_wait_until(
+            lambda: _full(redis, containers, 1), timeout=60, what="the pool to fill"
+        )
+        taken = await containers.acquire("alice", affinity("alice", "shop"))
+        assert taken.cid == warm
+        assert await containers.release(warm, "alice", affinity("alice", "shop"))
+        (fresh,) = await async_wait_until(
+            lambda: _full(redis, containers, 1), timeout=60, what="a fresh container"
+        )
+    assert fresh != warm
+    assert await containers.runtime.default.inspect(warm) is None
+    assert COUNTERS.get("container_destroyed", "reserved_evicted") == before + 1

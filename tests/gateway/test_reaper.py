@@ -78,7 +78,7 @@ async def test_killed_container_fails_its_session_within_two_ttl(
         assert await pooled(redis, containers) and cid not in await pooled(redis, containers)
 
 
-async def test_idle_session_goes_back_to_the_pool_and_returns_with_node_modules(
+async def test_idle_session_is_kept_for_its_user_and_returns_with_node_modules(
     settings: Settings, redis: Redis, make_controller: ControllerFactory
 ) -> None:
     controller = make_controller(fast(settings, idle_timeout=4.0))
@@ -93,10 +93,11 @@ async def test_idle_session_goes_back_to_the_pool_and_returns_with_node_modules(
         cid = ready.container
         stopped = COUNTERS.get("session_stopped", "idle")
 
-        async def back_in_pool() -> bool:
-            return cid in await pooled(redis, containers)
+        async def reserved() -> bool:
+            return cid in await containers.reserved.all()
 
-        await async_wait_until(back_in_pool, 30, "the idle session's container in the pool")
+        await async_wait_until(reserved, 30, "the idle session's container kept for bob")
+        assert cid not in await pooled(redis, containers)
         assert COUNTERS.get("session_stopped", "idle") == stopped + 1
         assert await redis.hget(keys.container(cid), "project") == affinity("bob", "kept").encode()
         assert await redis.zscore(keys.user_slots("bob"), session.id) is None
@@ -259,7 +260,7 @@ async def test_orphans_both_ways(
     await containers.wait_idle(stuck.cid)
     await redis.hset(
         keys.container(stuck.cid),
-        mapping={"state": "assigned", "assigned_at": repr(time.time() - 5)},
+        mapping={"state": "assigned", "assigned_at": repr(time.time() - 5), "user": "dave"},
     )
     await redis.execute_command("ACL", "SETUSER", "pvc-leftover", "on", ">pw")
     async with make_container(command=["sleep", "600"]) as foreign:  # another deployment's
@@ -271,4 +272,6 @@ async def test_orphans_both_ways(
     assert current.error == {"reason": "the preview's container is gone", "detail": ""}
     assert not await redis.exists(keys.container(vanished.cid))
     assert b"pvc-leftover" not in await redis.execute_command("ACL", "USERS")
-    assert await redis.hget(keys.container(stuck.cid), "state") == b"pooled"
+    # Its user's code may have run: kept for that user only.
+    assert await redis.hget(keys.container(stuck.cid), "state") == b"reserved"
+    assert await redis.zscore(keys.user_reserved("dave"), stuck.cid) is not None

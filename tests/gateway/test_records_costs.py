@@ -48,7 +48,8 @@ async def test_container_time_is_counted_per_user_project_and_pool(
     await live_session(redis, "alice", "blog", age=100)
     await live_session(redis, "bob", "shop", age=4)  # started within the interval
     await redis.set(keys.pool_image(meter.settings.image), "sha256:x")
-    await redis.rpush(keys.pool("sha256:x"), "pvc-a", "pvc-b")
+    await redis.rpush(keys.pool("sha256:x"), "pvc-a")
+    await redis.zadd(keys.RESERVED, {"pvc-b": now + 60})  # kept for its user: warm too
     assert await meter.accrue(now) == 10
 
     report = await meter.report(1)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from supervisor.config import ConfigError, SupervisorConfig, scrub_environment
-from supervisor.procs import AppUser, child_environment
+from supervisor.procs import USER_CONFIG_DIR, AppUser, child_environment
 
 ENV = {
     "PREVIEW_CONTAINER_ID": "pvc-1a2b3c4d5e6f",
@@ -54,3 +54,18 @@ def test_scrub_and_child_environment() -> None:
     assert env["NODE_EXTRA_CA_CERTS"] == "/ca.pem" and env["PORT"] == "3000"
     assert not any(k.startswith(("PREVIEW_", "SUDO_")) for k in env)
     assert user.spawn_kwargs() == {"user": 10001, "group": 10001, "extra_groups": []}
+
+
+def test_npm_git_and_corepack_config_is_the_supervisors() -> None:
+    """Where npm, git and corepack read per-user settings: root's files or the home that
+    reset restores, whatever case a leftover variable used (npm reads any)."""
+    base = {"NPM_CONFIG_USERCONFIG": "/home/app/.npmrc", "GIT_CONFIG_GLOBAL": "/tmp/g"}
+    user = AppUser("app", 10001, 10001, (), "/home/app")
+    env = child_environment(base, user, {"NODE_OPTIONS": "--max-old-space-size=512"})
+    assert env["npm_config_userconfig"] == f"{USER_CONFIG_DIR}/npmrc"
+    assert env["GIT_CONFIG_GLOBAL"] == f"{USER_CONFIG_DIR}/gitconfig"
+    assert "NPM_CONFIG_USERCONFIG" not in env
+    assert env["COREPACK_HOME"] == "/home/app/.cache/node/corepack"
+    assert env["npm_config_cache"] == "/home/app/.npm"
+    assert env["XDG_CONFIG_HOME"] == "/home/app/.config"
+    assert env["NODE_OPTIONS"] == "--max-old-space-size=512"  # the session's own choice
