@@ -22,6 +22,12 @@ from tests.utils import (
     start_redis,
 )
 
+# The suite's deployment is always the one derived from its own Redis (a free port), never
+# one named in the shell it runs from: its controllers and gateways, subprocesses
+# included, then cannot sweep or share the cache volume of a deployment on this engine.
+for _name in ("PREVIEW_DEPLOYMENT", "PREVIEW_CACHE_VOLUME"):
+    os.environ.pop(_name, None)
+
 TEST_RUN = secrets.token_hex(4)
 LABEL_TEST_RUN = "preview-gateway.test-run"
 

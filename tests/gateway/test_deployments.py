@@ -23,7 +23,7 @@ from gateway.controller import Controller
 from gateway.docker_runtime import LABEL_DEPLOYMENT, DockerRuntime
 from shared import keys
 from shared.redis_types import text
-from shared.settings import Settings
+from shared.settings import Settings, redis_deployment
 from tests.gateway.controller_fixtures import (
     ControllerFactory,
     fast,
@@ -31,7 +31,12 @@ from tests.gateway.controller_fixtures import (
     pooled,
     running,
 )
-from tests.utils import RedisServer, async_wait_until, remove_labelled_containers
+from tests.utils import (
+    RedisServer,
+    async_wait_until,
+    remove_labelled_containers,
+    settings_env,
+)
 
 ENGINE = "/var/run/docker.sock"
 
@@ -139,3 +144,17 @@ async def test_two_deployments_on_one_engine_leave_each_other_alone(
             capture_output=True,
             check=False,
         )
+
+
+def test_the_suite_is_not_the_deployment_scripts_run_makes(
+    settings: Settings, redis_server: RedisServer
+) -> None:
+    # scripts/run's Redis listens on 6379 (or PREVIEW_LOCAL_REDIS_PORT, e.g. 6390): outside
+    # the kernel's ephemeral range the suite's Redis gets its free port from, and taken
+    # while that run is up. Its controller has no test labels: the deployment is all that
+    # keeps it from the suite's containers.
+    for port in (6379, 6390):
+        assert redis_deployment(f"redis://:pw@127.0.0.1:{port}/0") != settings.deployment
+    # The suite's gateways and controllers in subprocesses derive the same name as it.
+    spawned = Settings.from_env(settings_env(redis_url=redis_server.url))
+    assert spawned.deployment == settings.deployment
