@@ -43,15 +43,18 @@ def _list(raw: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in raw.split(",") if item.strip())
 
 
-def redis_deployment(redis_url: str) -> str:
-    """The default deployment name: a short hash of the Redis server and database (never
-    its credentials), so two runs on different Redis servers or databases differ, and
-    everything sharing one Redis database (which holds the whole state) is one deployment."""
+def redis_deployment(redis_url: str, sentinels: tuple[str, ...] = (), master: str = "") -> str:
+    """The default deployment name: a short hash of the Redis server (or Sentinel set and
+    master name) and database, never its credentials, so two runs on different Redis
+    servers or databases differ, and everything sharing one Redis database (which holds
+    the whole state) is one deployment."""
     parts = urllib.parse.urlsplit(redis_url)
-    if parts.scheme == "unix":
+    db = parts.path.strip("/") or "0"
+    if sentinels:
+        where = f"sentinel:{','.join(sorted(a.lower() for a in sentinels))}:{master}/{db}"
+    elif parts.scheme == "unix":
         where = parts.path + "?" + parts.query
     else:
-        db = parts.path.strip("/") or "0"
         where = f"{(parts.hostname or '127.0.0.1').lower()}:{parts.port or 6379}/{db}"
     return "redis-" + hashlib.sha256(where.encode()).hexdigest()[:10]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.settings import Settings, SettingsError, documented
+from shared.settings import Settings, SettingsError, documented, redis_deployment
 from tests.utils import ROOT
 
 
@@ -71,6 +71,10 @@ def test_deployment_is_derived_from_the_redis_it_uses() -> None:
     assert local.deployment not in others and len(others) == 3
     assert local.deployment.startswith("redis-") and len(local.deployment) == 16
     assert local.cache_volume == f"preview-cache-{local.deployment}"
+    # Through Sentinel: the sentinels (in any order) and the master's name, not a host.
+    sentinels = redis_deployment("redis://x/0", ("s1:26379", "s2:26379"), "preview")
+    assert sentinels == redis_deployment("redis://y/0", ("s2:26379", "s1:26379"), "preview")
+    assert sentinels != redis_deployment("redis://x/0", ("s1:26379", "s2:26379"), "other")
 
 
 def test_a_named_deployment_keeps_its_name_and_volume() -> None:
