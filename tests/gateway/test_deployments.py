@@ -103,13 +103,18 @@ async def test_two_deployments_on_one_engine_leave_each_other_alone(
             )
         a_ids, b_ids = _running(a_cids), _running(b_cids)
         assert set(a_ids) == set(a_cids) and set(b_ids) == set(b_cids)
-        a_users = set(a_cids) & await _acl_users(redis)
-        assert a_users == set(a_cids)
+        for cids, deployment in ((a_cids, a_settings.deployment), (b_cids, b_settings.deployment)):
+            for cid in cids:
+                labels = json.loads(_docker("inspect", "-f", "{{json .Config.Labels}}", cid))
+                assert labels[LABEL_DEPLOYMENT] == deployment
 
         # Orphan sweeps both ways, twice (the second sees the first's result).
         for _ in range(2):
             assert await b.orphans.sweep() == 0
             assert await a.orphans.sweep() == 0
+        assert _running(a_cids) == a_ids and _running(b_cids) == b_ids
+        users = await _acl_users(redis)
+        assert set(a_cids) <= users and set(b_cids) <= users, "a sweep deleted Redis users"
         # B retires its pool as after a rebuilt image: its own containers only. Its host
         # drained, so that no refill is still being created when the test ends.
         await b_redis.sadd(keys.DRAINED_HOSTS, *b_runtime.hosts)
@@ -122,9 +127,6 @@ async def test_two_deployments_on_one_engine_leave_each_other_alone(
         assert _running(a_cids) == a_ids, "A's containers were touched by B"
         assert await pooled(redis, a.containers) == a_cids
         assert set(a_cids) <= await _acl_users(redis), "A's Redis users were deleted by B"
-        for cid, deployment in [(a_cids[0], a_settings.deployment)]:
-            labels = json.loads(_docker("inspect", "-f", "{{json .Config.Labels}}", cid))
-            assert labels[LABEL_DEPLOYMENT] == deployment
         # Each deployment's cache volume is its own, labelled as such; both still there.
         for s in (a_settings, b_settings):
             found = json.loads(_docker("volume", "inspect", s.cache_volume))[0]
