@@ -142,29 +142,6 @@ class DockerHost:
         data = await self._call(f"inspect image {image}", self._docker.images.inspect(image))
         return str(data["Id"])
 
-    def own_labels(self) -> dict[str, str]:
-        return {LABEL_MANAGED: "1", LABEL_DEPLOYMENT: self.settings.deployment}
-
-    async def check_cache_volume(self) -> None:
-        """Refuse a cache volume of another deployment: it holds users' dependency archives.
-        A volume without our label (made before deployments were named) is accepted."""
-        name = self.settings.cache_volume
-        try:
-            # aiodocker's volumes API is unannotated
-            volume = await self._docker.volumes.get(name)  # type: ignore[no-untyped-call]
-            found = await volume.show()
-        except aiodocker.DockerError as exc:
-            if exc.status == 404:
-                return  # made with our labels by the next container's mount
-            raise
-        owner = (found.get("Labels") or {}).get(LABEL_DEPLOYMENT)
-        if owner not in (None, self.settings.deployment):
-            raise DockerRuntimeError(
-                self.name,
-                f"cache volume {name} belongs to deployment {owner}: give this deployment its "
-                "own (PREVIEW_CACHE_VOLUME empty or another name)",
-            )
-
     def container_config(self, spec: ContainerSpec) -> dict[str, Any]:
         s = self.settings
         port = f"{s.dev_port}/tcp"
@@ -217,6 +194,29 @@ class DockerHost:
         if spec.command is not None:
             config["Cmd"] = list(spec.command)
         return config
+
+    def own_labels(self) -> dict[str, str]:
+        return {LABEL_MANAGED: "1", LABEL_DEPLOYMENT: self.settings.deployment}
+
+    async def check_cache_volume(self) -> None:
+        """Refuse a cache volume of another deployment: it holds users' dependency archives.
+        A volume without our label (made before deployments were named) is accepted."""
+        name = self.settings.cache_volume
+        try:
+            # aiodocker's volumes API is unannotated
+            volume = await self._docker.volumes.get(name)  # type: ignore[no-untyped-call]
+            found = await volume.show()
+        except aiodocker.DockerError as exc:
+            if exc.status == 404:
+                return  # made with our labels by the next container's mount
+            raise
+        owner = (found.get("Labels") or {}).get(LABEL_DEPLOYMENT)
+        if owner not in (None, self.settings.deployment):
+            raise DockerRuntimeError(
+                self.name,
+                f"cache volume {name} belongs to deployment {owner}: give this deployment its "
+                "own (PREVIEW_CACHE_VOLUME empty or another name)",
+            )
 
     async def ensure_network(self) -> str:
         """The id of our network on this engine, made if missing. Looked up at every
