@@ -13,14 +13,9 @@ import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
 
-from gateway.docker_runtime import LABEL_DEPLOYMENT, ContainerInfo, ContainerSpec, DockerHost
-from shared.settings import Settings, redis_deployment
-from tests.utils import (
-    RedisServer,
-    remove_labelled_containers,
-    remove_labelled_volumes,
-    start_redis,
-)
+from gateway.docker_runtime import ContainerInfo, ContainerSpec, DockerHost
+from shared.settings import Settings
+from tests.utils import RedisServer, remove_labelled_containers, start_redis
 
 # The suite's deployment is always the one derived from its own Redis (a free port), never
 # one named in the shell it runs from: its controllers and gateways, subprocesses
@@ -71,11 +66,10 @@ def settings(redis_server: RedisServer, test_image: str) -> Settings:
 
 @pytest.fixture(scope="session")
 def _remove_test_containers(redis_server: RedisServer) -> Iterator[None]:
-    """Last line of defence: remove every container this test run labelled, then the cache
-    volume of the run's deployment (named after its own Redis, so no other run's)."""
+    """Last line of defence: remove every container this test run labelled (before the
+    session's Redis stops, which removes its deployment's cache volume)."""
     yield
     remove_labelled_containers(f"{LABEL_TEST_RUN}={TEST_RUN}")
-    remove_labelled_volumes(f"{LABEL_DEPLOYMENT}={redis_deployment(redis_server.url)}")
 
 
 @pytest_asyncio.fixture
