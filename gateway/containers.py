@@ -178,8 +178,10 @@ def affinity(user: str, project_id: str | None) -> str:
     return hashlib.sha256(f"{user}\x00{project_id}".encode()).hexdigest()[:32]
 
 
-def new_cid() -> str:
-    return "pvc-" + secrets.token_hex(6)
+def new_cid(deployment: str) -> str:
+    """Container name and Redis ACL user name. The deployment is in it because ACL users
+    are per Redis server, not per database: a sweep deletes only its own (orphans.py)."""
+    return f"pvc-{deployment}-{secrets.token_hex(6)}"
 
 
 def supervisor_redis_url(settings: Settings, user: str, password: str) -> str:
@@ -269,7 +271,7 @@ class Containers:
                     if error is not None:
                         raise error
                     raise ContainerError(_no_room(states))
-                target, cid = chosen[0], new_cid()
+                target, cid = chosen[0], new_cid(self.settings.deployment)
                 # Registered before Docker knows it: the orphan sweep never mistakes it
                 # for a stranger, and the host's accounting counts it while it is created.
                 registered = await self.placement.register(

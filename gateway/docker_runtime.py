@@ -40,6 +40,9 @@ LABEL_MANAGED = "preview-gateway.managed"
 LABEL_CID = "preview-gateway.cid"
 LABEL_HOST = "preview-gateway.host"
 LABEL_ROLE = "preview-gateway.role"
+# Which deployment a container or volume belongs to: several may share an engine, and each
+# lists, sweeps and removes only its own (PREVIEW_DEPLOYMENT).
+LABEL_DEPLOYMENT = "preview-gateway.deployment"
 EXTRA_CA_PATH = "/etc/preview/extra-ca.pem"
 CACHE_PATH = "/cache"
 # What the supervisor needs to hand files to `app`, switch to it and signal its processes.
@@ -198,7 +201,13 @@ class DockerHost:
         s = self.settings
         port = f"{s.dev_port}/tcp"
         mounts: list[dict[str, Any]] = [
-            {"Type": "volume", "Source": s.cache_volume, "Target": CACHE_PATH}
+            {
+                "Type": "volume",
+                "Source": s.cache_volume,
+                "Target": CACHE_PATH,
+                # Applied when the engine makes the volume (the first container to use it).
+                "VolumeOptions": {"Labels": self.own_labels()},
+            }
         ]
         if s.extra_ca_certs:
             mounts.append(
@@ -216,7 +225,7 @@ class DockerHost:
             "Labels": {
                 **dict(label.split("=", 1) for label in s.container_labels),
                 **spec.labels,
-                LABEL_MANAGED: "1",
+                **self.own_labels(),
                 LABEL_CID: spec.cid,
                 LABEL_HOST: self.name,
             },
@@ -243,6 +252,29 @@ class DockerHost:
         if spec.command is not None:
             config["Cmd"] = list(spec.command)
         return config
+
+    def own_labels(self) -> dict[str, str]:
+        return {LABEL_MANAGED: "1", LABEL_DEPLOYMENT: self.settings.deployment}
+
+    async def check_cache_volume(self) -> None:
+        """Refuse a cache volume of another deployment: it holds users' dependency archives.
+        A volume without our label (made before deployments were named) is accepted."""
+        name = self.settings.cache_volume
+        try:
+            # aiodocker's volumes API is unannotated
+            volume = await self._docker.volumes.get(name)  # type: ignore[no-untyped-call]
+            found = await volume.show()
+        except aiodocker.DockerError as exc:
+            if exc.status == 404:
+                return  # made with our labels by the next container's mount
+            raise
+        owner = (found.get("Labels") or {}).get(LABEL_DEPLOYMENT)
+        if owner not in (None, self.settings.deployment):
+            raise DockerRuntimeError(
+                self.name,
+                f"cache volume {name} belongs to deployment {owner}: give this deployment its "
+                "own (PREVIEW_CACHE_VOLUME empty or another name)",
+            )
 
     async def ensure_network(self) -> str:
         """The id of our network on this engine, made if missing. Looked up at every
@@ -300,6 +332,7 @@ class DockerHost:
         if problem is not None:
             raise DockerRuntimeError(self.name, problem)
         network = await self.ensure_network()
+        await self._call("inspect cache volume", self.check_cache_volume())
         config = self.container_config(spec)
         config["HostConfig"]["NetworkMode"] = network
         container = await self._call(
@@ -356,8 +389,14 @@ class DockerHost:
         )
 
     async def list_containers(self) -> list[ContainerInfo]:
-        """Every container with our labels on this engine, running or not."""
-        filters = {"label": [f"{LABEL_MANAGED}=1", f"{LABEL_HOST}={self.name}"]}
+        """Every container of this deployment on this engine, running or not."""
+        filters = {
+            "label": [
+                f"{LABEL_MANAGED}=1",
+                f"{LABEL_DEPLOYMENT}={self.settings.deployment}",
+                f"{LABEL_HOST}={self.name}",
+            ]
+        }
         summaries = await self._call(
             "list containers", self._docker.containers.list(all=True, filters=filters)
         )

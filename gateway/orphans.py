@@ -10,13 +10,16 @@ on a Docker host's return.
 - A container stuck `assigned` with no session using it (a start died between taking it
   and attaching it), or stuck `releasing` (a release died), is released or destroyed.
 
-Only containers carrying every label this deployment adds (PREVIEW_CONTAINER_LABELS,
-and a test run's label) are candidates: several deployments may share an engine.
+Only containers carrying every label this deployment adds (PREVIEW_DEPLOYMENT,
+PREVIEW_CONTAINER_LABELS, a test run's label) are candidates, and only ACL users named
+for this deployment (``pvc-{deployment}-{hex}``): several deployments may share an
+engine, and Redis servers hold users of every database.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Iterable
 
@@ -24,15 +27,18 @@ from redis.asyncio import Redis
 
 from gateway.containers import Containers
 from gateway.counters import decision
-from gateway.docker_runtime import LABEL_CID, ContainerInfo, DockerRuntimeError
+from gateway.docker_runtime import (
+    LABEL_CID,
+    LABEL_DEPLOYMENT,
+    ContainerInfo,
+    DockerRuntimeError,
+)
 from gateway.endings import Endings
 from gateway.sessions import Session
 from shared import keys
 from shared.redis_types import raw_command, record, text
 
 log = logging.getLogger(__name__)
-
-CID_PREFIX = "pvc-"
 
 
 class OrphanSweeper:
@@ -42,7 +48,10 @@ class OrphanSweeper:
         self.endings = endings
         self.settings = containers.settings
         labels = dict(label.split("=", 1) for label in self.settings.container_labels)
-        self.labels = {**labels, **containers.labels}
+        self.labels = {**labels, **containers.labels, LABEL_DEPLOYMENT: self.settings.deployment}
+        # Exactly gateway.containers.new_cid's names: a prefix would also match deployment
+        # "a-b"'s users for deployment "a".
+        self.own_user = re.compile(rf"pvc-{re.escape(self.settings.deployment)}-[0-9a-f]{{12}}")
 
     def ours(self, info: ContainerInfo) -> bool:
         return all(info.labels.get(k) == v for k, v in self.labels.items())
@@ -125,7 +134,7 @@ class OrphanSweeper:
 
     async def _acl_users(self) -> int:
         users = [text(u) for u in await raw_command(self.redis, "ACL", "USERS")]
-        cids = [u for u in users if u.startswith(CID_PREFIX)]
+        cids = [u for u in users if self.own_user.fullmatch(u)]
         if not cids:
             return 0
         async with self.redis.pipeline(transaction=False) as pipe:

@@ -8,13 +8,18 @@ machine with a local Docker engine and a local Redis.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import ipaddress
 import os
+import re
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 HOST_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+# A deployment's name goes into Docker labels, volume and container names: a DNS label.
+DEPLOYMENT_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?")
 
 
 class SettingsError(ValueError):
@@ -36,6 +41,22 @@ def _bool(raw: str) -> bool:
 
 def _list(raw: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def redis_deployment(redis_url: str, sentinels: tuple[str, ...] = (), master: str = "") -> str:
+    """The default deployment name: a short hash of the Redis server (or Sentinel set and
+    master name) and database, never its credentials, so two runs on different Redis
+    servers or databases differ, and everything sharing one Redis database (which holds
+    the whole state) is one deployment."""
+    parts = urllib.parse.urlsplit(redis_url)
+    db = parts.path.strip("/") or "0"
+    if sentinels:
+        where = f"sentinel:{','.join(sorted(a.lower() for a in sentinels))}:{master}/{db}"
+    elif parts.scheme == "unix":
+        where = parts.path + "?" + parts.query
+    else:
+        where = f"{(parts.hostname or '127.0.0.1').lower()}:{parts.port or 6379}/{db}"
+    return "redis-" + hashlib.sha256(where.encode()).hexdigest()[:10]
 
 
 def _default_extra_ca() -> str:
@@ -162,6 +183,13 @@ class Settings:
     docker_tls_cert: str = _setting("", "Client certificate for tcp:// Docker hosts.")
     docker_tls_key: str = _setting("", "Client key for tcp:// Docker hosts.")
     image: str = _setting("preview-gateway/preview:latest", "Preview container image.")
+    deployment: str = _setting(
+        "",
+        "Name of this deployment (a DNS label: a-z, 0-9, '-', up to 32): every container and "
+        "volume carries it (label preview-gateway.deployment) and a controller touches only "
+        "its own deployment's containers, volumes and Redis users. Empty: redis-<hash of "
+        "PREVIEW_REDIS_URL's host, port and database>.",
+    )
     container_labels: tuple[str, ...] = _setting(
         (),
         "Extra labels on every preview container, comma-separated key=value (e.g. "
@@ -174,7 +202,9 @@ class Settings:
     container_cpus: float = _setting(1.0, "CPU limit per container (cores).", float)
     container_pids: int = _setting(512, "Process limit per container.", int)
     cache_volume: str = _setting(
-        "preview-cache", "Per-host Docker volume mounted at /cache (dependency archives)."
+        "",
+        "Per-host Docker volume mounted at /cache (dependency archives). Empty: "
+        "preview-cache-<PREVIEW_DEPLOYMENT>; deployments must not share one.",
     )
     extra_ca_certs: str = _setting(
         _default_extra_ca(),
@@ -334,6 +364,13 @@ class Settings:
         2, "zstd compression threads per archive being packed (0: none).", int
     )
 
+    def __post_init__(self) -> None:
+        # Derived once here, so every process of a deployment computes the same names.
+        if not self.deployment:
+            object.__setattr__(self, "deployment", redis_deployment(self.redis_url))
+        if not self.cache_volume:
+            object.__setattr__(self, "cache_volume", f"preview-cache-{self.deployment}")
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Build settings from ``PREVIEW_*`` variables; keyword overrides win (tests)."""
@@ -364,6 +401,11 @@ class Settings:
             raise SettingsError("PREVIEW_POOL_AFFINITY_TTL must not be negative")
         if not self.docker_hosts:
             raise SettingsError("PREVIEW_DOCKER_HOSTS is empty")
+        if not DEPLOYMENT_NAME.fullmatch(self.deployment):
+            raise SettingsError(
+                f"PREVIEW_DEPLOYMENT: {self.deployment!r} is not a name: use up to 32 of a-z, "
+                "0-9 and '-', starting and ending with a letter or digit (e.g. staging)"
+            )
         if any("=" not in label for label in self.container_labels):
             raise SettingsError("PREVIEW_CONTAINER_LABELS: expected key=value pairs")
         if "none" in {a.lower() for a in self.jwt_algorithms}:

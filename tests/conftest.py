@@ -17,6 +17,12 @@ from gateway.docker_runtime import ContainerInfo, ContainerSpec, DockerHost
 from shared.settings import Settings
 from tests.utils import RedisServer, remove_labelled_containers, start_redis
 
+# The suite's deployment is always the one derived from its own Redis (a free port), never
+# one named in the shell it runs from: its controllers and gateways, subprocesses
+# included, then cannot sweep or share the cache volume of a deployment on this engine.
+for _name in ("PREVIEW_DEPLOYMENT", "PREVIEW_CACHE_VOLUME"):
+    os.environ.pop(_name, None)
+
 TEST_RUN = secrets.token_hex(4)
 LABEL_TEST_RUN = "preview-gateway.test-run"
 
@@ -59,8 +65,9 @@ def settings(redis_server: RedisServer, test_image: str) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def _remove_test_containers() -> Iterator[None]:
-    """Last line of defence: remove every container this test run labelled."""
+def _remove_test_containers(redis_server: RedisServer) -> Iterator[None]:
+    """Last line of defence: remove every container this test run labelled (before the
+    session's Redis stops, which removes its deployment's cache volume)."""
     yield
     remove_labelled_containers(f"{LABEL_TEST_RUN}={TEST_RUN}")
 

@@ -19,6 +19,9 @@ from typing import Any, TypeVar
 
 import httpx
 
+from gateway.docker_runtime import LABEL_DEPLOYMENT
+from shared.settings import redis_deployment
+
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 
@@ -166,6 +169,9 @@ class RedisServer:
                 self.process.kill()
                 self.process.wait()
         shutil.rmtree(self.workdir, ignore_errors=True)
+        # The cache volume of the deployment named after this server (its containers are
+        # gone by now): this Redis was the test's own, so is that deployment.
+        remove_labelled_volumes(f"{LABEL_DEPLOYMENT}={redis_deployment(self.url)}")
 
 
 def _spawn_redis(args: tuple[str, ...], workdir: str) -> subprocess.Popen[bytes]:

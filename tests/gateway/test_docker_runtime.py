@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import secrets
+import subprocess
+from collections.abc import Iterator
 
 import pytest
 
@@ -10,6 +14,7 @@ from gateway.docker_runtime import (
     CAPABILITIES,
     EXTRA_CA_PATH,
     LABEL_CID,
+    LABEL_DEPLOYMENT,
     LABEL_MANAGED,
     SHM_BYTES,
     DockerHost,
@@ -18,7 +23,7 @@ from gateway.docker_runtime import (
     storage_problem,
 )
 from shared.settings import Settings
-from tests.conftest import ContainerFactory
+from tests.conftest import LABEL_TEST_RUN, TEST_RUN, ContainerFactory
 
 SLEEP = ["sleep", "infinity"]
 
@@ -78,6 +83,7 @@ async def test_limits_and_hardening_are_applied(
         assert info.published_host == settings.publish_host
         assert info.published_port and info.published_port > 0
         assert info.labels[LABEL_MANAGED] == "1" and info.labels[LABEL_CID] == info.cid
+        assert info.labels[LABEL_DEPLOYMENT] == settings.deployment
         mounts = {m["Destination"]: m for m in data._container["Mounts"]}
         assert mounts["/cache"]["Type"] == "volume"
         assert mounts["/cache"]["Name"] == settings.cache_volume
@@ -94,6 +100,49 @@ async def test_listing_finds_our_containers(
     async with make_container(command=SLEEP) as info:
         listed = {c.cid for c in await docker_host.list_containers()}
         assert info.cid in listed
+
+
+async def test_listing_leaves_out_other_deployments(
+    make_container: ContainerFactory, docker_host: DockerHost, settings: Settings
+) -> None:
+    other = DockerHost(
+        settings.docker_hosts[0], dataclasses.replace(settings, deployment="other-deployment")
+    )
+    try:
+        async with make_container(command=SLEEP) as info:
+            assert info.cid in {c.cid for c in await docker_host.list_containers()}
+            assert info.cid not in {c.cid for c in await other.list_containers()}
+    finally:
+        await other.close()
+
+
+@pytest.fixture
+def volume() -> Iterator[str]:
+    """A volume name of this test's; removed at the end."""
+    name = f"pvt-cache-{secrets.token_hex(4)}"
+    yield name
+    subprocess.run(["docker", "volume", "rm", "-f", name], capture_output=True, check=False)
+
+
+def _make_volume(name: str, *labels: str) -> None:
+    args = [f"--label={label}" for label in (*labels, f"{LABEL_TEST_RUN}={TEST_RUN}")]
+    subprocess.run(["docker", "volume", "create", *args, name], capture_output=True, check=True)
+
+
+async def test_another_deployments_cache_volume_is_refused(
+    settings: Settings, volume: str, docker_host: DockerHost
+) -> None:
+    _make_volume(volume, f"{LABEL_DEPLOYMENT}=someone-else")
+    host = DockerHost(settings.docker_hosts[0], dataclasses.replace(settings, cache_volume=volume))
+    try:
+        with pytest.raises(DockerRuntimeError, match="belongs to deployment someone-else"):
+            await host.check_cache_volume()
+        # A volume made before deployments had names (no label) is still usable.
+        subprocess.run(["docker", "volume", "rm", volume], capture_output=True, check=True)
+        _make_volume(volume)
+        await host.check_cache_volume()
+    finally:
+        await host.close()
 
 
 async def test_cleanup_even_when_the_test_body_fails(

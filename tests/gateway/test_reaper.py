@@ -262,7 +262,11 @@ async def test_orphans_both_ways(
         keys.container(stuck.cid),
         mapping={"state": "assigned", "assigned_at": repr(time.time() - 5), "user": "dave"},
     )
-    await redis.execute_command("ACL", "SETUSER", "pvc-leftover", "on", ">pw")
+    leftover = f"pvc-{settings.deployment}-{'0' * 12}"
+    # Another deployment's, on another database of this Redis server (users are per server).
+    others = f"pvc-{settings.deployment}x-{'0' * 12}"
+    for user in (leftover, others):
+        await redis.execute_command("ACL", "SETUSER", user, "on", ">pw")
     async with make_container(command=["sleep", "600"]) as foreign:  # another deployment's
         await sweeper.sweep()
         assert await host.inspect(stranger.cid) is None
@@ -271,7 +275,8 @@ async def test_orphans_both_ways(
     assert current is not None and current.state == "failed"
     assert current.error == {"reason": "the preview's container is gone", "detail": ""}
     assert not await redis.exists(keys.container(vanished.cid))
-    assert b"pvc-leftover" not in await redis.execute_command("ACL", "USERS")
+    users = await redis.execute_command("ACL", "USERS")
+    assert leftover.encode() not in users and others.encode() in users
     # Its user's code may have run: kept for that user only.
     assert await redis.hget(keys.container(stuck.cid), "state") == b"reserved"
     assert await redis.zscore(keys.user_reserved("dave"), stuck.cid) is not None
