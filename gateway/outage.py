@@ -3,12 +3,14 @@
 - ACL users live only in the server's memory: a restarted Redis (even with its data
   back from the append-only file) has none, and every supervisor's login fails. Each
   container's record keeps the SHA-256 of its password (field ``acl``; never the
-  password), so the leader recreates the missing users when Redis's ``run_id`` changes.
+  password), so the leader recreates the missing users when Redis's ``run_id`` changes
+  (a restart, or a Sentinel failover: ACL changes are not replicated, so a promoted
+  replica has none either).
 - Heartbeats lapse while Redis is away: supervisors cannot write them, and keys keep
   their absolute deadline across a restart. Until Redis has been reachable again for
   a grace (the heartbeat TTL twice: supervisors retry every interval, and may first need
-  their user back), a missing heartbeat means nothing. Noticed two ways: Redis's own
-  uptime (a restart, whoever leads) and a gap between the end of this reaper's last
+  their user back), a missing heartbeat means nothing. Noticed three ways: Redis's own
+  uptime (a restart, whoever leads), a new ``run_id`` (a failover) and a gap between the end of this reaper's last
   complete pass and the next (an outage or partition this process sat through; a pass
   that was merely slow, removing containers, is not one).
 """
@@ -75,6 +77,10 @@ class OutageWatch:
         if self._passed is not None and now - self._passed > self.heartbeat_ttl:
             self._quiet_until = max(self._quiet_until, now + self.grace)
         if run_id != self._run_id:
+            if self._run_id is not None:
+                # Another server answers (a failover: a promoted replica has a long
+                # uptime): supervisors must find it and get their users back first.
+                self._quiet_until = max(self._quiet_until, now + self.grace)
             await restore_acl_users(self.redis)
             self._run_id = run_id
 
