@@ -53,7 +53,7 @@ async def restore_acl_users(redis: Redis) -> int:
             rules = container_acl_rules(cid)
             await raw_command(redis, "ACL", "SETUSER", cid, "reset", *rules, f"#{digest}")
             restored += 1
-    log.warning("redis lost %d container users (restarted?); recreated %d", len(missing), restored)
+    log.warning("redis lost %d container users (restarted or failed over?); recreated %d", len(missing), restored)
     return restored
 
 
