@@ -73,6 +73,16 @@ class LocalAwareSentinel(Sentinel):
         raise MasterNotFoundError(f"no master found for {service_name!r}{detail}")
 
 
+class SentinelManagedRedis(Redis):
+    """A client of the master that also closes its own sentinel connections."""
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        manager = getattr(self.connection_pool, "sentinel_manager", None)
+        if isinstance(manager, Sentinel):
+            await manager.aclose()
+
+
 def sentinel_master(
     sentinels: list[tuple[str, int]],
     master: str,
@@ -93,7 +103,7 @@ def sentinel_master(
     manager = LocalAwareSentinel(
         sentinels, sentinel_kwargs={**timeouts, **sentinel_options}, **options
     )
-    client: Redis = manager.master_for(master, redis_class=Redis, db=db, **auth)
+    client: Redis = manager.master_for(master, redis_class=SentinelManagedRedis, db=db, **auth)
     return client
 
 
