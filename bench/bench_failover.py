@@ -91,6 +91,7 @@ class Traffic:
     other: list[str] = field(default_factory=list)
     pending_stop: list[tuple[str, str]] = field(default_factory=list)  # (user, sid)
     acked: list[tuple[float, int]] = field(default_factory=list)  # probe: (time, value)
+    took: list[tuple[float, float]] = field(default_factory=list)  # API calls: (sent, seconds)
     running: bool = True
 
 
@@ -100,7 +101,9 @@ async def starts_and_stops(url: str, traffic: Traffic, run: str) -> None:
     async with httpx.AsyncClient(base_url=url, timeout=90) as client:
         while traffic.running or traffic.pending_stop:
             for user, sid in list(traffic.pending_stop):
+                sent = time.monotonic()
                 answer = await client.delete(f"/v1/previews/{sid}", headers=bearer(user))
+                traffic.took.append((sent, time.monotonic() - sent))
                 if answer.status_code in (204, 404):
                     traffic.pending_stop.remove((user, sid))
                     if answer.status_code == 204:
@@ -122,6 +125,7 @@ async def starts_and_stops(url: str, traffic: Traffic, run: str) -> None:
             except httpx.TimeoutException:
                 traffic.other.append(f"POST timed out at {time.monotonic():.1f}")
                 continue
+            traffic.took.append((sent, time.monotonic() - sent))
             if answer.status_code in (200, 202):
                 sid = str(answer.json()["id"])
                 traffic.started.append(Answered(sid, time.monotonic(), sent))
@@ -160,6 +164,7 @@ class Round:
     writes_lost: int
     refused: int
     errors: list[str]
+    slowest: float  # the longest request after the kill, seconds
 
 
 class Target:
@@ -238,8 +243,8 @@ def one_round(target: Target, env: dict[str, str], url: str, state_dir: Path, ru
         load = asyncio.create_task(starts_and_stops(url, traffic, run))
         writer = asyncio.create_task(probe(settings, traffic))
         await asyncio.sleep(BEFORE)
-        kill_at = time.monotonic()
         await asyncio.to_thread(target.kill)
+        kill_at = time.monotonic()  # the process is gone (killed and reaped)
         recovering = asyncio.create_task(asyncio.to_thread(target.recover))
         deadline = kill_at + 120
         while not any(a.sent > kill_at for a in traffic.started):
@@ -274,10 +279,16 @@ def one_round(target: Target, env: dict[str, str], url: str, state_dir: Path, ru
     acked_before = max((v for t, v in traffic.acked if t < kill_at), default=0)
     stored = int(check.get(PROBE_KEY) or 0)
     check.close()
+    slowest = max((took for sent, took in traffic.took if sent > kill_at - 1), default=0.0)
     return Round(
-        first, len(lost_starts), len(missing), max(0, acked_before - stored), traffic.refused,
+        first,
+        len(lost_starts),
+        len(missing),
+        max(0, acked_before - stored),
+        traffic.refused,
         traffic.other,
-    )  # fmt: skip
+        slowest,
+    )
 
 
 @contextlib.contextmanager
@@ -325,11 +336,12 @@ def bench(mode: str, rounds: int, make: Callable[[], Any]) -> list[Round]:
                     print(
                         f"{mode} {number}/{rounds}: first start {result.first_start:.2f}s, "
                         f"starts lost {result.starts_lost}, records lost {result.records_lost}, "
-                        f"writes lost {result.writes_lost}, 503s {result.refused}"
+                        f"writes lost {result.writes_lost}, 503s {result.refused}, "
+                        f"slowest API call {result.slowest:.1f}s"
                         + (f", other answers {result.errors[:3]}" if result.errors else ""),
                         flush=True,
                     )
-                    if result.errors and os.environ.get("BENCH_SHOW_LOG"):
+                    if (result.errors or result.slowest > 5) and os.environ.get("BENCH_SHOW_LOG"):
                         print(gateway.log()[-8000:])
                 check.close()
         finally:
