@@ -54,3 +54,20 @@ def test_scrub_and_child_environment() -> None:
     assert env["NODE_EXTRA_CA_CERTS"] == "/ca.pem" and env["PORT"] == "3000"
     assert not any(k.startswith(("PREVIEW_", "SUDO_")) for k in env)
     assert user.spawn_kwargs() == {"user": 10001, "group": 10001, "extra_groups": []}
+
+
+def test_sentinels_from_the_gateway() -> None:
+    config = SupervisorConfig.from_env(
+        {
+            **ENV,
+            "PREVIEW_SUPERVISOR_REDIS_SENTINELS": "host.docker.internal:26379,10.0.0.5:26380",
+            "PREVIEW_SUPERVISOR_REDIS_MASTER": "preview",
+            "PREVIEW_SUPERVISOR_SENTINEL_USER": "preview-sup:reader-secret",
+        }
+    )
+    assert config.redis_sentinels == ("host.docker.internal:26379", "10.0.0.5:26380")
+    assert config.redis_master == "preview" and config.sentinel_user.startswith("preview-sup:")
+    logged = config.redacted_redis()
+    assert "preview" in logged and "secret" not in logged and "s3cret" not in logged
+    with pytest.raises(ConfigError, match="SUPERVISOR_REDIS_MASTER"):
+        SupervisorConfig.from_env({**ENV, "PREVIEW_SUPERVISOR_REDIS_SENTINELS": "h:1"})
