@@ -122,7 +122,9 @@ class SentinelCluster:
                 role = probe.execute_command("ROLE")
             return port if role[0] == b"master" else None
 
-        return wait_until(promoted, timeout, "the sentinels to promote the replica")
+        port = wait_until(promoted, timeout, "the sentinels to promote the replica")
+        assert port is not None
+        return port
 
     def rejoin(self, node: RedisServer, timeout: float = 60) -> None:
         """Start a killed node again; the sentinels make it a replica of the new master."""
