@@ -36,7 +36,7 @@ from gateway.ratelimit import RateLimits
 from gateway.sentry_setup import SentryUser, init_sentry
 from gateway.starts import Starter
 from gateway.tracker import Tracker
-from shared.redis_types import connect
+from shared.redis_client import redis_client
 from shared.settings import Settings
 
 # Longest wait on a container's acknowledgement (an archive upload), plus a margin: the
@@ -57,9 +57,9 @@ def create_app(settings: Settings) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         state = app.state
-        state.redis = connect(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
-        state.blocking_redis = connect(
-            settings.redis_url, socket_connect_timeout=2, socket_timeout=BLOCKING_SOCKET_TIMEOUT
+        state.redis = redis_client(settings, socket_connect_timeout=2, socket_timeout=5)
+        state.blocking_redis = redis_client(
+            settings, socket_connect_timeout=2, socket_timeout=BLOCKING_SOCKET_TIMEOUT
         )
         state.runtime = DockerRuntime(settings)
         state.background = Background()

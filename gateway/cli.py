@@ -48,6 +48,7 @@ from gateway.previews import Previews
 from gateway.record_store import RecordStore
 from gateway.recorder import Recorder
 from gateway.stats import stats
+from shared.redis_client import redis_client
 from shared.settings import Settings, SettingsError
 
 RELEASE_DEADLINE = 90.0  # a stopped session's container reset, at most
@@ -250,7 +251,7 @@ async def show_stats(settings: Settings, redis: Redis, days: int, as_json: bool)
 async def stop_session(settings: Settings, redis: Redis, sid: str, reason: str) -> int:
     """Stop like a user's DELETE: slot freed, container reset and reserved for its user
     (waited for)."""
-    blocking = Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=120)
+    blocking = redis_client(settings, socket_connect_timeout=2, socket_timeout=120)
     runtime = DockerRuntime(settings)
     background = Background()
     recorder = Recorder(settings, redis)
@@ -316,7 +317,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 async def run(settings: Settings, args: argparse.Namespace) -> int:
-    redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=10)
+    redis = redis_client(settings, socket_connect_timeout=2, socket_timeout=10)
     try:
         if args.command == "sessions":
             return await show_sessions(settings, redis, args.json)

@@ -42,6 +42,7 @@ from gateway.reserved import ReservedPool
 from shared import keys
 from shared.acl import container_acl_rules
 from shared.messages import Command, CommandResult, Heartbeat, MessageError
+from shared.redis_client import supervisor_sentinel_env
 from shared.redis_types import raw_command, record, text
 from shared.settings import Settings
 
@@ -302,6 +303,7 @@ class Containers:
             "PREVIEW_CACHE_ZSTD_LEVEL": str(s.cache_zstd_level),
             "PREVIEW_CACHE_ZSTD_THREADS": str(s.cache_zstd_threads),
             "PREVIEW_CONTAINER_DISK_MB": str(s.container_disk_mb),
+            **supervisor_sentinel_env(s),
         }
         if s.sentry_dsn:
             env["PREVIEW_SENTRY_DSN"] = s.sentry_dsn

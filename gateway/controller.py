@@ -32,7 +32,7 @@ from gateway.pool import PoolKeeper
 from gateway.previews import Previews
 from gateway.reaper import Reaper
 from gateway.sentry_setup import init_sentry
-from shared.redis_types import connect
+from shared.redis_client import redis_client
 from shared.settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
@@ -192,9 +192,9 @@ class Controller:
 
 
 async def run(settings: Settings) -> None:
-    redis = connect(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
-    blocking = connect(
-        settings.redis_url, socket_connect_timeout=2, socket_timeout=BLOCKING_SOCKET_TIMEOUT
+    redis = redis_client(settings, socket_connect_timeout=2, socket_timeout=5)
+    blocking = redis_client(
+        settings, socket_connect_timeout=2, socket_timeout=BLOCKING_SOCKET_TIMEOUT
     )
     runtime = DockerRuntime(settings)
     try:

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import secrets
 import time
 from collections.abc import AsyncIterator
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from shared import keys
 
@@ -44,6 +46,7 @@ return 0
 """
 START_POLL = 0.05  # seconds between a waiting start's attempts (a user is waiting)
 REFILL_POLL = 0.25
+LEAVE_RETRY = (0.5, 1.0, 2.0, 4.0)  # then every 5 s, until the lease would have run out
 
 
 class CreateGate:
@@ -53,6 +56,7 @@ class CreateGate:
         self.redis = redis
         self.cap = max(1, cap)
         self._enter = redis.register_script(_ENTER)
+        self._leaving: set[asyncio.Task[None]] = set()
 
     async def try_enter(self, host: str, token: str, start: bool) -> bool:
         now = time.time()
@@ -86,4 +90,23 @@ class CreateGate:
             yield time.monotonic() - began
         finally:
             # Also on cancellation while waiting: a start's waiting mark must not linger.
-            await asyncio.shield(self.leave(host, token))
+            try:
+                await asyncio.shield(self.leave(host, token))
+            except (RedisError, OSError):
+                # Redis away (a restart, a failover): a place left held would stall every
+                # creation on this host, starts included, until its lease runs out (72 s
+                # measured after a failover); give it back once Redis answers again.
+                task = asyncio.create_task(self._leave_later(host, token))
+                self._leaving.add(task)
+                task.add_done_callback(self._leaving.discard)
+                raise
+
+    async def _leave_later(self, host: str, token: str) -> None:
+        deadline = time.monotonic() + keys.CREATE_LEASE
+        for attempt in itertools.count():
+            await asyncio.sleep(LEAVE_RETRY[attempt] if attempt < len(LEAVE_RETRY) else 5.0)
+            with contextlib.suppress(RedisError, OSError):
+                await self.leave(host, token)
+                return
+            if time.monotonic() > deadline:
+                return  # its lease has run out anyway

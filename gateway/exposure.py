@@ -124,6 +124,10 @@ def controller_exposure(settings: Settings) -> list[str]:
     redis_host = _redis_host(settings.redis_url)
     if redis_host is not None and not is_loopback_host(redis_host):
         out.append(f"Redis on {redis_host}")
+    for sentinel in settings.redis_sentinels:
+        host = bind_host(sentinel)
+        if host is not None and not is_loopback_host(host):
+            out.append(f"a Redis Sentinel on {sentinel}")
     for host in settings.docker_hosts:
         if host.startswith("tcp://") and not is_loopback_host(_url_host(host)):
             out.append(f"Docker host {host}")

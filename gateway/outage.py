@@ -3,14 +3,17 @@
 - ACL users live only in the server's memory: a restarted Redis (even with its data
   back from the append-only file) has none, and every supervisor's login fails. Each
   container's record keeps the SHA-256 of its password (field ``acl``; never the
-  password), so the leader recreates the missing users when Redis's ``run_id`` changes.
+  password), so the leader recreates the missing users when Redis's ``run_id`` changes
+  (a restart, or a Sentinel failover: ACL changes are not replicated, so a promoted
+  replica has none either).
 - Heartbeats lapse while Redis is away: supervisors cannot write them, and keys keep
   their absolute deadline across a restart. Until Redis has been reachable again for
   a grace (the heartbeat TTL twice: supervisors retry every interval, and may first need
-  their user back), a missing heartbeat means nothing. Noticed two ways: Redis's own
-  uptime (a restart, whoever leads) and a gap between the end of this reaper's last
-  complete pass and the next (an outage or partition this process sat through; a pass
-  that was merely slow, removing containers, is not one).
+  their user back), a missing heartbeat means nothing. Noticed three ways: Redis's own
+  uptime (a restart, whoever leads), a new ``run_id`` (a failover), and a gap between
+  the end of this reaper's last complete pass and the next (an outage or partition
+  this process sat through; a pass that was merely slow, removing containers, is not
+  one).
 """
 
 from __future__ import annotations
@@ -51,7 +54,11 @@ async def restore_acl_users(redis: Redis) -> int:
             rules = container_acl_rules(cid)
             await raw_command(redis, "ACL", "SETUSER", cid, "reset", *rules, f"#{digest}")
             restored += 1
-    log.warning("redis lost %d container users (restarted?); recreated %d", len(missing), restored)
+    log.warning(
+        "redis lost %d container users (restarted or failed over?); recreated %d",
+        len(missing),
+        restored,
+    )
     return restored
 
 
@@ -75,8 +82,16 @@ class OutageWatch:
         if self._passed is not None and now - self._passed > self.heartbeat_ttl:
             self._quiet_until = max(self._quiet_until, now + self.grace)
         if run_id != self._run_id:
-            await restore_acl_users(self.redis)
+            if self._run_id is not None:
+                # Another server answers (a failover: a promoted replica has a long
+                # uptime): supervisors must find it and get their users back first.
+                self._quiet_until = max(self._quiet_until, now + self.grace)
             self._run_id = run_id
+            await restore_acl_users(self.redis)
+        elif not self.heartbeats_trusted:
+            # A container launched across the switch may have made its user on the old
+            # server and its record on the new one: look again until the grace ends.
+            await restore_acl_users(self.redis)
 
     def passed(self) -> None:
         """A pass completed: Redis answered throughout."""

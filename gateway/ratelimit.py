@@ -27,6 +27,7 @@ from starlette.requests import HTTPConnection
 
 from gateway.errors import ApiError
 from shared import keys
+from shared.redis_client import rate_limit_storage
 from shared.settings import Settings
 
 KINDS = ("starts", "reads", "auth_failures")
@@ -46,10 +47,11 @@ class RateLimits:
             "socket_connect_timeout": CONNECT_TIMEOUT,
             "socket_timeout": SOCKET_TIMEOUT,
         }
+        uri, extra = rate_limit_storage(settings)
         self.slowapi = Limiter(
             key_func=client_address,
-            storage_uri=settings.redis_url,
-            storage_options=options,
+            storage_uri=uri,
+            storage_options={**options, **extra},
             strategy="moving-window",
             headers_enabled=False,
             swallow_errors=False,  # Redis down → 503 like the rest of the API

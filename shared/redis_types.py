@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
+
+from shared.redis_client import reconnecting
 
 
 def text(value: bytes | str | None, default: str = "") -> str:
@@ -28,8 +27,6 @@ async def raw_command(redis: Redis, *args: str | bytes | int | float) -> Any:
 
 
 def connect(url: str, **options: Any) -> Redis:
-    """An asyncio client for a long-lived process. After a Redis restart every pooled
-    connection is closed under it, and redis-py fails the next command on each; this
-    client reconnects and sends it again, once (an outage still fails fast)."""
-    retry = Retry(NoBackoff(), 1)
-    return Redis.from_url(url, retry=retry, retry_on_error=[RedisConnectionError], **options)
+    """A client of the Redis at ``url`` for a long-lived process, reconnecting once after a
+    restart (``shared.redis_client.redis_client`` is the one that follows sentinels)."""
+    return Redis.from_url(url, **reconnecting(options))

@@ -78,6 +78,34 @@ class Settings:
         "(each container gets its own ACL user). Empty: the host of PREVIEW_REDIS_URL "
         "reached through host.docker.internal.",
     )
+    redis_sentinels: tuple[str, ...] = _setting(
+        (),
+        "Redis Sentinels (host:port, comma-separated) that name the current master; the "
+        "gateway, controller, supervisors and previewctl follow a failover. Empty: "
+        "PREVIEW_REDIS_URL's host is the Redis. Set: PREVIEW_REDIS_URL gives only the "
+        "master's credentials and database.",
+        _list,
+    )
+    redis_master: str = _setting(
+        "preview", "Name of the master the sentinels monitor (with PREVIEW_REDIS_SENTINELS)."
+    )
+    redis_sentinel_password: str = _setting(
+        "",
+        "Password of the sentinels' default user (their requirepass), for the gateway, "
+        "controller and previewctl; empty: the sentinels ask for none.",
+    )
+    container_redis_sentinels: tuple[str, ...] = _setting(
+        (),
+        "Sentinels as seen from inside preview containers. Empty: PREVIEW_REDIS_SENTINELS, "
+        "loopback hosts reached through host.docker.internal. A master a sentinel announces "
+        "on loopback is reached at that sentinel's address.",
+        _list,
+    )
+    container_sentinel_user: str = _setting(
+        "",
+        "Sentinel ACL user for supervisors, name:password, allowed SENTINEL MASTERS only "
+        "(user code can read it); required when the sentinels have a password.",
+    )
     # --- gateway ------------------------------------------------------------------------
     bind: str = _setting("127.0.0.1:8080", "Address the gateway listens on (run script).")
     public_url: str = _setting(
@@ -367,7 +395,11 @@ class Settings:
     def __post_init__(self) -> None:
         # Derived once here, so every process of a deployment computes the same names.
         if not self.deployment:
-            object.__setattr__(self, "deployment", redis_deployment(self.redis_url))
+            object.__setattr__(
+                self,
+                "deployment",
+                redis_deployment(self.redis_url, self.redis_sentinels, self.redis_master),
+            )
         if not self.cache_volume:
             object.__setattr__(self, "cache_volume", f"preview-cache-{self.deployment}")
 
@@ -391,6 +423,18 @@ class Settings:
         return settings
 
     def validate(self) -> None:
+        for name in ("redis_sentinels", "container_redis_sentinels"):
+            for address in getattr(self, name):
+                host, _, port = address.rpartition(":")
+                if not host or not port.isdigit():
+                    raise SettingsError(f"{env_name(name)}: expected host:port, got {address!r}")
+        if self.container_sentinel_user and ":" not in self.container_sentinel_user:
+            raise SettingsError("PREVIEW_CONTAINER_SENTINEL_USER: expected name:password")
+        if self.redis_sentinel_password and not self.container_sentinel_user:
+            raise SettingsError(
+                "PREVIEW_CONTAINER_SENTINEL_USER is required when the sentinels have a "
+                "password: supervisors must not get PREVIEW_REDIS_SENTINEL_PASSWORD"
+            )
         if self.max_concurrent_per_user < 1:
             raise SettingsError("PREVIEW_MAX_CONCURRENT_PER_USER must be at least 1")
         if not 0 <= self.pool_min <= self.pool_max:

@@ -26,6 +26,12 @@ class ConfigError(ValueError):
 class SupervisorConfig:
     container_id: str
     redis_url: str
+    # With sentinels (host:port as seen from here), redis_url gives only our user,
+    # password and database; the master is whichever they name. sentinel_user is
+    # name:password of their restricted user (empty: none).
+    redis_sentinels: tuple[str, ...] = ()
+    redis_master: str = ""
+    sentinel_user: str = ""
     heartbeat_interval: float = 5.0
     heartbeat_ttl: float = 15.0
     dev_port: int = 3000
@@ -83,6 +89,9 @@ class SupervisorConfig:
         config = cls(
             container_id=cid,
             redis_url=redis_url,
+            redis_sentinels=tuple(a for a in get("SUPERVISOR_REDIS_SENTINELS", "").split(",") if a),
+            redis_master=get("SUPERVISOR_REDIS_MASTER", ""),
+            sentinel_user=get("SUPERVISOR_SENTINEL_USER", ""),
             heartbeat_interval=number("HEARTBEAT_INTERVAL", 5.0),
             heartbeat_ttl=number("HEARTBEAT_TTL", 15.0),
             dev_port=int(number("DEV_PORT", 3000)),
@@ -108,6 +117,8 @@ class SupervisorConfig:
         return config
 
     def validate(self) -> None:
+        if self.redis_sentinels and not self.redis_master:
+            raise ConfigError(f"{ENV_PREFIX}SUPERVISOR_REDIS_MASTER is required with sentinels")
         if self.heartbeat_interval <= 0:
             raise ConfigError(f"{ENV_PREFIX}HEARTBEAT_INTERVAL must be positive")
         if self.heartbeat_ttl <= self.heartbeat_interval:
@@ -126,6 +137,8 @@ class SupervisorConfig:
     def redacted_redis(self) -> str:
         """host:port of the Redis URL, for logs (never the credentials)."""
         parts = urlsplit(self.redis_url)
+        if self.redis_sentinels:
+            return f"sentinels {','.join(self.redis_sentinels)} master {self.redis_master}"
         return f"{parts.hostname}:{parts.port or 6379}{parts.path}"
 
 

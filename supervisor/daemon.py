@@ -24,6 +24,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from shared import keys
 from shared.messages import Command, CommandResult, MessageError
+from shared.redis_client import addresses, sentinel_master, sentinel_user_options
 from supervisor import fence, heartbeat, procs
 from supervisor.cgroup import Cgroup
 from supervisor.commands import HANDLERS
@@ -55,6 +56,17 @@ def connect(config: SupervisorConfig) -> Redis:
         options["driver_info"] = None
     else:
         options.update(lib_name=None, lib_version=None)
+    if config.redis_sentinels:
+        # Each new connection asks the sentinels for the master: after a failover the
+        # next one reaches the promoted replica, where the controller recreates our user.
+        quiet = {k: v for k, v in options.items() if k != "client_name"}
+        return sentinel_master(
+            addresses(config.redis_sentinels),
+            config.redis_master,
+            config.redis_url,
+            {**quiet, **sentinel_user_options(config.sentinel_user)},
+            **options,
+        )
     return Redis.from_url(config.redis_url, **options)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from gateway.containers import ContainerError, Containers
 from gateway.create_gate import CreateGate
@@ -18,6 +19,7 @@ from gateway.placement import Placement, host_capacity
 from shared import keys
 from shared.settings import Settings
 from tests.conftest import LABEL_TEST_RUN, TEST_RUN
+from tests.utils import RedisServer, async_wait_until
 
 GIB = 1 << 30
 
@@ -113,3 +115,28 @@ async def test_a_refill_storm_does_not_starve_a_start(redis: Redis) -> None:
     await asyncio.gather(*refills)
     assert order.index("start") <= 2 and waited < 0.5, (order, waited)
     assert await redis.zcard(keys.host_creating("h")) == 0
+
+
+async def test_a_place_held_when_redis_went_away_is_given_back(
+    redis: Redis, redis_server: RedisServer
+) -> None:
+    """A creation that ends while Redis does not answer (a restart, a failover) cannot
+    give its place back then; it must not keep it for the whole lease (120 s), which
+    would stall every start on the host (measured: 72 s after a failover)."""
+    quick = Redis.from_url(redis_server.url, socket_timeout=0.3)
+    gate = CreateGate(quick, cap=1)
+    try:
+        with pytest.raises(RedisError):
+            async with gate.place("h", start=True):
+                # Writes wait, so the place cannot be given back when the block ends.
+                await redis.execute_command("CLIENT", "PAUSE", "1500", "WRITE")  # type: ignore[no-untyped-call]
+        assert await redis.zcard(keys.host_creating("h")) == 1
+
+        async def given_back() -> bool:
+            return await redis.zcard(keys.host_creating("h")) == 0
+
+        await async_wait_until(given_back, 10, "the place given back")
+        assert await gate.try_enter("h", "next", start=True)
+    finally:
+        await redis.execute_command("CLIENT", "UNPAUSE")  # type: ignore[no-untyped-call]
+        await quick.aclose()

@@ -69,3 +69,20 @@ def test_npm_git_and_corepack_config_is_the_supervisors() -> None:
     assert env["npm_config_cache"] == "/home/app/.npm"
     assert env["XDG_CONFIG_HOME"] == "/home/app/.config"
     assert env["NODE_OPTIONS"] == "--max-old-space-size=512"  # the session's own choice
+
+
+def test_sentinels_from_the_gateway() -> None:
+    config = SupervisorConfig.from_env(
+        {
+            **ENV,
+            "PREVIEW_SUPERVISOR_REDIS_SENTINELS": "host.docker.internal:26379,10.0.0.5:26380",
+            "PREVIEW_SUPERVISOR_REDIS_MASTER": "preview",
+            "PREVIEW_SUPERVISOR_SENTINEL_USER": "preview-sup:reader-secret",
+        }
+    )
+    assert config.redis_sentinels == ("host.docker.internal:26379", "10.0.0.5:26380")
+    assert config.redis_master == "preview" and config.sentinel_user.startswith("preview-sup:")
+    logged = config.redacted_redis()
+    assert "preview" in logged and "secret" not in logged and "s3cret" not in logged
+    with pytest.raises(ConfigError, match="SUPERVISOR_REDIS_MASTER"):
+        SupervisorConfig.from_env({**ENV, "PREVIEW_SUPERVISOR_REDIS_SENTINELS": "h:1"})
