@@ -207,9 +207,13 @@ def shared_blocker(
 def install_environment(env: Mapping[str, str], base: Mapping[str, str]) -> dict[str, str]:
     """What the install's environment adds to the supervisor's own: the user's variables
     and ours — not the container's hostname and the like, which differ per container, nor
-    the app user's identity, which is the image's."""
+    the app user's identity, which is the image's, nor the places under its home the
+    supervisor points npm, corepack and XDG programs at (``procs.supervised_config``)."""
+    chosen = procs.supervised_config(env.get("HOME", ""))
     return {
-        k: v for k, v in env.items() if base.get(k) != v and k not in {"HOME", "USER", "LOGNAME"}
+        k: v
+        for k, v in env.items()
+        if base.get(k) != v and k not in {"HOME", "USER", "LOGNAME"} and chosen.get(k) != v
     }
 
 

@@ -75,7 +75,8 @@ async def test_two_engines_placement_failure_and_return(
         )
         failed = await load(redis, session.id)
         assert failed is not None and failed.state == "failed" and failed.error
-        assert b in failed.error["reason"]
+        # The user is told the host is gone, never its name (an engine's name is its address).
+        assert "unreachable" in failed.error["reason"] and b not in failed.error["reason"]
         await async_wait_until(
             lambda: pool_hosts(a, a), 90, "the pool refilled on the first engine"
         )

@@ -167,6 +167,7 @@ def test_https_previews_get_a_host_prefixed_cookie(
     values: dict[str, Any] = dict(
         redis_url=redis_server.url,
         signing_secret=SECRET,
+        jwt_secret=SECRET,  # not on loopback by name: the built-in secrets are refused
         preview_port=0,
         domain="preview.example",
         trusted_proxies=("127.0.0.1",),
