@@ -190,6 +190,10 @@ def test_real_previews_in_containers(stack: Stack, browser: Any) -> None:
                 return any(c["name"] == "big0" for c in context.cookies())
 
             wait_until(planted, 60, "A's restarted dev server")
+            # A fresh tab: A's may still be on the self-refreshing "starting" page, whose
+            # refresh would interrupt the navigation to B.
+            page.close()
+            page = context.new_page()
             response = page.goto(alice.get(f"/v1/previews/{b}").json()["open_url"])
             assert response is not None and response.status == 200, response.text()
             assert "Hello from node-basic" in page.content()
