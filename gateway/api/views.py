@@ -5,17 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.proxy.preview_tokens import open_token
+from gateway.proxy.vhosts import public_host
 from gateway.sessions.store import Session
 from shared.messages import Heartbeat
 from shared.settings import Settings
-
-
-def public_host(settings: Settings, sid: str) -> str:
-    """`{id}.{domain}` with `:port` unless the port is the scheme's default (or 0)."""
-    default = 443 if settings.preview_scheme == "https" else 80
-    port = settings.preview_port
-    suffix = f":{port}" if port and port != default else ""
-    return f"{sid}.{settings.domain}{suffix}"
 
 
 def preview_url(settings: Settings, sid: str) -> str:

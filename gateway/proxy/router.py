@@ -21,7 +21,6 @@ from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.datastructures import State
 
-from gateway.api.views import public_host
 from gateway.asgi_types import Receive, Scope, Send, header
 from gateway.observability import instruments
 from gateway.proxy.clients import ClientResolver
@@ -32,7 +31,7 @@ from gateway.proxy.proxy_ws import RelayRegistry, WsLimits, proxy_ws
 from gateway.proxy.routes import Route, RouteCache
 from gateway.proxy.starting import starting_page, status_json
 from gateway.proxy.upstream import UpstreamPool
-from gateway.proxy.vhosts import HostRules
+from gateway.proxy.vhosts import HostRules, public_host
 from gateway.proxy.ws_budget import Budgets
 from shared import keys
 from shared.settings import Settings

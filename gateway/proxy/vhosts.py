@@ -24,6 +24,14 @@ from shared.settings import Settings
 PROBES = frozenset({"/healthz", "/readyz"})
 
 
+def public_host(settings: Settings, sid: str) -> str:
+    """`{id}.{domain}` with `:port` unless the port is the scheme's default (or 0)."""
+    default = 443 if settings.preview_scheme == "https" else 80
+    port = settings.preview_port
+    suffix = f":{port}" if port and port != default else ""
+    return f"{sid}.{settings.domain}{suffix}"
+
+
 @dataclass(frozen=True)
 class Destination:
     kind: str  # "preview", "api" or "refused"

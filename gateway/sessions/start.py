@@ -17,11 +17,11 @@ import time
 from redis.exceptions import RedisError
 
 from gateway.api.validation import StartRequest
-from gateway.api.views import public_host
 from gateway.containers.containers import Assigned, ContainerError, affinity
 from gateway.containers.docker_runtime import DockerRuntimeError
 from gateway.errors import ApiError
 from gateway.proxy.routes import publish_change
+from gateway.proxy.vhosts import public_host
 from gateway.sessions import slots
 from gateway.sessions.previews import Previews
 from gateway.sessions.store import Session, new_id
