@@ -64,7 +64,7 @@ from gateway.containers.containers import Containers  # noqa: E402
 from gateway.containers.docker_runtime import DockerRuntime  # noqa: E402
 from shared.messages import Command  # noqa: E402
 from shared.settings import Settings  # noqa: E402
-from supervisor import archive  # noqa: E402
+from supervisor.depcache import archive  # noqa: E402
 from supervisor.depcache.pack import Packer, take_snapshot  # noqa: E402
 from supervisor.depcache.restore import restore_tree  # noqa: E402
 from tests.utils import start_redis  # noqa: E402
