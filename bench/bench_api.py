@@ -26,8 +26,8 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 from redis.asyncio import Redis  # noqa: E402
 
-from gateway.containers import Containers  # noqa: E402
-from gateway.docker_runtime import DockerRuntime  # noqa: E402
+from gateway.containers.containers import Containers  # noqa: E402
+from gateway.containers.docker_runtime import DockerRuntime  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from tests.gateway.api_helpers import gateway_env, remove_containers, token  # noqa: E402
 from tests.utils import RedisServer, run_gateway, start_redis  # noqa: E402

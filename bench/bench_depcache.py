@@ -18,7 +18,7 @@ app (next@15, react, react-dom), installed once with npm (lockfile included).
        mkdir -p /tmp/ext4 && mount -o loop /tmp/ext4.img /tmp/ext4
        ... --restore-dir /tmp/bench --restore-dir /tmp/ext4 --workdir /tmp/bench
        umount /tmp/ext4 && rm /tmp/ext4.img
-3. Warm start in real containers (``gateway.containers.Containers``, the preview image,
+3. Warm start in real containers (``gateway.containers.containers.Containers``, the preview image,
    a cache volume of its own): a first container installs and packs; then new pooled
    containers each get a ``prepare`` with the project as an archive blob and restore;
    then the same container again (node_modules kept). Seconds from sending ``prepare``
@@ -60,13 +60,13 @@ sys.path.insert(0, str(ROOT))
 import zstandard  # noqa: E402
 from redis.asyncio import Redis  # noqa: E402
 
-from gateway.containers import Containers  # noqa: E402
-from gateway.docker_runtime import DockerRuntime  # noqa: E402
+from gateway.containers.containers import Containers  # noqa: E402
+from gateway.containers.docker_runtime import DockerRuntime  # noqa: E402
 from shared.messages import Command  # noqa: E402
 from shared.settings import Settings  # noqa: E402
-from supervisor import archive  # noqa: E402
-from supervisor.pack import Packer, take_snapshot  # noqa: E402
-from supervisor.restore import restore_tree  # noqa: E402
+from supervisor.depcache import archive  # noqa: E402
+from supervisor.depcache.pack import Packer, take_snapshot  # noqa: E402
+from supervisor.depcache.restore import restore_tree  # noqa: E402
 from tests.utils import start_redis  # noqa: E402
 
 LABEL = "preview-gateway.bench"

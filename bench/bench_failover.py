@@ -51,7 +51,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError  # noqa: E4
 from redis.exceptions import RedisError  # noqa: E402
 from redis.retry import Retry  # noqa: E402
 
-from gateway.recorder import spool_dir  # noqa: E402
+from gateway.observability.recorder import spool_dir  # noqa: E402
 from shared import keys  # noqa: E402
 from shared.redis_client import redis_client  # noqa: E402
 from shared.redis_types import text  # noqa: E402

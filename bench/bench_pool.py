@@ -50,10 +50,10 @@ from redis.asyncio import Redis  # noqa: E402
 
 from bench.bench_api import percentile  # noqa: E402
 from bench.bench_depcache import VITE_APP, Project, npm_env, project_blob, run, write_project  # noqa: E402
-from gateway.containers import Containers  # noqa: E402
-from gateway.controller import Controller  # noqa: E402
-from gateway.docker_runtime import DockerRuntime  # noqa: E402
-from gateway.pool import PoolKeeper  # noqa: E402
+from gateway.containers.containers import Containers  # noqa: E402
+from gateway.containers.docker_runtime import DockerRuntime  # noqa: E402
+from gateway.controller.main import Controller  # noqa: E402
+from gateway.controller.pool import PoolKeeper  # noqa: E402
 from shared import keys  # noqa: E402
 from shared.redis_types import text  # noqa: E402
 from shared.settings import Settings  # noqa: E402

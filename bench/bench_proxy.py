@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 import redis as redis_sync  # noqa: E402
 
-from gateway.preview_tokens import open_token  # noqa: E402
+from gateway.proxy.preview_tokens import open_token  # noqa: E402
 from shared import keys  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from tests.utils import free_port, start_redis, wait_until  # noqa: E402

@@ -2,7 +2,7 @@
 
 Three ways to check the same moving-window limit in the same real Redis, each with N
 concurrent callers on one event loop, while a ticker measures how late the loop runs:
-- **slowapi, worker thread** (the gateway's way: gateway/ratelimit.py);
+- **slowapi, worker thread** (the gateway's way: gateway/api/ratelimit.py);
 - **limits.aio** (the asyncio API of the engine slowapi is built on; the previous way);
 - **slowapi, on the loop** (what slowapi's decorators and middleware do).
 Then the same with Redis paused for 1 s (SIGSTOP): the loop's worst lateness is the figure
@@ -31,7 +31,7 @@ from limits.aio.storage import RedisStorage  # noqa: E402
 from limits.aio.strategies import MovingWindowRateLimiter  # noqa: E402
 
 from bench.bench_api import percentile  # noqa: E402
-from gateway.ratelimit import RateLimits  # noqa: E402
+from gateway.api.ratelimit import RateLimits  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from tests.utils import RedisServer, start_redis  # noqa: E402
 

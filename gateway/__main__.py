@@ -16,8 +16,8 @@ import uvloop
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
-from gateway.auth import AuthConfigError
-from gateway.exposure import check_gateway
+from gateway.api.auth import AuthConfigError
+from gateway.observability.exposure import check_gateway
 from shared.settings import Settings, SettingsError
 
 log = logging.getLogger("gateway")

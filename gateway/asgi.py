@@ -8,10 +8,10 @@ from __future__ import annotations
 import sys
 
 from gateway import hypercorn_compat
-from gateway.app import create_app
-from gateway.exposure import ExposedDefaults, check_gateway, listening_binds
-from gateway.logs import configure_logging
-from gateway.preview_host import PreviewRouter
+from gateway.api.app import create_app
+from gateway.observability.exposure import ExposedDefaults, check_gateway, listening_binds
+from gateway.observability.logs import configure_logging
+from gateway.proxy.router import PreviewRouter
 from shared.settings import Settings
 
 hypercorn_compat.install()

@@ -40,14 +40,14 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway import live
 from gateway.background import Background
-from gateway.containers import Containers
-from gateway.docker_runtime import DockerRuntime
-from gateway.previews import Previews
-from gateway.record_store import RecordStore
-from gateway.recorder import Recorder
-from gateway.stats import stats
+from gateway.containers.containers import Containers
+from gateway.containers.docker_runtime import DockerRuntime
+from gateway.observability import live
+from gateway.observability.record_store import RecordStore
+from gateway.observability.recorder import Recorder
+from gateway.observability.stats import stats
+from gateway.sessions.previews import Previews
 from shared.redis_client import redis_client
 from shared.settings import Settings, SettingsError
 

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from supervisor import failures, procs
-from supervisor.cachekey import CacheKey
 from supervisor.context import Context
-from supervisor.depcache import InstallPlan
+from supervisor.depcache.cache import InstallPlan
+from supervisor.depcache.cachekey import CacheKey
 from supervisor.detect import Project
 from supervisor.events import Progress
 

@@ -13,8 +13,9 @@ from typing import Any, NoReturn
 from shared import keys
 from shared.messages import Command
 from shared.redact import public_url
-from supervisor import depcache, fence, procs, sources, workspace
+from supervisor import fence, procs, sources, workspace
 from supervisor.context import Context
+from supervisor.depcache import cache as depcache
 from supervisor.dependencies import InstallError, ensure_dependencies, resolve_tool
 from supervisor.detect import Exposure, Project, detect, warnings_for
 from supervisor.devserver import LaunchSpec

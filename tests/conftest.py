@@ -13,7 +13,7 @@ import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
 
-from gateway.docker_runtime import ContainerInfo, ContainerSpec, DockerHost
+from gateway.containers.docker_runtime import ContainerInfo, ContainerSpec, DockerHost
 from shared.settings import Settings
 from tests.utils import RedisServer, remove_labelled_containers, start_redis
 

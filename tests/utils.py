@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from gateway.docker_runtime import LABEL_DEPLOYMENT
+from gateway.containers.docker_runtime import LABEL_DEPLOYMENT
 from shared.settings import redis_deployment
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -288,10 +288,11 @@ def settings_env(**values: Any) -> dict[str, str]:
 
 
 def spawn_controller(env: Mapping[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    """`python -m gateway.controller` with `env` over this environment, output to `log_path`."""
+    """`python -m gateway.controller.main` with `env` over this environment, output to
+    `log_path`."""
     with log_path.open("wb") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "gateway.controller"],
+            [sys.executable, "-m", "gateway.controller.main"],
             env={**os.environ, **env},
             cwd=ROOT,
             stdout=out,

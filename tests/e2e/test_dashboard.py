@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from redis import Redis as SyncRedis
 
-from gateway.records import Record
+from gateway.observability.records import Record
 from shared import keys
 from tests.e2e.conftest import ARTIFACTS, Stack
 from tests.utils import RedisServer, wait_until

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from gateway.reaper import STOPPED_RESPONDING
+from gateway.controller.reaper import STOPPED_RESPONDING
 from shared import keys
 from shared.messages import Heartbeat
 from tests.faults.conftest import System, SystemFactory, docker_has

@@ -14,7 +14,7 @@ import time
 
 import httpx
 
-from gateway.recorder import spool_dir
+from gateway.observability.recorder import spool_dir
 from shared import keys
 from shared.settings import Settings
 from tests.faults.conftest import System, SystemFactory

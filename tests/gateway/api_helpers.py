@@ -13,7 +13,7 @@ from typing import Any
 import jwt
 from redis import Redis as SyncRedis
 
-from gateway.sessions import Session, new_id
+from gateway.sessions.store import Session, new_id
 from shared import keys
 from shared.messages import Event
 from tests.utils import RedisServer, settings_env

@@ -18,13 +18,13 @@ from typing import Any
 import pytest_asyncio
 from redis.asyncio import Redis
 
-from gateway.containers import Containers
-from gateway.controller import Controller
-from gateway.docker_runtime import DockerRuntime
-from gateway.previews import Previews
-from gateway.sessions import Session
-from gateway.starts import Starter
-from gateway.validation import StartRequest
+from gateway.api.validation import StartRequest
+from gateway.containers.containers import Containers
+from gateway.containers.docker_runtime import DockerRuntime
+from gateway.controller.main import Controller
+from gateway.sessions.previews import Previews
+from gateway.sessions.start import Starter
+from gateway.sessions.store import Session
 from shared import keys
 from shared.messages import Heartbeat
 from shared.redis_types import record, text

@@ -16,7 +16,7 @@ import httpx
 import pytest
 import redis as redis_sync
 
-from gateway.preview_tokens import open_token
+from gateway.proxy.preview_tokens import open_token
 from shared import keys
 from shared.settings import Settings
 from tests.utils import (

@@ -15,8 +15,8 @@ import httpx
 import pytest
 from redis import Redis as SyncRedis
 
-from gateway import api
-from gateway.preview_tokens import token_user
+from gateway.api import endpoints
+from gateway.proxy.preview_tokens import token_user
 from shared import keys
 from shared.redis_types import text
 from shared.settings import Settings
@@ -327,7 +327,7 @@ def test_openapi_describes_every_route(gateway: GatewayProcess) -> None:
     document = httpx.get(f"{gateway.url}/openapi.json").json()
     assert document["openapi"] == "3.1.0"
     assert document["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
-    for route in api.routes:
+    for route in endpoints.routes:
         path = route.path.replace("{path:path}", "{path}")
         for method in route.methods or ():
             if method == "HEAD":

@@ -8,7 +8,7 @@ import tarfile
 import pytest
 import zstandard
 
-from gateway.archives import ArchiveError, inspect
+from gateway.containers.archives import ArchiveError, inspect
 
 
 def make_tar(*members: tuple[str, str, bytes | str]) -> bytes:

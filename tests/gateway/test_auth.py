@@ -12,7 +12,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from gateway.auth import AuthConfigError, Authenticator
+from gateway.api.auth import AuthConfigError, Authenticator
 from gateway.errors import ApiError
 from shared.settings import Settings
 from tests.gateway.api_helpers import SECRET, bearer, forged, token, valid_claims

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from redis import Redis as SyncRedis
 
-from gateway.auth import Authenticator
+from gateway.api.auth import Authenticator
 from gateway.cli import main
 from shared import keys
 from shared.settings import Settings

@@ -1,11 +1,11 @@
-"""Which address is the client's (gateway/clients.py): the rightmost X-Forwarded-For hop
+"""Which address is the client's (gateway/proxy/clients.py): the rightmost X-Forwarded-For hop
 that is not a trusted proxy, and only when the TCP peer is one."""
 
 from __future__ import annotations
 
 import pytest
 
-from gateway.clients import ClientResolver
+from gateway.proxy.clients import ClientResolver
 from shared.settings import Settings, SettingsError
 
 TRUSTED = ("10.0.0.0/8", "::1", "fd00::/8")

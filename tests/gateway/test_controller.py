@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from gateway.containers import Containers
-from gateway.counters import COUNTERS
-from gateway.docker_runtime import LABEL_HOST, DockerRuntime
+from gateway.containers.containers import Containers
+from gateway.containers.docker_runtime import LABEL_HOST, DockerRuntime
+from gateway.observability.counters import COUNTERS
 from shared import keys
 from shared.redis_types import text
 from shared.settings import Settings
@@ -54,7 +54,7 @@ DOCKER_SOCKET = "/var/run/docker.sock"
 def controllers(
     redis_server: RedisServer, test_image: str, tmp_path: Path
 ) -> Iterator[tuple[list[subprocess.Popen[bytes]], str]]:
-    """Two real controller processes (python -m gateway.controller) on the test Redis;
+    """Two real controller processes (python -m gateway.controller.main) on the test Redis;
     (processes, this test's label value). Stopped and cleaned up after."""
     case = secrets.token_hex(4)
     env = {

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
-from gateway.controller import Controller
-from gateway.docker_runtime import LABEL_DEPLOYMENT, DockerRuntime
+from gateway.containers.docker_runtime import LABEL_DEPLOYMENT, DockerRuntime
+from gateway.controller.main import Controller
 from shared import keys
 from shared.redis_types import text
 from shared.settings import Settings, redis_deployment

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway.docker_runtime import (
+from gateway.containers.docker_runtime import (
     CAPABILITIES,
     EXTRA_CA_PATH,
     LABEL_CID,

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from gateway.docker_runtime import ContainerSpec, DockerHost, DockerRuntimeError
+from gateway.containers.docker_runtime import ContainerSpec, DockerHost, DockerRuntimeError
 from shared import keys
 from shared.redis_types import record
 from shared.settings import Settings

@@ -15,8 +15,8 @@ import pytest
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
-from gateway import events
-from gateway.sessions import Session
+from gateway.api import events
+from gateway.sessions.store import Session
 from shared import keys
 from tests.gateway.api_helpers import add_event, bearer, fake_session
 from tests.utils import GatewayProcess, async_wait_until, wait_until

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from redis import Redis as SyncRedis
 
-from gateway.exposure import (
+from gateway.observability.exposure import (
     builtin_secrets,
     check_controller,
     check_gateway,

@@ -16,7 +16,7 @@ import pytest
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
-from gateway import limits
+from gateway.sessions import slots as limits
 from shared import keys
 from tests.gateway.api_helpers import bearer, start_body
 from tests.gateway.conftest import GatewayFactory

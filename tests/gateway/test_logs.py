@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.logs import JsonFormatter, TextFormatter, configure_logging
+from gateway.observability.logs import JsonFormatter, TextFormatter, configure_logging
 from shared.redact import public_url, redact, scrub, url_secrets
 from shared.settings import Settings
 

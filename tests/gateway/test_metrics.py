@@ -14,10 +14,10 @@ import pytest
 from websockets.sync.client import connect
 from websockets.sync.server import ServerConnection, serve
 
-from gateway.collect import exposition
-from gateway.counters import Counters
-from gateway.metrics import Registry, render, serve_metrics
-from gateway.ops import ControllerOps
+from gateway.observability.collect import exposition
+from gateway.observability.counters import Counters
+from gateway.observability.metrics import Registry, render, serve_metrics
+from gateway.observability.ops import ControllerOps
 from shared import keys
 from shared.settings import Settings
 from tests.gateway.proxy_fixtures import ProxyEnv, Upstream, proxy_env, upstream

@@ -12,10 +12,10 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from gateway.containers import ContainerError, Containers
-from gateway.create_gate import CreateGate
-from gateway.docker_runtime import DockerRuntime
-from gateway.placement import Placement, host_capacity
+from gateway.containers.containers import ContainerError, Containers
+from gateway.containers.create_gate import CreateGate
+from gateway.containers.docker_runtime import DockerRuntime
+from gateway.containers.placement import Placement, host_capacity
 from shared import keys
 from shared.settings import Settings
 from tests.conftest import LABEL_TEST_RUN, TEST_RUN

@@ -12,10 +12,10 @@ from collections.abc import Iterator
 import pytest
 from redis.asyncio import Redis
 
-from gateway.autoscale import Autoscaler, Demand, peak_within, target_for
-from gateway.containers import Containers, affinity
-from gateway.counters import COUNTERS
-from gateway.docker_runtime import DockerRuntime
+from gateway.containers.containers import Containers, affinity
+from gateway.containers.docker_runtime import DockerRuntime
+from gateway.controller.autoscale import Autoscaler, Demand, peak_within, target_for
+from gateway.observability.counters import COUNTERS
 from shared import keys
 from shared.messages import Heartbeat
 from shared.settings import Settings

@@ -10,8 +10,8 @@ import time
 
 from redis.asyncio import Redis
 
-from gateway.containers import affinity
-from gateway.counters import COUNTERS
+from gateway.containers.containers import affinity
+from gateway.observability.counters import COUNTERS
 from shared import keys
 from shared.messages import Heartbeat
 from shared.settings import Settings

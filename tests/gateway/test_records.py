@@ -15,12 +15,12 @@ import pytest_asyncio
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
-from gateway.record_store import RecordStore
-from gateway.recorder import Recorder, spool_dir
-from gateway.records import Record, start_record, stop_record
-from gateway.sessions import Session, new_id
-from gateway.spool import Spool
-from gateway.stats import percentile, stats
+from gateway.observability.record_store import RecordStore
+from gateway.observability.recorder import Recorder, spool_dir
+from gateway.observability.records import Record, start_record, stop_record
+from gateway.observability.spool import Spool
+from gateway.observability.stats import percentile, stats
+from gateway.sessions.store import Session, new_id
 from shared import keys
 from shared.settings import Settings
 from tests.gateway.api_helpers import bearer, fake_session

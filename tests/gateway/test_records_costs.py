@@ -8,13 +8,13 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
-from gateway import alerts
-from gateway.costs import CostMeter
-from gateway.counters import Counters
-from gateway.ops import ControllerOps
-from gateway.record_store import RecordStore
-from gateway.records import Record
-from gateway.sessions import Session, new_id
+from gateway.observability import alerts
+from gateway.observability.costs import CostMeter
+from gateway.observability.counters import Counters
+from gateway.observability.ops import ControllerOps
+from gateway.observability.record_store import RecordStore
+from gateway.observability.records import Record
+from gateway.sessions.store import Session, new_id
 from shared import keys
 from shared.settings import Settings
 

@@ -13,10 +13,10 @@ from redis.asyncio import Redis
 from starlette.requests import Request
 from starlette.routing import Route
 
-from gateway import alerts
-from gateway.app import create_app
-from gateway.auth import authenticate
-from gateway.sentry_setup import scrub_event
+from gateway.api.app import create_app
+from gateway.api.auth import authenticate
+from gateway.observability import alerts
+from gateway.observability.sentry_setup import scrub_event
 from shared.settings import Settings
 from supervisor.sentry_hook import init_sentry as init_supervisor_sentry
 from tests.gateway.api_helpers import SECRET, token
@@ -83,7 +83,7 @@ async def test_gateway_error_reaches_sentry_with_user_and_no_secrets(
 async def test_alerts_are_fingerprinted_and_sent_once(
     sentry_endpoint: SentryEndpoint, settings: Settings, redis: Redis
 ) -> None:
-    from gateway.sentry_setup import init_sentry
+    from gateway.observability.sentry_setup import init_sentry
 
     assert init_sentry(Settings.from_env({}, sentry_dsn=sentry_endpoint.dsn()), "controller")
     first = alerts.Alerts(redis, repeat=600, source="controller-1")
@@ -111,7 +111,7 @@ async def test_alerts_are_fingerprinted_and_sent_once(
 
 
 async def test_redis_down_alert_dedupes_without_redis(sentry_endpoint: SentryEndpoint) -> None:
-    from gateway.sentry_setup import init_sentry
+    from gateway.observability.sentry_setup import init_sentry
 
     init_sentry(Settings.from_env({}, sentry_dsn=sentry_endpoint.dsn()), "gateway")
     dead = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2)
@@ -141,7 +141,7 @@ def test_supervisor_errors_reach_sentry_without_credentials(
 
 
 def test_no_dsn_no_sentry() -> None:
-    from gateway.sentry_setup import init_sentry
+    from gateway.observability.sentry_setup import init_sentry
 
     assert not init_sentry(Settings.from_env({}), "gateway")
     assert not init_supervisor_sentry("", "pvc")

@@ -7,8 +7,8 @@ from typing import Any, cast
 from redis.asyncio import Redis
 
 from gateway.background import Background
-from gateway.previews import Previews
-from gateway.sessions import Session, fold, merge_result, new_id
+from gateway.sessions.previews import Previews
+from gateway.sessions.store import Session, fold, merge_result, new_id
 from shared import keys
 from shared.messages import Event
 from shared.settings import Settings

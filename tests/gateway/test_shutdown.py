@@ -196,7 +196,7 @@ def talks_to(pid: int, port: int) -> bool:
 def controller_processes(
     redis_server: RedisServer, test_image: str, tmp_path: Path, count: int, ttl: float
 ) -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Real controllers (python -m gateway.controller) that only compete for the lease: no
+    """Real controllers (python -m gateway.controller.main) that only compete for the lease: no
     pool, and no Docker engine, so their orphan sweep cannot touch containers that other
     test runs on this engine made."""
     env = {

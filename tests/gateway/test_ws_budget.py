@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.ws_budget import Budgets, frame_size
+from gateway.proxy.ws_budget import Budgets, frame_size
 
 
 def test_over_the_budget_the_clients_biggest_holder_is_told_to_close() -> None:

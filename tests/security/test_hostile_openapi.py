@@ -23,7 +23,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.config import SchemathesisConfig
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from gateway.openapi import openapi_document
+from gateway.api.openapi import openapi_document
 from shared.settings import Settings
 from tests.gateway.api_helpers import fake_session, gateway_env, token
 from tests.utils import GatewayProcess, RedisServer, free_port, run_gateway

@@ -21,7 +21,7 @@ import redis as redis_sync
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from gateway.__main__ import MAX_REQUEST_HEAD
-from gateway.signed import sign
+from gateway.proxy.signed import sign
 from shared import keys
 from shared.settings import Settings
 from tests.gateway.api_helpers import SECRET, forged, gateway_env, token, valid_claims

@@ -21,7 +21,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from gateway.controller import Controller
+from gateway.controller.main import Controller
 from shared import keys
 from shared.messages import Heartbeat
 from shared.settings import Settings

@@ -21,7 +21,7 @@ import pytest
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
-from gateway.counters import COUNTERS
+from gateway.observability.counters import COUNTERS
 from shared import keys
 from shared.redis_types import text
 from shared.settings import Settings

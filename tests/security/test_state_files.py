@@ -14,7 +14,7 @@ import stat
 import subprocess
 from pathlib import Path
 
-from gateway.spool import Spool
+from gateway.observability.spool import Spool
 from tests.utils import ROOT, free_port, wait_until
 
 

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from supervisor import archive
-from supervisor.pack import NotCacheable, Packer, take_snapshot
-from supervisor.restore import STAGING_PREFIX, RestoreCancelled, restore_tree
-from supervisor.tarstream import DIR, END, FILE, SYMLINK, BadArchive, header, padding
+from supervisor.depcache import archive
+from supervisor.depcache.pack import NotCacheable, Packer, take_snapshot
+from supervisor.depcache.restore import STAGING_PREFIX, RestoreCancelled, restore_tree
+from supervisor.depcache.tarstream import DIR, END, FILE, SYMLINK, BadArchive, header, padding
 from tests.supervisor.conftest import make_dir
 
 LONG = "a-rather-long-directory-name-that-node-modules-have/" * 3

@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 
 from shared.messages import CommandResult
-from supervisor import archive
-from supervisor.cachevolume import CacheVolume
+from supervisor.depcache import archive
+from supervisor.depcache.cachevolume import CacheVolume
 from tests.supervisor.conftest import SupervisorProcess, b64, make_dir
 from tests.supervisor.test_daemon import get, prepare_args
 from tests.utils import async_wait_until

@@ -1,0 +1,188 @@
+"""The reaper, run by the leading controller every pass: live sessions end on time.
+
+- its Docker host is down → failed (container forgotten; removed when the host is back);
+- its container's record is gone → failed;
+- its container's heartbeat missing past the TTL → failed ("container stopped
+  responding"), slot freed, container destroyed: within TTL + one pass of the last
+  heartbeat, so well within 2 x TTL; not while Redis is only just back
+  (gateway/controller/outage.py);
+- older than PREVIEW_SESSION_MAX_LIFETIME → stopped (released to the pool);
+- no proxied traffic for PREVIEW_IDLE_TIMEOUT → stopped, after reading the activity
+  again under the session's lock (fresh traffic must win over a reaper);
+- resource rules (gateway/controller/resources.py);
+- a start that never got a container (its gateway died) → dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from redis.asyncio import Redis
+
+from gateway.containers.containers import Containers
+from gateway.controller.outage import OutageWatch
+from gateway.controller.resources import MEMORY_LIMIT, ResourceRules
+from gateway.observability.counters import decision
+from gateway.sessions import slots
+from gateway.sessions.endings import Endings, session_lock
+from gateway.sessions.previews import Previews
+from gateway.sessions.store import Session
+from shared import keys
+from shared.messages import Heartbeat
+from shared.redis_types import record, text
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+STOPPED_RESPONDING = "container stopped responding"
+HISTORY_FIELD = b"heartbeat"  # field of each heartbeat_history entry (supervisor/heartbeat.py)
+
+
+def _float(raw: str | bytes | None) -> float:
+    try:
+        return float(text(raw) or 0)
+    except ValueError:
+        return 0.0
+
+
+class Reaper:
+    def __init__(
+        self,
+        settings: Settings,
+        redis: Redis,
+        containers: Containers,
+        previews: Previews,
+        endings: Endings,
+    ) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.containers = containers
+        self.previews = previews
+        self.endings = endings
+        self.resources = ResourceRules(settings, redis, containers, endings)
+        self.outage = OutageWatch(redis, settings.heartbeat_ttl)
+
+    async def tick(self) -> int:
+        """One pass over every live session; returns how many were ended."""
+        await self.outage.check()
+        ended = await self._pass()
+        self.outage.passed()
+        return ended
+
+    async def _pass(self) -> int:
+        sids = sorted(text(s) for s in await self.redis.smembers(keys.SESSIONS))
+        if not sids:
+            return 0
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for sid in sids:
+                pipe.hgetall(keys.session(sid))
+            sessions = [Session.from_record(record(r)) for r in await pipe.execute() if r]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for session in sessions:
+                cid = session.container or "-"
+                pipe.hgetall(keys.container(cid))
+                pipe.get(keys.heartbeat(cid))
+                pipe.get(keys.activity(session.id))
+            replies = await pipe.execute()
+        down = {s.name for s in await self.containers.placement.states() if not s.up}
+        ended = 0
+        for i, session in enumerate(sessions):
+            found, beat, active = record(replies[3 * i]), replies[3 * i + 1], replies[3 * i + 2]
+            if session.state == "stopping" or not session.id:
+                continue
+            if await self.check(session, found, Heartbeat.read(beat), _float(active), down):
+                ended += 1
+        return ended
+
+    async def check(
+        self,
+        session: Session,
+        found: dict[str, str],
+        heartbeat: Heartbeat | None,
+        active: float,
+        down: set[str],
+    ) -> bool:
+        """Apply the rules to one session; True when it was ended."""
+        now = time.time()
+        s = self.settings
+        if session.host and session.host in down:
+            reason = "the Docker host running this preview is unreachable"  # no name: an address
+            return await self.endings.fail(session, "host_down", reason, container="forget")
+        if not session.container:
+            if now - session.created_at > s.pool_warm_timeout:
+                await self._drop_abandoned(session)
+                return True
+            return False
+        if not found:
+            return await self.endings.fail(
+                session, "container_gone", "the preview's container is gone", container="keep"
+            )
+        if heartbeat is None:
+            if not self.outage.heartbeats_trusted:
+                return False  # Redis was away: supervisors are only now writing again
+            silence = await self._silent_for(session.container, found, now)
+            if silence is None:
+                return False
+            silent, last = silence
+            detail = f"no heartbeat for {silent:.0f}s (limit {s.heartbeat_ttl:.0f}s)"
+            if last is not None and last.memory_used > MEMORY_LIMIT * last.memory_limit > 0:
+                # A container thrashing at its memory limit starves its supervisor too.
+                detail += (
+                    f"; its last heartbeat showed {last.memory_used >> 20} of "
+                    f"{last.memory_limit >> 20} MiB memory in use: it likely ran out of memory"
+                )
+            return await self.endings.fail(session, "heartbeat_lost", STOPPED_RESPONDING, detail)
+        if now - session.created_at > s.session_max_lifetime:
+            hours = s.session_max_lifetime / 3600
+            reason = f"reached the maximum session lifetime of {hours:g} h"
+            return await self.endings.stop(session, "max_lifetime", reason)
+        if now - max(active, session.updated_at, session.created_at) > s.idle_timeout:
+            return await self._stop_if_idle(session)
+        if heartbeat.session_id == session.id:
+            await self.resources.check(session, heartbeat, found, now)
+        return False
+
+    async def _silent_for(
+        self, cid: str, found: dict[str, str], now: float
+    ) -> tuple[float, Heartbeat | None] | None:
+        """Seconds since the container's last heartbeat, and that heartbeat, when that is
+        past the TTL (None while it may still be starting up or only just missed one)."""
+        last: Any = await self.redis.xrevrange(keys.heartbeat_history(cid), count=1)
+        if last:
+            beat = Heartbeat.read(last[0][1].get(HISTORY_FIELD))
+            last_ts = beat.ts if beat is not None else 0.0
+            if now - last_ts > self.settings.heartbeat_ttl:
+                return now - last_ts, beat
+            return None
+        created = _float(found.get("created_at"))
+        if now - created > self.settings.pool_warm_timeout:
+            return now - created, None  # it never heartbeated at all
+        return None
+
+    async def _stop_if_idle(self, session: Session) -> bool:
+        """Stop an idle session, deciding again under its lock with fresh numbers."""
+        async with session_lock(self.redis, session.id, keys.REAPER_LOCK_TTL_MS) as held:
+            if not held:
+                return False  # someone is acting on it right now: look again next pass
+            current = await self.previews.load(session.id)
+            active = _float(await self.redis.get(keys.activity(session.id)))
+            if current is None or current.state == "stopping":
+                return False
+            last = max(active, current.updated_at, current.created_at)
+            idle = time.time() - last
+            if idle <= self.settings.idle_timeout:
+                decision(log, "reap_skipped", "fresh_activity", "used again", sid=session.id)
+                return False
+            reason = f"unused for {idle:.0f}s (idle timeout {self.settings.idle_timeout:g}s)"
+            return await self.endings.stop(current, "idle", reason)
+
+    async def _drop_abandoned(self, session: Session) -> None:
+        """A start whose gateway died before it got a container: nothing runs for it."""
+        await slots.release(self.redis, session.user, session.id, session.project_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.srem(keys.SESSIONS, session.id)
+            pipe.delete(keys.session(session.id), keys.activity(session.id))
+            await pipe.execute()
+        decision(log, "session_dropped", "abandoned_start", "never got a container", sid=session.id)

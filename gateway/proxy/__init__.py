@@ -1,0 +1,13 @@
+"""The data plane: every request to ``{id}.{PREVIEW_DOMAIN}`` from the browser to the dev server.
+
+Owns the host router (``router``: which host is a preview, the API, or nothing of ours),
+who may see a preview (``preview_auth``, ``preview_tokens``, ``signed``, ``cookies``,
+``clients``), the route cache (``routes``: session id → owner, state, dev-server address,
+kept current by published changes), the HTTP and WebSocket relays (``proxy_http``,
+``proxy_ws``) over a lean upstream client (``upstream``), per-client WebSocket byte budgets
+(``ws_budget``) and the pages a person sees in the iframe (``pages``, ``starting``).
+
+May import: ``shared``, the top-level ``gateway`` helpers (``asgi_types``, ``errors``) and
+``gateway.observability`` (metrics only). Never Docker, sessions, the API or the controller:
+a request on the hot path reads Redis through the route cache and nothing else.
+"""

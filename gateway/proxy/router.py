@@ -1,0 +1,337 @@
+"""Host-based routing: ``{id}.{PREVIEW_DOMAIN}`` is that preview, the API hosts the API
+(gateway/proxy/vhosts.py), nothing else.
+
+The client address is resolved first (gateway/proxy/clients.py: trusted proxies), for everything
+downstream. For a preview host: find its route (cached), authenticate (the single-use
+`preview_token` query parameter once, then a per-host cookie; gateway/proxy/cookies.py), then
+proxy HTTP or WebSocket to the dev server.
+While the preview is still starting, a browser navigation gets a self-refreshing page and
+other requests wait (one Redis poller per preview, however many requests wait on it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from urllib.parse import parse_qsl
+
+from redis.exceptions import RedisError
+from starlette.applications import Starlette
+from starlette.datastructures import State
+
+from gateway.asgi_types import Receive, Scope, Send, header
+from gateway.observability import instruments
+from gateway.proxy.clients import ClientResolver
+from gateway.proxy.pages import error_page, send_body
+from gateway.proxy.preview_auth import EXPIRED, PreviewAuth, client_address
+from gateway.proxy.proxy_http import proxy_http, wants_html
+from gateway.proxy.proxy_ws import RelayRegistry, WsLimits, proxy_ws
+from gateway.proxy.routes import Route, RouteCache
+from gateway.proxy.starting import starting_page, status_json
+from gateway.proxy.upstream import UpstreamPool
+from gateway.proxy.vhosts import HostRules, public_host
+from gateway.proxy.ws_budget import Budgets
+from shared import keys
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ACTIVITY_EVERY = 5.0  # seconds between activity writes per preview
+STARTING = frozenset({"assigned", "preparing", "starting"})
+STATUS_PATH = "/__preview/status"
+TOO_MANY_FAILURES = "too many failed attempts; wait a minute"
+
+
+def cookie_name(sid: str) -> str:
+    """The name the dev server's Cookie header is cleaned of (with every other of ours)."""
+    return f"pv_{sid}"
+
+
+class PreviewRouter:
+    """The ASGI entry point: wraps the API app and serves preview hosts itself."""
+
+    def __init__(self, api: Starlette, settings: Settings) -> None:
+        self.api = api
+        self.settings = settings
+        self.hosts = HostRules(settings)
+        self.clients = ClientResolver(settings.trusted_proxies)
+        self.auth = PreviewAuth(settings)
+        self.pool = UpstreamPool(head_timeout=settings.upstream_head_timeout)
+        self.relays = RelayRegistry()
+        self.limits = WsLimits(
+            settings.ws_max_message_bytes, settings.ws_idle_timeout, settings.ws_max_lifetime
+        )
+        self.routes: RouteCache | None = None
+        self._waits: dict[str, asyncio.Task[Route | None]] = {}
+        self._activity: dict[str, float] = {}
+        self._ws_per_client: dict[str, int] = {}
+        self.ws_budgets = Budgets(settings.ws_buffer_per_client)
+        self._background: set[asyncio.Task[object]] = set()
+
+    # --- dispatch -----------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.api(scope, self._lifespan_receive(receive), send)
+            return
+        self.clients.resolve(scope)
+        where = self.hosts.classify(scope)
+        if where.kind == "api":
+            await self.api(scope, receive, send)
+            return
+        html = scope["type"] == "http" and wants_html(scope)
+        if where.kind == "refused":
+            detail = "this host name is not served here"
+            await self.refuse(scope, send, 421, "misdirected_request", detail, html)
+            return
+        if not where.sid:
+            await self.refuse(scope, send, 404, "not_found", "no such preview", html)
+            return
+        sid = where.sid
+        if self.routes is None:
+            self.routes = RouteCache(self.state.redis)
+            self.routes.start()
+        await self.serve(sid, scope, receive, send)
+
+    @property
+    def state(self) -> State:
+        return self.api.state
+
+    def _lifespan_receive(self, receive: Receive) -> Receive:
+        async def wrapped() -> dict[str, object]:
+            message = await receive()
+            if message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+            return dict(message)
+
+        return wrapped
+
+    async def shutdown(self) -> None:
+        """Close WebSockets with 1001 within the drain deadline, then upstream sockets."""
+        await self.relays.close_all(self.settings.drain_timeout)
+        if self.routes is not None:
+            await self.routes.stop()
+        self.pool.close()
+
+    # --- one preview request ------------------------------------------------------------
+
+    async def serve(self, sid: str, scope: Scope, receive: Receive, send: Send) -> None:
+        is_ws = scope["type"] == "websocket"
+        html = not is_ws and wants_html(scope)
+        assert self.routes is not None
+        try:
+            route = await self.routes.get(sid)
+        except (RedisError, OSError):
+            instruments.REDIS_ERRORS.inc()  # observability hook
+            await self.refuse(scope, send, 503, "unavailable", "state store unreachable", html)
+            return
+        if route is None:
+            await self.refuse(scope, send, 404, "not_found", "no such preview", html)
+            return
+        token = self.query_token(scope)
+        if token is not None and not is_ws:
+            await self.login(sid, route, token, scope, send, html)
+            return
+        if not self.auth.cookie_ok(sid, route.user, scope):
+            detail = "open this preview from its link (the token is missing or expired)"
+            await self.fail(sid, scope, send, 401, "unauthorized", detail, html)
+            return
+        if is_ws and not self.origin_ok(scope):
+            await self.refuse(scope, send, 403, "forbidden", "cross-origin WebSocket", False)
+            return
+        if scope["path"] == STATUS_PATH and not is_ws:
+            await status_json(self.state.redis, route, send)
+            return
+        if route.state in STARTING:
+            if html and scope["method"] == "GET":
+                await starting_page(send, route)
+                return
+            route = await self.wait_ready(sid)
+            if route is None or route.state != "ready":
+                detail = route.error if route and route.error else "the preview is not ready"
+                await self.refuse(scope, send, 503, "not_ready", detail, html)
+                return
+        if route.state != "ready" or not route.address:
+            detail = route.error or f"the preview is {route.state}"
+            await self.refuse(scope, send, 503, "not_ready", detail, html)
+            return
+        self.touch(sid)
+        # The dev server sees the preview's canonical host, the one its allowed-hosts
+        # were configured with at prepare, never the client's spelling of it.
+        host = public_host(self.settings, sid)
+        if is_ws:
+            await self.websocket(sid, route, scope, receive, send, host)
+        else:
+            began = time.monotonic()
+            try:
+                status = await proxy_http(
+                    scope,
+                    receive,
+                    send,
+                    self.pool,
+                    route.address,
+                    host.encode(),
+                    cookie_name(sid).encode(),
+                    self.settings.preview_scheme,
+                )
+            except asyncio.CancelledError:
+                if self.relays.closing:  # cut at the drain deadline
+                    await self.cut_short(scope, send, html)
+                raise
+            instruments.proxied(status, time.monotonic() - began)  # observability hook
+
+    async def websocket(
+        self, sid: str, route: Route, scope: Scope, receive: Receive, send: Send, host: str
+    ) -> None:
+        client = client_address(scope)
+        if self._ws_per_client.get(client, 0) >= self.settings.ws_max_per_client:
+            instruments.RATE_LIMITED.labels("websockets_per_client").inc()  # observability hook
+            await send({"type": "websocket.close", "code": 1008, "reason": "too many WebSockets"})
+            return
+        self._ws_per_client[client] = self._ws_per_client.get(client, 0) + 1
+        account = self.ws_budgets.account(client)
+        instruments.WEBSOCKETS.inc()  # observability hook (and the decrement below)
+        instruments.WEBSOCKETS_OPEN.inc()
+        try:
+            await proxy_ws(
+                scope,
+                receive,
+                send,
+                route.address,
+                host,
+                cookie_name(sid).encode(),
+                self.limits,
+                self.relays,
+                account,
+                on_activity=lambda: self.touch(sid),
+            )
+        finally:
+            account.close()
+            instruments.WEBSOCKETS_OPEN.dec()
+            left = self._ws_per_client[client] - 1
+            if left:
+                self._ws_per_client[client] = left
+            else:
+                del self._ws_per_client[client]
+
+    # --- auth ---------------------------------------------------------------------------
+
+    @staticmethod
+    def query_token(scope: Scope) -> str | None:
+        query: bytes = scope.get("query_string", b"")
+        if b"preview_token=" not in query:
+            return None
+        for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+            if name == "preview_token":
+                return value
+        return None
+
+    async def login(
+        self, sid: str, route: Route, token: str, scope: Scope, send: Send, html: bool
+    ) -> None:
+        """Trade the URL's single-use token for a cookie on this host, and drop the token
+        from the URL (redirecting to this host only)."""
+        try:
+            user, detail = await self.auth.token_user(self.state.redis, sid, token)
+        except (RedisError, OSError):
+            instruments.REDIS_ERRORS.inc()  # observability hook
+            await self.refuse(scope, send, 503, "unavailable", "state store unreachable", html)
+            return
+        if user is not None and user == route.user:
+            headers = self.auth.redirect_headers(sid, user, scope)
+        elif self.auth.cookie_ok(sid, route.user, scope):
+            # Signed in already (a reloaded link): the spent token adds nothing, nor harm.
+            headers = self.auth.redirect_headers(sid, None, scope)
+        else:
+            log.info("preview login refused sid=%s client=%s", sid, client_address(scope))
+            await self.fail(sid, scope, send, 401, "invalid_token", detail or EXPIRED, html)
+            return
+        await send_body(send, 302, b"", b"text/plain", headers)
+
+    def origin_ok(self, scope: Scope) -> bool:
+        """A preview's WebSockets come from its own pages (the HMR client), nowhere else."""
+        raw = header(scope, b"origin")
+        if raw is None:
+            return True  # non-browser clients send no Origin; the cookie still had to match
+        origin = raw.decode("latin-1").lower().split("://", 1)[-1]
+        return origin == self.public_host(scope).lower()
+
+    def public_host(self, scope: Scope) -> str:
+        return (header(scope, b"host") or b"").decode("latin-1")
+
+    @staticmethod
+    async def cut_short(scope: Scope, send: Send, html: bool) -> None:
+        """A 503 (retry elsewhere) rather than the server's bare 500, unless the response
+        had already begun (then the client sees it end early)."""
+        retry = [(b"retry-after", b"1"), (b"connection", b"close")]
+        with contextlib.suppress(Exception):
+            await error_page(
+                scope, send, 503, "unavailable", "the gateway is restarting", html, retry
+            )
+
+    async def refuse(
+        self, scope: Scope, send: Send, status: int, error: str, detail: str, html: bool
+    ) -> None:
+        instruments.PROXY_REFUSED.labels(str(status)).inc()  # observability hook
+        if status == 429:
+            instruments.RATE_LIMITED.labels("preview_auth").inc()
+        if scope["type"] == "websocket":
+            await send(
+                {
+                    "type": "websocket.close",
+                    "code": 1008 if status < 500 else 1011,
+                    "reason": detail[:120],
+                }
+            )
+            return
+        extra = [(b"retry-after", str(self.auth.window).encode())] if status == 429 else None
+        await error_page(scope, send, status, error, detail, html, extra)
+
+    async def fail(
+        self, sid: str, scope: Scope, send: Send, status: int, error: str, detail: str, html: bool
+    ) -> None:
+        """Refuse a failed authentication: `status` while this client is within its limit
+        on this preview, 429 past it (gateway/proxy/preview_auth.py)."""
+        if await self.auth.over_limit(self.state.redis, sid, scope):
+            status, error, detail = 429, "rate_limited", TOO_MANY_FAILURES
+        await self.refuse(scope, send, status, error, detail, html)
+
+    # --- readiness and activity -------------------------------------------------------------
+
+    async def wait_ready(self, sid: str) -> Route | None:
+        task = self._waits.get(sid)
+        if task is None:
+            task = asyncio.create_task(self._poll_ready(sid), name=f"wait ready {sid}")
+            self._waits[sid] = task
+            task.add_done_callback(lambda _: self._waits.pop(sid, None))
+        return await asyncio.shield(task)
+
+    async def _poll_ready(self, sid: str) -> Route | None:
+        assert self.routes is not None
+        deadline = time.monotonic() + self.settings.hold_timeout
+        delay = 0.1
+        while True:
+            self.routes.invalidate(sid)
+            route = await self.routes.get(sid)
+            if route is None or route.state not in STARTING or time.monotonic() > deadline:
+                return route
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 1.0)
+
+    def touch(self, sid: str) -> None:
+        """Mark the preview used (for idle reaping), at most once per ACTIVITY_EVERY."""
+        now = time.monotonic()
+        if now - self._activity.get(sid, 0.0) < ACTIVITY_EVERY:
+            return
+        self._activity[sid] = now
+        task = asyncio.create_task(self._write_activity(sid))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _write_activity(self, sid: str) -> None:
+        try:
+            await self.state.redis.set(keys.activity(sid), repr(time.time()), ex=86400)
+        except (RedisError, OSError) as exc:
+            log.debug("activity not recorded sid=%s: %s", sid, exc)

@@ -1,0 +1,74 @@
+"""Keeps live sessions' records current without anyone reading them.
+
+Every second one gateway (a short Redis lock picks it) folds new supervisor
+events into each live session's record — so the proxy sees `ready` — and renews the slot
+lease of every session whose container still heartbeats for it. A session whose
+container stopped reporting is not renewed, so its slot frees itself after the lease; its
+record and container are then left to the controller's reaper.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+
+from redis.exceptions import RedisError
+
+from gateway.containers.containers import ContainerError
+from gateway.sessions.previews import Previews
+from gateway.sessions.store import Session
+from shared import keys
+from shared.redis_types import record, text
+
+log = logging.getLogger(__name__)
+
+
+class Tracker:
+    def __init__(self, previews: Previews, interval: float = 1.0) -> None:
+        self.previews = previews
+        self.interval = interval
+        self.id = secrets.token_hex(6)
+
+    async def tick(self) -> int:
+        """One pass (if this gateway got the lock); the number of sessions looked at."""
+        redis = self.previews.redis
+        if not await redis.set(keys.TRACKER_LOCK, self.id, nx=True, px=keys.TRACKER_LOCK_TTL_MS):
+            return 0
+        sids = [text(s) for s in await redis.smembers(keys.SESSIONS)]
+        async with redis.pipeline(transaction=False) as pipe:
+            for sid in sids:
+                pipe.hgetall(keys.session(sid))
+            replies = await pipe.execute()
+        found = [Session.from_record(record(r)) for r in replies if r]
+        sessions = [s for s in found if s.container and s.state != "stopping"]
+        async with redis.pipeline(transaction=False) as pipe:
+            for session in sessions:
+                pipe.zscore(keys.user_slots(session.user), session.id)
+            leases = await pipe.execute()
+        now = time.time()
+        for session, lease in zip(sessions, leases, strict=True):
+            # A lease that ran out is a dead session: the reaper's, not ours to revive.
+            if lease is not None and float(lease) > now:
+                await self.previews.refresh(session)
+        return len(sessions)
+
+    async def run(self) -> None:
+        """Drift-corrected loop until cancelled; a failed pass is logged, not fatal."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time()
+        failing = False
+        while True:
+            try:
+                await self.tick()
+                if failing:
+                    log.info("session tracker recovered")
+                failing = False
+            except (RedisError, ContainerError, OSError) as exc:
+                if not failing:
+                    log.error("session tracker pass failed: %s", exc)
+                failing = True
+            deadline += self.interval
+            await asyncio.sleep(max(0.0, deadline - loop.time()))
+            deadline = max(deadline, loop.time() - self.interval)
