@@ -121,7 +121,8 @@ def _redis_host(url: str) -> str | None:
 def controller_exposure(settings: Settings) -> list[str]:
     """What puts this controller's deployment beyond this machine (empty: nothing)."""
     out = []
-    redis_host = _redis_host(settings.redis_url)
+    # With sentinels, the URL's host is a placeholder: the sentinels name the master.
+    redis_host = None if settings.redis_sentinels else _redis_host(settings.redis_url)
     if redis_host is not None and not is_loopback_host(redis_host):
         out.append(f"Redis on {redis_host}")
     for sentinel in settings.redis_sentinels:

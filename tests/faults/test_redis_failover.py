@@ -133,12 +133,13 @@ def test_master_killed_under_traffic_fails_over_by_itself(
     assert system.wait_state(sid, "ready")["error"] is None
     # The start made after the failover becomes ready (pool, commands, ACL all work).
     system.wait_state(figures["started"], "ready")
-    # A stop works and the container goes back to the pool (its command stream is read).
+    # A stop works and the container is reset and kept for its user (its command stream
+    # is read).
     assert system.api("DELETE", f"/v1/previews/{sid}").status_code == 204
     wait_until(
-        lambda: system.redis.hget(keys.container(cid), "state") == b"pooled",
+        lambda: system.redis.hget(keys.container(cid), "state") == b"reserved",
         60,
-        "the container reset and pooled on the new master",
+        "the container reset and reserved on the new master",
     )
     print(
         f"failover: promoted {figures['promoted']:.1f}s, first start {figures['first_start']:.1f}s"
