@@ -50,6 +50,7 @@ _REQUEST_DROP = HOP_BY_HOP | {
     b"forwarded",
 }
 REFUSED_RETRIES = (0.1, 0.25, 0.5)
+_NO_BODY = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "TRACE"})
 
 
 def _connection_tokens(headers: list[tuple[bytes, bytes]]) -> set[bytes]:
@@ -94,6 +95,11 @@ def upstream_headers(
         out.append((name, value))
     if chunked and framed:
         raise AmbiguousFraming("Content-Length and Transfer-Encoding together are ambiguous")
+    if not framed and scope.get("http_version") == "2" and scope["method"] not in _NO_BODY:
+        # HTTP/2 frames a body by its DATA frames and may send it without Content-Length
+        # (a streamed upload): the dev server gets it chunked. (h2 itself refused any
+        # Transfer-Encoding and a Content-Length its DATA frames contradict.)
+        chunked = True
     client = scope.get("client")
     if client:
         out.append((b"x-forwarded-for", client[0].encode()))
