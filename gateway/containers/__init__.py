@@ -2,7 +2,8 @@
 
 Owns the Docker runtime (``docker_runtime``, aiodocker), launching, pooling, commanding
 and releasing containers (``containers``), containers reserved for one user
-(``reserved``), the per-host creation cap (``create_gate``), host placement
+(``reserved``), whether the proxy reaches containers at their own address (``direct``),
+the per-host creation cap (``create_gate``), host placement
 (``placement``) and checking uploaded workspace archives before any container sees them
 (``archives``).
 
