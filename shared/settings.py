@@ -138,6 +138,13 @@ class Settings:
     tls_bind: str = _setting(
         "127.0.0.1:8443", "Address of the TLS listener (with PREVIEW_TLS_CERT/_KEY)."
     )
+    compress: bool = _setting(
+        False,
+        "Compress what dev servers send uncompressed (JS, CSS, HTML, JSON, SVG) for clients "
+        "that accept it: zstd, else gzip, streamed. Off by default: it costs gateway CPU "
+        "and bench/bench_pageload.py showed no first-view win on this machine.",
+        _bool,
+    )
     workers: int = _setting(
         1,
         "Gateway processes sharing the listeners (use the host's cores). Route caches, "
