@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import http.server
 import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from playwright.sync_api import Error as PlaywrightError
 
 from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, Stack, run_stack
+from tests.gateway.proxy_fixtures import ProxyEnv, proxy_gateway
 from tests.gateway.tls_fixtures import TlsFiles, tls_files
-from tests.utils import RedisServer, free_port, wait_until
+from tests.utils import ROOT, RedisServer, free_port, wait_until
 
 __all__ = ["tls_files"]
 
@@ -25,6 +28,7 @@ NEW_MAIN = """
 document.querySelector("h1").textContent = "Edited over HTTP/2";
 if (import.meta.hot) { import.meta.hot.accept(); }
 """
+NETWORK_CHANGED = "ERR_NETWORK_CHANGED"
 # The protocol of each response from the preview's host that says (a response from
 # Chromium's cache says "").
 PROTOCOLS = """(host) => [
@@ -159,3 +163,49 @@ def test_vite_over_http2_hot_reloads_and_opens_in_a_cross_site_iframe(
             started = time.monotonic()
             assert alice.delete(f"/v1/previews/{sid}").status_code == 204
             print(f"preview stopped in {time.monotonic() - started:.1f}s")
+
+
+@pytest.fixture(scope="module")
+def many_modules(redis_server: RedisServer, tls_files: TlsFiles) -> Iterator[ProxyEnv]:
+    port = free_port()
+    server = subprocess.Popen(["node", str(ROOT / "tests/fixtures/many_modules.js"), str(port)])
+    try:
+        with proxy_gateway(redis_server, tls=tls_files) as env:
+            env.upstream_port = port  # type: ignore[attr-defined]
+            yield env
+    finally:
+        server.kill()
+        server.wait()
+
+
+@pytest.mark.slow
+def test_a_page_of_420_modules_loads_over_http2_every_time(
+    many_modules: ProxyEnv, tls_browser: Any
+) -> None:
+    """Chromium chains HTTP/2 streams with exclusive priorities: with hypercorn's priority
+    tree a third of these loads left modules pending forever (gateway/hypercorn_compat)."""
+    env = many_modules
+    sid = env.session(f"127.0.0.1:{env.upstream_port}")  # type: ignore[attr-defined]
+    url = f"https://{env.host(sid)}/"
+    loaded = attempts = 0
+    while loaded < 6:
+        attempts += 1
+        assert attempts <= 15, "too many loads cut by interface changes on this machine"
+        context = tls_browser.new_context()
+        try:
+            page = context.new_page()
+            failed: list[str] = []
+            page.on("requestfailed", lambda r, out=failed: out.append(f"{r.url} {r.failure}"))
+            page.goto(f"{url}?preview_token={env.token(sid)}")
+            try:
+                page.wait_for_function("window.__ready !== undefined", timeout=30_000)
+            except PlaywrightError:
+                if any(NETWORK_CHANGED in f for f in failed):
+                    continue  # Docker bridges come and go here: Chromium drops requests
+                ran = page.evaluate("globalThis.__count")
+                raise AssertionError(f"{ran} modules ran; failed: {failed[:5]}") from None
+            assert set(page.evaluate(PROTOCOLS, env.host(sid))) == {"h2"}
+            assert page.evaluate("globalThis.__count") == 421  # every module ran
+            loaded += 1
+        finally:
+            context.close()
