@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from tests.gateway.proxy_fixtures import ProxyEnv, Upstream, proxy_gateway, upstream
+from tests.gateway.test_proxy_ws import cookie_for
 from tests.gateway.tls_fixtures import TlsFiles, tls_files
 from tests.utils import RedisServer, wait_until
 
@@ -52,8 +53,7 @@ def test_previews_work_on_every_worker_and_route_changes_reach_all(
 ) -> None:
     env = two_workers
     sid = env.session(upstream.address)
-    with env.login(sid) as client:
-        cookie = str(client.headers["cookie"])
+    cookie = cookie_for(env, sid)
     answers = [fresh_get(env, sid, cookie) for _ in range(30)]
     assert [a.status_code for a in answers] == [200] * 30
     assert {a.http_version for a in answers} == {"HTTP/2"}
@@ -78,8 +78,7 @@ def test_a_dead_worker_is_replaced_and_the_other_keeps_serving(
 ) -> None:
     env = two_workers
     sid = env.session(upstream.address)
-    with env.login(sid) as client:
-        cookie = str(client.headers["cookie"])
+    cookie = cookie_for(env, sid)
     before = workers_of(env.gateway.process.pid)
     os.kill(before[0], signal.SIGKILL)
     assert all(fresh_get(env, sid, cookie).status_code == 200 for _ in range(10))

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import h2.events as h2events
-import httptools
 import pytest
 from h2.config import H2Configuration
 from h2.connection import H2Connection
@@ -24,6 +23,7 @@ from tests.security.test_hostile_proxy import (
     SMUGGLED,
     assert_nothing_smuggled,
     head,
+    read_answer,
     recorder,
     seen,
     status_of,
@@ -57,20 +57,9 @@ def tls_socket(env: ProxyEnv, host: str, alpn: str) -> ssl.SSLSocket:
 
 def tls_exchange(env: ProxyEnv, host: str, raw: bytes) -> bytes:
     """Raw HTTP/1.1 bytes over TLS; one response, to its end or until the gateway closes."""
-    done: list[bool] = []
-
-    class Ended:
-        def on_message_complete(self) -> None:
-            done.append(True)
-
-    parser = httptools.HttpResponseParser(Ended())
-    chunks = []
     with tls_socket(env, host, "http/1.1") as sock:
         sock.sendall(raw)
-        while not done and (data := sock.recv(65536)):
-            chunks.append(data)
-            parser.feed_data(data)
-    return b"".join(chunks)
+        return read_answer(sock)
 
 
 def victim_over_h2(env: ProxyEnv, host: str, cookie: str, marker: str) -> None:
