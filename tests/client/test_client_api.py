@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,8 +27,8 @@ from preview_client import (
     PreviewClient,
 )
 from tests.client.relay import Relay
-from tests.gateway.api_helpers import token
-from tests.utils import GatewayProcess
+from tests.gateway.api_helpers import SECRET, token
+from tests.utils import ROOT, GatewayProcess
 
 SERVER_JS = """
 const fs = require("node:fs");
@@ -175,3 +178,21 @@ def test_event_stream_cut_mid_start_is_resumed(gateway: GatewayProcess) -> None:
         # The cut came mid-start: the id sent back is one seen before ready, not the last.
         assert last_id in [e.id for e in seen[1:-1]]
         client.stop(preview.id)
+
+
+def test_the_readme_example_runs(gateway: GatewayProcess, tmp_path: Path) -> None:
+    """client/example.py (the README's), beside a run record like scripts/run writes."""
+    (tmp_path / ".state").mkdir()
+    run_env = f"PREVIEW_PUBLIC_URL={gateway.url}\nPREVIEW_JWT_SECRET={SECRET}\n"
+    (tmp_path / ".state" / "run.env").write_text(run_env)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "client" / "example.py")],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "ready" in done.stdout and "preview_token=" in done.stdout
+    assert done.stdout.rstrip().endswith("live previews: []")  # it stopped its preview
