@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import threading
 import time
 import webbrowser
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
+from preview_client.archive import pack_folder
 from preview_client.errors import (
     AuthError,
     GatewayUnreachable,
@@ -104,13 +106,18 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def run_preview(client: PreviewClient, options: Options, out: TextIO) -> int:
-    """The command's body; PreviewClientError for the caller to print as one line."""
-    tty = out.isatty()
-    view = ProgressView(out, tty)
-    preview = client.start_folder(options.project_id, options.folder)
-    signal.signal(signal.SIGTERM, _interrupt)  # a stopped command stops its preview too
+    """The command's body; PreviewClientError for the caller to print as one line. Once
+    the preview exists, any way out but --detach stops it (Ctrl-C, a failed start, an
+    error): a preview nobody watches would hold one of the user's slots."""
+    view = ProgressView(out, out.isatty())
+    archive = pack_folder(options.folder, client.max_upload_bytes)  # before taking a slot
+    preview = client.start(options.project_id, archive=True)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)  # a stopped command stops its preview
+    keep = False
     try:
-        view.line(f"preview {preview.id}: {options.folder} uploaded, starting")
+        sent = client.upload_archive(preview.id, archive)
+        view.line(f"preview {preview.id}: {sent.files} files of {options.folder} sent")
         ready = client.wait_ready(preview.id, on_event=view)
         view.finish()
         out.write(f"ready: {ready.url}\n{ready.open_url}\n")
@@ -118,6 +125,7 @@ def run_preview(client: PreviewClient, options: Options, out: TextIO) -> int:
         if options.open_browser:
             webbrowser.open(ready.open_url)
         if options.detach:
+            keep = True
             return 0
         what = "watching for saved files; " if options.watch else ""
         out.write(f"{what}Ctrl-C stops the preview\n")
@@ -126,13 +134,22 @@ def run_preview(client: PreviewClient, options: Options, out: TextIO) -> int:
         return 1  # _keep returns only when the preview is gone
     except KeyboardInterrupt:
         view.finish()
-        try:
-            client.stop(preview.id)
-        except NotFoundError:
-            pass
-        out.write(f"stopped {preview.id}\n")
-        out.flush()
         return 130
+    finally:
+        if not keep:
+            _stop(client, preview.id, out)
+
+
+def _stop(client: PreviewClient, preview_id: str, out: TextIO) -> None:
+    try:
+        client.stop(preview_id)
+    except NotFoundError:
+        return
+    except PreviewClientError as exc:
+        out.write(f"could not stop {preview_id}: {exc}\n")
+        return
+    out.write(f"stopped {preview_id}\n")
+    out.flush()
 
 
 def _keep(client: PreviewClient, preview_id: str, options: Options, view: ProgressView) -> None:
@@ -161,8 +178,11 @@ def _keep(client: PreviewClient, preview_id: str, options: Options, view: Progre
 def _send(
     client: PreviewClient, preview_id: str, folder: Path, batch: list[str], view: ProgressView
 ) -> None:
+    """One file as itself, several (or a link) as an archive: a link goes as a link, and
+    one leading out of the folder not at all (never its target's content: `key ->
+    ~/.ssh/id_rsa` in a cloned repo must not reach the container)."""
     try:
-        if len(batch) == 1:
+        if len(batch) == 1 and not (folder / batch[0]).is_symlink():
             client.write_file(preview_id, batch[0], (folder / batch[0]).read_bytes())
         else:
             client.upload_files(preview_id, folder, batch)
@@ -210,6 +230,9 @@ def run(
             return run_preview(client, options, out)
     except PreviewClientError as exc:
         err.write(f"previewctl: {describe(exc)}\n")
+        return 1
+    except OSError as exc:  # the folder vanished or became unreadable meanwhile
+        err.write(f"previewctl: {exc}\n")
         return 1
     except KeyboardInterrupt:
         err.write("previewctl: interrupted\n")

@@ -10,12 +10,13 @@ import shutil
 import subprocess
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zstandard
 
 from gateway.containers import archives
-from preview_client import ArchiveTooLarge, pack_folder, project_files
+from preview_client import ArchiveTooLarge, pack, pack_folder, project_files
 from preview_client.ignore import IgnoreFile, walk
 
 TREE = {
@@ -128,3 +129,45 @@ def test_git_absent_falls_back_to_the_matcher(
     assert shutil.which("git")
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     assert project_files(repo) == KEPT
+
+
+def test_watcher_batches_saves_and_never_sends_a_link_target(tmp_path: Path) -> None:
+    from preview_client.dev import ProgressView, _send
+    from preview_client.watch import Watcher
+
+    root = make_tree(tmp_path / "app")
+    outside = tmp_path / "private-key"
+    outside.write_text("PRIVATE")
+    watcher = Watcher(root, interval=0.01, quiet=0.01)
+    assert watcher.changed() == []
+    (root / "src" / "main.js").write_text("saved")
+    (root / "src" / "new.js").write_text("new")
+    (root / "a.log").write_text("ignored")
+    (root / "node_modules" / "vite" / "index.js").write_text("never")
+    assert watcher.next_batch() == ["src/main.js", "src/new.js"]
+
+    class Recorder:
+        """Stands in for the client: records what would be sent."""
+
+        max_upload_bytes = 10**6
+
+        def __init__(self) -> None:
+            self.sent: list[tuple[str, Any]] = []
+
+        def write_file(self, sid: str, path: str, data: bytes) -> int:
+            self.sent.append(("file", (path, data)))
+            return len(data)
+
+        def upload_files(self, sid: str, folder: Path, files: list[str]) -> None:
+            self.sent.append(("archive", pack(folder, files)))
+
+    os.symlink(outside, root / "key")
+    assert watcher.next_batch() == ["key"]
+    client = Recorder()
+    _send(client, "sid", root, ["key"], ProgressView(io.StringIO(), False))  # type: ignore[arg-type]
+    kind, archive = client.sent[0]
+    assert kind == "archive"
+    raw = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(archive)).read()
+    assert b"PRIVATE" not in raw
+    _send(client, "sid", root, ["src/main.js"], ProgressView(io.StringIO(), False))  # type: ignore[arg-type]
+    assert client.sent[1] == ("file", ("src/main.js", b"saved"))

@@ -5,6 +5,7 @@ Ctrl-C stops the preview and frees the slot; bad input is one line and a non-zer
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import signal
@@ -81,6 +82,17 @@ def test_bad_input_is_one_clear_line(gateway: GatewayProcess, tmp_path: Path) ->
     assert "upload limit" in one_line(big) and ".gitignore" in one_line(big)
     with PreviewClient(url, token("eve")) as client:
         assert client.list() == []  # refused before anything started: no slot taken
+
+    # A project whose dev server dies: the reason, and its slot given back.
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    scripts = {"dev": "echo the dev server gives up >&2; exit 3"}
+    (broken / "package.json").write_text(json.dumps({"name": "b", "scripts": scripts}))
+    failed = previewctl(tmp_path, str(broken), "--url", url, PREVIEW_TOKEN=token("eve"))
+    assert "failed" in one_line(failed) and failed.returncode == 1
+    assert "stopped" in failed.stdout
+    with PreviewClient(url, token("eve")) as client:
+        assert client.list() == []
 
 
 def test_progress_bar_on_a_terminal_and_lines_otherwise() -> None:
