@@ -188,7 +188,9 @@ class Waiter:
         self.decoder = SSEDecoder()  # a partial event of a cut stream is dropped
 
     def feed(self, line: str) -> bool:
-        """One line of the stream; True once the start is over (ready or error)."""
+        """One line of the stream; True once the start is over (ready or error).
+        WaitTimeout past the deadline (pings every 15 s bring lines even when idle)."""
+        self.remaining()
         event = self.decoder.feed(line)
         if event is None:
             return False

@@ -74,6 +74,12 @@ class Blocking:
         method = getattr(self.client, name)
         return lambda *args, **kwargs: self.loop.run_until_complete(method(*args, **kwargs))
 
+    def events(self, *args: Any) -> list[Event]:
+        async def collect() -> list[Event]:
+            return [event async for event in self.client.events(*args)]
+
+        return self.loop.run_until_complete(collect())
+
 
 @pytest.fixture(params=["sync", "async"])
 def make_client(request: pytest.FixtureRequest, gateway: GatewayProcess) -> Iterator[Any]:
@@ -108,6 +114,10 @@ def test_whole_surface(make_client: Any, gateway: GatewayProcess, tmp_path: Path
     assert ready.state == "ready" and ready.id == started.id and ready.error is None
     assert [e.step for e in seen if e.type == "progress"][-1] == "devserver"
     assert seen[-1].type == "ready"
+    replay = list(alice.events(started.id))  # a finished start: its events, then the end
+    assert [e.id for e in replay] == [e.id for e in seen]
+    tail = list(alice.events(started.id, seen[-2].id))  # resumed after a given event
+    assert [e.type for e in tail] == ["ready"]
     assert alice.start("tpl", template="node-basic").id == started.id  # hot start
     assert alice.write_file(started.id, "notes/a.txt", "héllo") == len("héllo".encode())
     logs = alice.logs(started.id, lines=20)

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -147,9 +148,21 @@ def test_vite_folder_renders_hot_reloads_and_stops(
     (app / "node_modules" / "vite").mkdir(parents=True)
     (app / "node_modules" / "vite" / "package.json").write_text("not json: never sent")
     user_token = stack.token("dana")
+    # --open goes through webbrowser, which runs $BROWSER: here a script noting the URL.
+    opened = tmp_path / "opened.txt"
+    fake_browser = tmp_path / "browser.sh"
+    fake_browser.write_text(f'#!/bin/sh\necho "$1" > {opened}\n')
+    fake_browser.chmod(0o755)
+    env = command_env(
+        tmp_path,
+        PREVIEW_TOKEN=user_token,
+        PREVIEW_PUBLIC_URL=stack.gateway.url,
+        BROWSER=f"{fake_browser} %s",
+    )
+    began = time.monotonic()
     process = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "preview", str(app), "--watch"],
-        env=command_env(tmp_path, PREVIEW_TOKEN=user_token, PREVIEW_PUBLIC_URL=stack.gateway.url),
+        [sys.executable, "-m", "gateway.cli", "preview", str(app), "--watch", "--open"],
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -157,6 +170,8 @@ def test_vite_folder_renders_hot_reloads_and_stops(
     out = Output(process.stdout)
     try:
         open_url = wait_until(lambda: out.find("preview_token="), 300, "open_url printed")
+        print(f"previewctl preview of a Vite folder: ready in {time.monotonic() - began:.1f}s")
+        wait_until(lambda: opened.exists() and opened.read_text().strip() == open_url, 10, "--open")
         assert process.poll() is None, process.stderr.read() if process.stderr else ""
         phases = [line.split(":")[0] for line in out.lines if ":" in line]
         assert [p for p in phases if p in ("files", "dependencies", "devserver")] == [
