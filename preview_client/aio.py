@@ -181,6 +181,9 @@ class AsyncPreviewClient:
             done = waiter.settle(await self.get(preview_id))
             if done is not None:
                 return done
+            # The stream ended mid-start without an error (a proxy closing long
+            # responses): follow it again, without hammering the gateway.
+            await asyncio.sleep(min(1.0, waiter.remaining()))
 
     # --- transport ----------------------------------------------------------------------
 
@@ -222,7 +225,7 @@ class AsyncPreviewClient:
             await asyncio.sleep(delay)
             attempt += 1
 
-    def _stream(self, preview_id: str, waiter: _core.Waiter) -> Any:
+    def _stream(self, preview_id: str, waiter: _core.Waiter) -> _Stream:
         return _Stream(self, preview_id, waiter)
 
 

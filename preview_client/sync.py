@@ -178,6 +178,9 @@ class PreviewClient:
             done = waiter.settle(self.get(preview_id))
             if done is not None:
                 return done
+            # The stream ended mid-start without an error (a proxy closing long
+            # responses): follow it again, without hammering the gateway.
+            time.sleep(min(1.0, waiter.remaining()))
 
     # --- transport ----------------------------------------------------------------------
 
@@ -219,7 +222,7 @@ class PreviewClient:
             time.sleep(delay)
             attempt += 1
 
-    def _stream(self, preview_id: str, waiter: _core.Waiter) -> Any:
+    def _stream(self, preview_id: str, waiter: _core.Waiter) -> _Stream:
         return _Stream(self, preview_id, waiter)
 
 
