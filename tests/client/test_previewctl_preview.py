@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import pty
 import shutil
 import signal
 import subprocess
@@ -213,3 +214,45 @@ def test_vite_folder_renders_hot_reloads_and_stops(
         for stream in (process.stdout, process.stderr):
             if stream is not None:
                 stream.close()
+
+
+def test_a_terminal_gets_the_bar_and_detach_keeps_the_preview(
+    gateway: GatewayProcess, tmp_path: Path
+) -> None:
+    app = tmp_path / "site"
+    app.mkdir()
+    server = "require('http').createServer((q, s) => s.end('hi')).listen(process.env.PORT)"
+    (app / "server.js").write_text(server)
+    scripts = {"dev": "node server.js"}
+    (app / "package.json").write_text(json.dumps({"name": "site", "scripts": scripts}))
+    primary, secondary = pty.openpty()
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "preview", str(app), "--detach"],
+            env=command_env(tmp_path, PREVIEW_TOKEN=token("fay"), PREVIEW_PUBLIC_URL=gateway.url),
+            stdin=secondary,
+            stdout=secondary,
+            stderr=secondary,
+        )
+        os.close(secondary)
+        screen = b""
+        while chunk := _read(primary):
+            screen += chunk
+        assert process.wait(timeout=30) == 0, screen
+    finally:
+        os.close(primary)
+    text = screen.decode(errors="replace")
+    assert "\r[1/3] files" in text and "\r[3/3] devserver" in text and "100%" in text, text
+    assert "Traceback" not in text
+    with PreviewClient(gateway.url, token("fay")) as client:
+        (kept,) = client.list()  # --detach: still running
+        assert kept.state == "ready" and kept.project_id == "site"
+        client.stop(kept.id)
+
+
+def _read(fd: int) -> bytes:
+    """What the terminal shows next; b"" once the program closed it."""
+    try:
+        return os.read(fd, 65536)
+    except OSError:  # EIO: every writer closed the terminal
+        return b""
