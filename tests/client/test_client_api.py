@@ -163,31 +163,47 @@ def test_whole_surface(make_client: Any, gateway: GatewayProcess, tmp_path: Path
         alice.stop(mine.id)
 
 
-def test_event_stream_cut_mid_start_is_resumed(gateway: GatewayProcess) -> None:
-    with Relay(gateway.port) as relay, PreviewClient(relay.url, token("carol")) as client:
-        preview = client.start("cut", template="vite-vanilla")
-        seen: list[Event] = []
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_event_stream_cut_mid_start_is_resumed(gateway: GatewayProcess, kind: str) -> None:
+    loop = asyncio.new_event_loop()
+    with Relay(gateway.port) as relay:
+        raw = token("carol")
+        client: Any = (
+            PreviewClient(relay.url, raw)
+            if kind == "sync"
+            else Blocking(AsyncPreviewClient(relay.url, raw), loop)
+        )
+        try:
+            follow_a_cut_start(client, relay)
+        finally:
+            client.close()
+            loop.close()
 
-        def on_event(event: Event) -> None:
-            seen.append(event)
-            if len([e for e in seen if e.type == "progress"]) == 2:
-                relay.cut()  # mid-start: after the second progress event
 
-        ready = client.wait_ready(preview.id, on_event=on_event, timeout=300)
-        assert ready.state == "ready"
-        assert relay.cuts == 1
-        ids = [tuple(int(x) for x in e.id.split("-")) for e in seen]
-        assert ids == sorted(set(ids)), "an event was lost or repeated across the cut"
-        steps = [e.step for e in seen if e.type == "progress"]
-        assert [s for i, s in enumerate(steps) if i == 0 or steps[i - 1] != s] == list(STEPS)
-        assert seen[-1].type == "ready"
-        resumed = [r for r in relay.requests if b"/events" in r and b"last-event-id" in r.lower()]
-        assert len(resumed) == 1, "one reconnection, with the id of the last event seen"
-        head = resumed[0].decode().lower().split("\r\n")
-        last_id = next(h for h in head if h.startswith("last-event-id:")).split(":", 1)[1].strip()
-        # The cut came mid-start: the id sent back is one seen before ready, not the last.
-        assert last_id in [e.id for e in seen[1:-1]]
-        client.stop(preview.id)
+def follow_a_cut_start(client: Any, relay: Relay) -> None:
+    preview = client.start("cut", template="vite-vanilla")
+    seen: list[Event] = []
+
+    def on_event(event: Event) -> None:
+        seen.append(event)
+        if len([e for e in seen if e.type == "progress"]) == 2:
+            relay.cut()  # mid-start: after the second progress event
+
+    ready = client.wait_ready(preview.id, on_event=on_event, timeout=300)
+    assert ready.state == "ready"
+    assert relay.cuts == 1
+    ids = [tuple(int(x) for x in e.id.split("-")) for e in seen]
+    assert ids == sorted(set(ids)), "an event was lost or repeated across the cut"
+    steps = [e.step for e in seen if e.type == "progress"]
+    assert [s for i, s in enumerate(steps) if i == 0 or steps[i - 1] != s] == list(STEPS)
+    assert seen[-1].type == "ready"
+    resumed = [r for r in relay.requests if b"/events" in r and b"last-event-id" in r.lower()]
+    assert len(resumed) == 1, "one reconnection, with the id of the last event seen"
+    head = resumed[0].decode().lower().split("\r\n")
+    last_id = next(h for h in head if h.startswith("last-event-id:")).split(":", 1)[1].strip()
+    # The cut came mid-start: the id sent back is one seen before ready, not the last.
+    assert last_id in [e.id for e in seen[1:-1]]
+    client.stop(preview.id)
 
 
 def test_the_readme_example_runs(gateway: GatewayProcess, tmp_path: Path) -> None:
