@@ -32,7 +32,7 @@ from gateway.observability.ops import ControllerOps
 from gateway.observability.sentry_setup import init_sentry
 from gateway.sessions.endings import Endings
 from gateway.sessions.previews import Previews
-from shared.redis_client import redis_client
+from shared.redis_client import redis_client, unreachable
 from shared.settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,6 @@ log = logging.getLogger(__name__)
 # margin: the client used for BLPOP must not time out before Redis answers.
 BLOCKING_SOCKET_TIMEOUT = 90.0
 SHUTDOWN_DEADLINE = 10.0
-REDIS_PING_TIMEOUT = 2.0
 STEP_ERRORS = (RedisError, DockerRuntimeError, ContainerError, OSError)
 
 
@@ -155,7 +154,7 @@ class Controller:
             await self.ops.start()
         try:
             async for _ in poll(self.settings.controller_interval):
-                error = await self._redis_error()
+                error = await unreachable(self.redis)
                 if error != redis_down:
                     log.log(
                         logging.ERROR if error else logging.INFO,
@@ -171,16 +170,6 @@ class Controller:
             keeping.cancel()
             await asyncio.gather(keeping, return_exceptions=True)
             await self.close()
-
-    async def _redis_error(self) -> str | None:
-        # gateway.api.health.check_redis uses wait_for, which on 3.11 can swallow the
-        # cancellation that stops this loop; asyncio.timeout does not.
-        try:
-            async with asyncio.timeout(REDIS_PING_TIMEOUT):
-                await self.redis.ping()
-        except (TimeoutError, RedisError, OSError) as exc:
-            return f"Redis not reachable: {exc or type(exc).__name__}"
-        return None
 
     async def close(self) -> None:
         await self.keeper.close()
