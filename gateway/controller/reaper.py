@@ -28,7 +28,7 @@ from gateway.observability.counters import decision
 from gateway.sessions import slots
 from gateway.sessions.endings import Endings, session_lock
 from gateway.sessions.previews import Previews
-from gateway.sessions.store import Session
+from gateway.sessions.store import Session, live_sessions
 from shared import keys
 from shared.messages import Heartbeat
 from shared.redis_types import record, text
@@ -72,13 +72,9 @@ class Reaper:
         return ended
 
     async def _pass(self) -> int:
-        sids = sorted(text(s) for s in await self.redis.smembers(keys.SESSIONS))
-        if not sids:
+        sessions = await live_sessions(self.redis)
+        if not sessions:
             return 0
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for sid in sids:
-                pipe.hgetall(keys.session(sid))
-            sessions = [Session.from_record(record(r)) for r in await pipe.execute() if r]
         async with self.redis.pipeline(transaction=False) as pipe:
             for session in sessions:
                 cid = session.container or "-"

@@ -18,9 +18,8 @@ from redis.exceptions import RedisError
 
 from gateway.containers.containers import ContainerError
 from gateway.sessions.previews import Previews
-from gateway.sessions.store import Session
+from gateway.sessions.store import live_sessions
 from shared import keys
-from shared.redis_types import record, text
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +35,7 @@ class Tracker:
         redis = self.previews.redis
         if not await redis.set(keys.TRACKER_LOCK, self.id, nx=True, px=keys.TRACKER_LOCK_TTL_MS):
             return 0
-        sids = [text(s) for s in await redis.smembers(keys.SESSIONS)]
-        async with redis.pipeline(transaction=False) as pipe:
-            for sid in sids:
-                pipe.hgetall(keys.session(sid))
-            replies = await pipe.execute()
-        found = [Session.from_record(record(r)) for r in replies if r]
+        found = await live_sessions(redis)
         sessions = [s for s in found if s.container and s.state != "stopping"]
         async with redis.pipeline(transaction=False) as pipe:
             for session in sessions:

@@ -8,7 +8,14 @@ from redis.asyncio import Redis
 
 from gateway.background import Background
 from gateway.sessions.previews import Previews
-from gateway.sessions.store import Session, fold, merge_result, new_id
+from gateway.sessions.store import (
+    LIVE_BATCH,
+    Session,
+    fold,
+    live_sessions,
+    merge_result,
+    new_id,
+)
 from shared import keys
 from shared.messages import Event
 from shared.settings import Settings
@@ -55,3 +62,24 @@ async def test_a_stale_snapshot_still_writes_what_the_events_decide(redis: Redis
     assert await redis.hget(keys.session("s1"), "state") == b"ready"
     again = await previews.load("s1")
     assert again is not None and again.state == "ready"
+
+
+async def test_all_live_sessions_are_read_in_batches_oldest_first(redis: Redis) -> None:
+    """The one read of every live session (API list, tracker, reaper, operator views):
+    more than a batch, a member whose record is gone is left out, stopping ones are in."""
+    count = LIVE_BATCH * 2 + 7
+    async with redis.pipeline(transaction=False) as pipe:
+        for i in range(count):
+            sid = f"s{i:05d}"
+            state = "stopping" if i == 3 else "ready"
+            record = Session(sid, "alice", "p", state=state, created_at=float(count - i))
+            pipe.hset(keys.session(sid), mapping=record.to_record())  # type: ignore[arg-type]
+            pipe.sadd(keys.SESSIONS, sid)
+        pipe.sadd(keys.SESSIONS, "tgone")  # its record expired meanwhile
+        await pipe.execute()
+    found = await live_sessions(redis)
+    assert len(found) == count
+    assert [s.created_at for s in found] == sorted(s.created_at for s in found)
+    assert {s.state for s in found} == {"ready", "stopping"}
+    first = await live_sessions(redis, limit=10)
+    assert {s.id for s in first} == {f"s{i:05d}" for i in range(10)}
