@@ -25,7 +25,7 @@ from gateway.containers.containers import Containers
 from gateway.controller.outage import OutageWatch
 from gateway.controller.resources import MEMORY_LIMIT, ResourceRules
 from gateway.observability.counters import decision
-from gateway.sessions import slots
+from gateway.sessions import teardown
 from gateway.sessions.endings import Endings, session_lock
 from gateway.sessions.previews import Previews
 from gateway.sessions.store import Session, live_sessions
@@ -176,9 +176,5 @@ class Reaper:
 
     async def _drop_abandoned(self, session: Session) -> None:
         """A start whose gateway died before it got a container: nothing runs for it."""
-        await slots.release(self.redis, session.user, session.id, session.project_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.srem(keys.SESSIONS, session.id)
-            pipe.delete(keys.session(session.id), keys.activity(session.id))
-            await pipe.execute()
+        await teardown.clear(self.redis, session)
         decision(log, "session_dropped", "abandoned_start", "never got a container", sid=session.id)

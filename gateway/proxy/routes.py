@@ -41,11 +41,6 @@ class Route:
         return self.state not in {"failed", "stopped", "stopping"}
 
 
-async def publish_change(redis: Redis, sid: str) -> None:
-    """Tell every gateway that this session's route changed."""
-    await redis.publish(keys.ROUTE_CHANGES, sid)
-
-
 class RouteCache:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, cast
 
+import pytest
 from redis.asyncio import Redis
 
 from gateway.background import Background
+from gateway.controller.reaper import Reaper
+from gateway.sessions.endings import Endings
 from gateway.sessions.previews import Previews
+from gateway.sessions.start import Starter
 from gateway.sessions.store import (
     LIVE_BATCH,
     Session,
@@ -83,3 +88,49 @@ async def test_all_live_sessions_are_read_in_batches_oldest_first(redis: Redis) 
     assert {s.state for s in found} == {"ready", "stopping"}
     first = await live_sessions(redis, limit=10)
     assert {s.id for s in first} == {f"s{i:05d}" for i in range(10)}
+
+
+ENDINGS = ("stop", "fail", "abandon", "drop_abandoned")
+
+
+@pytest.mark.parametrize("ending", ENDINGS)
+async def test_every_way_a_session_ends_cleans_the_same_keys(redis: Redis, ending: str) -> None:
+    """Stopped, failed, a start undone or a start abandoned by a dead gateway: one
+    cleanup. No slot, live-set member, activity key or hot-start pointer is left behind,
+    the record is gone (a failed one's expires soon) and every gateway hears the route
+    changed (or it would keep proxying to a container that serves someone else)."""
+    settings = Settings.from_env({}, redis_url="redis://unused")
+    background = Background()
+    previews = Previews(settings, redis, cast(Any, None), background)  # no container
+    session = Session("s1", "alice", "p", state="ready", created_at=1.0)
+    taken = await previews.slots.reserve("alice", "p", "s1", session.to_record())
+    assert taken.outcome == "ok"
+    await redis.set(keys.activity("s1"), "1")
+    async with redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+        await pubsub.subscribe(keys.ROUTE_CHANGES)
+        endings = Endings(redis, cast(Any, None), previews)
+        if ending == "stop":
+            assert await previews.stop(session)
+            await background.close(10)  # the release runs in the background
+        elif ending == "fail":
+            assert await endings.fail(session, "crashed", "it crashed", container="keep")
+        elif ending == "abandon":
+            await Starter(previews)._abandon(session)
+        else:
+            reaper = Reaper(settings, redis, cast(Any, None), previews, endings)
+            await reaper._drop_abandoned(session)
+        heard = set()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while "s1" not in heard and loop.time() < deadline:
+            message = await pubsub.get_message(timeout=deadline - loop.time())
+            if message is not None:
+                heard.add(message["data"].decode())
+        assert "s1" in heard
+    assert not await redis.sismember(keys.SESSIONS, "s1")
+    assert await redis.zscore(keys.user_slots("alice"), "s1") is None
+    assert not await redis.exists(keys.activity("s1"), keys.user_project("alice", "p"))
+    if ending == "fail":  # kept a while, for its owner and the proxy's error page
+        assert 0 < await redis.ttl(keys.session("s1")) <= keys.STOPPED_SESSION_TTL
+    else:
+        assert not await redis.exists(keys.session("s1"))
