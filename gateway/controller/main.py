@@ -13,7 +13,7 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import Awaitable, Mapping
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -32,6 +32,7 @@ from gateway.observability.ops import ControllerOps
 from gateway.observability.sentry_setup import init_sentry
 from gateway.sessions.endings import Endings
 from gateway.sessions.previews import Previews
+from shared.periodic import ticks
 from shared.redis_client import redis_client, unreachable
 from shared.settings import Settings, SettingsError
 
@@ -42,17 +43,6 @@ log = logging.getLogger(__name__)
 BLOCKING_SOCKET_TIMEOUT = 90.0
 SHUTDOWN_DEADLINE = 10.0
 STEP_ERRORS = (RedisError, DockerRuntimeError, ContainerError, OSError)
-
-
-async def poll(interval: float) -> AsyncIterator[None]:
-    """Yield every `interval` seconds, correcting for the time the loop body took."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time()
-    while True:
-        yield
-        deadline += interval
-        await asyncio.sleep(max(0.0, deadline - loop.time()))
-        deadline = max(deadline, loop.time() - interval)
 
 
 def check_settings(settings: Settings) -> None:
@@ -153,7 +143,7 @@ class Controller:
         if self.ops is not None:
             await self.ops.start()
         try:
-            async for _ in poll(self.settings.controller_interval):
+            async for _ in ticks(self.settings.controller_interval, first_now=True):
                 error = await unreachable(self.redis)
                 if error != redis_down:
                     log.log(

@@ -9,7 +9,6 @@ record and container are then left to the controller's reaper.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 import time
@@ -20,6 +19,7 @@ from gateway.containers.containers import ContainerError
 from gateway.sessions.previews import Previews
 from gateway.sessions.store import live_sessions
 from shared import keys
+from shared.periodic import ticks
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +50,8 @@ class Tracker:
 
     async def run(self) -> None:
         """Drift-corrected loop until cancelled; a failed pass is logged, not fatal."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time()
         failing = False
-        while True:
+        async for _ in ticks(self.interval, first_now=True):
             try:
                 await self.tick()
                 if failing:
@@ -63,6 +61,3 @@ class Tracker:
                 if not failing:
                     log.error("session tracker pass failed: %s", exc)
                 failing = True
-            deadline += self.interval
-            await asyncio.sleep(max(0.0, deadline - loop.time()))
-            deadline = max(deadline, loop.time() - self.interval)
