@@ -257,7 +257,7 @@ async def stop_session(settings: Settings, redis: Redis, sid: str, reason: str) 
     background = Background()
     recorder = Recorder(settings, redis)
     try:
-        containers = Containers(settings, blocking, runtime)
+        containers = Containers(settings, blocking, runtime, background=background)
         previews = Previews(settings, redis, containers, background, records=recorder)
         session = await previews.load(sid)
         if session is None or session.state == "stopping":

@@ -88,7 +88,9 @@ class Controller:
         self.redis = redis
         self.runtime = runtime
         self.background = Background()
-        self.containers = Containers(settings, blocking_redis, runtime, labels=labels)
+        self.containers = Containers(
+            settings, blocking_redis, runtime, labels=labels, background=self.background
+        )
         records = ops.records if ops is not None else None
         self.previews = Previews(settings, redis, self.containers, self.background, records)
         self.endings = Endings(redis, self.containers, self.previews)
@@ -138,7 +140,7 @@ class Controller:
 
     async def run(self) -> None:
         """Lead when we can and act every interval, until cancelled."""
-        keeping = asyncio.create_task(self.lease.keep(), name="leader lease")
+        self.background.forever(self.lease.keep(), "leader lease")  # cancelled by close
         redis_down: str | None = None
         if self.ops is not None:
             await self.ops.start()
@@ -157,8 +159,6 @@ class Controller:
                 if error is None:
                     await self.tick()
         finally:
-            keeping.cancel()
-            await asyncio.gather(keeping, return_exceptions=True)
             await self.close()
 
     async def close(self) -> None:

@@ -18,6 +18,7 @@ from collections import deque
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from gateway.background import Background
 from gateway.observability import alerts, collect, live
 from gateway.observability.costs import CostMeter, over_budget
 from gateway.observability.counters import COUNTERS, Counters
@@ -45,8 +46,8 @@ class GatewayOps:
         self._task: asyncio.Task[None] | None = None
         self._redis_error: str | None = None
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="observability upkeep")
+    def start(self, background: Background) -> None:
+        self._task = background.forever(self._run(), "observability upkeep")
 
     async def _run(self) -> None:
         while True:
