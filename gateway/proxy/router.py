@@ -44,7 +44,7 @@ ACTIVITY_EVERY = 5.0  # seconds between activity writes per preview
 SHUTDOWN_DEADLINE = 2.0
 STARTING = frozenset({"assigned", "preparing", "starting"})
 STATUS_PATH = "/__preview/status"
-TOO_MANY_FAILURES = "too many failed attempts; wait a minute"
+TOO_MANY_FAILURES = "too many failed attempts; retry in {retry} s"
 
 
 def cookie_name(sid: str) -> str:
@@ -274,7 +274,14 @@ class PreviewRouter:
             )
 
     async def refuse(
-        self, scope: Scope, send: Send, status: int, error: str, detail: str, html: bool
+        self,
+        scope: Scope,
+        send: Send,
+        status: int,
+        error: str,
+        detail: str,
+        html: bool,
+        retry_after: int = 0,
     ) -> None:
         instruments.PROXY_REFUSED.labels(str(status)).inc()  # observability hook
         if status == 429:
@@ -288,7 +295,7 @@ class PreviewRouter:
                 }
             )
             return
-        extra = [(b"retry-after", str(self.auth.window).encode())] if status == 429 else None
+        extra = [(b"retry-after", str(retry_after).encode())] if retry_after else None
         await error_page(scope, send, status, error, detail, html, extra)
 
     async def fail(
@@ -296,9 +303,10 @@ class PreviewRouter:
     ) -> None:
         """Refuse a failed authentication: `status` while this client is within its limit
         on this preview, 429 past it (gateway/proxy/preview_auth.py)."""
-        if await self.auth.over_limit(self.state.redis, sid, scope):
-            status, error, detail = 429, "rate_limited", TOO_MANY_FAILURES
-        await self.refuse(scope, send, status, error, detail, html)
+        retry = await self.auth.over_limit(self.state.rate_limits, sid, scope)
+        if retry is not None:
+            status, error, detail = 429, "rate_limited", TOO_MANY_FAILURES.format(retry=retry)
+        await self.refuse(scope, send, status, error, detail, html, retry or 0)
 
     # --- readiness and activity -------------------------------------------------------------
 
