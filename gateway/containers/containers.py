@@ -26,6 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from gateway.background import Background
 from gateway.containers.create_gate import CreateGate
 from gateway.containers.docker_runtime import (
     LABEL_ROLE,
@@ -206,6 +207,7 @@ class Containers:
         runtime: DockerRuntime,
         labels: Mapping[str, str] | None = None,
         counters: Counters = COUNTERS,
+        background: Background | None = None,
     ) -> None:
         self.settings = settings
         self.labels = dict(labels or {})  # extra labels on every container (tests mark theirs)
@@ -213,7 +215,7 @@ class Containers:
         self.runtime = runtime
         self.counters = counters
         self.placement = Placement(settings, redis, runtime)
-        self.gate = CreateGate(redis, settings.host_create_concurrency)
+        self.gate = CreateGate(redis, settings.host_create_concurrency, background)
         self.reserved = ReservedPool(settings, redis)
         self._acquire = redis.register_script(_ACQUIRE)
         self._add = redis.register_script(_ADD)
