@@ -36,6 +36,8 @@ COMMAND_TYPES: tuple[str, ...] = (
 # CommandResult.result["code"] of a command refused because its session is not the
 # container's current one (supervisor/fence.py): the gateway answers 409, not 500.
 WRONG_SESSION = "wrong_session"
+# Lines of output a supervisor keeps, and so the most a "logs" command can return.
+LOG_LINES = 2000
 
 EventType = Literal["progress", "warning", "ready", "error"]
 

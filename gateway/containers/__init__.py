@@ -7,7 +7,5 @@ and releasing containers (``containers``), containers reserved for one user
 (``archives``).
 
 May import: ``shared``, the top-level ``gateway`` helpers and ``gateway.observability``
-(counters). One exception: ``containers`` reads the ACL password digest and its record
-field from ``gateway.controller.outage``, which recreates those users after a Redis
-restart. Never the proxy, the API or the sessions.
+(counters). Never the controller, the proxy, the API or the sessions.
 """

@@ -37,10 +37,9 @@ from gateway.containers.docker_runtime import (
 )
 from gateway.containers.placement import HostState, Placement
 from gateway.containers.reserved import ReservedPool
-from gateway.controller.outage import ACL_FIELD, password_digest
 from gateway.observability.counters import COUNTERS, Counters, decision
 from shared import keys
-from shared.acl import container_acl_rules
+from shared.acl import ACL_FIELD, container_acl_rules, password_digest
 from shared.messages import Command, CommandResult, Heartbeat, MessageError
 from shared.redis_client import supervisor_sentinel_env
 from shared.redis_types import raw_command, record, text
