@@ -17,8 +17,9 @@ from gateway.api.validation import (
     PROJECT_ID,
     TEMPLATE_NAME,
 )
-from gateway.sessions.store import DEPENDENCIES, STATES
+from gateway.sessions.store import DEPENDENCIES
 from shared.settings import Settings
+from shared.states import SESSION_STATES
 
 Schema = dict[str, Any]
 
@@ -179,7 +180,7 @@ SCHEMAS: dict[str, Schema] = {
         "properties": {
             "id": {"type": "string"},
             "project_id": {"type": "string"},
-            "state": {"enum": list(STATES)},
+            "state": {"enum": list(SESSION_STATES)},
             "url": {"type": "string", "format": "uri"},
             "open_url": {
                 "type": "string",

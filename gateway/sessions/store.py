@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.messages import Event, MessageError
+from shared.states import SessionState, session_state_of_record
 
-STATES = ("assigned", "preparing", "starting", "ready", "stopping", "failed")
 DEPENDENCIES = ("restored", "installed", "skipped")
 # Progress steps that mean the dev server is booting; every other step is preparation.
 STARTING_STEPS = frozenset({"devserver", "dev_server", "dev-server", "server", "start", "starting"})
@@ -78,7 +78,7 @@ class Session:
     id: str
     user: str
     project_id: str
-    state: str = "assigned"
+    state: SessionState = "assigned"
     container: str = ""
     host: str = ""
     address: str = ""
@@ -102,7 +102,7 @@ class Session:
             id=record.get("id", ""),
             user=record.get("user", ""),
             project_id=record.get("project_id", ""),
-            state=record.get("state", "assigned"),
+            state=session_state_of_record(record.get("state", "assigned")),
             container=record.get("container", ""),
             host=record.get("host", ""),
             address=record.get("address", ""),
