@@ -8,6 +8,7 @@ sessions' records current (``tracker``).
 
 May import: ``shared``, the top-level ``gateway`` helpers, ``gateway.containers``,
 ``gateway.observability`` and, to publish route changes and a preview's host,
-``gateway.proxy.routes`` / ``gateway.proxy.vhosts``; ``start`` reads the API's request
-model (``gateway.api.validation``). Never ``gateway.controller``.
+``gateway.proxy.routes`` / ``gateway.proxy.vhosts``. Never the API or
+``gateway.controller`` (the API's validated start request, ``StartRequest``, is defined
+here in ``start``).
 """
