@@ -14,7 +14,7 @@ from redis.exceptions import RedisError
 
 from shared import keys
 from shared.messages import LOG_LINES
-from supervisor.ticker import ticks
+from shared.periodic import ticks
 
 log = logging.getLogger(__name__)
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
+from gateway.background import Background
 from gateway.containers import pool_scripts
 from gateway.containers.commands import ContainerError as ContainerError  # its callers' import
 from gateway.containers.create_gate import CreateGate
@@ -85,6 +86,7 @@ class Containers(Releases):
         runtime: DockerRuntime,
         labels: Mapping[str, str] | None = None,
         counters: Counters = COUNTERS,
+        background: Background | None = None,
     ) -> None:
         self.settings = settings
         self.labels = dict(labels or {})  # extra labels on every container (tests mark theirs)
@@ -92,7 +94,7 @@ class Containers(Releases):
         self.runtime = runtime
         self.counters = counters
         self.placement = Placement(settings, redis, runtime)
-        self.gate = CreateGate(redis, settings.host_create_concurrency)
+        self.gate = CreateGate(redis, settings.host_create_concurrency, background)
         self.reserved = ReservedPool(settings, redis)
         self._acquire = redis.register_script(pool_scripts.ACQUIRE)
         self._add = redis.register_script(pool_scripts.ADD)

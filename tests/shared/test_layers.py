@@ -23,12 +23,7 @@ FORBIDDEN = {
         "gateway.sessions",
     ),
     "gateway/sessions": ("gateway.api", "gateway.controller"),
-    "gateway/observability": (
-        "gateway.proxy",
-        "gateway.controller",
-        "gateway.api.auth",
-        "gateway.api.validation",
-    ),
+    "gateway/observability": ("gateway.proxy", "gateway.controller", "gateway.api"),
     "gateway/api": ("gateway.controller",),
     "gateway/controller": ("gateway.proxy", "gateway.api"),
     "shared": ("gateway", "supervisor"),
