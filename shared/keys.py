@@ -141,6 +141,7 @@ COMMAND_BLOB_TTL = 300
 COMMANDS_MAXLEN = 1000
 EVENTS_MAXLEN = 2000
 HEARTBEAT_HISTORY_LEN = 720  # an hour of 5 s samples
+HEARTBEAT_HISTORY_FIELD = "heartbeat"  # the field of each heartbeat_history entry (Heartbeat JSON)
 LOGS_TTL = 3600
 SESSION_LOCK_TTL = 30
 

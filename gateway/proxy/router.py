@@ -36,13 +36,13 @@ from gateway.proxy.vhosts import HostRules, public_host
 from gateway.proxy.ws_budget import Budgets
 from shared import keys
 from shared.settings import Settings
+from shared.states import STARTING_STATES
 
 log = logging.getLogger(__name__)
 
 ACTIVITY_EVERY = 5.0  # seconds between activity writes per preview
 # Seconds the last activity writes may take at shutdown; readiness waits are then cancelled.
 SHUTDOWN_DEADLINE = 2.0
-STARTING = frozenset({"assigned", "preparing", "starting"})
 STATUS_PATH = "/__preview/status"
 TOO_MANY_FAILURES = "too many failed attempts; retry in {retry} s"
 
@@ -146,7 +146,7 @@ class PreviewRouter:
         if scope["path"] == STATUS_PATH and not is_ws:
             await status_json(self.state.redis, route, send)
             return
-        if route.state in STARTING:
+        if route.state in STARTING_STATES:
             if html and scope["method"] == "GET":
                 await starting_page(send, route)
                 return
@@ -325,7 +325,7 @@ class PreviewRouter:
         while True:
             self.routes.invalidate(sid)
             route = await self.routes.get(sid)
-            if route is None or route.state not in STARTING or time.monotonic() > deadline:
+            if route is None or route.state not in STARTING_STATES or time.monotonic() > deadline:
                 return route
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 1.0)

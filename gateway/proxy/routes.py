@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 from gateway.background import Background
 from shared import keys
 from shared.redis_types import text
+from shared.states import SessionState, session_state_of_record
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +32,14 @@ _FIELDS = ("user", "state", "address", "error", "container")
 class Route:
     sid: str
     user: str
-    state: str
+    state: SessionState
     address: str
     error: str = ""
     container: str = ""
 
     @property
     def live(self) -> bool:
-        return self.state not in {"failed", "stopped", "stopping"}
+        return self.state not in ("failed", "stopping")
 
 
 class RouteCache:
@@ -62,7 +63,7 @@ class RouteCache:
             self._entries[sid] = (now + MISS_TTL, None)
             return None
         user, state, address, error, container = (text(v) for v in values)
-        route = Route(sid, user, state, address, error, container)
+        route = Route(sid, user, session_state_of_record(state), address, error, container)
         self._entries[sid] = (now + ROUTE_TTL, route)
         if len(self._entries) > 50_000:
             self._expire(now)

@@ -27,8 +27,8 @@ from redis.asyncio import Redis
 from shared import keys
 from shared.messages import Event, MessageError
 from shared.redis_types import record, text
+from shared.states import SessionState, session_state_of_record
 
-STATES = ("assigned", "preparing", "starting", "ready", "stopping", "failed")
 DEPENDENCIES = ("restored", "installed", "skipped")
 # Progress steps that mean the dev server is booting; every other step is preparation.
 STARTING_STEPS = frozenset({"devserver", "dev_server", "dev-server", "server", "start", "starting"})
@@ -83,7 +83,7 @@ class Session:
     id: str
     user: str
     project_id: str
-    state: str = "assigned"
+    state: SessionState = "assigned"
     container: str = ""
     host: str = ""
     address: str = ""
@@ -107,7 +107,7 @@ class Session:
             id=record.get("id", ""),
             user=record.get("user", ""),
             project_id=record.get("project_id", ""),
-            state=record.get("state", "assigned"),
+            state=session_state_of_record(record.get("state", "assigned")),
             container=record.get("container", ""),
             host=record.get("host", ""),
             address=record.get("address", ""),
