@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -46,6 +47,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import redis as redis_sync  # noqa: E402
 from bench_proxy import need, process, wait_http  # noqa: E402
+from playwright.sync_api import Error as PlaywrightError  # noqa: E402
 
 from gateway.proxy.preview_tokens import open_token  # noqa: E402
 from shared import keys  # noqa: E402
@@ -55,6 +57,7 @@ from tests.utils import free_port, start_redis  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 STATUS = "__preview/status"
+LOAD_TIMEOUT = 60_000  # ms; a load that takes longer is counted as unfinished
 Login = Callable[[], str]
 TRANSFERRED = """[...performance.getEntriesByType("navigation"),
     ...performance.getEntriesByType("resource")].reduce((n, e) => n + e.transferSize, 0)"""
@@ -207,8 +210,12 @@ def load_once(browser: Any, target: Target, rtt: float, mbps: float) -> tuple[fl
             },
         )
         cpu = cpu_seconds(target.pid)
-        page.goto(target.url, wait_until="load", timeout=120_000)
-        page.wait_for_function("window.__ready !== undefined", timeout=120_000)
+        try:
+            page.goto(target.url, wait_until="load", timeout=LOAD_TIMEOUT)
+            page.wait_for_function("window.__ready !== undefined", timeout=LOAD_TIMEOUT)
+        except PlaywrightError as exc:
+            print(f"load of {target.url} did not finish: {exc}".splitlines()[0], file=sys.stderr)
+            return float("nan"), 0, 0.0
         cpu = cpu_seconds(target.pid) - cpu
         ready: float = page.evaluate("window.__ready")
         received: int = page.evaluate(TRANSFERRED)
@@ -295,7 +302,11 @@ def main() -> None:
                     results.setdefault((name, rtt), []).append(sample)
 
     def median(name: str, rtt: float, index: int = 0) -> float:
-        return statistics.median(sample[index] for sample in results[(name, rtt)])
+        done = [sample for sample in results[(name, rtt)] if not math.isnan(sample[0])]
+        return statistics.median(sample[index] for sample in done) if done else math.nan
+
+    def unfinished(name: str) -> int:
+        return sum(math.isnan(s[0]) for rtt in rtts for s in results[(name, rtt)])
 
     rtts = (0.0, args.rtt)
     direct = {rtt: median("dev server direct, HTTP/1.1", rtt) for rtt in rtts}
@@ -306,15 +317,19 @@ def main() -> None:
         f"median of {args.loads} (ms until every module ran); latency and link speed by "
         f"Chromium's network emulation. Shared, loaded machine: read the ratios."
     )
-    print(f"| path | 0 ms | vs direct | {link} | vs direct | vs nginx h2 | KiB | gateway CPU ms |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        f"| path | 0 ms | vs direct | {link} | vs direct | vs nginx h2 | KiB | gateway CPU ms "
+        "| unfinished |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, target in targets.items():
         a, b = median(name, 0.0), median(name, args.rtt)
         kib = median(name, 0.0, 1) / 1024
         cpu = f"{median(name, 0.0, 2) * 1000:.0f}" if target.pid else "-"
         print(
             f"| {name} | {a:,.0f} | {a / direct[0.0]:.2f}x | {b:,.0f} | "
-            f"{b / direct[args.rtt]:.2f}x | {b / nginx2[args.rtt]:.2f}x | {kib:,.0f} | {cpu} |"
+            f"{b / direct[args.rtt]:.2f}x | {b / nginx2[args.rtt]:.2f}x | {kib:,.0f} | {cpu} "
+            f"| {unfinished(name)} |"
         )
     print(
         "\ntargets: gateway h2 <= 1.10x direct at 0 ms; at the RTT <= 0.5x direct and "

@@ -181,8 +181,10 @@ def preview_container(image: str) -> Iterator[tuple[str, str]]:
             "--entrypoint",
             "node",
             image,
-            "/anchors/upstream.js",
-            "3000",
+            "-e",
+            # The anchors' upstream listens on loopback: here on the container's address.
+            "eval(require('fs').readFileSync('/anchors/upstream.js', 'utf8')"
+            ".replace(/\\.listen\\(.*$/m, \".listen(3000, '0.0.0.0');\"))",
         ],
         capture_output=True,
         text=True,
@@ -208,6 +210,7 @@ def preview_container(image: str) -> Iterator[tuple[str, str]]:
             .stdout.split()[0]
             .rsplit(":", 1)[1]
         )
+        wait_http(f"http://{ip}:3000/x.js")
         yield f"{ip}:3000", f"127.0.0.1:{port}"
     finally:
         subprocess.run(["docker", "rm", "-f", cid], capture_output=True, check=False)

@@ -142,8 +142,9 @@ class Settings:
     compress: bool = _setting(
         False,
         "Compress what dev servers send uncompressed (JS, CSS, HTML, JSON, SVG) for clients "
-        "that accept it: zstd, else gzip, streamed. Off by default: it costs gateway CPU "
-        "and bench/bench_pageload.py showed no first-view win on this machine.",
+        "that accept it: zstd, else gzip, streamed. Off by default: bench/bench_pageload.py "
+        "(400 modules) measured 7x fewer bytes and a 23% faster first view at 40 ms RTT and "
+        "20 Mbit/s, but 18% slower at 0 ms and 24% more gateway CPU on a loaded machine.",
         _bool,
     )
     workers: int = _setting(
