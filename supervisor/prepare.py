@@ -169,6 +169,8 @@ async def prepare(ctx: Context, command: Command) -> dict[str, Any]:
             port=exposure.port,
             host_header=exposure.public_host,
             ready_timeout=ready_timeout,
+            warmup=ctx.config.warmup_seconds > 0,
+            warmup_budget=ctx.config.warmup_seconds,
         )
     except (PrepareFailed, InstallError, sources.SourceError, workspace.UnsafePath) as exc:
         await _failed(ctx, session_id, result, phase, str(exc), getattr(exc, "detail", []))
@@ -178,6 +180,8 @@ async def prepare(ctx: Context, command: Command) -> dict[str, Any]:
     ctx.session.dev_wanted = True
     started = await ctx.devserver.start(spec, session_id, progress)
     lap("devserver")
+    if started.warmup_ms is not None:  # part of "devserver", shown apart
+        result["timings_ms"]["warmup"] = started.warmup_ms
     result.update(port=exposure.port, forwarded=started.forwarded)
     if not started.ready:  # the dev server has reported its error event itself
         reason = started.reason or "the dev server did not start"
