@@ -78,6 +78,8 @@ class Heartbeat:
     last_error: str | None = None
     project_id: str | None = None
     node_modules_key: str | None = None
+    # The container's CPU limit in cores as its cgroup says (cpu.max); None: unlimited.
+    cpu_limit: float | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))

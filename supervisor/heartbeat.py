@@ -100,6 +100,7 @@ def sample(ctx: Context, cpu: CpuMeter, disk: DiskSample) -> Heartbeat:
         last_error=dev.last_error,
         project_id=ctx.session.project_id,
         node_modules_key=ctx.session.node_modules_key,
+        cpu_limit=cg.cpu_limit,
     )
 
 

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from gateway.containers.boost import Boost
 from gateway.containers.create_gate import CreateGate
 from gateway.containers.docker_runtime import (
     LABEL_ROLE,
@@ -215,6 +216,7 @@ class Containers:
         self.placement = Placement(settings, redis, runtime)
         self.gate = CreateGate(redis, settings.host_create_concurrency)
         self.reserved = ReservedPool(settings, redis)
+        self.boost = Boost(settings, redis, runtime, self.placement)
         self._acquire = redis.register_script(_ACQUIRE)
         self._add = redis.register_script(_ADD)
         self._placing = asyncio.Lock()
@@ -266,7 +268,7 @@ class Containers:
                 else:
                     chosen = sorted(
                         (s for s in states if s.usable and s.name not in tried),
-                        key=lambda s: -s.free,
+                        key=lambda s: -s.rank,
                     )
                 if not chosen:
                     if error is not None:
@@ -303,6 +305,7 @@ class Containers:
             "PREVIEW_CACHE_ZSTD_LEVEL": str(s.cache_zstd_level),
             "PREVIEW_CACHE_ZSTD_THREADS": str(s.cache_zstd_threads),
             "PREVIEW_CONTAINER_DISK_MB": str(s.container_disk_mb),
+            "PREVIEW_WARMUP_SECONDS": str(s.warmup_seconds),
             **supervisor_sentinel_env(s),
         }
         if s.sentry_dsn:
@@ -364,6 +367,7 @@ class Containers:
                 pipe.zrem(keys.user_reserved(found["user"]), cid)
             if found.get("host"):
                 pipe.srem(keys.host_containers(found["host"]), cid)
+                pipe.hdel(keys.host_boosts(found["host"]), cid)
             if found.get("image"):
                 pipe.lrem(keys.pool(found["image"]), 0, cid)
             await pipe.execute()
@@ -561,6 +565,8 @@ class Containers:
         if not found:
             return False
         found.setdefault("cid", cid)
+        if found.get("host"):  # a pooled container runs at PREVIEW_CONTAINER_CPUS
+            await self.boost.drop(found["host"], cid)
         if budget_bytes is None:
             budget_bytes = self.settings.container_disk_mb * 1024 * 1024 // 2
         recorded = found.get("user", "")

@@ -23,6 +23,8 @@ from shared import keys
 from shared.redis_types import record, text
 
 log = logging.getLogger(__name__)
+# Session states during which a container keeps its startup CPU boost (boost.py).
+STARTING = frozenset({"assigned", "preparing", "starting"})
 
 
 class Tracker:
@@ -48,10 +50,14 @@ class Tracker:
                 pipe.zscore(keys.user_slots(session.user), session.id)
             leases = await pipe.execute()
         now = time.time()
+        started: set[str] = set()  # containers whose start is over: no boost any more
         for session, lease in zip(sessions, leases, strict=True):
             # A lease that ran out is a dead session: the reaper's, not ours to revive.
             if lease is not None and float(lease) > now:
                 await self.previews.refresh(session)
+            if session.state not in STARTING and session.container:
+                started.add(session.container)
+        await self.previews.containers.boost.settle(started, now)
         return len(sessions)
 
     async def run(self) -> None:
