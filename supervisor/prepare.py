@@ -13,7 +13,7 @@ from typing import Any, NoReturn
 from shared import keys
 from shared.messages import Command
 from shared.redact import public_url
-from supervisor import fence, procs, sources, workspace
+from supervisor import buildcache, fence, procs, sources, workspace
 from supervisor.context import Context
 from supervisor.depcache import cache as depcache
 from supervisor.dependencies import InstallError, ensure_dependencies, resolve_tool
@@ -149,11 +149,17 @@ async def prepare(ctx: Context, command: Command) -> dict[str, Any]:
             result.update(_describe(project))
             if project.problem or package_json is None:
                 raise PrepareFailed(project.problem or "nothing to run")
+            ctx.session.framework = project.framework
+            ctx.save()
             phase = "dependencies"
             result["dependencies"] = await _dependencies(
                 ctx, project, package_json, user_env, progress, result
             )
             lap("dependencies")
+            cached = await buildcache.restore(ctx, project.framework)
+            result["build_cache"] = cached.state
+            if cached.state == "restored":
+                lap("build_cache")
             version = installed_version(ctx.config.workspace, project.framework_package)
             result["framework_version"] = version or project.framework_version
             for kind, message in warnings_for(project.framework, result["framework_version"]):

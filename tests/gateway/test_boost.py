@@ -31,11 +31,14 @@ def start_archive(gw: GatewayProcess, project: str = "boost") -> dict[str, Any]:
     return preview
 
 
-def upload(gw: GatewayProcess, sid: str, dev: str, files: dict[str, str]) -> None:
+def upload(
+    gw: GatewayProcess, sid: str, dev: str, files: dict[str, str], user: str = "alice"
+) -> None:
+    """The project's files (a package.json running `dev` unless `files` has one)."""
     package = json.dumps({"name": "boost", "scripts": {"dev": dev}})
     archive = tar_of({"package.json": package, **files})
     put = httpx.put(
-        f"{gw.url}/v1/previews/{sid}/files", content=archive, headers=bearer("alice"), timeout=60
+        f"{gw.url}/v1/previews/{sid}/files", content=archive, headers=bearer(user), timeout=60
     )
     assert put.status_code in (200, 202, 204), put.text
 
