@@ -246,6 +246,13 @@ class Settings:
         "compile, seconds (0: off).",
         float,
     )
+    next_turbopack: bool = _setting(
+        False,
+        "Run Next.js 15 projects whose dev script is plain `next dev` with --turbopack "
+        "(Next 16 uses it already). Changes what the project runs: off unless chosen; see "
+        "README, Fast starts, for the figures both ways.",
+        _bool,
+    )
     container_pids: int = _setting(512, "Process limit per container.", int)
     cache_volume: str = _setting(
         "",

@@ -17,7 +17,7 @@ from supervisor import buildcache, fence, procs, sources, workspace
 from supervisor.context import Context
 from supervisor.depcache import cache as depcache
 from supervisor.dependencies import InstallError, ensure_dependencies, resolve_tool
-from supervisor.detect import Exposure, Project, detect, warnings_for
+from supervisor.detect import Exposure, Project, detect, warnings_for, with_turbopack
 from supervisor.devserver import LaunchSpec
 from supervisor.errors import CommandError
 from supervisor.events import Progress
@@ -146,6 +146,8 @@ async def prepare(ctx: Context, command: Command) -> dict[str, Any]:
             lap("files")
             package_json, files = read_project(ctx.config.workspace)
             project = detect(package_json, files, exposure)
+            if ctx.config.next_turbopack and package_json is not None:
+                project = with_turbopack(project, package_json)
             result.update(_describe(project))
             if project.problem or package_json is None:
                 raise PrepareFailed(project.problem or "nothing to run")
