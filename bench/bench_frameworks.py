@@ -57,7 +57,14 @@ sys.path.insert(0, str(ROOT))
 from playwright.async_api import Browser, Page, async_playwright  # noqa: E402
 
 import bench.bench_pool as pool  # noqa: E402
-from bench.bench_depcache import Project, npm_env, project_blob, run, write_project  # noqa: E402
+from bench.bench_depcache import (  # noqa: E402
+    VITE_APP,
+    Project,
+    npm_env,
+    project_blob,
+    run,
+    write_project,
+)
 from gateway.sessions.store import Session  # noqa: E402
 from gateway.sessions.tracker import Tracker  # noqa: E402
 from supervisor.readiness import probe  # noqa: E402
@@ -100,11 +107,8 @@ APPS: dict[str, tuple[dict[str, Any], str]] = {  # name -> (files, the file HMR 
                 "dependencies": REACT,
                 "devDependencies": {**VITE, "@vitejs/plugin-react": "5.2.0"},
             },
-            "index.html": '<!doctype html><html><body><div id="root"></div>'
-            '<script type="module" src="/src/main.jsx"></script></body></html>\n',
-            "vite.config.js": "import { defineConfig } from 'vite';\n"
-            "import react from '@vitejs/plugin-react';\n"
-            "export default defineConfig({ plugins: [react()] });\n",
+            "index.html": VITE_APP["index.html"],
+            "vite.config.js": VITE_APP["vite.config.js"],
             "src/main.jsx": "import { createRoot } from 'react-dom/client';\n"
             "import App from './App.jsx';\n"
             "createRoot(document.getElementById('root')).render(<App />);\n",

@@ -71,15 +71,23 @@ def docker_cpus(cid: str) -> float:
     return int(done.stdout) / 1e9
 
 
+def boosted_start(
+    start_gateway: GatewayFactory, client: SyncRedis, **settings: Any
+) -> tuple[GatewayProcess, str, str, str]:
+    """A gateway boosting 1 → 2 CPUs and a start waiting for its files, boosted (as the
+    cgroup inside says); (gateway, session, container, host)."""
+    gw = start_gateway(start_cpus=2.0, container_cpus=1.0, **settings)
+    sid = start_archive(gw)["id"]
+    cid, host = container_of(client, sid)
+    cgroup_cpus(client, cid, 2.0)
+    return gw, sid, cid, host
+
+
 def test_boost_while_starting_then_dropped_once_ready(
     start_gateway: GatewayFactory, sync_redis: SyncRedis
 ) -> None:
-    gw = start_gateway(start_cpus=2.0, container_cpus=1.0)
-    sid = start_archive(gw)["id"]
-    cid, host = container_of(sync_redis, sid)
-    # Waiting for its files: boosted, as the cgroup inside and the engine both say.
-    cgroup_cpus(sync_redis, cid, 2.0)
-    assert docker_cpus(cid) == 2.0
+    gw, sid, cid, host = boosted_start(start_gateway, sync_redis)
+    assert docker_cpus(cid) == 2.0  # the engine says so too
     assert sync_redis.hexists(keys.host_boosts(host), cid)
     upload(gw, sid, "node server.js", {"server.js": SERVER})
     wait_ready(gw, sid)
@@ -91,10 +99,7 @@ def test_boost_while_starting_then_dropped_once_ready(
 def test_boost_dropped_when_the_start_fails(
     start_gateway: GatewayFactory, sync_redis: SyncRedis
 ) -> None:
-    gw = start_gateway(start_cpus=2.0, container_cpus=1.0)
-    sid = start_archive(gw)["id"]
-    cid, host = container_of(sync_redis, sid)
-    cgroup_cpus(sync_redis, cid, 2.0)
+    gw, sid, cid, host = boosted_start(start_gateway, sync_redis)
     upload(gw, sid, "node crash.js", {"crash.js": "process.exit(3)"})
     wait_until(lambda: get(gw, sid).json()["state"] == "failed", 60, "the start failed")
     cgroup_cpus(sync_redis, cid, 1.0, timeout=10)
@@ -106,10 +111,7 @@ def test_a_preview_that_never_gets_ready_loses_its_boost(
 ) -> None:
     """A hostile project keeps its dev server "starting" (busy, never answering) to hold
     the extra CPU: the boost runs out all the same."""
-    gw = start_gateway(start_cpus=2.0, container_cpus=1.0, start_boost_seconds=4.0)
-    sid = start_archive(gw)["id"]
-    cid, _ = container_of(sync_redis, sid)
-    cgroup_cpus(sync_redis, cid, 2.0)
+    gw, sid, cid, _ = boosted_start(start_gateway, sync_redis, start_boost_seconds=4.0)
     upload(gw, sid, "node spin.js", {"spin.js": "for (;;) {}"})
     cgroup_cpus(sync_redis, cid, 1.0, timeout=20)
     assert get(gw, sid).json()["state"] in ("preparing", "starting")
