@@ -97,12 +97,12 @@ async def fetch(host: str, port: int, host_header: str, path: str, timeout: floa
 def references(path: str, answer: Answer) -> list[str]:
     """Same-origin paths a browser would load next from this answer."""
     text = answer.body.decode("utf-8", "replace")
-    if "html" in answer.content_type:
-        found = _SCRIPT.findall(text) + _PRELOAD.findall(text)
-    elif "javascript" in answer.content_type:
-        found = [static or dynamic for static, dynamic in _IMPORT.findall(text)]
-    else:
+    if "javascript" not in answer.content_type and "html" not in answer.content_type:
         return []
+    # Inline module scripts import too (SvelteKit's entry page starts its client that way).
+    found = [static or dynamic for static, dynamic in _IMPORT.findall(text)]
+    if "html" in answer.content_type:
+        found = _SCRIPT.findall(text) + _PRELOAD.findall(text) + found
     out = []
     for ref in found:
         parts = urlsplit(urljoin(path, ref))

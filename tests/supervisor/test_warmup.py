@@ -131,9 +131,10 @@ def test_references_only_same_origin_paths() -> None:
         200,
         "text/html; charset=utf-8",
         b'<script src="//evil.example/x.js"></script><script src="/a.js?t=1"></script>'
-        b'<script type="module" src="./b.js"></script>',
+        b'<script type="module" src="./b.js"></script>'
+        b'<script type="module">Promise.all([import("/@fs/kit/entry.js")])</script>',
     )
-    assert references("/", html) == ["/a.js?t=1", "/b.js"]
+    assert references("/", html) == ["/a.js?t=1", "/b.js", "/@fs/kit/entry.js"]
     js = Answer(
         200,
         "application/javascript",
