@@ -48,6 +48,7 @@ from gateway.observability.record_store import RecordStore
 from gateway.observability.recorder import Recorder
 from gateway.observability.stats import stats
 from gateway.sessions.previews import Previews
+from gateway.sessions.store import live_sessions
 from shared.redis_client import redis_client
 from shared.settings import Settings, SettingsError
 
@@ -158,7 +159,7 @@ def _age(created: float, now: float) -> str:
 
 
 async def show_sessions(settings: Settings, redis: Redis, as_json: bool) -> int:
-    found = await live.sessions(redis)
+    found = await live_sessions(redis, live.MAX_SESSIONS)
     now = time.time()
     if as_json:
         items = [
@@ -210,7 +211,7 @@ async def show_pool(settings: Settings, redis: Redis, as_json: bool) -> int:
 
 
 async def show_hosts(settings: Settings, redis: Redis, as_json: bool) -> int:
-    hosts = await live.hosts(redis, settings, await live.sessions(redis))
+    hosts = await live.hosts(redis, settings, await live_sessions(redis, live.MAX_SESSIONS))
     if as_json:
         print(json.dumps({"hosts": [h.__dict__ for h in hosts]}, indent=2))
         return 0
@@ -256,7 +257,7 @@ async def stop_session(settings: Settings, redis: Redis, sid: str, reason: str) 
     background = Background()
     recorder = Recorder(settings, redis)
     try:
-        containers = Containers(settings, blocking, runtime)
+        containers = Containers(settings, blocking, runtime, background=background)
         previews = Previews(settings, redis, containers, background, records=recorder)
         session = await previews.load(sid)
         if session is None or session.state == "stopping":

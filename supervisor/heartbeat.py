@@ -12,10 +12,10 @@ from redis.exceptions import RedisError
 
 from shared import keys
 from shared.messages import Heartbeat
+from shared.periodic import ticks
 from supervisor.cgroup import CpuMeter, disk_total, tree_size
 from supervisor.context import Context
 from supervisor.diskquota import BtrfsQuota, DiskSample, statvfs_sample
-from supervisor.ticker import ticks
 
 log = logging.getLogger(__name__)
 

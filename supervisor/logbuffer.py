@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from shared import keys
-from supervisor.ticker import ticks
+from shared.periodic import ticks
 
 log = logging.getLogger(__name__)
 

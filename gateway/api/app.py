@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -63,7 +62,9 @@ def create_app(settings: Settings) -> Starlette:
         )
         state.runtime = DockerRuntime(settings)
         state.background = Background()
-        state.containers = Containers(settings, state.blocking_redis, state.runtime)
+        state.containers = Containers(
+            settings, state.blocking_redis, state.runtime, background=state.background
+        )
         state.ops = GatewayOps(settings, state.redis)
         state.costs = CostMeter(settings, state.redis)
         state.previews = Previews(
@@ -72,8 +73,8 @@ def create_app(settings: Settings) -> Starlette:
         state.starter = Starter(state.previews)
         state.rate_limits = RateLimits(settings)
         tracker = Tracker(state.previews, interval=1.0)
-        tracking = asyncio.create_task(tracker.run(), name="session tracker")
-        state.ops.start()
+        state.background.forever(tracker.run(), "session tracker")
+        state.ops.start(state.background)
         log.info(
             "gateway started redis=%s docker_hosts=%d auth=%s",
             _safe_url(settings.redis_url),
@@ -83,9 +84,7 @@ def create_app(settings: Settings) -> Starlette:
         try:
             yield
         finally:
-            tracking.cancel()
-            await asyncio.gather(tracking, return_exceptions=True)
-            await state.background.close(SHUTDOWN_DEADLINE)
+            await state.background.close(SHUTDOWN_DEADLINE)  # the tracker first
             await state.ops.close()
             await state.runtime.close()
             await state.blocking_redis.aclose()

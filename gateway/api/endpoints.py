@@ -30,7 +30,7 @@ from gateway.containers import archives
 from gateway.errors import ApiError
 from gateway.sessions.previews import Previews
 from gateway.sessions.start import Starter
-from gateway.sessions.store import Session
+from gateway.sessions.store import Session, live_sessions
 from shared import keys
 from shared.messages import Heartbeat
 from shared.redis_types import text
@@ -38,6 +38,7 @@ from shared.redis_types import text
 Handler = Callable[[Request, User], Awaitable[Response]]
 MAX_WAIT = 60
 MAX_LOG_LINES = 2000  # what the supervisor keeps
+ADMIN_LIST_LIMIT = 1000  # previews listed by GET /v1/admin/previews
 
 
 def guarded(
@@ -221,8 +222,7 @@ async def pool_status(request: Request, user: User) -> Response:
 @guarded("reads", admin=True)
 async def all_previews(request: Request, user: User) -> Response:
     previews = _previews(request)
-    sids = sorted(text(s) for s in await previews.redis.smembers(keys.SESSIONS))
-    found = [s for s in [await previews.load(sid) for sid in sids[:1000]] if s is not None]
+    found = await live_sessions(previews.redis, ADMIN_LIST_LIMIT)
     items = [
         {
             "id": s.id,

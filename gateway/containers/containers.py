@@ -26,6 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from gateway.background import Background
 from gateway.containers.boost import Boost
 from gateway.containers.create_gate import CreateGate
 from gateway.containers.docker_runtime import (
@@ -207,6 +208,7 @@ class Containers:
         runtime: DockerRuntime,
         labels: Mapping[str, str] | None = None,
         counters: Counters = COUNTERS,
+        background: Background | None = None,
     ) -> None:
         self.settings = settings
         self.labels = dict(labels or {})  # extra labels on every container (tests mark theirs)
@@ -214,7 +216,7 @@ class Containers:
         self.runtime = runtime
         self.counters = counters
         self.placement = Placement(settings, redis, runtime)
-        self.gate = CreateGate(redis, settings.host_create_concurrency)
+        self.gate = CreateGate(redis, settings.host_create_concurrency, background)
         self.reserved = ReservedPool(settings, redis)
         self.boost = Boost(settings, redis, runtime, self.placement)
         self._acquire = redis.register_script(_ACQUIRE)

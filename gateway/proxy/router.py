@@ -22,6 +22,7 @@ from starlette.applications import Starlette
 from starlette.datastructures import State
 
 from gateway.asgi_types import Receive, Scope, Send, header
+from gateway.background import Background
 from gateway.observability import instruments
 from gateway.proxy.clients import ClientResolver
 from gateway.proxy.pages import error_page, send_body
@@ -39,9 +40,11 @@ from shared.settings import Settings
 log = logging.getLogger(__name__)
 
 ACTIVITY_EVERY = 5.0  # seconds between activity writes per preview
+# Seconds the last activity writes may take at shutdown; readiness waits are then cancelled.
+SHUTDOWN_DEADLINE = 2.0
 STARTING = frozenset({"assigned", "preparing", "starting"})
 STATUS_PATH = "/__preview/status"
-TOO_MANY_FAILURES = "too many failed attempts; wait a minute"
+TOO_MANY_FAILURES = "too many failed attempts; retry in {retry} s"
 
 
 def cookie_name(sid: str) -> str:
@@ -68,7 +71,7 @@ class PreviewRouter:
         self._activity: dict[str, float] = {}
         self._ws_per_client: dict[str, int] = {}
         self.ws_budgets = Budgets(settings.ws_buffer_per_client)
-        self._background: set[asyncio.Task[object]] = set()
+        self.background = Background()  # readiness waits, activity writes, route listener
 
     # --- dispatch -----------------------------------------------------------------------
 
@@ -92,7 +95,7 @@ class PreviewRouter:
         sid = where.sid
         if self.routes is None:
             self.routes = RouteCache(self.state.redis)
-            self.routes.start()
+            self.routes.start(self.background)
         await self.serve(sid, scope, receive, send)
 
     @property
@@ -111,8 +114,7 @@ class PreviewRouter:
     async def shutdown(self) -> None:
         """Close WebSockets with 1001 within the drain deadline, then upstream sockets."""
         await self.relays.close_all(self.settings.drain_timeout)
-        if self.routes is not None:
-            await self.routes.stop()
+        await self.background.close(SHUTDOWN_DEADLINE)  # the route listener first
         self.pool.close()
 
     # --- one preview request ------------------------------------------------------------
@@ -272,7 +274,14 @@ class PreviewRouter:
             )
 
     async def refuse(
-        self, scope: Scope, send: Send, status: int, error: str, detail: str, html: bool
+        self,
+        scope: Scope,
+        send: Send,
+        status: int,
+        error: str,
+        detail: str,
+        html: bool,
+        retry_after: int = 0,
     ) -> None:
         instruments.PROXY_REFUSED.labels(str(status)).inc()  # observability hook
         if status == 429:
@@ -286,7 +295,7 @@ class PreviewRouter:
                 }
             )
             return
-        extra = [(b"retry-after", str(self.auth.window).encode())] if status == 429 else None
+        extra = [(b"retry-after", str(retry_after).encode())] if retry_after else None
         await error_page(scope, send, status, error, detail, html, extra)
 
     async def fail(
@@ -294,16 +303,17 @@ class PreviewRouter:
     ) -> None:
         """Refuse a failed authentication: `status` while this client is within its limit
         on this preview, 429 past it (gateway/proxy/preview_auth.py)."""
-        if await self.auth.over_limit(self.state.redis, sid, scope):
-            status, error, detail = 429, "rate_limited", TOO_MANY_FAILURES
-        await self.refuse(scope, send, status, error, detail, html)
+        retry = await self.auth.over_limit(self.state.rate_limits, sid, scope)
+        if retry is not None:
+            status, error, detail = 429, "rate_limited", TOO_MANY_FAILURES.format(retry=retry)
+        await self.refuse(scope, send, status, error, detail, html, retry or 0)
 
     # --- readiness and activity -------------------------------------------------------------
 
     async def wait_ready(self, sid: str) -> Route | None:
         task = self._waits.get(sid)
         if task is None:
-            task = asyncio.create_task(self._poll_ready(sid), name=f"wait ready {sid}")
+            task = self.background.spawn(self._poll_ready(sid), f"wait ready {sid}")
             self._waits[sid] = task
             task.add_done_callback(lambda _: self._waits.pop(sid, None))
         return await asyncio.shield(task)
@@ -326,9 +336,7 @@ class PreviewRouter:
         if now - self._activity.get(sid, 0.0) < ACTIVITY_EVERY:
             return
         self._activity[sid] = now
-        task = asyncio.create_task(self._write_activity(sid))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self.background.spawn(self._write_activity(sid), f"activity {sid}")
 
     async def _write_activity(self, sid: str) -> None:
         try:

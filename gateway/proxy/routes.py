@@ -9,7 +9,6 @@ better than down for previews that are already open).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from gateway.background import Background
 from shared import keys
 from shared.redis_types import text
 
@@ -39,11 +39,6 @@ class Route:
     @property
     def live(self) -> bool:
         return self.state not in {"failed", "stopped", "stopping"}
-
-
-async def publish_change(redis: Redis, sid: str) -> None:
-    """Tell every gateway that this session's route changed."""
-    await redis.publish(keys.ROUTE_CHANGES, sid)
 
 
 class RouteCache:
@@ -80,16 +75,10 @@ class RouteCache:
         for sid in [s for s, (until, _) in self._entries.items() if until <= now]:
             del self._entries[sid]
 
-    def start(self) -> None:
+    def start(self, background: Background) -> None:
+        """Listen for route changes until `background` closes."""
         if self._listener is None:
-            self._listener = asyncio.create_task(self._listen(), name="route invalidations")
-
-    async def stop(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
-            self._listener = None
+            self._listener = background.forever(self._listen(), "route invalidations")
 
     async def _listen(self) -> None:
         while True:

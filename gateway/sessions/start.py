@@ -20,9 +20,8 @@ from gateway.api.validation import StartRequest
 from gateway.containers.containers import Assigned, ContainerError, affinity
 from gateway.containers.docker_runtime import DockerRuntimeError
 from gateway.errors import ApiError
-from gateway.proxy.routes import publish_change
 from gateway.proxy.vhosts import public_host
-from gateway.sessions import slots
+from gateway.sessions import slots, teardown
 from gateway.sessions.previews import Previews
 from gateway.sessions.store import Session, new_id
 from shared import keys
@@ -221,10 +220,7 @@ class Starter:
         """Undo a start that could not finish: free the slot, drop the record, give the
         container back."""
         try:
-            await slots.release(self.redis, session.user, session.id, session.project_id)
-            await self.redis.srem(keys.SESSIONS, session.id)
-            await self.redis.delete(keys.session(session.id))
-            await publish_change(self.redis, session.id)
+            await teardown.clear(self.redis, session)
             if cid:
                 await self.containers.release(
                     cid,
