@@ -40,6 +40,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import math
 import os
 import secrets
 import signal
@@ -55,6 +56,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from playwright.async_api import Browser, Page, async_playwright  # noqa: E402
+from playwright.async_api import TimeoutError as PlaywrightTimeout  # noqa: E402
 
 import bench.bench_pool as pool  # noqa: E402
 from bench.bench_depcache import (  # noqa: E402
@@ -73,6 +75,7 @@ from tests.utils import free_port, remove_labelled_volumes, start_redis  # noqa:
 
 WORKDIR = Path("/var/tmp/pv-bench-frameworks")
 CHROMIUM = "/usr/bin/chromium"
+HMR_TIMEOUT = 30_000  # ms an edit may take to show before it counts as lost (inf)
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
 REACT = {"react": "19.3.1", "react-dom": "19.3.1"}
 VITE = {"vite": "7.3.8"}
@@ -217,17 +220,22 @@ async def hmr(page: Page, app: str, rounds: int, write: Any) -> list[float]:
         content = str(files[path]).replace("TEXT", page_text(app, n))
         began = time.monotonic()
         await write(path, content)
-        await page.wait_for_selector(f"text={page_text(app, n)}", timeout=60_000)
+        try:
+            await page.wait_for_selector(f"text={page_text(app, n)}", timeout=HMR_TIMEOUT)
+        except PlaywrightTimeout:
+            say(f"{app}: edit {n} not visible after {HMR_TIMEOUT / 1000:.0f}s")
+            samples.append(math.inf)
+            continue
         samples.append((time.monotonic() - began) * 1000)
     return samples
 
 
 async def containers(
-    app: str, project: Project, browser: Browser, args: argparse.Namespace
-) -> list[Run]:
+    app: str, project: Project, browser: Browser, args: argparse.Namespace, runs: list[Run]
+) -> None:
+    """Appends each case to ``runs`` as it ends (a later failure keeps the earlier ones)."""
     server = start_redis()
     blob = project_blob(project)
-    runs: list[Run] = []
     try:
         settings = pool.base_settings(
             server,
@@ -246,54 +254,57 @@ async def containers(
         async with pool.controlled(settings, server) as controller:
             starter = starter_for(controller)
             tracker = asyncio.create_task(Tracker(starter.previews, 0.5).run())
-            redis, cs = controller.redis, controller.containers
+            try:
+                redis, cs = controller.redis, controller.containers
 
-            async def full() -> bool:
-                return len(await pooled(redis, cs)) >= settings.pool_max
+                async def full() -> bool:
+                    return len(await pooled(redis, cs)) >= settings.pool_max
 
-            async def one(user: str, case: str) -> tuple[Run, Session, Page]:
-                await pool.seconds_until(full, 600, "the pool to fill", step=0.5)
-                began = time.monotonic()
-                session = await start(starter, user, app, {"type": "archive"})
-                assert await starter.prepare_pending(session, blob)
-                ready = await wait_state(starter.previews, session.id, "ready", timeout=900)
-                ready_s = time.monotonic() - began
-                view_s, page = await first_view(browser, f"http://{ready.address}/", page_text(app))
-                result = Run(app, case, ready_s, view_s, ready.dependencies or "", ready.timings)
-                say(
-                    f"{app} {case}: ready {ready_s:.1f}s + first view {view_s:.2f}s {ready.timings}"
+                async def one(user: str, case: str) -> tuple[Run, Session, Page]:
+                    await pool.seconds_until(full, 600, "the pool to fill", step=0.5)
+                    began = time.monotonic()
+                    session = await start(starter, user, app, {"type": "archive"})
+                    assert await starter.prepare_pending(session, blob)
+                    ready = await wait_state(starter.previews, session.id, "ready", timeout=900)
+                    ready_s = time.monotonic() - began
+                    view_s, page = await first_view(
+                        browser, f"http://{ready.address}/", page_text(app)
+                    )
+                    result = Run(
+                        app, case, ready_s, view_s, ready.dependencies or "", ready.timings
+                    )
+                    say(f"{app} {case}: ready {ready_s:.1f}s + view {view_s:.2f}s {ready.timings}")
+                    return result, ready, page
+
+                cold, alice, page = await one("alice", f"cold{args.label}")
+                runs.append(cold)
+                await page.context.close()
+                if args.cold_only:
+                    return
+                await pool.seconds_until(
+                    lambda: _archived(cs, alice.container), 900, "the dependency archive", step=1
                 )
-                return result, ready, page
+                warm, _, page = await one("bob", "warm")
+                runs.append(warm)
+                await page.context.close()
+                await starter.previews.stop(alice)
+                await pool.seconds_until(
+                    lambda: _reserved(cs, alice.container), 180, "alice's container reserved"
+                )
+                again, session, page = await one("alice", "same container")
+                runs.append(again)
 
-            cold, alice, page = await one("alice", f"cold{args.label}")
-            await page.context.close()
-            if args.cold_only:
+                async def write(path: str, content: str) -> None:
+                    files = {path: base64.b64encode(content.encode()).decode()}
+                    await starter.previews.command(session, "write_files", {"files": files})
+
+                again.hmr_ms = await hmr(page, app, args.hmr, write)
+                await page.context.close()
+            finally:
                 tracker.cancel()
                 await asyncio.gather(tracker, return_exceptions=True)
-                return [cold]
-            await pool.seconds_until(
-                lambda: _archived(cs, alice.container), 900, "the dependency archive", step=1
-            )
-            warm, _, page = await one("bob", "warm")
-            await page.context.close()
-            await starter.previews.stop(alice)
-            await pool.seconds_until(
-                lambda: _reserved(cs, alice.container), 180, "alice's container reserved"
-            )
-            again, session, page = await one("alice", "same container")
-
-            async def write(path: str, content: str) -> None:
-                files = {path: base64.b64encode(content.encode()).decode()}
-                await starter.previews.command(session, "write_files", {"files": files})
-
-            again.hmr_ms = await hmr(page, app, args.hmr, write)
-            await page.context.close()
-            runs += [cold, warm, again]
-            tracker.cancel()
-            await asyncio.gather(tracker, return_exceptions=True)
     finally:
         server.stop()
-    return runs
 
 
 async def _archived(cs: Any, cid: str) -> bool:
@@ -357,6 +368,8 @@ def report(runs: list[Run], args: argparse.Namespace) -> None:
         ratio = f"{r.total / ref.total:.1f}" if ref and ref is not r and ref.total else ""
         phases = ", ".join(f"{k} {v}" for k, v in r.timings.items() if k != "total")
         p50 = f"{statistics.median(r.hmr_ms):.0f}" if r.hmr_ms else ""
+        lost = sum(math.isinf(ms) for ms in r.hmr_ms)
+        p50 += f" ({lost} of {len(r.hmr_ms)} lost)" if lost else ""
         print(
             f"| {r.app} | {r.case} | {r.ready_s:.1f} | {r.view_s:.2f} | {r.total:.1f} | {ratio} "
             f"| {r.dependencies} | {phases} | {p50} |"
@@ -374,7 +387,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 try:
                     if not args.skip_host:
                         runs.append(await host(app, project, browser, args.hmr))
-                    runs += await containers(app, project, browser, args)
+                    await containers(app, project, browser, args, runs)
                 except Exception as exc:  # one app failing must not lose the others' figures
                     say(f"{app}: failed: {exc!r}")
                 report(runs, args)
