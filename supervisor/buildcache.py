@@ -1,7 +1,8 @@
 """Framework build caches kept like node_modules: for the same user's same project only.
 
-Dev servers keep what they compiled (``.next/cache``; Vite's pre-bundled dependencies in
-``node_modules/.vite``; ``.svelte-kit``, ``.nuxt``, ``node_modules/.cache`` ...). A reset
+Dev servers keep what they compiled (``.next/cache``, ``.next/dev/cache`` for Next 16;
+Vite's pre-bundled dependencies in ``node_modules/.vite``; ``.svelte-kit``, ``.nuxt``,
+``node_modules/.cache`` ...). A reset
 empties the workspace, and a new container starts with none, so every start compiled
 everything again. Now ``reset`` packs them onto the host cache volume (after every
 process of the app user is gone) and the next ``prepare`` of the same owner — the
@@ -50,7 +51,8 @@ TIMEOUT = 60.0  # seconds one pack or restore may take
 # The directories each framework writes, relative to the project root.
 _VITE = ("node_modules/.vite",)
 DIRS: dict[str, tuple[str, ...]] = {
-    "next": (".next/cache",),
+    # Next 16 keeps its Turbopack cache under .next/dev (its dev output directory).
+    "next": (".next/cache", ".next/dev/cache"),
     "nuxt": (".nuxt", "node_modules/.cache", *_VITE),
     "sveltekit": (".svelte-kit", *_VITE),
     "astro": (".astro", *_VITE),

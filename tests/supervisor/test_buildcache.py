@@ -104,7 +104,7 @@ async def test_a_corrupt_build_cache_means_a_fresh_build(sup_factory: Any) -> No
 
 
 def test_caches_by_framework() -> None:
-    assert dirs_for("next") == (".next/cache",)
+    assert dirs_for("next") == (".next/cache", ".next/dev/cache")
     assert "node_modules/.vite" in dirs_for("vite-react")
     assert set(dirs_for("sveltekit")) == {".svelte-kit", "node_modules/.vite"}
     assert ".nuxt" in dirs_for("nuxt")
