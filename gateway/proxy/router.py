@@ -23,12 +23,15 @@ from starlette.datastructures import State
 
 from gateway.asgi_types import Receive, Scope, Send, header
 from gateway.observability import instruments
+from gateway.proxy import cookies
 from gateway.proxy.clients import ClientResolver
 from gateway.proxy.pages import error_page, send_body
 from gateway.proxy.preview_auth import EXPIRED, PreviewAuth, client_address
 from gateway.proxy.proxy_http import proxy_http, wants_html
 from gateway.proxy.proxy_ws import RelayRegistry, WsLimits, proxy_ws
 from gateway.proxy.routes import Route, RouteCache
+from gateway.proxy.share_access import ENDED, VIEWER, ShareAccess, link_param, notice_page
+from gateway.proxy.shares import Share
 from gateway.proxy.starting import starting_page, status_json
 from gateway.proxy.upstream import UpstreamPool
 from gateway.proxy.vhosts import HostRules, public_host
@@ -58,6 +61,7 @@ class PreviewRouter:
         self.hosts = HostRules(settings)
         self.clients = ClientResolver(settings.trusted_proxies)
         self.auth = PreviewAuth(settings)
+        self.shares = ShareAccess(settings, self.auth)
         self.pool = UpstreamPool(head_timeout=settings.upstream_head_timeout)
         self.relays = RelayRegistry()
         self.limits = WsLimits(
@@ -91,7 +95,7 @@ class PreviewRouter:
             return
         sid = where.sid
         if self.routes is None:
-            self.routes = RouteCache(self.state.redis)
+            self.routes = RouteCache(self.state.redis, self.changed)
             self.routes.start()
         await self.serve(sid, scope, receive, send)
 
@@ -134,10 +138,24 @@ class PreviewRouter:
         if token is not None and not is_ws:
             await self.login(sid, route, token, scope, send, html)
             return
-        if not self.auth.cookie_ok(sid, route.user, scope):
-            detail = "open this preview from its link (the token is missing or expired)"
-            await self.fail(sid, scope, send, 401, "unauthorized", detail, html)
+        link = link_param(scope)
+        if link is not None and not is_ws:
+            await self.open_share(sid, route, link, scope, send, html)
             return
+        viewer: Share | None = None
+        if not self.auth.cookie_ok(sid, route.user, scope):
+            try:
+                viewer = await self.shares.viewer(self.state.redis, sid, route.user, scope)
+            except (RedisError, OSError):
+                instruments.REDIS_ERRORS.inc()  # observability hook
+                await self.refuse(scope, send, 503, "unavailable", "state store unreachable", html)
+                return
+            if viewer is None:
+                detail = "open this preview from its link (the token is missing or expired)"
+                if cookies.candidates(scope["headers"], sid, VIEWER):
+                    detail = ENDED
+                await self.fail(sid, scope, send, 401, "unauthorized", detail, html)
+                return
         if is_ws and not self.origin_ok(scope):
             await self.refuse(scope, send, 403, "forbidden", "cross-origin WebSocket", False)
             return
@@ -161,7 +179,9 @@ class PreviewRouter:
         # The dev server sees the preview's canonical host, the one its allowed-hosts
         # were configured with at prepare, never the client's spelling of it.
         host = public_host(self.settings, sid)
-        if is_ws:
+        if is_ws and viewer is not None:
+            await self.viewer_websocket(viewer, sid, route, scope, receive, send, host)
+        elif is_ws:
             await self.websocket(sid, route, scope, receive, send, host)
         else:
             began = time.monotonic()
@@ -216,6 +236,54 @@ class PreviewRouter:
             else:
                 del self._ws_per_client[client]
 
+    async def viewer_websocket(
+        self,
+        share: Share,
+        sid: str,
+        route: Route,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        host: str,
+    ) -> None:
+        """A share viewer's WebSocket, in a task of its own that the share's revocation or
+        expiry, or the preview's end, cancels (the relay then closes with 1008 or 1001)."""
+        relay = asyncio.create_task(
+            self.websocket(sid, route, scope, receive, send, host), name=f"share ws {sid}"
+        )
+        self.shares.watch(share, sid, relay)
+        try:
+            await relay
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # we were cancelled ourselves (the relay was with us)
+            # Cancelled before the relay began (the handshake): refuse it.
+            with contextlib.suppress(Exception):
+                await send({"type": "websocket.close", "code": 1008, "reason": ENDED})
+
+    def changed(self, name: str) -> None:
+        """A published change (gateway/proxy/routes.py): a revoked share ends its viewers'
+        access now; a preview that stopped ends its viewers' WebSockets."""
+        if not name:
+            if self.shares.cache is not None:
+                self.shares.cache.clear()
+        elif name.startswith(keys.SHARE_CHANGE_PREFIX):
+            self.shares.revoked(name[len(keys.SHARE_CHANGE_PREFIX) :])
+        elif self.shares.watching(name):
+            task = asyncio.create_task(self._check_viewers(name), name=f"share viewers {name}")
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _check_viewers(self, sid: str) -> None:
+        assert self.routes is not None
+        try:
+            route = await self.routes.get(sid)
+        except (RedisError, OSError):
+            return  # cached routes keep serving through an outage; so do their viewers
+        if route is None or not route.live:
+            self.shares.preview_ended(sid)
+
     # --- auth ---------------------------------------------------------------------------
 
     @staticmethod
@@ -249,6 +317,27 @@ class PreviewRouter:
             await self.fail(sid, scope, send, 401, "invalid_token", detail or EXPIRED, html)
             return
         await send_body(send, 302, b"", b"text/plain", headers)
+
+    async def open_share(
+        self, sid: str, route: Route, link: tuple[str, str], scope: Scope, send: Send, html: bool
+    ) -> None:
+        """Trade a share link (or a signed-in viewer's single-use URL) for a viewer's
+        cookie on this host; a public link's first navigation in a browser sees the notice."""
+        try:
+            opened = await self.shares.open(self.state.redis, sid, route.user, *link, scope)
+        except (RedisError, OSError):
+            instruments.REDIS_ERRORS.inc()  # observability hook
+            await self.refuse(scope, send, 503, "unavailable", "state store unreachable", html)
+            return
+        if opened.status == 429:
+            await self.refuse(scope, send, 429, opened.error, opened.detail, html)
+        elif opened.status >= 400:
+            await self.fail(sid, scope, send, opened.status, opened.error, opened.detail, html)
+        elif opened.notice:
+            body = notice_page(opened.location)
+            await send_body(send, 200, body, b"text/html; charset=utf-8", opened.headers)
+        else:
+            await send_body(send, 302, b"", b"text/plain", opened.headers)
 
     def origin_ok(self, scope: Scope) -> bool:
         """A preview's WebSockets come from its own pages (the HMR client), nowhere else."""
