@@ -47,6 +47,7 @@ redis.call('EXPIREAT', KEYS[3], math.ceil(tonumber(ARGV[5])))
 redis.call('ZADD', KEYS[2], ARGV[5], ARGV[4])
 local until_ = math.ceil(tonumber(redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')[2]))
 redis.call('EXPIREAT', KEYS[2], until_)
+redis.call('HINCRBY', KEYS[1], 'shares', 1)
 return 'made'
 """
 # Revoke: only the owner's share of this preview. KEYS: share, preview's shares, channel.
@@ -139,7 +140,6 @@ async def create_share(request: Request, user: User) -> Response:
             "revoke one first",
             limit=settings.max_shares_per_preview,
         )
-    await previews.redis.hincrby(keys.session(session.id), "shares", 1)  # for its record
     return JSONResponse(share_object(settings, share), 201)
 
 

@@ -43,6 +43,11 @@ GOING_AWAY = 1001
 GONE = "this share link does not exist, has expired or was revoked"
 SIGN_IN = "this share link is for signed-in viewers: open it from the app it was shared in"
 ENDED = "the share link was revoked or has expired"
+# One more view in the preview's record (for its stop record and the dashboard), never
+# re-creating a record that is gone. KEYS: session.
+_COUNT_VIEW = """
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HINCRBY', KEYS[1], 'share_views', 1) end
+"""
 
 
 @dataclass
@@ -132,6 +137,7 @@ class ShareAccess:
             return Opened(401, "sign_in_required", SIGN_IN)
         if nonce and not await spend(redis, self.settings, nonce):
             return Opened(401, "invalid_token", "this share URL was used already")
+        await redis.eval(_COUNT_VIEW, 1, keys.session(sid))
         log.info(
             "share opened share=%s sid=%s access=%s viewer=%s",
             share.id[:6],

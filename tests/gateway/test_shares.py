@@ -18,7 +18,9 @@ from redis import Redis as SyncRedis
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from gateway.observability.records import stop_record
 from gateway.proxy.shares import Share
+from gateway.sessions.store import Session
 from shared import keys
 from tests.gateway.api_helpers import bearer, fake_session
 from tests.gateway.conftest import GatewayFactory
@@ -136,6 +138,14 @@ def test_public_link_views_and_grants_nothing_else(
     assert "HttpOnly" in first.headers["set-cookie"] and "Domain" not in first.headers["set-cookie"]
     seen = view(gw, sid, cookie)
     assert seen.status_code == 200, seen.text
+    assert view(gw, sid, cookie).status_code == 200  # requests of an open share are no views
+    # The preview's record and the operator's dashboard count both.
+    with httpx.Client(base_url=gw.url, headers=bearer("ops", scope="admin")) as ops:
+        items = ops.get("/v1/admin/overview").json()["sessions"]["items"]
+    assert [(i["shares"], i["share_views"]) for i in items if i["id"] == sid] == [(1, 1)]
+    stored = {k.decode(): v.decode() for k, v in sync_redis.hgetall(keys.session(sid)).items()}
+    record = stop_record(Session.from_record(stored), "user")
+    assert (record.shares, record.share_views) == (1, 1)
     assert "pv_" not in seen.json()["headers"].get("cookie", "")  # never reaches the dev server
 
     # Not the API (it takes bearer tokens only), not another preview, not the owner's cookie.
