@@ -72,7 +72,62 @@ def _op(summary: str, responses: dict[str, Schema], **extra: Any) -> Schema:
 
 PREVIEW_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
 
+SHARE_ID = {"name": "share_id", "in": "path", "required": True, "schema": {"type": "string"}}
+
 SCHEMAS: dict[str, Schema] = {
+    "ShareRequest": {
+        "type": "object",
+        "required": ["access"],
+        "additionalProperties": False,
+        "properties": {
+            "access": {
+                "enum": ["public", "signed_in"],
+                "description": "public: anyone with the url; signed_in: any user of the app, "
+                "through POST /v1/shares/{share_id}/open",
+            },
+            "expires_in": {
+                "type": "integer",
+                "minimum": 60,
+                "default": 3600,
+                "description": "Seconds; at most PREVIEW_SHARE_MAX_TTL",
+            },
+            "ports": {
+                "type": "boolean",
+                "default": False,
+                "description": "Whether the share also opens the preview's other ports",
+            },
+        },
+    },
+    "Share": {
+        "type": "object",
+        "required": ["id", "preview_id", "url", "access", "ports", "created_at", "expires_at"],
+        "properties": {
+            "id": {"type": "string"},
+            "preview_id": {"type": "string"},
+            "url": {
+                "type": "string",
+                "format": "uri",
+                "description": "The preview's url with ?preview_share={id}: view-only",
+            },
+            "access": {"enum": ["public", "signed_in"]},
+            "ports": {"type": "boolean"},
+            "created_at": {"type": "number", "description": "Unix time, seconds"},
+            "expires_at": {"type": "number", "description": "Unix time, seconds"},
+        },
+    },
+    "ShareOpen": {
+        "type": "object",
+        "required": ["url", "expires_in", "access"],
+        "properties": {
+            "url": {
+                "type": "string",
+                "format": "uri",
+                "description": "Single-use: the preview's url with a share_token for this user",
+            },
+            "expires_in": {"type": "integer", "description": "Seconds the url is valid"},
+            "access": {"enum": ["public", "signed_in"]},
+        },
+    },
     "Error": {
         "type": "object",
         "required": ["error", "detail"],
@@ -427,6 +482,55 @@ def openapi_document(settings: Settings) -> Schema:
             },
         )
     }
+    shares = {
+        "parameters": [PREVIEW_ID],
+        "post": _op(
+            "Share the preview for viewing (owner)",
+            {
+                "201": _json(_ref("Share"), "The share link"),
+                **_errors("404", "413", "415", "422"),
+                "400": ERRORS["400"],
+                "429": _json(
+                    _ref("Error"),
+                    "Too many unexpired share links (too_many_shares) or requests",
+                    RETRY_AFTER,
+                ),
+            },
+            requestBody={
+                "required": True,
+                "content": {"application/json": {"schema": _ref("ShareRequest")}},
+            },
+        ),
+        "get": _op(
+            "The preview's unexpired share links (owner)",
+            {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "required": ["shares"],
+                        "properties": {"shares": {"type": "array", "items": _ref("Share")}},
+                    },
+                    "Share links",
+                ),
+                **_errors("404"),
+            },
+        ),
+    }
+    one_share = {
+        "parameters": [PREVIEW_ID, SHARE_ID],
+        "delete": _op(
+            "Revoke a share link: every viewer is refused, and their WebSockets closed, "
+            "within a second",
+            {"204": {"description": "Revoked"}, **_errors("404")},
+        ),
+    }
+    open_share = {
+        "parameters": [SHARE_ID],
+        "post": _op(
+            "Any signed-in user: a single-use url that opens a share link in their browser",
+            {"200": _json(_ref("ShareOpen"), "The url"), **_errors("404")},
+        ),
+    }
     status = {
         "type": "object",
         "required": ["status"],
@@ -448,6 +552,9 @@ def openapi_document(settings: Settings) -> Schema:
             "/v1/previews/{id}/files/{path}": one_file,
             "/v1/previews/{id}/restart": restart,
             "/v1/previews/{id}/logs": logs,
+            "/v1/previews/{id}/shares": shares,
+            "/v1/previews/{id}/shares/{share_id}": one_share,
+            "/v1/shares/{share_id}/open": open_share,
             "/v1/pool": pool,
             "/v1/admin/previews": admin_previews,
             "/healthz": {
