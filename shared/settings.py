@@ -200,6 +200,12 @@ class Settings:
     drain_timeout: float = _setting(
         10.0, "On SIGTERM: time to finish requests and close WebSockets with 1001, s.", float
     )
+    max_ports: int = _setting(
+        8,
+        "Extra ports a preview's processes listen on that are served at {id}-{port} "
+        "(the lowest first); 0 serves the main port only.",
+        int,
+    )
     # --- share links --------------------------------------------------------------------
     max_shares_per_preview: int = _setting(
         20, "Unexpired share links one preview may have at once (429 beyond).", int

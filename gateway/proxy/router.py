@@ -26,6 +26,7 @@ from gateway.observability import instruments
 from gateway.proxy import cookies
 from gateway.proxy.clients import ClientResolver
 from gateway.proxy.pages import error_page, send_body
+from gateway.proxy.ports import PortTable
 from gateway.proxy.preview_auth import EXPIRED, PreviewAuth, client_address
 from gateway.proxy.proxy_http import proxy_http, wants_html
 from gateway.proxy.proxy_ws import RelayRegistry, WsLimits, proxy_ws
@@ -34,7 +35,7 @@ from gateway.proxy.share_access import ENDED, VIEWER, ShareAccess, link_param, n
 from gateway.proxy.shares import Share
 from gateway.proxy.starting import starting_page, status_json
 from gateway.proxy.upstream import UpstreamPool
-from gateway.proxy.vhosts import HostRules, public_host
+from gateway.proxy.vhosts import Destination, HostRules, public_host
 from gateway.proxy.ws_budget import Budgets
 from shared import keys
 from shared.settings import Settings
@@ -68,6 +69,7 @@ class PreviewRouter:
             settings.ws_max_message_bytes, settings.ws_idle_timeout, settings.ws_max_lifetime
         )
         self.routes: RouteCache | None = None
+        self.ports: PortTable | None = None
         self._waits: dict[str, asyncio.Task[Route | None]] = {}
         self._activity: dict[str, float] = {}
         self._ws_per_client: dict[str, int] = {}
@@ -93,11 +95,11 @@ class PreviewRouter:
         if not where.sid:
             await self.refuse(scope, send, 404, "not_found", "no such preview", html)
             return
-        sid = where.sid
         if self.routes is None:
             self.routes = RouteCache(self.state.redis, self.changed)
             self.routes.start()
-        await self.serve(sid, scope, receive, send)
+            self.ports = PortTable(self.state.redis)
+        await self.serve(where, scope, receive, send)
 
     @property
     def state(self) -> State:
@@ -121,7 +123,10 @@ class PreviewRouter:
 
     # --- one preview request ------------------------------------------------------------
 
-    async def serve(self, sid: str, scope: Scope, receive: Receive, send: Send) -> None:
+    async def serve(self, where: Destination, scope: Scope, receive: Receive, send: Send) -> None:
+        """One request to a preview's host: its main one, or `{id}-{port}` for another
+        port, each with cookies and tokens of its own (bound to the host's label)."""
+        sid, label = where.sid, where.label
         is_ws = scope["type"] == "websocket"
         html = not is_ws and wants_html(scope)
         assert self.routes is not None
@@ -136,23 +141,23 @@ class PreviewRouter:
             return
         token = self.query_token(scope)
         if token is not None and not is_ws:
-            await self.login(sid, route, token, scope, send, html)
+            await self.login(label, route, token, scope, send, html)
             return
         link = link_param(scope)
         if link is not None and not is_ws:
-            await self.open_share(sid, route, link, scope, send, html)
+            await self.open_share(where, route, link, scope, send, html)
             return
         viewer: Share | None = None
-        if not self.auth.cookie_ok(sid, route.user, scope):
+        if not self.auth.cookie_ok(label, route.user, scope):
             try:
-                viewer = await self.shares.viewer(self.state.redis, sid, route.user, scope)
+                viewer = await self.shares.viewer(self.state.redis, where, route.user, scope)
             except (RedisError, OSError):
                 instruments.REDIS_ERRORS.inc()  # observability hook
                 await self.refuse(scope, send, 503, "unavailable", "state store unreachable", html)
                 return
             if viewer is None:
                 detail = "open this preview from its link (the token is missing or expired)"
-                if cookies.candidates(scope["headers"], sid, VIEWER):
+                if cookies.candidates(scope["headers"], label, VIEWER):
                     detail = ENDED
                 await self.fail(sid, scope, send, 401, "unauthorized", detail, html)
                 return
@@ -175,14 +180,20 @@ class PreviewRouter:
             detail = route.error or f"the preview is {route.state}"
             await self.refuse(scope, send, 503, "not_ready", detail, html)
             return
+        address = route.address
+        if where.port is not None:
+            found = await self.port_address(route, where.port, scope, send, html)
+            if found is None:
+                return
+            address = found
         self.touch(sid)
         # The dev server sees the preview's canonical host, the one its allowed-hosts
         # were configured with at prepare, never the client's spelling of it.
-        host = public_host(self.settings, sid)
+        host = public_host(self.settings, label)
         if is_ws and viewer is not None:
-            await self.viewer_websocket(viewer, sid, route, scope, receive, send, host)
+            await self.viewer_websocket(viewer, sid, address, scope, receive, send, host)
         elif is_ws:
-            await self.websocket(sid, route, scope, receive, send, host)
+            await self.websocket(sid, address, scope, receive, send, host)
         else:
             began = time.monotonic()
             try:
@@ -191,7 +202,7 @@ class PreviewRouter:
                     receive,
                     send,
                     self.pool,
-                    route.address,
+                    address,
                     host.encode(),
                     cookie_name(sid).encode(),
                     self.settings.preview_scheme,
@@ -202,8 +213,25 @@ class PreviewRouter:
                 raise
             instruments.proxied(status, time.monotonic() - began)  # observability hook
 
+    async def port_address(
+        self, route: Route, port: int, scope: Scope, send: Send, html: bool
+    ) -> str | None:
+        """Where an open port of the route's preview is; None after a 404 (not open, or
+        not this preview's) or a 503."""
+        assert self.ports is not None
+        try:
+            address = await self.ports.upstream(route, port)
+        except (RedisError, OSError):
+            instruments.REDIS_ERRORS.inc()  # observability hook
+            await self.refuse(scope, send, 503, "unavailable", "state store unreachable", html)
+            return None
+        if address is None:
+            detail = f"nothing of this preview listens on port {port}"
+            await self.refuse(scope, send, 404, "not_found", detail, html)
+        return address
+
     async def websocket(
-        self, sid: str, route: Route, scope: Scope, receive: Receive, send: Send, host: str
+        self, sid: str, address: str, scope: Scope, receive: Receive, send: Send, host: str
     ) -> None:
         client = client_address(scope)
         if self._ws_per_client.get(client, 0) >= self.settings.ws_max_per_client:
@@ -219,7 +247,7 @@ class PreviewRouter:
                 scope,
                 receive,
                 send,
-                route.address,
+                address,
                 host,
                 cookie_name(sid).encode(),
                 self.limits,
@@ -240,7 +268,7 @@ class PreviewRouter:
         self,
         share: Share,
         sid: str,
-        route: Route,
+        address: str,
         scope: Scope,
         receive: Receive,
         send: Send,
@@ -249,7 +277,7 @@ class PreviewRouter:
         """A share viewer's WebSocket, in a task of its own that the share's revocation or
         expiry, or the preview's end, cancels (the relay then closes with 1008 or 1001)."""
         relay = asyncio.create_task(
-            self.websocket(sid, route, scope, receive, send, host), name=f"share ws {sid}"
+            self.websocket(sid, address, scope, receive, send, host), name=f"share ws {sid}"
         )
         self.shares.watch(share, sid, relay)
         try:
@@ -319,12 +347,18 @@ class PreviewRouter:
         await send_body(send, 302, b"", b"text/plain", headers)
 
     async def open_share(
-        self, sid: str, route: Route, link: tuple[str, str], scope: Scope, send: Send, html: bool
+        self,
+        where: Destination,
+        route: Route,
+        link: tuple[str, str],
+        scope: Scope,
+        send: Send,
+        html: bool,
     ) -> None:
         """Trade a share link (or a signed-in viewer's single-use URL) for a viewer's
         cookie on this host; a public link's first navigation in a browser sees the notice."""
         try:
-            opened = await self.shares.open(self.state.redis, sid, route.user, *link, scope)
+            opened = await self.shares.open(self.state.redis, where, route.user, *link, scope)
         except (RedisError, OSError):
             instruments.REDIS_ERRORS.inc()  # observability hook
             await self.refuse(scope, send, 503, "unavailable", "state store unreachable", html)
@@ -332,7 +366,9 @@ class PreviewRouter:
         if opened.status == 429:
             await self.refuse(scope, send, 429, opened.error, opened.detail, html)
         elif opened.status >= 400:
-            await self.fail(sid, scope, send, opened.status, opened.error, opened.detail, html)
+            await self.fail(
+                where.sid, scope, send, opened.status, opened.error, opened.detail, html
+            )
         elif opened.notice:
             body = notice_page(opened.location)
             await send_body(send, 200, body, b"text/html; charset=utf-8", opened.headers)

@@ -30,6 +30,7 @@ from gateway.proxy.pages import page
 from gateway.proxy.preview_auth import PreviewAuth, client_address, over_window, same_host_location
 from gateway.proxy.preview_tokens import spend
 from gateway.proxy.proxy_http import wants_html
+from gateway.proxy.vhosts import Destination
 from shared import keys
 from shared.settings import Settings
 
@@ -114,9 +115,11 @@ class ShareAccess:
     # --- opening a link -------------------------------------------------------------
 
     async def open(
-        self, redis: Redis, sid: str, owner: str, param: str, value: str, scope: Scope
+        self, redis: Redis, where: Destination, owner: str, param: str, value: str, scope: Scope
     ) -> Opened:
-        """Check a link (RedisError when the store does not answer) and make its cookie."""
+        """Check a link (RedisError when the store does not answer) and make its cookie
+        for this host (the preview's main one, or one of its ports)."""
+        sid, label = where.sid, where.label
         if await over_window(
             redis, keys.share_views(client_address(scope)), self.view_limit, self.view_window
         ):
@@ -131,7 +134,7 @@ class ShareAccess:
         else:
             share_id = value
         share = await self.records(redis).get(share_id)
-        if share is None or not share.admits(sid, owner, None):
+        if share is None or not share.admits(sid, owner, where.port):
             return Opened(404, "not_found", GONE)
         if param == shares.LINK_PARAM and share.access != "public":
             return Opened(401, "sign_in_required", SIGN_IN)
@@ -145,17 +148,17 @@ class ShareAccess:
             share.access,
             viewer or "-",
         )
-        value, ttl = shares.cookie_value(self.settings, sid, share)
+        value, ttl = shares.cookie_value(self.settings, label, share)
         https = self.auth.https(scope)
-        cookie = self.auth.set_cookie(cookies.cookie_name(sid, https, VIEWER), value, ttl, scope)
+        cookie = self.auth.set_cookie(cookies.cookie_name(label, https, VIEWER), value, ttl, scope)
         headers = [(b"set-cookie", cookie.encode())]
         notice = (
             share.access == "public"
             and is_navigation(scope)
-            and not cookies.candidates(scope["headers"], sid, NOTICE_SEEN)
+            and not cookies.candidates(scope["headers"], label, NOTICE_SEEN)
         )
         if notice:
-            seen = cookies.cookie_name(sid, https, NOTICE_SEEN)
+            seen = cookies.cookie_name(label, https, NOTICE_SEEN)
             mark = self.auth.set_cookie(seen, "1", NOTICE_TTL, scope)
             headers.append((b"set-cookie", mark.encode()))
             headers.append((b"referrer-policy", b"no-referrer"))  # the link is in the URL
@@ -166,18 +169,20 @@ class ShareAccess:
 
     # --- every later request ---------------------------------------------------------
 
-    async def viewer(self, redis: Redis, sid: str, owner: str, scope: Scope) -> shares.Share | None:
+    async def viewer(
+        self, redis: Redis, where: Destination, owner: str, scope: Scope
+    ) -> shares.Share | None:
         """The share this request's viewer cookie names, while it admits this host."""
-        values = cookies.candidates(scope["headers"], sid, VIEWER)
+        values = cookies.candidates(scope["headers"], where.label, VIEWER)
         if not values:
             return None
         records = self.records(redis)
         for value in values:
-            share_id = shares.cookie_share_id(self.settings, sid, value)
+            share_id = shares.cookie_share_id(self.settings, where.label, value)
             if share_id is None:
                 continue
             share = await records.get(share_id)
-            if share is not None and share.admits(sid, owner, None):
+            if share is not None and share.admits(where.sid, owner, where.port):
                 return share
         return None
 
