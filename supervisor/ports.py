@@ -2,13 +2,13 @@
 
 A full-stack project serves more than one port (Vite on 5173 and an API on 3001). The
 kernel lists the container's listening sockets in ``/proc/net/tcp`` and ``tcp6`` (state
-``0A``) with their inodes; a socket belongs to a process that holds ``socket:[inode]``
-among its ``/proc/{pid}/fd``. Only sockets of the app user's processes count (the user's
-code: the dev server and whatever it spawned, detached or not), never the supervisor's
-own (its port forwarders run as root). The gateway serves each port the heartbeat lists
-at ``{id}-{port}.{PREVIEW_DOMAIN}`` and no other, so the set is what user code opened,
-bounded by PREVIEW_MAX_PORTS (the lowest ports first), and a port that closes drops out
-at the next heartbeat.
+``0A``) with the uid that opened each. Only the app user's count (the user's code: the
+dev server and whatever it spawned, detached or not), never the supervisor's own (its
+port forwarders run as root). (Not the processes' ``/proc/{pid}/fd``: reading another
+user's needs CAP_SYS_PTRACE, which the container does not have, and should not.) The
+gateway serves each port the heartbeat lists at ``{id}-{port}.{PREVIEW_DOMAIN}`` and no
+other, so the set is what user code opened, bounded by PREVIEW_MAX_PORTS (the lowest
+ports first), and a port that closes drops out at the next heartbeat.
 """
 
 from __future__ import annotations
@@ -16,12 +16,10 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from supervisor.portforward import PortForwarder
-from supervisor.procs import pids_of_user
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +46,9 @@ def _address(hex_address: str) -> str:
     return str(ipaddress.IPv6Address(b"".join(words)))
 
 
-def listening_sockets(proc: Path = Path("/proc")) -> dict[int, Listener]:
-    """inode → listener, for every listening TCP socket of this network namespace."""
-    found: dict[int, Listener] = {}
+def listening_sockets(uid: int, proc: Path = Path("/proc")) -> list[Listener]:
+    """Every listening TCP socket of this network namespace that `uid` owns."""
+    found: list[Listener] = []
     for table in ("tcp", "tcp6"):
         try:
             lines = (proc / "net" / table).read_text().splitlines()[1:]
@@ -58,49 +56,27 @@ def listening_sockets(proc: Path = Path("/proc")) -> dict[int, Listener]:
             continue
         for line in lines:
             fields = line.split()
-            if len(fields) < 10 or fields[3] != LISTEN:
+            if len(fields) < 10 or fields[3] != LISTEN or fields[7] != str(uid):
                 continue
             local, _, port = fields[1].partition(":")
             try:
-                found[int(fields[9])] = Listener(int(port, 16), _address(local))
+                found.append(Listener(int(port, 16), _address(local)))
             except ValueError:
                 continue
     return found
 
 
-def socket_inodes(pid: int, proc: Path = Path("/proc")) -> set[int]:
-    inodes: set[int] = set()
-    try:
-        fds = os.scandir(proc / str(pid) / "fd")
-    except OSError:
-        return inodes  # gone, or not ours to read
-    with fds:
-        for fd in fds:
-            try:
-                target = os.readlink(fd.path)
-            except OSError:
-                continue
-            if target.startswith("socket:["):
-                inodes.add(int(target[8:-1]))
-    return inodes
-
-
 def user_ports(uid: int, exclude: set[int], limit: int) -> list[Listener]:
     """The ports the user's processes listen on, minus `exclude`, lowest first, at most
     `limit` (one listener per port: an IPv4 and an IPv6 socket on it count once)."""
-    sockets = listening_sockets()
-    if not sockets:
-        return []
     by_port: dict[int, Listener] = {}
-    for pid in pids_of_user(uid):
-        for inode in socket_inodes(pid):
-            listener = sockets.get(inode)
-            if listener is None or listener.port in exclude:
-                continue
-            known = by_port.get(listener.port)
-            # Any socket reachable from outside wins over a loopback-only one.
-            if known is None or (known.loopback_only and not listener.loopback_only):
-                by_port[listener.port] = listener
+    for listener in listening_sockets(uid):
+        if listener.port in exclude:
+            continue
+        known = by_port.get(listener.port)
+        # Any socket reachable from outside wins over a loopback-only one.
+        if known is None or (known.loopback_only and not listener.loopback_only):
+            by_port[listener.port] = listener
     return [by_port[p] for p in sorted(by_port)[: max(0, limit)]]
 
 

@@ -19,11 +19,45 @@ import time
 
 from redis.asyncio import Redis
 
+from gateway.asgi_types import Scope, header
 from gateway.proxy.routes import Route
+from gateway.proxy.vhosts import Destination, HostRules
 from shared import keys
 from shared.messages import Heartbeat
 
 PORTS_TTL = 1.0
+
+
+def sibling_preflight(hosts: HostRules, where: Destination, scope: Scope) -> bool:
+    """A CORS preflight from another host of the same preview (its page on the main port
+    calling its API on another). Browsers send preflights without cookies, so the cookie
+    check would refuse every one: the gateway answers them itself (never the dev server,
+    which only authenticated requests reach), and the real request that follows carries
+    the cookie and gets the app's own CORS answer."""
+    if scope["method"] != "OPTIONS" or header(scope, b"access-control-request-method") is None:
+        return False
+    origin = (header(scope, b"origin") or b"").decode("latin-1")
+    scheme, sep, rest = origin.partition("://")
+    if not sep or scheme not in ("http", "https"):
+        return False
+    source = hosts.classify_name(rest)
+    return source.sid == where.sid and source.label != where.label and bool(where.sid)
+
+
+def preflight_headers(scope: Scope) -> list[tuple[bytes, bytes]]:
+    """Allow the asking origin, its method and headers, with credentials (the cookie of
+    the host it calls is what authenticates the real request)."""
+    asked = header(scope, b"access-control-request-headers")
+    headers = [
+        (b"access-control-allow-origin", header(scope, b"origin") or b""),
+        (b"access-control-allow-credentials", b"true"),
+        (b"access-control-allow-methods", header(scope, b"access-control-request-method") or b""),
+        (b"access-control-max-age", b"600"),
+        (b"vary", b"Origin"),
+    ]
+    if asked:
+        headers.append((b"access-control-allow-headers", asked))
+    return headers
 
 
 def reachable_address(address: str | None) -> bool:

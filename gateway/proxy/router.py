@@ -26,7 +26,7 @@ from gateway.observability import instruments
 from gateway.proxy import cookies
 from gateway.proxy.clients import ClientResolver
 from gateway.proxy.pages import error_page, send_body
-from gateway.proxy.ports import PortTable
+from gateway.proxy.ports import PortTable, preflight_headers, sibling_preflight
 from gateway.proxy.preview_auth import EXPIRED, PreviewAuth, client_address
 from gateway.proxy.proxy_http import proxy_http, wants_html
 from gateway.proxy.proxy_ws import RelayRegistry, WsLimits, proxy_ws
@@ -138,6 +138,9 @@ class PreviewRouter:
             return
         if route is None:
             await self.refuse(scope, send, 404, "not_found", "no such preview", html)
+            return
+        if not is_ws and sibling_preflight(self.hosts, where, scope):
+            await send_body(send, 204, b"", b"text/plain", preflight_headers(scope))
             return
         token = self.query_token(scope)
         if token is not None and not is_ws:

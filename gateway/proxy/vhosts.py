@@ -77,6 +77,13 @@ class HostRules:
         self.api_hosts = named or {public, "localhost"} - {""}
         self.ip_literals = not named
 
+    def classify_name(self, raw: str) -> Destination:
+        """A preview's id (and port) from a host name (`host[:port]`), else no preview."""
+        host = host_name(raw.encode("latin-1"))
+        if host == self.domain or host.endswith(self.suffix):
+            return preview_label(host[: -len(self.suffix)] if host != self.domain else "")
+        return Destination("refused")
+
     def classify(self, scope: Scope) -> Destination:
         raw = header(scope, b"host")
         if raw is None:

@@ -180,3 +180,28 @@ def test_shares_reach_ports_only_when_they_say_so(
     assert get(gw, label, moved).status_code == 401  # bound to its host
     cookie = viewer_cookie(opened(gw, label, f"preview_share={with_ports['id']}"))
     assert get(gw, label, cookie).status_code == 200
+
+
+def test_preflights_between_a_previews_own_hosts(
+    gw: GatewayProcess,
+    sync_redis: SyncRedis,
+    upstream: Upstream,
+    api_server: Upstream,
+    address: str,
+) -> None:
+    sid = preview_with_ports(sync_redis, upstream, [api_server.port], address)
+    other = preview_with_ports(sync_redis, upstream, [], address)
+    label = f"{sid}-{api_server.port}"
+    asks = {"access-control-request-method": "POST", "access-control-request-headers": "x-a"}
+
+    def preflight(origin: str) -> httpx.Response:
+        with host(gw, label) as client:
+            return client.options("/hello", headers={"origin": origin, **asks})
+
+    own = preflight(f"http://{sid}.{DOMAIN}:{gw.port}")
+    assert own.status_code == 204
+    assert own.headers["access-control-allow-origin"] == f"http://{sid}.{DOMAIN}:{gw.port}"
+    assert own.headers["access-control-allow-credentials"] == "true"
+    assert own.headers["access-control-allow-headers"] == "x-a"
+    for stranger in (f"http://{other}.{DOMAIN}", "http://evil.example", "null", f"http://{label}"):
+        assert preflight(stranger).status_code == 401, stranger
