@@ -44,16 +44,7 @@ fetch(api + "/hello", {method: "POST", credentials: "include",
 
 def test_vite_frontend_calls_its_api_on_another_port(stack: Stack, browser: Any) -> None:
     with stack.api("alice") as alice:
-        created = alice.post(
-            "/v1/previews",
-            json={
-                "project_id": "ports-e2e",
-                "source": {"type": "template", "name": "vite-vanilla"},
-            },
-        )
-        assert created.status_code == 202, created.text
-        sid = created.json()["id"]
-        assert stack.wait_ready(alice, sid)["state"] == "ready"
+        sid = stack.start_ready(alice, "ports-e2e", "vite-vanilla")
         package = {
             "name": "full-stack",
             "private": True,

@@ -32,18 +32,9 @@ if (import.meta.hot) { import.meta.hot.accept(); }
 @pytest.fixture(scope="module")
 def vite(stack: Stack) -> Iterator[str]:
     with stack.api("alice") as alice:
-        created = alice.post(
-            "/v1/previews",
-            json={
-                "project_id": "share-e2e",
-                "source": {"type": "template", "name": "vite-vanilla"},
-            },
-        )
-        assert created.status_code == 202, created.text
-        preview = stack.wait_ready(alice, created.json()["id"])
-        assert preview["state"] == "ready", preview
-        yield preview["id"]
-        alice.delete(f"/v1/previews/{preview['id']}")
+        sid = stack.start_ready(alice, "share-e2e", "vite-vanilla")
+        yield sid
+        alice.delete(f"/v1/previews/{sid}")
 
 
 def make_share(stack: Stack, sid: str, access: str) -> dict[str, Any]:

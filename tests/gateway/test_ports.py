@@ -9,9 +9,9 @@ a 5xx.
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import httpx
 import pytest
@@ -23,7 +23,7 @@ from shared.messages import Heartbeat
 from shared.settings import Settings
 from tests.gateway.api_helpers import fake_session
 from tests.gateway.conftest import GatewayFactory
-from tests.gateway.proxy_fixtures import SECRET, Upstream, upstream
+from tests.gateway.proxy_fixtures import SECRET, Upstream, start_upstream, upstream
 from tests.gateway.test_shares import api, host, opened, share, viewer_cookie
 from tests.utils import GatewayProcess, bridge_ip, free_port, wait_until
 
@@ -46,33 +46,38 @@ def address() -> str:
     return found
 
 
-# An API server on another port, listening on every interface like Express by default.
-API_SERVER = """
-require("node:http").createServer((req, res) => {
-  res.writeHead(200, {"content-type": "application/json"});
-  res.end(JSON.stringify({headers: req.headers}));
-}).listen(Number(process.argv[1]), "0.0.0.0");
-"""
+@pytest.fixture
+def api_server() -> Iterator[Upstream]:
+    """An API server on another port, listening on every interface like Express does."""
+    up = start_upstream(bind="0.0.0.0")
+    yield up
+    up.process.kill()
+    up.process.wait()
+
+
+@dataclass
+class Env:
+    gw: GatewayProcess
+    redis: SyncRedis
+    main: Upstream  # the dev server on the main port
+    api: Upstream  # another port of the same container
+    address: str  # the "container's" address
+
+    def preview(self, ports: list[int] | None = None) -> str:
+        return preview_with_ports(
+            self.redis, self.main, [self.api.port] if ports is None else ports, self.address
+        )
 
 
 @pytest.fixture
-def api_server(address: str) -> Iterator[Upstream]:
-    port = free_port()
-    process = subprocess.Popen(["node", "-e", API_SERVER, str(port)])
-    up = Upstream(port, process)
-
-    def answers() -> bool:
-        try:
-            return httpx.get(f"http://{address}:{port}/headers", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_until(answers, 10, "API server")
-        yield up
-    finally:
-        process.kill()
-        process.wait()
+def env(
+    gw: GatewayProcess,
+    sync_redis: SyncRedis,
+    upstream: Upstream,
+    api_server: Upstream,
+    address: str,
+) -> Env:
+    return Env(gw, sync_redis, upstream, api_server, address)
 
 
 def preview_with_ports(
@@ -100,14 +105,9 @@ def get(gw: GatewayProcess, label: str, cookie: str, path: str = "/headers") -> 
         return client.get(path, headers={"cookie": cookie})
 
 
-def test_owner_reaches_an_open_port_with_its_own_cookie(
-    gw: GatewayProcess,
-    sync_redis: SyncRedis,
-    upstream: Upstream,
-    api_server: Upstream,
-    address: str,
-) -> None:
-    sid = preview_with_ports(sync_redis, upstream, [api_server.port], address)
+def test_owner_reaches_an_open_port_with_its_own_cookie(env: Env) -> None:
+    gw, api_server = env.gw, env.api
+    sid = env.preview()
     label = f"{sid}-{api_server.port}"
     with api(gw) as alice:
         preview = alice.get(f"/v1/previews/{sid}").json()
@@ -130,15 +130,10 @@ def test_owner_reaches_an_open_port_with_its_own_cookie(
     assert get(gw, sid, main).status_code == 200
 
 
-def test_ports_not_served_are_404_never_5xx(
-    gw: GatewayProcess,
-    sync_redis: SyncRedis,
-    upstream: Upstream,
-    api_server: Upstream,
-    address: str,
-) -> None:
-    sid = preview_with_ports(sync_redis, upstream, [api_server.port], address)
-    other = preview_with_ports(sync_redis, upstream, [], address, user="alice")
+def test_ports_not_served_are_404_never_5xx(env: Env) -> None:
+    gw, api_server = env.gw, env.api
+    sid = env.preview()
+    other = env.preview([])
     closed = free_port()
     # Logged in to a port host that is not open (a token is cheap to mint for the owner).
     for label in (f"{sid}-{closed}", f"{other}-{api_server.port}"):
@@ -153,24 +148,19 @@ def test_ports_not_served_are_404_never_5xx(
     # A heartbeat that names another session, or an address that is not a container's.
     label = f"{sid}-{api_server.port}"
     cookie = login(gw, label)
-    for session_id, where in ((other, address), (sid, "127.0.0.1"), (sid, "169.254.1.1")):
-        cid = sync_redis.hget(keys.session(sid), "container").decode()  # type: ignore[union-attr]
+    for session_id, where in ((other, env.address), (sid, "127.0.0.1"), (sid, "169.254.1.1")):
+        cid = env.redis.hget(keys.session(sid), "container").decode()  # type: ignore[union-attr]
         beat = Heartbeat(cid, time.time(), session_id, "ready", ports=[api_server.port])
         beat.address = where
-        sync_redis.set(keys.heartbeat(cid), beat.to_json(), ex=600)
+        env.redis.set(keys.heartbeat(cid), beat.to_json(), ex=600)
         wait_until(lambda: get(gw, label, cookie).status_code == 404, 3, f"404 for {where}")
         with api(gw) as alice:
             assert alice.get(f"/v1/previews/{sid}").json()["ports"] == []
 
 
-def test_shares_reach_ports_only_when_they_say_so(
-    gw: GatewayProcess,
-    sync_redis: SyncRedis,
-    upstream: Upstream,
-    api_server: Upstream,
-    address: str,
-) -> None:
-    sid = preview_with_ports(sync_redis, upstream, [api_server.port], address)
+def test_shares_reach_ports_only_when_they_say_so(env: Env) -> None:
+    gw, api_server = env.gw, env.api
+    sid = env.preview()
     label = f"{sid}-{api_server.port}"
     main_only = share(gw, sid)
     with_ports = share(gw, sid, ports=True)
@@ -182,15 +172,10 @@ def test_shares_reach_ports_only_when_they_say_so(
     assert get(gw, label, cookie).status_code == 200
 
 
-def test_preflights_between_a_previews_own_hosts(
-    gw: GatewayProcess,
-    sync_redis: SyncRedis,
-    upstream: Upstream,
-    api_server: Upstream,
-    address: str,
-) -> None:
-    sid = preview_with_ports(sync_redis, upstream, [api_server.port], address)
-    other = preview_with_ports(sync_redis, upstream, [], address)
+def test_preflights_between_a_previews_own_hosts(env: Env) -> None:
+    gw, api_server = env.gw, env.api
+    sid = env.preview()
+    other = env.preview([])
     label = f"{sid}-{api_server.port}"
     asks = {"access-control-request-method": "POST", "access-control-request-headers": "x-a"}
 
