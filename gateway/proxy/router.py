@@ -22,6 +22,7 @@ from starlette.applications import Starlette
 from starlette.datastructures import State
 
 from gateway.asgi_types import Receive, Scope, Send, header
+from gateway.background import Background
 from gateway.observability import instruments
 from gateway.proxy import cookies
 from gateway.proxy.clients import ClientResolver
@@ -39,13 +40,15 @@ from gateway.proxy.vhosts import Destination, HostRules, public_host
 from gateway.proxy.ws_budget import Budgets
 from shared import keys
 from shared.settings import Settings
+from shared.states import STARTING_STATES
 
 log = logging.getLogger(__name__)
 
 ACTIVITY_EVERY = 5.0  # seconds between activity writes per preview
-STARTING = frozenset({"assigned", "preparing", "starting"})
+# Seconds the last activity writes may take at shutdown; readiness waits are then cancelled.
+SHUTDOWN_DEADLINE = 2.0
 STATUS_PATH = "/__preview/status"
-TOO_MANY_FAILURES = "too many failed attempts; wait a minute"
+TOO_MANY_FAILURES = "too many failed attempts; retry in {retry} s"
 
 
 def cookie_name(sid: str) -> str:
@@ -74,7 +77,7 @@ class PreviewRouter:
         self._activity: dict[str, float] = {}
         self._ws_per_client: dict[str, int] = {}
         self.ws_budgets = Budgets(settings.ws_buffer_per_client)
-        self._background: set[asyncio.Task[object]] = set()
+        self.background = Background()  # readiness waits, activity writes, route listener
 
     # --- dispatch -----------------------------------------------------------------------
 
@@ -97,7 +100,7 @@ class PreviewRouter:
             return
         if self.routes is None:
             self.routes = RouteCache(self.state.redis, self.changed)
-            self.routes.start()
+            self.routes.start(self.background)
             self.ports = PortTable(self.state.redis)
         await self.serve(where, scope, receive, send)
 
@@ -117,8 +120,7 @@ class PreviewRouter:
     async def shutdown(self) -> None:
         """Close WebSockets with 1001 within the drain deadline, then upstream sockets."""
         await self.relays.close_all(self.settings.drain_timeout)
-        if self.routes is not None:
-            await self.routes.stop()
+        await self.background.close(SHUTDOWN_DEADLINE)  # the route listener first
         self.pool.close()
 
     # --- one preview request ------------------------------------------------------------
@@ -170,7 +172,7 @@ class PreviewRouter:
         if scope["path"] == STATUS_PATH and not is_ws:
             await status_json(self.state.redis, route, send)
             return
-        if route.state in STARTING:
+        if route.state in STARTING_STATES:
             if html and scope["method"] == "GET":
                 await starting_page(send, route)
                 return
@@ -302,9 +304,7 @@ class PreviewRouter:
         elif name.startswith(keys.SHARE_CHANGE_PREFIX):
             self.shares.revoked(name[len(keys.SHARE_CHANGE_PREFIX) :])
         elif self.shares.watching(name):
-            task = asyncio.create_task(self._check_viewers(name), name=f"share viewers {name}")
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self.background.spawn(self._check_viewers(name), f"share viewers {name}")
 
     async def _check_viewers(self, sid: str) -> None:
         assert self.routes is not None
@@ -361,13 +361,15 @@ class PreviewRouter:
         """Trade a share link (or a signed-in viewer's single-use URL) for a viewer's
         cookie on this host; a public link's first navigation in a browser sees the notice."""
         try:
-            opened = await self.shares.open(self.state.redis, where, route.user, *link, scope)
+            opened = await self.shares.open(
+                self.state.redis, self.state.rate_limits, where, route.user, *link, scope
+            )
         except (RedisError, OSError):
             instruments.REDIS_ERRORS.inc()  # observability hook
             await self.refuse(scope, send, 503, "unavailable", "state store unreachable", html)
             return
         if opened.status == 429:
-            await self.refuse(scope, send, 429, opened.error, opened.detail, html)
+            await self.refuse(scope, send, 429, opened.error, opened.detail, html, opened.retry)
         elif opened.status >= 400:
             await self.fail(
                 where.sid, scope, send, opened.status, opened.error, opened.detail, html
@@ -400,7 +402,14 @@ class PreviewRouter:
             )
 
     async def refuse(
-        self, scope: Scope, send: Send, status: int, error: str, detail: str, html: bool
+        self,
+        scope: Scope,
+        send: Send,
+        status: int,
+        error: str,
+        detail: str,
+        html: bool,
+        retry_after: int = 0,
     ) -> None:
         instruments.PROXY_REFUSED.labels(str(status)).inc()  # observability hook
         if status == 429:
@@ -414,7 +423,7 @@ class PreviewRouter:
                 }
             )
             return
-        extra = [(b"retry-after", str(self.auth.window).encode())] if status == 429 else None
+        extra = [(b"retry-after", str(retry_after).encode())] if retry_after else None
         await error_page(scope, send, status, error, detail, html, extra)
 
     async def fail(
@@ -422,16 +431,17 @@ class PreviewRouter:
     ) -> None:
         """Refuse a failed authentication: `status` while this client is within its limit
         on this preview, 429 past it (gateway/proxy/preview_auth.py)."""
-        if await self.auth.over_limit(self.state.redis, sid, scope):
-            status, error, detail = 429, "rate_limited", TOO_MANY_FAILURES
-        await self.refuse(scope, send, status, error, detail, html)
+        retry = await self.auth.over_limit(self.state.rate_limits, sid, scope)
+        if retry is not None:
+            status, error, detail = 429, "rate_limited", TOO_MANY_FAILURES.format(retry=retry)
+        await self.refuse(scope, send, status, error, detail, html, retry or 0)
 
     # --- readiness and activity -------------------------------------------------------------
 
     async def wait_ready(self, sid: str) -> Route | None:
         task = self._waits.get(sid)
         if task is None:
-            task = asyncio.create_task(self._poll_ready(sid), name=f"wait ready {sid}")
+            task = self.background.spawn(self._poll_ready(sid), f"wait ready {sid}")
             self._waits[sid] = task
             task.add_done_callback(lambda _: self._waits.pop(sid, None))
         return await asyncio.shield(task)
@@ -443,7 +453,7 @@ class PreviewRouter:
         while True:
             self.routes.invalidate(sid)
             route = await self.routes.get(sid)
-            if route is None or route.state not in STARTING or time.monotonic() > deadline:
+            if route is None or route.state not in STARTING_STATES or time.monotonic() > deadline:
                 return route
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 1.0)
@@ -454,9 +464,7 @@ class PreviewRouter:
         if now - self._activity.get(sid, 0.0) < ACTIVITY_EVERY:
             return
         self._activity[sid] = now
-        task = asyncio.create_task(self._write_activity(sid))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self.background.spawn(self._write_activity(sid), f"activity {sid}")
 
     async def _write_activity(self, sid: str) -> None:
         try:

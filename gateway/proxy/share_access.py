@@ -21,13 +21,17 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl
 
-from limits import parse as parse_limit
 from redis.asyncio import Redis
 
 from gateway.asgi_types import Scope, header
 from gateway.proxy import cookies, shares
 from gateway.proxy.pages import page
-from gateway.proxy.preview_auth import PreviewAuth, client_address, over_window, same_host_location
+from gateway.proxy.preview_auth import (
+    FailureLimits,
+    PreviewAuth,
+    client_address,
+    same_host_location,
+)
 from gateway.proxy.preview_tokens import spend
 from gateway.proxy.proxy_http import wants_html
 from gateway.proxy.vhosts import Destination
@@ -60,6 +64,7 @@ class Opened:
     detail: str = ""
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     location: str = ""  # where the viewer goes next (this host, without the link)
+    retry: int = 0  # a 429's Retry-After
     notice: bool = False
 
 
@@ -101,8 +106,6 @@ class ShareAccess:
     def __init__(self, settings: Settings, auth: PreviewAuth) -> None:
         self.settings = settings
         self.auth = auth
-        rule = parse_limit(settings.rate_limit_share_views)
-        self.view_limit, self.view_window = rule.amount, rule.get_expiry()
         self.cache: shares.ShareCache | None = None
         # share id -> open relays of its viewers (task -> preview id)
         self.sockets: dict[str, dict[asyncio.Task[None], str]] = {}
@@ -115,15 +118,22 @@ class ShareAccess:
     # --- opening a link -------------------------------------------------------------
 
     async def open(
-        self, redis: Redis, where: Destination, owner: str, param: str, value: str, scope: Scope
+        self,
+        redis: Redis,
+        limits: FailureLimits,
+        where: Destination,
+        owner: str,
+        param: str,
+        value: str,
+        scope: Scope,
     ) -> Opened:
         """Check a link (RedisError when the store does not answer) and make its cookie
         for this host (the preview's main one, or one of its ports)."""
         sid, label = where.sid, where.label
-        if await over_window(
-            redis, keys.share_views(client_address(scope)), self.view_limit, self.view_window
-        ):
-            return Opened(429, "rate_limited", "too many share links opened; wait a minute")
+        over = await limits.over("share_views", keys.share_views(client_address(scope)))
+        if over is not None:
+            detail = f"too many share links opened; retry in {over[1]} s"
+            return Opened(429, "rate_limited", detail, retry=over[1])
         viewer = ""
         nonce = ""
         if param == shares.TOKEN_PARAM:

@@ -3,11 +3,12 @@
 Owns the session records and the scripts that move them along (``store``), concurrent
 previews per user as leased slots (``slots``), the one path that takes a slot and a
 container (``start``), finding, refreshing, commanding and stopping previews
-(``previews``), how the controller ends sessions (``endings``) and keeping live
+(``previews``), the one cleanup of an ended session, whichever way it ended
+(``teardown``), how the controller ends sessions (``endings``) and keeping live
 sessions' records current (``tracker``).
 
 May import: ``shared``, the top-level ``gateway`` helpers, ``gateway.containers``,
-``gateway.observability`` and, to publish route changes and a preview's host,
-``gateway.proxy.routes`` / ``gateway.proxy.vhosts``; ``start`` reads the API's request
-model (``gateway.api.validation``). Never ``gateway.controller``.
+``gateway.observability`` and, for a preview's host, ``gateway.proxy.vhosts``. Never the
+API or ``gateway.controller`` (the API's validated start request, ``StartRequest``, is
+defined here in ``start``).
 """

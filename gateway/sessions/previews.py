@@ -19,8 +19,7 @@ from gateway.containers.containers import ContainerError, Containers, affinity
 from gateway.containers.docker_runtime import DockerRuntimeError
 from gateway.errors import ApiError
 from gateway.observability.recorder import Recorder
-from gateway.proxy.routes import publish_change
-from gateway.sessions import slots
+from gateway.sessions import slots, teardown
 from gateway.sessions.store import ADVANCE, Session, event_entries, fold, merge_result
 from shared import keys
 from shared.messages import WRONG_SESSION, Command, CommandResult, Heartbeat, MessageError
@@ -200,8 +199,7 @@ class Previews:
         except (ContainerError, DockerRuntimeError, RedisError) as exc:
             log.error("release failed sid=%s cid=%s: %s", session.id, session.container, exc)
         finally:
-            await self.redis.delete(keys.session(session.id), keys.activity(session.id))
-            await publish_change(self.redis, session.id)
+            await teardown.clear(self.redis, session)
 
     async def command(
         self,
