@@ -246,10 +246,14 @@ def test_revoke_expiry_and_stop_refuse_within_a_second(
 
     with api(gw) as alice:
         assert alice.delete(f"/v1/previews/{sid}/shares/{cookies['revoked'][0]}").status_code == 204
-    began = time.monotonic()
-    refused = view(gw, sid, cookies["revoked"][1])
-    assert refused.status_code == 401 and "revoked" in refused.json()["detail"]
-    assert time.monotonic() - began < 1.0
+
+    # The revocation reaches the gateway over pub/sub: refused within a second (the
+    # deadline includes the requests themselves, on a loaded machine).
+    def refused() -> str:
+        response = view(gw, sid, cookies["revoked"][1])
+        return str(response.json()["detail"]) if response.status_code == 401 else ""
+
+    assert "revoked" in wait_until(refused, 1.0, "revoked share refused")
     assert view(gw, sid, cookies["stopped"][1]).status_code == 200  # its sibling still works
     with api(gw) as alice:
         assert alice.delete(f"/v1/previews/{sid}").status_code == 204
