@@ -12,16 +12,7 @@ import uuid
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
-DevState = Literal["idle", "installing", "starting", "ready", "crashed", "stopped", "failed"]
-DEV_STATES: tuple[str, ...] = (
-    "idle",
-    "installing",
-    "starting",
-    "ready",
-    "crashed",
-    "stopped",
-    "failed",
-)
+from shared.states import DevState, is_dev_state
 
 CommandType = Literal["prepare", "claim", "write_files", "restart", "stop", "reset", "logs"]
 COMMAND_TYPES: tuple[str, ...] = (
@@ -36,6 +27,8 @@ COMMAND_TYPES: tuple[str, ...] = (
 # CommandResult.result["code"] of a command refused because its session is not the
 # container's current one (supervisor/fence.py): the gateway answers 409, not 500.
 WRONG_SESSION = "wrong_session"
+# Lines of output a supervisor keeps, and so the most a "logs" command can return.
+LOG_LINES = 2000
 
 EventType = Literal["progress", "warning", "ready", "error"]
 
@@ -66,7 +59,7 @@ class Heartbeat:
     container_id: str
     ts: float
     session_id: str | None = None
-    state: str = "idle"
+    state: DevState = "idle"
     cpu_percent: float = 0.0
     memory_used: int = 0
     memory_limit: int = 0
@@ -80,6 +73,10 @@ class Heartbeat:
     node_modules_key: str | None = None
     # The container's CPU limit in cores as its cgroup says (cpu.max); None: unlimited.
     cpu_limit: float | None = None
+    # The user's other listening ports (supervisor/ports.py) and the container address
+    # the gateway reaches them on; the gateway serves no port missing from this list.
+    ports: list[int] = field(default_factory=list)
+    address: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -91,8 +88,12 @@ class Heartbeat:
             hb = cls(**_known(cls, data))
         except TypeError as exc:
             raise MessageError(str(exc)) from None
-        if hb.state not in DEV_STATES:
+        if not is_dev_state(hb.state):
             raise MessageError(f"unknown dev-server state {hb.state!r}")
+        if not isinstance(hb.ports, list) or not all(
+            type(p) is int and 0 < p < 65536 for p in hb.ports
+        ):
+            raise MessageError("ports must be a list of TCP ports")
         return hb
 
     @classmethod

@@ -16,6 +16,7 @@ from shared.periodic import ticks
 from supervisor.cgroup import CpuMeter, disk_total, tree_size
 from supervisor.context import Context
 from supervisor.diskquota import BtrfsQuota, DiskSample, statvfs_sample
+from supervisor.ports import PortWatch, user_ports
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,6 @@ log = logging.getLogger(__name__)
 # save either.
 DISK_REFRESH = 60.0
 DISK_REFRESH_CHANGED = 10.0
-HISTORY_FIELD = "heartbeat"  # field of each heartbeat_history entry (Heartbeat JSON)
 
 
 class DiskMeter:
@@ -80,7 +80,19 @@ class DiskMeter:
         return self.sample
 
 
-def sample(ctx: Context, cpu: CpuMeter, disk: DiskSample) -> Heartbeat:
+async def extra_ports(ctx: Context, watch: PortWatch) -> list[int]:
+    """The user's other listening ports the gateway can reach (none between sessions)."""
+    uid = ctx.user.uid
+    if uid is None or ctx.devserver.pid is None or ctx.config.max_ports <= 0:
+        return await watch.update([])
+    main = {ctx.devserver.port or ctx.config.dev_port}
+    found = await asyncio.to_thread(user_ports, uid, main, ctx.config.max_ports)
+    return await watch.update(found)
+
+
+def sample(
+    ctx: Context, cpu: CpuMeter, disk: DiskSample, ports: list[int] | None = None
+) -> Heartbeat:
     cg = ctx.cgroup.sample()
     now = time.time()
     dev = ctx.devserver
@@ -101,6 +113,8 @@ def sample(ctx: Context, cpu: CpuMeter, disk: DiskSample) -> Heartbeat:
         project_id=ctx.session.project_id,
         node_modules_key=ctx.session.node_modules_key,
         cpu_limit=cg.cpu_limit,
+        ports=ports or [],
+        address=ctx.devserver.external_address if ports else None,
     )
 
 
@@ -111,7 +125,7 @@ async def publish(ctx: Context, heartbeat: Heartbeat) -> None:
         pipe.set(keys.heartbeat(cid), payload, px=int(ctx.config.heartbeat_ttl * 1000))
         pipe.xadd(
             keys.heartbeat_history(cid),
-            {HISTORY_FIELD: payload},
+            {keys.HEARTBEAT_HISTORY_FIELD: payload},
             maxlen=keys.HEARTBEAT_HISTORY_LEN,
             approximate=True,
         )
@@ -122,10 +136,19 @@ async def run(ctx: Context) -> None:
     """Beat until cancelled; a Redis outage is logged once and then waited out."""
     config = ctx.config
     cpu, disk = CpuMeter(), DiskMeter(config.workspace, config.container_disk_mb > 0)
+    watch = PortWatch(ctx.devserver.external_address)
+    try:
+        await _beat(ctx, cpu, disk, watch)
+    finally:
+        await watch.close()
+
+
+async def _beat(ctx: Context, cpu: CpuMeter, disk: DiskMeter, watch: PortWatch) -> None:
     failing = False
     async for _ in ticks(ctx.config.heartbeat_interval, first_now=True):
         try:
-            await publish(ctx, sample(ctx, cpu, await disk.read(ctx)))
+            ports = await extra_ports(ctx, watch)
+            await publish(ctx, sample(ctx, cpu, await disk.read(ctx), ports))
         except (RedisError, OSError) as exc:
             if not failing:
                 log.warning("heartbeat not written: %s", exc)

@@ -14,10 +14,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway.api import admin, auth, dashboard, endpoints
+from gateway.api import admin, auth, dashboard, endpoints, shares
 from gateway.api.health import healthz, readyz
 from gateway.api.openapi import openapi_document
-from gateway.api.ratelimit import RateLimits
+from gateway.api.ratelimit import RateLimited, RateLimits
 from gateway.background import Background
 from gateway.containers.containers import ContainerError, Containers
 from gateway.containers.docker_runtime import DockerRuntime, DockerRuntimeError
@@ -97,6 +97,7 @@ def create_app(settings: Settings) -> Starlette:
             Route("/readyz", readyz),
             Route("/openapi.json", openapi),
             *endpoints.routes,
+            *shares.routes,
             *admin.routes,
             *dashboard.routes,
         ],
@@ -123,20 +124,10 @@ async def openapi(request: Request) -> Response:
 async def counted_api_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
     if exc.status == 429:
-        RATE_LIMITED.labels(_limit_kind(request, exc)).inc()
+        # A request rate: the limit the route's guard counted it against; any other 429
+        # (the slot limit) names itself.
+        RATE_LIMITED.labels(exc.kind if isinstance(exc, RateLimited) else exc.error).inc()
     return await api_error_handler(request, exc)
-
-
-def _limit_kind(request: Request, exc: ApiError) -> str:
-    """Which limit refused the request: the slot limit names itself; for request rates,
-    an unauthenticated caller hit the failed-authentication limit (api.guarded counts it
-    before the token is accepted), an authenticated one the starts or reads limit."""
-    if exc.error != "rate_limited":
-        return exc.error
-    if request.scope.get("pv.user") is None:
-        return "auth_failures"
-    endpoint = request.scope.get("endpoint")
-    return "starts" if getattr(endpoint, "__name__", "") == "start_preview" else "reads"
 
 
 async def container_error_handler(request: Request, exc: Exception) -> Response:

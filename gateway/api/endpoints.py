@@ -32,12 +32,11 @@ from gateway.sessions.previews import Previews
 from gateway.sessions.start import Starter
 from gateway.sessions.store import Session, live_sessions
 from shared import keys
-from shared.messages import Heartbeat
+from shared.messages import LOG_LINES, Heartbeat
 from shared.redis_types import text
 
 Handler = Callable[[Request, User], Awaitable[Response]]
 MAX_WAIT = 60
-MAX_LOG_LINES = 2000  # what the supervisor keeps
 ADMIN_LIST_LIMIT = 1000  # previews listed by GET /v1/admin/previews
 
 
@@ -182,7 +181,7 @@ async def restart_preview(request: Request, user: User) -> Response:
 async def preview_logs(request: Request, user: User) -> Response:
     previews = _previews(request)
     session = await _owned(request, user)
-    lines = query_int(request, "lines", 200, 1, MAX_LOG_LINES)
+    lines = query_int(request, "lines", 200, 1, LOG_LINES)
     try:
         result = await previews.command(session, "logs", {"lines": lines}, timeout=10)
     except ApiError as exc:

@@ -35,10 +35,19 @@ from shared import keys
 from shared.redis_client import rate_limit_storage
 from shared.settings import Settings
 
-KINDS = ("starts", "reads", "auth_failures")
+KINDS = ("starts", "reads", "auth_failures", "share_views")
 CHECK_THREADS = 4
 CONNECT_TIMEOUT = 2.0
 SOCKET_TIMEOUT = 5.0
+
+
+class RateLimited(ApiError):
+    """429 for a request rate; ``kind`` is the limit the route's guard counted it against
+    (what ``preview_rate_limited_total`` is labelled with)."""
+
+    def __init__(self, kind: str, detail: str, retry: int) -> None:
+        super().__init__(429, "rate_limited", detail, headers={"Retry-After": str(retry)})
+        self.kind = kind
 
 
 class RateLimits:
@@ -87,12 +96,11 @@ class RateLimits:
         over = await self.over(kind, key)
         if over is not None:
             item, retry = over
-            raise ApiError(
-                429,
-                "rate_limited",
+            raise RateLimited(
+                kind,
                 f"more than {item.amount} {kind.replace('_', ' ')} per "
                 f"{item.multiples} {item.GRANULARITY.name}; retry in {retry} s",
-                headers={"Retry-After": str(retry)},
+                retry,
             )
 
     def _hit(

@@ -37,7 +37,6 @@ from shared.settings import Settings
 log = logging.getLogger(__name__)
 
 STOPPED_RESPONDING = "container stopped responding"
-HISTORY_FIELD = b"heartbeat"  # field of each heartbeat_history entry (supervisor/heartbeat.py)
 
 
 def _float(raw: str | bytes | None) -> float:
@@ -147,7 +146,7 @@ class Reaper:
         past the TTL (None while it may still be starting up or only just missed one)."""
         last: Any = await self.redis.xrevrange(keys.heartbeat_history(cid), count=1)
         if last:
-            beat = Heartbeat.read(last[0][1].get(HISTORY_FIELD))
+            beat = Heartbeat.read(last[0][1].get(keys.HEARTBEAT_HISTORY_FIELD.encode()))
             last_ts = beat.ts if beat is not None else 0.0
             if now - last_ts > self.settings.heartbeat_ttl:
                 return now - last_ts, beat

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -19,6 +20,7 @@ from redis.exceptions import RedisError
 from gateway.background import Background
 from shared import keys
 from shared.redis_types import text
+from shared.states import SessionState, session_state_of_record
 
 log = logging.getLogger(__name__)
 
@@ -31,21 +33,24 @@ _FIELDS = ("user", "state", "address", "error", "container")
 class Route:
     sid: str
     user: str
-    state: str
+    state: SessionState
     address: str
     error: str = ""
     container: str = ""
 
     @property
     def live(self) -> bool:
-        return self.state not in {"failed", "stopped", "stopping"}
+        return self.state not in ("failed", "stopping")
 
 
 class RouteCache:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, on_change: Callable[[str], None] | None = None) -> None:
         self.redis = redis
         self._entries: dict[str, tuple[float, Route | None]] = {}
         self._listener: asyncio.Task[None] | None = None
+        # Told every published change too (a session id, or a revoked share), and "" when
+        # changes may have been missed (the subscription was lost).
+        self.on_change = on_change
 
     async def get(self, sid: str) -> Route | None:
         now = time.monotonic()
@@ -62,7 +67,7 @@ class RouteCache:
             self._entries[sid] = (now + MISS_TTL, None)
             return None
         user, state, address, error, container = (text(v) for v in values)
-        route = Route(sid, user, state, address, error, container)
+        route = Route(sid, user, session_state_of_record(state), address, error, container)
         self._entries[sid] = (now + ROUTE_TTL, route)
         if len(self._entries) > 50_000:
             self._expire(now)
@@ -87,8 +92,13 @@ class RouteCache:
                     await pubsub.subscribe(keys.ROUTE_CHANGES)
                     # Anything may have changed while we were not listening.
                     self._entries.clear()
+                    if self.on_change is not None:
+                        self.on_change("")
                     async for message in pubsub.listen():
-                        self.invalidate(text(message["data"]))
+                        changed = text(message["data"])
+                        self.invalidate(changed)
+                        if self.on_change is not None:
+                            self.on_change(changed)
             except (RedisError, OSError) as exc:
                 log.warning("route invalidations lost (%s); retrying", exc)
                 await asyncio.sleep(1.0)

@@ -8,7 +8,7 @@ container (``start``), finding, refreshing, commanding and stopping previews
 sessions' records current (``tracker``).
 
 May import: ``shared``, the top-level ``gateway`` helpers, ``gateway.containers``,
-``gateway.observability`` and, for a preview's host, ``gateway.proxy.vhosts``;
-``start`` reads the API's request model (``gateway.api.validation``). Never
-``gateway.controller``.
+``gateway.observability`` and, for a preview's host, ``gateway.proxy.vhosts``. Never the
+API or ``gateway.controller`` (the API's validated start request, ``StartRequest``, is
+defined here in ``start``).
 """

@@ -13,10 +13,10 @@ import asyncio
 import json
 import logging
 import time
+from dataclasses import dataclass
 
 from redis.exceptions import RedisError
 
-from gateway.api.validation import StartRequest
 from gateway.containers.containers import Assigned, ContainerError, affinity
 from gateway.containers.docker_runtime import DockerRuntimeError
 from gateway.errors import ApiError
@@ -49,6 +49,15 @@ if not pending or pending == '' then return false end
 redis.call('HSET', KEYS[1], 'pending', '', 'prepare_id', ARGV[1])
 return pending
 """
+
+
+@dataclass(frozen=True)
+class StartRequest:
+    """What to start, as the API validated it (``gateway.api.validation.parse_start``)."""
+
+    project_id: str
+    source: dict[str, str]
+    env: dict[str, str]
 
 
 class Starter:

@@ -27,8 +27,8 @@ from redis.asyncio import Redis
 from shared import keys
 from shared.messages import Event, MessageError
 from shared.redis_types import record, text
+from shared.states import SessionState, session_state_of_record
 
-STATES = ("assigned", "preparing", "starting", "ready", "stopping", "failed")
 DEPENDENCIES = ("restored", "installed", "skipped")
 # Progress steps that mean the dev server is booting; every other step is preparation.
 STARTING_STEPS = frozenset({"devserver", "dev_server", "dev-server", "server", "start", "starting"})
@@ -83,7 +83,7 @@ class Session:
     id: str
     user: str
     project_id: str
-    state: str = "assigned"
+    state: SessionState = "assigned"
     container: str = ""
     host: str = ""
     address: str = ""
@@ -97,6 +97,10 @@ class Session:
     events_seen: str = ""
     prepare_id: str = ""  # the prepare command's id: its result has the phase timings
     pending: str = ""  # archive source: the prepare args (JSON) waiting for the files
+    # Counted in the record by HINCRBY (share links made, share links opened), never
+    # written back by `to_record`, so a stale copy cannot reset them.
+    shares: int = 0
+    share_views: int = 0
 
     @classmethod
     def from_record(cls, record: dict[str, str]) -> Session:
@@ -107,7 +111,7 @@ class Session:
             id=record.get("id", ""),
             user=record.get("user", ""),
             project_id=record.get("project_id", ""),
-            state=record.get("state", "assigned"),
+            state=session_state_of_record(record.get("state", "assigned")),
             container=record.get("container", ""),
             host=record.get("host", ""),
             address=record.get("address", ""),
@@ -121,6 +125,8 @@ class Session:
             events_seen=record.get("events_seen", ""),
             prepare_id=record.get("prepare_id", ""),
             pending=record.get("pending", ""),
+            shares=int(_float(record.get("shares", "0"))),
+            share_views=int(_float(record.get("share_views", "0"))),
         )
 
     def to_record(self) -> dict[str, str]:
