@@ -233,6 +233,24 @@ class Settings:
     drain_timeout: float = _setting(
         10.0, "On SIGTERM: time to finish requests and close WebSockets with 1001, s.", float
     )
+    max_ports: int = _setting(
+        8,
+        "Extra ports a preview's processes listen on that are served at {id}-{port} "
+        "(the lowest first); 0 serves the main port only.",
+        int,
+    )
+    # --- share links --------------------------------------------------------------------
+    max_shares_per_preview: int = _setting(
+        20, "Unexpired share links one preview may have at once (429 beyond).", int
+    )
+    share_max_ttl: int = _setting(
+        7 * 86400, "Longest lifetime a share link may be given (`expires_in`), seconds.", int
+    )
+    rate_limit_share_views: str = _setting(
+        "60/minute",
+        "Share links opened per client address (each open of a link or single-use share "
+        "URL; the requests of an open preview are not counted); 429 beyond.",
+    )
     # --- docker -------------------------------------------------------------------------
     docker_hosts: tuple[str, ...] = _setting(
         ("unix:///var/run/docker.sock",),
@@ -267,6 +285,31 @@ class Settings:
     dev_port: int = _setting(3000, "Dev-server port inside the container.", int)
     container_memory_mb: int = _setting(2048, "Memory limit per container, MiB.", int)
     container_cpus: float = _setting(1.0, "CPU limit per container (cores).", float)
+    start_cpus: float = _setting(
+        2.0,
+        "Startup CPU boost: CPU limit while a preview prepares and starts its dev server "
+        "(cores), dropped to PREVIEW_CONTAINER_CPUS once it is ready, fails, or after "
+        "PREVIEW_START_BOOST_SECONDS; bounded by the host's cores and its free CPU "
+        "(PREVIEW_HOST_CPU_OVERCOMMIT). At or below PREVIEW_CONTAINER_CPUS: no boost.",
+        float,
+    )
+    start_boost_seconds: float = _setting(
+        300.0, "A startup CPU boost lasts this long at most, seconds.", float
+    )
+    warmup_seconds: float = _setting(
+        60.0,
+        "Before a preview is ready its supervisor loads the entry page and the modules it "
+        "imports, as a browser would, for up to this long, so the first view is not a "
+        "compile, seconds (0: off).",
+        float,
+    )
+    next_turbopack: bool = _setting(
+        False,
+        "Run Next.js 15 projects whose dev script is plain `next dev` with --turbopack "
+        "(Next 16 uses it already). Changes what the project runs: off unless chosen; see "
+        "README, Fast starts, for the figures both ways.",
+        _bool,
+    )
     container_pids: int = _setting(512, "Process limit per container.", int)
     cache_volume: str = _setting(
         "",

@@ -35,6 +35,7 @@ class SupervisorConfig:
     heartbeat_interval: float = 5.0
     heartbeat_ttl: float = 15.0
     dev_port: int = 3000
+    max_ports: int = 8  # the user's extra listening ports reported at most
     workspace: Path = Path("/workspace")
     cache_dir: Path = Path("/cache")
     # Empty: run children as ourselves (a developer machine without root).
@@ -45,6 +46,10 @@ class SupervisorConfig:
     # The address Docker forwards the published port to (eth0); empty: detect at start.
     external_address: str = ""
     ready_timeout: float = 180.0
+    # Seconds spent loading the entry route's module graph before `ready` (0: none).
+    warmup_seconds: float = 60.0
+    # PREVIEW_NEXT_TURBOPACK as the gateway passed it on (detect.with_turbopack).
+    next_turbopack: bool = False
     install_timeout: float = 900.0
     restart_limit: int = 3
     restart_window: float = 60.0
@@ -95,6 +100,7 @@ class SupervisorConfig:
             heartbeat_interval=number("HEARTBEAT_INTERVAL", 5.0),
             heartbeat_ttl=number("HEARTBEAT_TTL", 15.0),
             dev_port=int(number("DEV_PORT", 3000)),
+            max_ports=int(number("MAX_PORTS", 8)),
             workspace=Path(get("WORKSPACE", "/workspace")),
             cache_dir=Path(get("CACHE_DIR", "/cache")),
             app_user=get("APP_USER", "app"),
@@ -102,6 +108,8 @@ class SupervisorConfig:
             state_dir=Path(get("SUPERVISOR_STATE_DIR", "/var/lib/preview-supervisor")),
             external_address=get("EXTERNAL_ADDRESS", ""),
             ready_timeout=number("READY_TIMEOUT", 180.0),
+            warmup_seconds=number("WARMUP_SECONDS", 60.0),
+            next_turbopack=get("NEXT_TURBOPACK", "") == "1",
             install_timeout=number("INSTALL_TIMEOUT", 900.0),
             restart_limit=int(number("RESTART_LIMIT", 3)),
             restart_window=number("RESTART_WINDOW", 60.0),

@@ -105,6 +105,8 @@ async def admin_overview(request: Request, user: User) -> Response:
                         # container's own address or its Docker-published port.
                         "upstream": s.address,
                         "upstream_via": route,
+                        "shares": s.shares,
+                        "share_views": s.share_views,
                     }
                     for s, route in zip(listed, routes, strict=True)
                 ],

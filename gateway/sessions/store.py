@@ -97,6 +97,10 @@ class Session:
     events_seen: str = ""
     prepare_id: str = ""  # the prepare command's id: its result has the phase timings
     pending: str = ""  # archive source: the prepare args (JSON) waiting for the files
+    # Counted in the record by HINCRBY (share links made, share links opened), never
+    # written back by `to_record`, so a stale copy cannot reset them.
+    shares: int = 0
+    share_views: int = 0
 
     @classmethod
     def from_record(cls, record: dict[str, str]) -> Session:
@@ -121,6 +125,8 @@ class Session:
             events_seen=record.get("events_seen", ""),
             prepare_id=record.get("prepare_id", ""),
             pending=record.get("pending", ""),
+            shares=int(_float(record.get("shares", "0"))),
+            share_views=int(_float(record.get("share_views", "0"))),
         )
 
     def to_record(self) -> dict[str, str]:
