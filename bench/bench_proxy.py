@@ -6,7 +6,13 @@ Workload (../shared/anchors): GET of a 2 KiB JavaScript module from a node upstr
 runs it (auth cookie, routing, the lean upstream client). Then added latency at one
 connection, and 2,000 concurrent WebSockets with echo traffic through one gateway process.
 
-    .venv/bin/python bench/bench_proxy.py [--seconds 6] [--sockets 2000]
+Then through a real preview container (the preview image running the same upstream):
+its own address, its Docker-published port (docker-proxy), and the gateway to either,
+with PREVIEW_WORKERS 1 and 2 against hypercorn's hello with 1 and 2 workers (wrk -t2).
+The machine is shared with other engineers' work and has 2 cores that wrk shares too:
+read the ratios of one run.
+
+    .venv/bin/python bench/bench_proxy.py [--seconds 6] [--sockets 2000] [--image ...]
 """
 
 from __future__ import annotations
@@ -156,17 +162,172 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
+@contextlib.contextmanager
+def preview_container(image: str) -> Iterator[tuple[str, str]]:
+    """The anchors' upstream in a preview container: (its own address, published)."""
+    label = f"preview-gateway.bench=proxy-{os.getpid()}"
+    cid = subprocess.run(
+        [
+            "docker",
+            "run",
+            "-d",
+            "--rm",
+            "--label",
+            label,
+            "-p",
+            "127.0.0.1::3000",
+            "-v",
+            f"{ANCHORS}:/anchors:ro",
+            "--entrypoint",
+            "node",
+            image,
+            "-e",
+            # The anchors' upstream listens on loopback: here on the container's address.
+            "eval(require('fs').readFileSync('/anchors/upstream.js', 'utf8')"
+            ".replace(/\\.listen\\(.*$/m, \".listen(3000, '0.0.0.0');\"))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    try:
+        ip = subprocess.run(
+            [
+                "docker",
+                "inspect",
+                "-f",
+                "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+                cid,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        port = (
+            subprocess.run(
+                ["docker", "port", cid, "3000/tcp"], capture_output=True, text=True, check=True
+            )
+            .stdout.split()[0]
+            .rsplit(":", 1)[1]
+        )
+        wait_http(f"http://{ip}:3000/x.js")
+        yield f"{ip}:3000", f"127.0.0.1:{port}"
+    finally:
+        subprocess.run(["docker", "rm", "-f", cid], capture_output=True, check=False)
+
+
+@contextlib.contextmanager
+def bench_gateway(
+    redis_url: str, routes: dict[str, str], workers: int, extra: dict[str, str] | None = None
+) -> Iterator[tuple[int, dict[str, dict[str, str]], subprocess.Popen[bytes]]]:
+    """A gateway (PREVIEW_WORKERS=`workers`) with one ready preview per `routes` entry
+    (sid → upstream address): (port, sid → the headers that open it, its process)."""
+    port, secret = free_port(), "bench-secret"
+    env = {
+        "PREVIEW_REDIS_URL": redis_url,
+        "PREVIEW_SIGNING_SECRET": secret,
+        "PREVIEW_BIND": f"127.0.0.1:{port}",
+        "PREVIEW_LOG_LEVEL": "WARNING",
+        "PREVIEW_WORKERS": str(workers),
+        **(extra or {}),
+    }
+    client = redis_sync.Redis.from_url(redis_url)
+    for sid, address in routes.items():
+        client.hset(
+            keys.session(sid),
+            mapping={"id": sid, "user": "bench", "state": "ready", "address": address},
+        )
+    client.close()
+    with process([PY, "-m", "gateway"], env=env, cwd=ROOT) as proc:
+        wait_http(f"http://127.0.0.1:{port}/healthz")
+        settings = Settings.from_env({}, signing_secret=secret)
+        headers = {}
+        for sid in routes:
+            host = f"{sid}.preview.localhost:{port}"
+            login = httpx.get(
+                f"http://127.0.0.1:{port}/?preview_token={open_token(settings, sid, 'bench')}",
+                headers={"host": host},
+            )
+            cookie = login.headers["set-cookie"].split(";", 1)[0]
+            headers[sid] = {"Host": host, "Cookie": cookie}
+            wait_http(f"http://127.0.0.1:{port}/x.js", headers[sid])
+        yield port, headers, proc
+
+
+def container_section(image: str, redis_url: str, seconds: int) -> None:
+    def run(address: str, headers: dict[str, str] | None = None) -> float:
+        args = ["wrk", "-t2", "-c32", f"-d{seconds}s"]
+        for name, value in (headers or {}).items():
+            args += ["-H", f"{name}: {value}"]
+        out = subprocess.run(
+            [*args, f"http://{address}/x.js"], capture_output=True, text=True, check=True
+        ).stdout
+        if "Non-2xx" in out:
+            raise SystemExit(f"non-2xx answers from {address}:\n{out}")
+        found = re.search(r"Requests/sec:\s+([\d.]+)", out)
+        assert found, out
+        return float(found.group(1))
+
+    rows: dict[str, float] = {}
+    with preview_container(image) as (own, published), contextlib.ExitStack() as stack:
+        rows["container, own address"] = run(own)
+        rows["container, published port (docker-proxy)"] = run(published)
+        hypercorn = [PY, "-m", "hypercorn", "--worker-class", "uvloop"]
+        for workers in (1, 2):
+            port = free_port()
+            w = ["-w", str(workers)] if workers > 1 else ["-w", "0"]
+            stack.enter_context(
+                process([*hypercorn, *w, "-b", f"127.0.0.1:{port}", "hello:app"], cwd=ANCHORS)
+            )
+            wait_http(f"http://127.0.0.1:{port}/x.js")
+            rows[f"hello on hypercorn, {workers} worker(s)"] = run(f"127.0.0.1:{port}")
+        routes = {"benchown": own, "benchpub": published}
+        for workers in (1, 2):
+            with bench_gateway(redis_url, routes, workers) as (port, headers, _):
+                at = f"127.0.0.1:{port}"
+                rows[f"gateway -> own address, {workers} worker(s)"] = run(at, headers["benchown"])
+                if workers == 1:
+                    rows["gateway -> published port, 1 worker"] = run(at, headers["benchpub"])
+    print(f"\nThrough a preview container: wrk -t2 -c32 -d{seconds}s, 2 KiB module, one run")
+    print("| path | req/s |\n|---|---|")
+    for name, rps in rows.items():
+        print(f"| {name} | {rps:,.0f} |")
+    one, two = (
+        rows["gateway -> own address, 1 worker(s)"],
+        rows["gateway -> own address, 2 worker(s)"],
+    )
+    h1, h2 = rows["hello on hypercorn, 1 worker(s)"], rows["hello on hypercorn, 2 worker(s)"]
+    print(
+        f"\ngateway / hello per worker: 1 worker {one / h1:.2f}, 2 workers {two / h2:.2f} "
+        f"(target >= 0.8); 1 -> 2 workers: gateway {two / one:.2f}x, hello {h2 / h1:.2f}x; "
+        f"own address / published port through the gateway "
+        f"{one / rows['gateway -> published port, 1 worker']:.2f}x"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=6)
     parser.add_argument("--sockets", type=int, default=2000)
+    parser.add_argument(
+        "--image",
+        default=os.environ.get("PREVIEW_TEST_IMAGE", "preview-gateway/preview:latest"),
+        help="the preview image for the container section",
+    )
+    parser.add_argument("--only-container", action="store_true", help="just that section")
     args = parser.parse_args()
+    if args.only_container:
+        need("wrk", "wrk")
+        redis = start_redis(bind_bridge=False)
+        try:
+            container_section(args.image, redis.url, args.seconds)
+        finally:
+            redis.stop()
+        return
     need("wrk", "wrk")
     need("nginx", "nginx-light")
     with contextlib.ExitStack() as stack:
-        up_port, nginx_port, hello_port, naive_port, gw_port, ws_port = (
-            free_port() for _ in range(6)
-        )
+        up_port, nginx_port, hello_port, naive_port, ws_port = (free_port() for _ in range(5))
         stack.enter_context(process(["node", str(ANCHORS / "upstream.js"), str(up_port)]))
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         conf = (
@@ -190,41 +351,14 @@ def main() -> None:
         stack.enter_context(process([PY, str(ROOT / "bench" / "ws_echo.py"), str(ws_port)]))
         redis = start_redis(bind_bridge=False)
         stack.callback(redis.stop)
-        secret = "bench-secret"
-        env = {
-            "PREVIEW_REDIS_URL": redis.url,
-            "PREVIEW_SIGNING_SECRET": secret,
-            "PREVIEW_BIND": f"127.0.0.1:{gw_port}",
-            "PREVIEW_LOG_LEVEL": "WARNING",
-            "PREVIEW_WS_MAX_PER_CLIENT": str(args.sockets + 10),
-        }
-        gateway = stack.enter_context(process([PY, "-m", "gateway"], env=env, cwd=ROOT))
-        client = redis_sync.Redis.from_url(redis.url)
         sid, ws_sid = "benchpreview", "benchws"
-        for s, port in ((sid, up_port), (ws_sid, ws_port)):
-            client.hset(
-                keys.session(s),
-                mapping={
-                    "id": s,
-                    "user": "bench",
-                    "state": "ready",
-                    "address": f"127.0.0.1:{port}",
-                },
-            )
-        settings = Settings.from_env({}, signing_secret=secret)
-        wait_http(f"http://127.0.0.1:{gw_port}/healthz")
-        cookies = {}
-        for s in (sid, ws_sid):
-            host = f"{s}.preview.localhost:{gw_port}"
-            login = httpx.get(
-                f"http://127.0.0.1:{gw_port}/?preview_token={open_token(settings, s, 'bench')}",
-                headers={"host": host},
-            )
-            cookies[s] = login.headers["set-cookie"].split(";", 1)[0]
-        gw_headers = {"Host": f"{sid}.preview.localhost:{gw_port}", "Cookie": cookies[sid]}
+        routes = {sid: f"127.0.0.1:{up_port}", ws_sid: f"127.0.0.1:{ws_port}"}
+        ws_cap = {"PREVIEW_WS_MAX_PER_CLIENT": str(args.sockets + 10)}
+        gw_port, opened, gateway = stack.enter_context(bench_gateway(redis.url, routes, 1, ws_cap))
+        gw_headers = opened[sid]
+        cookies = {s: opened[s]["Cookie"] for s in routes}
         for port in (up_port, nginx_port, hello_port, naive_port):
             wait_http(f"http://127.0.0.1:{port}/x.js")
-        wait_http(f"http://127.0.0.1:{gw_port}/x.js", gw_headers)
 
         rows = {}
         targets = [

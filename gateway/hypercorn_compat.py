@@ -1,4 +1,4 @@
-"""Four fixes to hypercorn's internals, applied once at start-up; the proxy and shutdown
+"""Five fixes to hypercorn's internals, applied once at start-up; the proxy and shutdown
 tests pin the behaviour, so an upgrade that changes these internals fails loudly.
 
 - Hypercorn answers a client's close frame itself and then tells the application only 1000
@@ -16,6 +16,11 @@ tests pin the behaviour, so an upgrade that changes these internals fails loudly
   until keep_alive_timeout (75 s), so a client opening and closing connections exhausts
   the gateway's file descriptors. We stop the idle timer once the connection's reading is
   over.
+- HTTP/2 priorities: Chromium chains its streams with exclusive dependencies, and
+  hypercorn's priority tree then left a page's modules pending forever (4 of 12 loads of
+  a 400-module Vite app through the gateway never finished; none with priorities
+  ignored). RFC 9113 (5.3.2) deprecates that scheme and lets a server ignore it: every
+  stream is served alike, in turn.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from typing import Any
 
 from hypercorn.asyncio import tcp_server
 from hypercorn.events import Event, Updated
+from hypercorn.protocol import h2 as h2_protocol
 from hypercorn.protocol import http_stream, ws_stream
 from hypercorn.protocol.events import StreamClosed
 from wsproto.events import CloseConnection
@@ -41,6 +47,21 @@ def install() -> None:
     _install_close_grace()
     _install_unread_body_close()
     _install_release_on_eof()
+    _install_ignore_priorities()
+
+
+def _install_ignore_priorities() -> None:
+    """Streams stay as hypercorn inserts them (all at the default weight under the root);
+    PRIORITY frames and the priority in HEADERS are not applied to the tree."""
+    cls: Any = h2_protocol.H2Protocol
+    if getattr(cls, _PATCHED, False):
+        return
+
+    async def _priority_updated(self: Any, event: Any) -> None:
+        return None
+
+    cls._priority_updated = _priority_updated
+    setattr(cls, _PATCHED, True)
 
 
 def _install_release_on_eof() -> None:

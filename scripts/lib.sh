@@ -183,3 +183,40 @@ write_run_env() {
   (umask 077 && env | grep -E '^PREVIEW_[A-Z0-9_]+=' | sort > "$STATE/run.env.new" &&
     mv "$STATE/run.env.new" "$STATE/run.env")
 }
+
+# scripts/run's TLS: a local CA (made once, kept in $STATE/tls, 0700) and a certificate it
+# signs for *.$PREVIEW_DOMAIN, the domain itself, the API host, localhost and 127.0.0.1,
+# made again when the names change or it expires within a day. Sets PREVIEW_TLS_CERT and
+# PREVIEW_TLS_KEY unless they are set already. Idempotent: nothing is redone otherwise.
+ensure_local_tls() {
+  local dir="$STATE/tls" domain="${PREVIEW_DOMAIN:-preview.localhost}" api names
+  api="$(printf '%s' "${PREVIEW_PUBLIC_URL:-http://localhost}" | sed -E 's#^[a-z]+://##; s#[:/].*$##')"
+  names="DNS:*.$domain,DNS:$domain,DNS:localhost,IP:127.0.0.1"
+  case "$api" in ''|localhost|127.0.0.1) ;; *[!0-9.]*) names="$names,DNS:$api" ;; *) names="$names,IP:$api" ;; esac
+  [ -n "${PREVIEW_TLS_CERT:-}" ] && return 0
+  ensure_pkg openssl openssl
+  ensure_private "$dir"
+  local ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
+  if [ ! -s "$dir/ca.key" ] || [ ! -s "$dir/ca.pem" ]; then
+    say "creating a local certificate authority in $dir"
+    (umask 077 && openssl req -x509 "${ec[@]}" -days 825 -keyout "$dir/ca.key" -out "$dir/ca.pem" \
+      -subj "/CN=preview-gateway local CA ($(hostname))" \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+      2>/dev/null)
+    rm -f "$dir/cert.pem"
+  fi
+  if [ ! -s "$dir/cert.pem" ] || [ "$(cat "$dir/cert.names" 2>/dev/null)" != "$names" ] ||
+     ! openssl x509 -checkend 86400 -noout -in "$dir/cert.pem" >/dev/null 2>&1; then
+    say "creating a certificate for $names"
+    # 397 days: browsers refuse longer-lived server certificates.
+    (umask 077 &&
+      openssl req -new "${ec[@]}" -keyout "$dir/key.pem" -out "$dir/cert.csr" -subj "/CN=*.$domain" 2>/dev/null &&
+      printf 'subjectAltName=%s\nextendedKeyUsage=serverAuth\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n' \
+        "$names" > "$dir/cert.ext" &&
+      openssl x509 -req -in "$dir/cert.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" -CAcreateserial \
+        -days 397 -sha256 -extfile "$dir/cert.ext" -out "$dir/cert.pem" 2>/dev/null &&
+      printf '%s' "$names" > "$dir/cert.names")
+    rm -f "$dir/cert.csr"
+  fi
+  export PREVIEW_TLS_CERT="$dir/cert.pem" PREVIEW_TLS_KEY="$dir/key.pem"
+}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 
+from redis.asyncio import Redis
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -22,6 +23,8 @@ from gateway.observability.record_store import RecordStore
 from gateway.observability.records import ERROR_OUTCOMES
 from gateway.observability.stats import csv_header, csv_rows, stats
 from gateway.sessions.store import live_sessions
+from shared import keys
+from shared.redis_types import text
 
 MAX_DAYS = 366
 RECENT_FAILURES = 20
@@ -81,6 +84,8 @@ async def admin_overview(request: Request, user: User) -> Response:
     by_state: dict[str, int] = {}
     for session in sessions:
         by_state[session.state] = by_state.get(session.state, 0) + 1
+    listed = sessions[-LISTED_SESSIONS:]
+    routes = await _routes(redis, [s.container for s in listed])
     return JSONResponse(
         {
             "now": now,
@@ -96,10 +101,14 @@ async def admin_overview(request: Request, user: User) -> Response:
                         "host": s.host,
                         "from_pool": s.from_pool,
                         "age_s": round(now - s.created_at) if s.created_at else None,
+                        # Where the proxy sends its traffic, and whether that is the
+                        # container's own address or its Docker-published port.
+                        "upstream": s.address,
+                        "upstream_via": route,
                         "shares": s.shares,
                         "share_views": s.share_views,
                     }
-                    for s in sessions[-LISTED_SESSIONS:]
+                    for s, route in zip(listed, routes, strict=True)
                 ],
             },
             "pool": pool.summary(),
@@ -134,6 +143,15 @@ async def admin_overview(request: Request, user: User) -> Response:
             "records": await _store(request).count(),
         }
     )
+
+
+async def _routes(redis: Redis, cids: list[str]) -> list[str]:
+    """Each container's route ("container" or "published"; "" unknown), in one round trip."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for cid in cids:
+            pipe.hget(keys.container(cid), "route")
+        found = await pipe.execute()
+    return [text(value) if value else "" for value in found]
 
 
 @guarded("reads", admin=True)

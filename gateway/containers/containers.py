@@ -199,6 +199,7 @@ class Containers(Releases):
             mapping={
                 "docker_id": info.docker_id,
                 "address": info.address or "",
+                "route": info.route,  # its own address or the published port (admin view)
                 "state": "warming",
                 ACL_FIELD: password_digest(password),  # a restarted Redis needs it back
             },

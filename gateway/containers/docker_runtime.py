@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import ssl
@@ -35,6 +36,7 @@ from typing import Any
 import aiodocker
 import aiohttp
 
+from gateway.containers import direct
 from gateway.containers.confinement import NETWORK, container_config, storage_problem
 from shared.settings import Settings
 
@@ -87,13 +89,23 @@ class ContainerInfo:
     labels: Mapping[str, str]
     published_host: str | None = None
     published_port: int | None = None
+    network_ip: str | None = None  # on our network (NETWORK)
+    direct_address: str | None = None  # network_ip:dev_port, when the gateway reaches it
 
     @property
     def address(self) -> str | None:
-        """host:port the dev server is reachable at from the gateway."""
+        """host:port the dev server is reachable at from the gateway: its own address
+        when that is reachable (gateway/containers/direct.py), else the published port."""
+        if self.direct_address:
+            return self.direct_address
         if self.published_port is None:
             return None
         return f"{self.published_host or '127.0.0.1'}:{self.published_port}"
+
+    @property
+    def route(self) -> str:
+        """How the proxy reaches it: "container" (its own address) or "published"."""
+        return "container" if self.direct_address else "published"
 
 
 def _tls_context(settings: Settings) -> ssl.SSLContext | None:
@@ -122,6 +134,8 @@ class DockerHost:
         self._docker = aiodocker.Docker(url=url, ssl_context=ssl_context)
         self._network_lock = asyncio.Lock()
         self._storage: tuple[float, str | None] | None = None  # (checked at, problem)
+        # Whether containers here are reached at their own address (None: not probed yet).
+        self.direct: bool | None = None if direct.allowed(settings.direct_upstream, url) else False
 
     async def close(self) -> None:
         await self._docker.close()
@@ -272,7 +286,18 @@ class DockerHost:
             raise
         if info is None:
             raise DockerRuntimeError(self.name, f"container {spec.cid} vanished after start")
-        log.info("container created cid=%s host=%s address=%s", spec.cid, self.name, info.address)
+        if self.direct is None and info.network_ip:
+            local = self.settings.direct_upstream == "auto"
+            self.direct = await direct.reachable(info.network_ip, self.settings.dev_port, local)
+            log.info("Docker host %s: containers reached at their %s", self.name, info.route)
+            info = self._routed(info)
+        log.info(
+            "container created cid=%s host=%s address=%s route=%s",
+            spec.cid,
+            self.name,
+            info.address,
+            info.route,
+        )
         return info
 
     async def inspect(self, cid: str) -> ContainerInfo | None:
@@ -302,7 +327,9 @@ class DockerHost:
         published_port = int(ports[0]["HostPort"]) if ports else None
         if published_host in ("0.0.0.0", "::", ""):
             published_host = "127.0.0.1"
-        return ContainerInfo(
+        networks = (data.get("NetworkSettings") or {}).get("Networks") or {}
+        network_ip = (networks.get(NETWORK) or {}).get("IPAddress") or None
+        info = ContainerInfo(
             cid=labels.get(LABEL_CID) or str(data.get("Name", "")).lstrip("/"),
             docker_id=str(data["Id"]),
             host=self.name,
@@ -312,7 +339,15 @@ class DockerHost:
             labels=labels,
             published_host=published_host,
             published_port=published_port,
+            network_ip=network_ip,
         )
+        return self._routed(info)
+
+    def _routed(self, info: ContainerInfo) -> ContainerInfo:
+        if self.direct and info.network_ip and info.running:
+            ip = f"[{info.network_ip}]" if ":" in info.network_ip else info.network_ip
+            return dataclasses.replace(info, direct_address=f"{ip}:{self.settings.dev_port}")
+        return info
 
     async def list_containers(self) -> list[ContainerInfo]:
         """Every container of this deployment on this engine, running or not."""

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 from gateway.asgi_types import Receive, Scope, Send, header
+from gateway.proxy.compress import compressed_headers, compressible, compressor, encoding_for
 from gateway.proxy.cookies import strip_ours, upstream_set_cookie
 from gateway.proxy.pages import error_page
 from gateway.proxy.upstream import (
@@ -50,6 +51,7 @@ _REQUEST_DROP = HOP_BY_HOP | {
     b"forwarded",
 }
 REFUSED_RETRIES = (0.1, 0.25, 0.5)
+_NO_BODY = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "TRACE"})
 
 
 def _connection_tokens(headers: list[tuple[bytes, bytes]]) -> set[bytes]:
@@ -94,6 +96,11 @@ def upstream_headers(
         out.append((name, value))
     if chunked and framed:
         raise AmbiguousFraming("Content-Length and Transfer-Encoding together are ambiguous")
+    if not framed and scope.get("http_version") == "2" and scope["method"] not in _NO_BODY:
+        # HTTP/2 frames a body by its DATA frames and may send it without Content-Length
+        # (a streamed upload): the dev server gets it chunked. (h2 itself refused any
+        # Transfer-Encoding and a Content-Length its DATA frames contradict.)
+        chunked = True
     client = scope.get("client")
     if client:
         out.append((b"x-forwarded-for", client[0].encode()))
@@ -174,8 +181,10 @@ async def proxy_http(
     public_host: bytes,
     cookie_name: bytes | None = None,
     public_scheme: str = "http",
+    compress: bool = False,
 ) -> int:
-    """Relay one request to `address`; returns the status sent to the client."""
+    """Relay one request to `address`; returns the status sent to the client. With
+    `compress`, uncompressed text bodies are compressed for clients that accept it."""
     try:
         headers, has_body, chunked = upstream_headers(
             scope, public_host, cookie_name, public_scheme
@@ -201,25 +210,26 @@ async def proxy_http(
             error = "upstream_refused"
         return await error_page(scope, send, status, error, str(exc), wants_html(scope))
     try:
-        await send(
-            {
-                "type": "http.response.start",
-                "status": response.status,
-                "headers": response_headers(response.headers),
-            }
-        )
+        headers = response_headers(response.headers)
+        encode = None
+        encoding = encoding_for(scope) if compress and method != b"HEAD" else None
+        if encoding is not None and compressible(response.status, headers):
+            headers, encode = compressed_headers(headers, encoding), compressor(encoding)
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
         # One chunk behind, so the last one goes out with more_body=False: a small module
         # costs hypercorn two sends, not three.
         pending = b""
         try:
             async for chunk in response.body():
                 if pending:
-                    await send({"type": "http.response.body", "body": pending, "more_body": True})
+                    data = encode(pending, False) if encode else pending
+                    await send({"type": "http.response.body", "body": data, "more_body": True})
                 pending = chunk
         except UpstreamError as exc:
             # Headers are out; all we can do is end the response early.
             log.info("upstream broke mid-response address=%s: %s", address, exc)
-        await send({"type": "http.response.body", "body": pending, "more_body": False})
+        data = encode(pending, True) if encode else pending
+        await send({"type": "http.response.body", "body": data, "more_body": False})
     finally:
         response.release()
     return response.status

@@ -327,6 +327,7 @@ async def _relay(
     if error is not None and not isinstance(error, ConnectionClosed):
         log.warning("websocket relay failed: %r", error)
         closed_by.setdefault("error", (INTERNAL_ERROR, "relay error"))
+    log.info("websocket relay ended: %s", ", ".join(f"{k} {v[0]}" for k, v in closed_by.items()))
     if "browser" in closed_by:
         code, reason = closed_by["browser"]
         await upstream.close(code if code not in _UNSENDABLE else 1000, reason)

@@ -211,6 +211,7 @@ class PreviewRouter:
                     host.encode(),
                     cookie_name(sid).encode(),
                     self.settings.preview_scheme,
+                    self.settings.compress,
                 )
             except asyncio.CancelledError:
                 if self.relays.closing:  # cut at the drain deadline

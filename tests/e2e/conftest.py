@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -75,8 +76,8 @@ class Stack:
             delay = min(delay * 1.5, 2.0)
 
 
-@pytest.fixture(scope="module")
-def stack(redis_server: RedisServer, test_image: str) -> Iterator[Stack]:
+@contextlib.contextmanager
+def run_stack(redis_server: RedisServer, test_image: str, **extra: Any) -> Iterator[Stack]:
     port = free_port()
     values: dict[str, Any] = dict(
         redis_url=redis_server.url,
@@ -90,6 +91,7 @@ def stack(redis_server: RedisServer, test_image: str) -> Iterator[Stack]:
         log_format="json",
         container_labels=(f"{LABEL_TEST_RUN}={TEST_RUN}",),
     )
+    values.update(extra)
     settings = Settings.from_env({}, **values)
     env = settings_env(**values)
     try:
@@ -97,6 +99,12 @@ def stack(redis_server: RedisServer, test_image: str) -> Iterator[Stack]:
             yield Stack(gateway, settings)
     finally:
         remove_labelled_containers(f"{LABEL_TEST_RUN}={TEST_RUN}")
+
+
+@pytest.fixture(scope="module")
+def stack(redis_server: RedisServer, test_image: str) -> Iterator[Stack]:
+    with run_stack(redis_server, test_image) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

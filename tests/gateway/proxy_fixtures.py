@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ import redis as redis_sync
 from gateway.proxy.preview_tokens import open_token
 from shared import keys
 from shared.settings import Settings
+from tests.gateway.tls_fixtures import TlsFiles
 from tests.utils import (
     ROOT,
     GatewayProcess,
@@ -67,6 +69,8 @@ class ProxyEnv:
     gateway: GatewayProcess
     redis: redis_sync.Redis
     settings: Settings
+    # With TLS: clients go to the TLS listener over HTTP/2 (the CA file to trust).
+    tls_ca: str = ""
 
     def session(
         self,
@@ -96,16 +100,44 @@ class ProxyEnv:
         self.redis.hset(keys.session(sid), "state", state)
         self.redis.publish(keys.ROUTE_CHANGES, sid)
 
+    @property
+    def port(self) -> int:
+        """Where previews are served: the TLS listener's port with TLS."""
+        return self.settings.preview_port if self.tls_ca else self.gateway.port
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}" if self.tls_ca else self.gateway.url
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """Trusts the test CA, nothing else."""
+        return ssl.create_default_context(cafile=self.tls_ca)
+
     def host(self, sid: str) -> str:
-        return f"{sid}.preview.localhost:{self.gateway.port}"
+        return f"{sid}.preview.localhost:{self.port}"
 
     def token(self, sid: str, user: str = "alice") -> str:
         return open_token(self.settings, sid, user)
 
-    def client(self, sid: str, **kwargs: object) -> httpx.Client:
+    def client(self, sid: str, **kwargs: Any) -> httpx.Client:
+        if self.tls_ca:
+            # Python cannot resolve *.localhost: connect to 127.0.0.1, and name the preview
+            # in SNI (the certificate is checked against it) and in :authority / Host.
+            host = self.host(sid)
+            name = host.rsplit(":", 1)[0]
+
+            def sni(request: httpx.Request) -> None:
+                request.extensions["sni_hostname"] = name
+
+            kwargs.setdefault("verify", self.ssl_context())
+            kwargs.setdefault("http2", True)
+            hooks = {"request": [sni]}
+            return httpx.Client(
+                base_url=self.url, headers={"host": host}, timeout=30, event_hooks=hooks, **kwargs
+            )
         return httpx.Client(
             base_url=self.gateway.url, headers={"host": self.host(sid)}, timeout=30, **kwargs
-        )  # type: ignore[arg-type]
+        )
 
     def login(self, sid: str, user: str = "alice") -> httpx.Client:
         """A client holding the preview's cookie, as a browser would after the redirect."""
@@ -126,8 +158,11 @@ def upstream() -> Iterator[Upstream]:
 
 
 @contextlib.contextmanager
-def proxy_gateway(redis_server: RedisServer, **overrides: Any) -> Iterator[ProxyEnv]:
-    """A gateway for proxy tests (settings `overrides` on top of the usual ones)."""
+def proxy_gateway(
+    redis_server: RedisServer, tls: TlsFiles | None = None, **overrides: Any
+) -> Iterator[ProxyEnv]:
+    """A gateway for proxy tests (settings `overrides` on top of the usual ones); with
+    `tls`, also on a TLS listener, where its ProxyEnv's clients go."""
     port = free_port()
     values: dict[str, Any] = dict(
         redis_url=redis_server.url,
@@ -135,12 +170,14 @@ def proxy_gateway(redis_server: RedisServer, **overrides: Any) -> Iterator[Proxy
         preview_port=port,
         hold_timeout=5.0,
         drain_timeout=3.0,
-        **overrides,
     )
+    if tls is not None:
+        values.update(tls.settings(free_port()))
+    values.update(overrides)
     settings = Settings.from_env({}, **values)
     client = redis_sync.Redis.from_url(redis_server.url)
     with run_gateway(settings_env(**values), port=port) as gateway:
-        yield ProxyEnv(gateway, client, settings)
+        yield ProxyEnv(gateway, client, settings, tls_ca=str(tls.ca) if tls else "")
     for key in client.scan_iter(match=keys.session("*")):
         client.delete(key)
     client.close()

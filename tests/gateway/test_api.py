@@ -107,6 +107,13 @@ def test_start_hot_start_read_and_stop(gateway: GatewayProcess, sync_redis: Sync
     assert record["state"] == "ready" and record["user"] == "alice" and record["address"]
     listed = httpx.get(f"{gateway.url}/v1/previews", headers=bearer()).json()["previews"]
     assert [p["id"] for p in listed] == [sid]
+    # On this machine the proxy reaches the container at its own address (no docker-proxy
+    # in the path), and the operator's view says so.
+    admin = bearer("ops", scope="admin")
+    overview = httpx.get(f"{gateway.url}/v1/admin/overview", headers=admin).json()
+    item = next(i for i in overview["sessions"]["items"] if i["id"] == sid)
+    assert (item["upstream"], item["upstream_via"]) == (record["address"], "container")
+    assert not record["address"].startswith("127.0.0.1:")
 
     assert httpx.delete(f"{gateway.url}/v1/previews/{sid}", headers=bearer()).status_code == 204
     assert sync_redis.zcard(keys.user_slots("alice")) == 0  # free at once

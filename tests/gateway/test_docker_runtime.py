@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import re
 import secrets
 import subprocess
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
+from gateway.containers import direct
 from gateway.containers.confinement import (
     CAPABILITIES,
     EXTRA_CA_PATH,
@@ -20,6 +23,7 @@ from gateway.containers.docker_runtime import (
     LABEL_CID,
     LABEL_DEPLOYMENT,
     LABEL_MANAGED,
+    ContainerSpec,
     DockerHost,
     DockerRuntime,
     DockerRuntimeError,
@@ -201,3 +205,88 @@ def test_storage_drivers_that_cannot_bound_disk_are_named(
     assert driver in problem and "PREVIEW_CONTAINER_DISK_MB=512" in problem
     assert "btrfs" in problem and "PREVIEW_CONTAINER_DISK_MB=0" in problem  # the fixes
     assert storage_problem(info, 0) is None  # unbounded on purpose
+
+
+# A dev server stand-in: answers with its own address as the container sees it.
+SERVE = [
+    "node",
+    "-e",
+    "require('http').createServer((q, s) => s.end('dev server at ' + q.socket.localAddress))"
+    ".listen(3000)",
+]
+
+
+def network_ip(cid: str) -> str:
+    return subprocess.run(
+        [
+            "docker",
+            "inspect",
+            "-f",
+            '{{(index .NetworkSettings.Networks "preview-isolated").IPAddress}}',
+            cid,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+
+
+async def answer(address: str) -> str:
+    async with httpx.AsyncClient(timeout=5) as client:
+        for _ in range(100):  # the node process may still be starting
+            try:
+                return (await client.get(f"http://{address}/")).text
+            except httpx.TransportError:
+                await asyncio.sleep(0.1)
+    raise AssertionError(f"nothing answers at {address}")
+
+
+async def test_containers_on_this_machine_are_reached_at_their_own_address(
+    make_container: ContainerFactory, docker_host: DockerHost
+) -> None:
+    """No docker-proxy in the path: the route is the container's address on our network."""
+    async with make_container(command=SERVE) as info:
+        ip = network_ip(info.cid)
+        assert docker_host.direct is True
+        assert (info.route, info.address) == ("container", f"{ip}:3000")
+        assert (await answer(info.address)).startswith("dev server at")
+        assert info.published_port  # still published: the fallback stays available
+        again = await docker_host.inspect(info.cid)
+        assert again is not None and again.address == info.address
+
+
+async def test_with_direct_off_the_published_port_is_the_route(
+    make_container: ContainerFactory, settings: Settings
+) -> None:
+    host = DockerHost(
+        settings.docker_hosts[0], dataclasses.replace(settings, direct_upstream="off")
+    )
+    cid = f"pvt-{secrets.token_hex(6)}"
+    try:
+        info = await host.create(
+            ContainerSpec(
+                cid=cid, image=settings.image, labels={LABEL_TEST_RUN: TEST_RUN}, command=SERVE
+            )
+        )
+        assert host.direct is False
+        assert (info.route, info.address) == ("published", f"127.0.0.1:{info.published_port}")
+        assert (await answer(info.address)).startswith("dev server at")
+    finally:
+        await host.remove(cid)
+        await host.close()
+
+
+def test_remote_engines_are_not_reached_directly_unless_asked() -> None:
+    """A remote engine's bridge addresses may exist on the gateway's machine too (another
+    container there): `auto` never routes to them, only `on` (routed, unique networks)."""
+    assert direct.allowed("auto", "unix:///var/run/docker.sock")
+    assert not direct.allowed("auto", "tcp://10.0.0.5:2376")
+    assert direct.allowed("on", "tcp://10.0.0.5:2376")
+    assert not direct.allowed("off", "unix:///var/run/docker.sock")
+
+
+async def test_an_address_not_on_this_machine_falls_back_to_published_ports() -> None:
+    # TEST-NET-2 (RFC 5737) is on no attached network: a firewall's refusal on the way
+    # would look like a container's, so the probe does not even try it.
+    assert not direct.on_local_link("198.51.100.1")
+    assert await direct.reachable("198.51.100.1", 3000, timeout=0.5) is False

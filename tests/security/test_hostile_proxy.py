@@ -84,6 +84,15 @@ def target(proxy_env: ProxyEnv, recorder: Upstream) -> tuple[ProxyEnv, str, str]
 def exchange(port: int, raw: bytes, timeout: float = 10.0, eof: bool = False) -> bytes:
     """Send raw bytes (then end our side if `eof`); read one response, to its end by its
     own framing or until the gateway closes. Empty: the connection was closed unanswered."""
+    with socket.create_connection(("127.0.0.1", port), timeout) as sock:
+        sock.sendall(raw)
+        if eof:
+            sock.shutdown(socket.SHUT_WR)
+        return read_answer(sock)
+
+
+def read_answer(sock: socket.socket) -> bytes:
+    """One response from `sock`, to its end by its own framing or until it closes."""
     done: list[bool] = []
 
     class Ended:
@@ -92,16 +101,12 @@ def exchange(port: int, raw: bytes, timeout: float = 10.0, eof: bool = False) ->
 
     parser = httptools.HttpResponseParser(Ended())
     chunks = []
-    with socket.create_connection(("127.0.0.1", port), timeout) as sock:
-        sock.sendall(raw)
-        if eof:
-            sock.shutdown(socket.SHUT_WR)
-        try:
-            while not done and (data := sock.recv(65536)):
-                chunks.append(data)
-                parser.feed_data(data)
-        except ConnectionResetError:
-            pass
+    try:
+        while not done and (data := sock.recv(65536)):
+            chunks.append(data)
+            parser.feed_data(data)
+    except ConnectionResetError:
+        pass
     return b"".join(chunks)
 
 
