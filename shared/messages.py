@@ -12,18 +12,23 @@ import uuid
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
-DevState = Literal["idle", "installing", "starting", "ready", "crashed", "stopped", "failed"]
+DevState = Literal[
+    "idle", "installing", "starting", "ready", "sleeping", "crashed", "stopped", "failed"
+]
 DEV_STATES: tuple[str, ...] = (
     "idle",
     "installing",
     "starting",
     "ready",
+    "sleeping",
     "crashed",
     "stopped",
     "failed",
 )
 
-CommandType = Literal["prepare", "claim", "write_files", "restart", "stop", "reset", "logs"]
+CommandType = Literal[
+    "prepare", "claim", "write_files", "restart", "stop", "reset", "logs", "sleep", "wake"
+]
 COMMAND_TYPES: tuple[str, ...] = (
     "prepare",
     "claim",
@@ -32,6 +37,8 @@ COMMAND_TYPES: tuple[str, ...] = (
     "stop",
     "reset",
     "logs",
+    "sleep",
+    "wake",
 )
 # CommandResult.result["code"] of a command refused because its session is not the
 # container's current one (supervisor/fence.py): the gateway answers 409, not 500.

@@ -32,6 +32,11 @@ meanwhile. Args:
   session. result {state: "idle", kept_node_modules,
   node_modules_bytes, node_modules_key}.
 ``logs`` — {lines: int (default 100, at most 2000)}; result {lines: [...]}.
+``sleep`` — freeze every process of the ready dev server (supervisor/freeze.py); the
+  heartbeat then says ``sleeping``. result {state: "sleeping", frozen: n}; refused when the
+  dev server is not ready (starting, crashed, stopped).
+``wake`` — thaw it; result {state: "ready", woke: bool (false: it was awake)}. ``restart``,
+  ``stop`` and ``reset`` thaw it first on their own.
 ``claim`` — make ``Command.session_id`` the current session without doing anything else
   (sent when a container is attached to an archive-source session, whose ``prepare`` waits
   for its files); result {session_id}.
@@ -45,7 +50,7 @@ order:
   start abandoned before its prepare, a warm container) any reset is accepted, and a
   session-less one only then: a container whose session its releaser cannot name is
   destroyed, not reset. The ended session can never become current again here.
-- ``write_files``, ``restart``, ``stop``, ``logs``: their session must be the current one
+- ``write_files``, ``restart``, ``stop``, ``logs``, ``sleep``, ``wake``: their session must be the current one
   (checked again when they act); a command without a session only while none is current.
 A refused command does nothing; its result is ``ok: false`` with ``result.code ==
 "wrong_session"`` (``shared.messages.WRONG_SESSION``), which the gateway answers with 409.
@@ -67,6 +72,7 @@ from shared.messages import Command
 from supervisor import fence, procs, scrub, sources, workspace
 from supervisor.cgroup import tree_size
 from supervisor.context import Context, SessionState
+from supervisor.devserver import NotRunning
 from supervisor.errors import CommandError
 from supervisor.events import Progress
 from supervisor.prepare import blob, node_modules_key, prepare
@@ -192,6 +198,19 @@ async def logs(ctx: Context, command: Command) -> dict[str, Any]:
     return {"lines": ctx.logs.tail(max(0, min(count, MAX_LOG_LINES)))}
 
 
+async def sleep(ctx: Context, command: Command) -> dict[str, Any]:
+    try:
+        frozen = await ctx.devserver.sleep()
+    except NotRunning as exc:
+        raise CommandError(f"cannot sleep: {exc}", {"state": ctx.devserver.state}) from None
+    return {"state": "sleeping", "frozen": frozen}
+
+
+async def wake(ctx: Context, command: Command) -> dict[str, Any]:
+    woke = await ctx.devserver.wake()
+    return {"state": ctx.devserver.state, "woke": woke}
+
+
 async def claim(ctx: Context, command: Command) -> dict[str, Any]:
     # All of it happened in fence.admit, at dispatch.
     return {"session_id": ctx.session.session_id}
@@ -205,4 +224,6 @@ HANDLERS: dict[str, Callable[[Context, Command], Awaitable[dict[str, Any]]]] = {
     "stop": stop,
     "reset": reset,
     "logs": logs,
+    "sleep": sleep,
+    "wake": wake,
 }
