@@ -116,6 +116,13 @@ def activity(sid: str) -> str:
     return f"{PREFIX}s:{sid}:active"
 
 
+def requested(sid: str) -> str:
+    """String: unix time of the last proxied HTTP request, WebSocket upgrade or API write
+    or command: what keeps a preview awake (PREVIEW_SLEEP_AFTER). WebSocket messages do not
+    count: an HMR socket of a page left open pings on its own."""
+    return f"{PREFIX}s:{sid}:requested"
+
+
 def auth_failures(sid: str, client: str) -> str:
     """Counter of failed authentications on one preview from one client address (fixed
     window): strangers' failures on the same address or preview never add up to a limit."""

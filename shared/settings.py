@@ -246,6 +246,13 @@ class Settings:
     pool_min: int = _setting(2, "Warm containers kept at least, per image.", int)
     pool_max: int = _setting(5, "Warm containers kept at most, per image.", int)
     idle_timeout: float = _setting(1800.0, "Stop a preview after this long unused, seconds.", float)
+    sleep_after: float = _setting(
+        300.0,
+        "Put a preview to sleep (its dev server frozen, woken by the next request, file "
+        "write or restart) after this long without a proxied request or an API write, "
+        "seconds; 0 never.",
+        float,
+    )
     # --- observability ------------------------------------------------------------------
     sentry_dsn: str = _setting("", "Sentry DSN; empty disables Sentry.")
     log_format: str = _setting("auto", "Log format: json, text, or auto (text on a terminal).")

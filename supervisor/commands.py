@@ -50,8 +50,9 @@ order:
   start abandoned before its prepare, a warm container) any reset is accepted, and a
   session-less one only then: a container whose session its releaser cannot name is
   destroyed, not reset. The ended session can never become current again here.
-- ``write_files``, ``restart``, ``stop``, ``logs``, ``sleep``, ``wake``: their session must be the current one
-  (checked again when they act); a command without a session only while none is current.
+- ``write_files``, ``restart``, ``stop``, ``logs``, ``sleep``, ``wake``: their session
+  must be the current one (checked again when they act); a command without a session only
+  while none is current.
 A refused command does nothing; its result is ``ok: false`` with ``result.code ==
 "wrong_session"`` (``shared.messages.WRONG_SESSION``), which the gateway answers with 409.
 """

@@ -34,6 +34,7 @@ from gateway.observability.instruments import DOCKER_ERRORS, RATE_LIMITED, REDIS
 from gateway.observability.ops import GatewayOps
 from gateway.observability.sentry_setup import SentryUser, init_sentry
 from gateway.sessions.previews import Previews
+from gateway.sessions.sleeping import Sleeper
 from gateway.sessions.start import Starter
 from gateway.sessions.tracker import Tracker
 from shared.redis_client import redis_client
@@ -70,6 +71,7 @@ def create_app(settings: Settings) -> Starlette:
             settings, state.redis, state.containers, state.background, records=state.ops.records
         )
         state.starter = Starter(state.previews)
+        state.sleeper = Sleeper(state.previews)
         state.rate_limits = RateLimits(settings)
         tracker = Tracker(state.previews, interval=1.0)
         tracking = asyncio.create_task(tracker.run(), name="session tracker")

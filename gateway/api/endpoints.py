@@ -29,6 +29,7 @@ from gateway.api.views import preview_object
 from gateway.containers import archives
 from gateway.errors import ApiError
 from gateway.sessions.previews import Previews
+from gateway.sessions.sleeping import Sleeper
 from gateway.sessions.start import Starter
 from gateway.sessions.store import Session
 from shared import keys
@@ -178,6 +179,26 @@ async def restart_preview(request: Request, user: User) -> Response:
 
 
 @guarded("reads")
+async def sleep_preview(request: Request, user: User) -> Response:
+    previews = _previews(request)
+    session = await _owned(request, user)
+    sleeper: Sleeper = request.app.state.sleeper
+    await sleeper.sleep(session, "api")
+    heartbeat = await previews.refresh(session)
+    return JSONResponse(_render(request, session, heartbeat), 202)
+
+
+@guarded("reads")
+async def wake_preview(request: Request, user: User) -> Response:
+    previews = _previews(request)
+    session = await _owned(request, user)
+    await previews.used(session.id)
+    await previews.wake(session, "api")
+    heartbeat = await previews.refresh(session)
+    return JSONResponse(_render(request, session, heartbeat), 202)
+
+
+@guarded("reads")
 async def preview_logs(request: Request, user: User) -> Response:
     previews = _previews(request)
     session = await _owned(request, user)
@@ -262,6 +283,8 @@ routes = [
     resource("/v1/previews/{id}/files/{path:path}", put=put_file),
     resource("/v1/previews/{id}/restart", post=restart_preview),
     resource("/v1/previews/{id}/logs", get=preview_logs),
+    resource("/v1/previews/{id}/sleep", post=sleep_preview),
+    resource("/v1/previews/{id}/wake", post=wake_preview),
     resource("/v1/pool", get=pool_status),
     resource("/v1/admin/previews", get=all_previews),
 ]

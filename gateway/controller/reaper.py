@@ -9,6 +9,9 @@
 - older than PREVIEW_SESSION_MAX_LIFETIME → stopped (released to the pool);
 - no proxied traffic for PREVIEW_IDLE_TIMEOUT → stopped, after reading the activity
   again under the session's lock (fresh traffic must win over a reaper);
+- ready, and no proxied request nor API write for PREVIEW_SLEEP_AFTER → put to sleep,
+  decided again under the lock in the same way (a sleeping preview keeps heartbeating, so
+  none of the rules above takes it for dead);
 - resource rules (gateway/controller/resources.py);
 - a start that never got a container (its gateway died) → dropped.
 """
@@ -24,10 +27,12 @@ from redis.asyncio import Redis
 from gateway.containers.containers import Containers
 from gateway.controller.outage import OutageWatch
 from gateway.controller.resources import MEMORY_LIMIT, ResourceRules
+from gateway.errors import ApiError
 from gateway.observability.counters import decision
 from gateway.sessions import slots
 from gateway.sessions.endings import Endings, session_lock
 from gateway.sessions.previews import Previews
+from gateway.sessions.sleeping import Sleeper
 from gateway.sessions.store import Session
 from shared import keys
 from shared.messages import Heartbeat
@@ -63,6 +68,7 @@ class Reaper:
         self.endings = endings
         self.resources = ResourceRules(settings, redis, containers, endings)
         self.outage = OutageWatch(redis, settings.heartbeat_ttl)
+        self.sleeper = Sleeper(previews)
 
     async def tick(self) -> int:
         """One pass over every live session; returns how many were ended."""
@@ -85,15 +91,18 @@ class Reaper:
                 pipe.hgetall(keys.container(cid))
                 pipe.get(keys.heartbeat(cid))
                 pipe.get(keys.activity(session.id))
+                pipe.get(keys.requested(session.id))
             replies = await pipe.execute()
         down = {s.name for s in await self.containers.placement.states() if not s.up}
         ended = 0
         for i, session in enumerate(sessions):
-            found, beat, active = record(replies[3 * i]), replies[3 * i + 1], replies[3 * i + 2]
+            found, beat, active, used = (record(replies[4 * i]), *replies[4 * i + 1 : 4 * i + 4])
             if session.state == "stopping" or not session.id:
                 continue
             if await self.check(session, found, Heartbeat.read(beat), _float(active), down):
                 ended += 1
+            elif self._sleepy(session, _float(used), time.time()):
+                await self._sleep_if_idle(session)
         return ended
 
     async def check(
@@ -144,6 +153,28 @@ class Reaper:
             await self.resources.check(session, heartbeat, found, now)
         return False
 
+    def _sleepy(self, session: Session, used: float, now: float) -> bool:
+        after = self.settings.sleep_after
+        last = max(used, session.updated_at, session.created_at)
+        return after > 0 and session.state == "ready" and now - last > after
+
+    async def _sleep_if_idle(self, session: Session) -> None:
+        """Put an unused preview to sleep, deciding again under its lock."""
+        async with session_lock(self.redis, session.id, keys.REAPER_LOCK_TTL_MS) as held:
+            if not held:
+                return
+            current = await self.previews.load(session.id)
+            used = _float(await self.redis.get(keys.requested(session.id)))
+            if current is None or not self._sleepy(current, used, time.time()):
+                return
+            try:
+                await self.sleeper.sleep(current, "idle")
+            except ApiError as exc:
+                decision(log, "sleep_skipped", exc.error, exc.detail, sid=session.id)
+                return
+            idle = time.time() - max(used, current.updated_at, current.created_at)
+            decision(log, "session_slept", "idle", f"unused for {idle:.0f}s", sid=session.id)
+
     async def _silent_for(
         self, cid: str, found: dict[str, str], now: float
     ) -> tuple[float, Heartbeat | None] | None:
@@ -183,6 +214,8 @@ class Reaper:
         await slots.release(self.redis, session.user, session.id, session.project_id)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.srem(keys.SESSIONS, session.id)
-            pipe.delete(keys.session(session.id), keys.activity(session.id))
+            pipe.delete(
+                keys.session(session.id), keys.activity(session.id), keys.requested(session.id)
+            )
             await pipe.execute()
         decision(log, "session_dropped", "abandoned_start", "never got a container", sid=session.id)

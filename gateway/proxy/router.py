@@ -7,6 +7,8 @@ downstream. For a preview host: find its route (cached), authenticate (the singl
 proxy HTTP or WebSocket to the dev server.
 While the preview is still starting, a browser navigation gets a self-refreshing page and
 other requests wait (one Redis poller per preview, however many requests wait on it).
+A request for a sleeping preview wakes it and is held meanwhile (one wake per preview and
+gateway, however many requests wait on it; gateway/proxy/waking.py).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from gateway.proxy.routes import Route, RouteCache
 from gateway.proxy.starting import starting_page, status_json
 from gateway.proxy.upstream import UpstreamPool
 from gateway.proxy.vhosts import HostRules, public_host
+from gateway.proxy.waking import WakeError, wake
 from gateway.proxy.ws_budget import Budgets
 from shared import keys
 from shared.settings import Settings
@@ -65,7 +68,9 @@ class PreviewRouter:
         )
         self.routes: RouteCache | None = None
         self._waits: dict[str, asyncio.Task[Route | None]] = {}
+        self._wakes: dict[str, asyncio.Task[Route | str]] = {}
         self._activity: dict[str, float] = {}
+        self._requested: dict[str, float] = {}
         self._ws_per_client: dict[str, int] = {}
         self.ws_budgets = Budgets(settings.ws_buffer_per_client)
         self._background: set[asyncio.Task[object]] = set()
@@ -144,6 +149,12 @@ class PreviewRouter:
         if scope["path"] == STATUS_PATH and not is_ws:
             await status_json(self.state.redis, route, send)
             return
+        if route.state == "sleeping":
+            woken = await self.wake(sid, route)
+            if isinstance(woken, str):
+                await self.refuse(scope, send, 503, "not_ready", woken, html)
+                return
+            route = woken
         if route.state in STARTING:
             if html and scope["method"] == "GET":
                 await starting_page(send, route)
@@ -157,7 +168,7 @@ class PreviewRouter:
             detail = route.error or f"the preview is {route.state}"
             await self.refuse(scope, send, 503, "not_ready", detail, html)
             return
-        self.touch(sid)
+        self.touch(sid, request=True)
         # The dev server sees the preview's canonical host, the one its allowed-hosts
         # were configured with at prepare, never the client's spelling of it.
         host = public_host(self.settings, sid)
@@ -206,6 +217,7 @@ class PreviewRouter:
                 self.relays,
                 account,
                 on_activity=lambda: self.touch(sid),
+                keep_idle=lambda: self.sleeping(sid),
             )
         finally:
             account.close()
@@ -320,18 +332,62 @@ class PreviewRouter:
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 1.0)
 
-    def touch(self, sid: str) -> None:
-        """Mark the preview used (for idle reaping), at most once per ACTIVITY_EVERY."""
+    async def wake(self, sid: str, route: Route) -> Route | str:
+        """Wake a sleeping preview (one wake per preview here, however many requests
+        wait); its route afterwards, or why it could not be woken."""
+        task = self._wakes.get(sid)
+        if task is None:
+            task = asyncio.create_task(self._wake(sid, route.container), name=f"wake {sid}")
+            self._wakes[sid] = task
+            task.add_done_callback(lambda _: self._wakes.pop(sid, None))
+        return await asyncio.shield(task)
+
+    async def _wake(self, sid: str, cid: str) -> Route | str:
+        assert self.routes is not None
+        try:
+            await wake(self.state.blocking_redis, sid, cid, self.settings.hold_timeout, "request")
+            self.routes.invalidate(sid)
+            route = await self.routes.get(sid)
+        except WakeError as exc:
+            log.warning("wake failed sid=%s: %s", sid, exc.detail)
+            return exc.detail
+        except (RedisError, OSError):
+            instruments.REDIS_ERRORS.inc()  # observability hook
+            return "state store unreachable"
+        return route if route is not None else "no such preview"
+
+    async def sleeping(self, sid: str) -> bool:
+        """Whether the preview sleeps now (its WebSockets stay open, silent)."""
+        assert self.routes is not None
+        try:
+            route = await self.routes.get(sid)
+        except (RedisError, OSError):
+            return False
+        return route is not None and route.state == "sleeping"
+
+    def touch(self, sid: str, request: bool = False) -> None:
+        """Mark the preview used (for idle reaping) and, for a request (not a WebSocket
+        message), awake-worthy (PREVIEW_SLEEP_AFTER); each at most once per ACTIVITY_EVERY."""
         now = time.monotonic()
-        if now - self._activity.get(sid, 0.0) < ACTIVITY_EVERY:
+        names = []
+        if now - self._activity.get(sid, 0.0) >= ACTIVITY_EVERY:
+            self._activity[sid] = now
+            names.append(keys.activity(sid))
+        if request and now - self._requested.get(sid, 0.0) >= ACTIVITY_EVERY:
+            self._requested[sid] = now
+            names.append(keys.requested(sid))
+        if not names:
             return
-        self._activity[sid] = now
-        task = asyncio.create_task(self._write_activity(sid))
+        task = asyncio.create_task(self._write_activity(sid, names))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _write_activity(self, sid: str) -> None:
+    async def _write_activity(self, sid: str, names: list[str]) -> None:
+        stamp = repr(time.time())
         try:
-            await self.state.redis.set(keys.activity(sid), repr(time.time()), ex=86400)
+            async with self.state.redis.pipeline(transaction=False) as pipe:
+                for name in names:
+                    pipe.set(name, stamp, ex=86400)
+                await pipe.execute()
         except (RedisError, OSError) as exc:
             log.debug("activity not recorded sid=%s: %s", sid, exc)

@@ -91,7 +91,7 @@ class Endings:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.srem(keys.SESSIONS, session.id)
             pipe.expire(keys.session(session.id), keys.STOPPED_SESSION_TTL)
-            pipe.delete(keys.activity(session.id))
+            pipe.delete(keys.activity(session.id), keys.requested(session.id))
             await pipe.execute()
         cid = session.container
         if cid and container == "destroy":

@@ -20,6 +20,7 @@ from gateway.containers.docker_runtime import DockerRuntimeError
 from gateway.errors import ApiError
 from gateway.observability.recorder import Recorder
 from gateway.proxy.routes import publish_change
+from gateway.proxy.waking import WakeError, wake
 from gateway.sessions import slots
 from gateway.sessions.store import ADVANCE, Session, event_entries, fold, merge_result
 from shared import keys
@@ -59,6 +60,10 @@ return 'sent'
 """
 FOLD_BATCH = 500
 MAX_ID = 64
+# Commands that use the dev server or change what it serves: they wake a sleeping preview
+# first, and count as use (keys.requested: PREVIEW_SLEEP_AFTER starts again).
+WAKING_COMMANDS = frozenset({"write_files", "restart"})
+WAKE_TIMEOUT = 30.0
 
 
 def not_found() -> ApiError:
@@ -200,8 +205,27 @@ class Previews:
         except (ContainerError, DockerRuntimeError, RedisError) as exc:
             log.error("release failed sid=%s cid=%s: %s", session.id, session.container, exc)
         finally:
-            await self.redis.delete(keys.session(session.id), keys.activity(session.id))
+            await self.redis.delete(
+                keys.session(session.id), keys.activity(session.id), keys.requested(session.id)
+            )
             await publish_change(self.redis, session.id)
+
+    async def wake(self, session: Session, trigger: str = "api") -> None:
+        """Wake a sleeping preview (nothing when it is awake); ``session.state`` follows."""
+        try:
+            # The containers' client: its reads may block as long as the wake takes.
+            woke = await wake(
+                self.containers.redis, session.id, session.container, WAKE_TIMEOUT, trigger
+            )
+        except WakeError as exc:
+            raise ApiError(503, "not_ready", exc.detail) from None
+        if woke or session.state == "sleeping":
+            current = await self.load(session.id)
+            session.state = current.state if current is not None else "stopping"
+
+    async def used(self, sid: str) -> None:
+        """The owner used the preview through the API (a write, a restart, a wake)."""
+        await self.redis.set(keys.requested(sid), repr(time.time()), ex=86400)
 
     async def command(
         self,
@@ -219,6 +243,10 @@ class Previews:
         cid = session.container
         if not cid:
             raise ApiError(409, "not_ready", "the preview has no container yet; retry shortly")
+        if kind in WAKING_COMMANDS:
+            await self.used(session.id)
+            if session.state == "sleeping":
+                await self.wake(session)
         command = Command(kind, args, session_id=session.id)
         if blob is not None:
             await self.redis.set(keys.command_blob(cid, command.id), blob, ex=keys.COMMAND_BLOB_TTL)

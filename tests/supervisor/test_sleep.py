@@ -102,7 +102,7 @@ def get_quick(sup: SupervisorProcess) -> str:
 
 async def test_restart_and_stop_work_on_a_sleeping_dev_server(sup_factory: Any) -> None:
     sup: SupervisorProcess = sup_factory()
-    main, worker = await ready_busy(sup)
+    main, _ = await ready_busy(sup)
     assert (await sup.send("sleep")).ok
     restarted = await sup.send("restart", timeout=30)
     assert restarted.ok and restarted.result["state"] == "ready"
