@@ -356,6 +356,21 @@ def openapi_document(settings: Settings) -> Schema:
             {"202": _json(_ref("Preview"), "Restarting"), **_errors("404", "409", "502", "504")},
         ),
     }
+    sleep = {
+        "parameters": [PREVIEW_ID],
+        "post": _op(
+            "Put the preview to sleep: its dev server frozen (no CPU), container, URL and "
+            "WebSockets kept; the next request, file write, restart or wake wakes it",
+            {"202": _json(_ref("Preview"), "Asleep"), **_errors("404", "409", "504")},
+        ),
+    }
+    wake = {
+        "parameters": [PREVIEW_ID],
+        "post": _op(
+            "Wake a sleeping preview (an awake one is answered as it is)",
+            {"202": _json(_ref("Preview"), "Awake"), **_errors("404", "503")},
+        ),
+    }
     logs = {
         "parameters": [PREVIEW_ID],
         "get": _op(
@@ -447,6 +462,8 @@ def openapi_document(settings: Settings) -> Schema:
             "/v1/previews/{id}/files": files,
             "/v1/previews/{id}/files/{path}": one_file,
             "/v1/previews/{id}/restart": restart,
+            "/v1/previews/{id}/sleep": sleep,
+            "/v1/previews/{id}/wake": wake,
             "/v1/previews/{id}/logs": logs,
             "/v1/pool": pool,
             "/v1/admin/previews": admin_previews,

@@ -24,7 +24,7 @@ from typing import Any
 
 from shared.messages import Event, MessageError
 
-STATES = ("assigned", "preparing", "starting", "ready", "stopping", "failed")
+STATES = ("assigned", "preparing", "starting", "ready", "sleeping", "stopping", "failed")
 DEPENDENCIES = ("restored", "installed", "skipped")
 # Progress steps that mean the dev server is booting; every other step is preparation.
 STARTING_STEPS = frozenset({"devserver", "dev_server", "dev-server", "server", "start", "starting"})
