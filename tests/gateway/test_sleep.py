@@ -6,12 +6,15 @@ controller failover."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
 import httpx
+import pytest
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
+from websockets.asyncio.client import connect
 
 from gateway.sessions.sleeping import Sleeper
 from shared import keys
@@ -28,7 +31,7 @@ from tests.gateway.controller_fixtures import (
     starter_for,
     wait_state,
 )
-from tests.gateway.test_api import wait_ready
+from tests.gateway.test_api import tar_of, wait_ready
 from tests.utils import GatewayProcess, async_wait_until, wait_until
 
 SIGNING = "sleep-test-signing-secret"
@@ -180,3 +183,77 @@ async def test_reaper_sleeps_an_unused_preview_and_keeps_it_across_failover(
         await Sleeper(starter.previews).sleep(again, "api")
         assert again.state == "sleeping"
         await starter.previews.stop(again)
+
+
+# A dev server with a WebSocket echo (no dependencies): it answers pings, echoes frames.
+WS_ECHO = r"""
+const http = require("http"), crypto = require("crypto");
+const frame = (op, p) => {
+  const head = p.length < 126 ? Buffer.from([128 | op, p.length]) : Buffer.alloc(4);
+  if (p.length >= 126) { head[0] = 128 | op; head[1] = 126; head.writeUInt16BE(p.length, 2); }
+  return Buffer.concat([head, p]);
+};
+const server = http.createServer((q, s) => s.end("echo server"));
+server.on("upgrade", (req, sock) => {
+  const accept = crypto.createHash("sha1")
+    .update(req.headers["sec-websocket-key"] + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11")
+    .digest("base64");
+  sock.write("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n" +
+    "Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + "\r\n\r\n");
+  let buf = Buffer.alloc(0);
+  sock.on("data", (d) => {
+    buf = Buffer.concat([buf, d]);
+    while (buf.length >= 2) {
+      const op = buf[0] & 15;
+      let len = buf[1] & 127, off = 2;
+      if (len === 126) { if (buf.length < 4) return; len = buf.readUInt16BE(2); off = 4; }
+      if (buf.length < off + 4 + len) return;
+      const mask = buf.subarray(off, off + 4);
+      const raw = buf.subarray(off + 4, off + 4 + len);
+      const payload = Buffer.from(raw.map((b, i) => b ^ mask[i % 4]));
+      buf = buf.subarray(off + 4 + len);
+      if (op === 8) { sock.end(); return; }
+      sock.write(frame(op === 9 ? 10 : op, payload));
+    }
+  });
+});
+server.listen(Number(process.env.PORT));
+"""
+
+
+@pytest.mark.slow
+async def test_websocket_stays_open_asleep_and_gets_its_bytes_after_wake(
+    start_gateway: GatewayFactory, sync_redis: SyncRedis
+) -> None:
+    # A 5 s idle limit: a sleeping preview's silent sockets must outlive it; and over 40 s
+    # asleep: longer than a ping interval plus its old pong deadline.
+    gw = start_gateway(signing_secret=SIGNING, ws_idle_timeout=5.0)
+    body = {"project_id": "ws-echo", "source": {"type": "archive"}}
+    created = await asyncio.to_thread(api, gw, "POST", "/v1/previews", json=body)
+    assert created.status_code == 202, created.text
+    sid = created.json()["id"]
+    files = tar_of({"package.json": '{"scripts": {"dev": "node server.js"}}', "server.js": WS_ECHO})
+    put = await asyncio.to_thread(api, gw, "PUT", f"/v1/previews/{sid}/files", content=files)
+    assert put.status_code == 202, put.text
+    preview = await asyncio.to_thread(wait_ready, gw, sid, 120)
+    (browser,) = open_preview(preview, gw)
+    host = browser.headers["host"]
+    headers = {"Cookie": browser.headers["cookie"]}
+    browser.close()
+    async with connect(
+        f"ws://{host}/", host="127.0.0.1", port=gw.port, additional_headers=headers
+    ) as ws:
+        await ws.send("before")
+        assert await asyncio.wait_for(ws.recv(), 10) == "before"
+        slept = await asyncio.to_thread(api, gw, "POST", f"/v1/previews/{sid}/sleep")
+        assert slept.json()["state"] == "sleeping"
+        await ws.send("while asleep")
+        with pytest.raises(TimeoutError):  # frozen: nothing answers, nothing is lost
+            await asyncio.wait_for(ws.recv(), 45)
+        assert sync_redis.hget(keys.session(sid), "state") == b"sleeping"
+        woke = await asyncio.to_thread(api, gw, "POST", f"/v1/previews/{sid}/wake")
+        assert woke.json()["state"] == "ready"
+        assert await asyncio.wait_for(ws.recv(), 10) == "while asleep"
+        await ws.send("after")
+        assert await asyncio.wait_for(ws.recv(), 10) == "after"
+    assert api(gw, "DELETE", f"/v1/previews/{sid}").status_code == 204
