@@ -31,7 +31,8 @@ STARTING_STEPS = frozenset({"devserver", "dev_server", "dev-server", "server", "
 
 # KEYS: session, route-changes channel. ARGV[1] = stream id folded up to, then field/value
 # pairs. Writes only when the record exists, is not stopping and the id is not behind what
-# was folded before (equal: heartbeat-derived changes); tells the proxies it changed.
+# was folded before (equal: heartbeat-derived changes), never into or out of `sleeping`
+# (but to `failed`); tells the proxies it changed.
 ADVANCE = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state or state == 'stopping' then return 0 end
@@ -45,7 +46,17 @@ local ms, seq = parse(ARGV[1])
 local seen_ms, seen_seq = parse(seen)
 if ms < seen_ms or (ms == seen_ms and seq < seen_seq) then return 0 end
 local fields = {'events_seen', ARGV[1]}
-for i = 2, #ARGV do table.insert(fields, ARGV[i]) end
+for i = 2, #ARGV, 2 do
+  -- Only the sleep and wake scripts move a session into or out of 'sleeping' (to ready):
+  -- a state folded from a snapshot read before one of them ran must not undo it.
+  local stale = ARGV[i] == 'state' and (
+    (ARGV[i + 1] == 'sleeping' and state ~= 'sleeping') or
+    (state == 'sleeping' and ARGV[i + 1] == 'ready'))
+  if not stale then
+    table.insert(fields, ARGV[i])
+    table.insert(fields, ARGV[i + 1])
+  end
+end
 redis.call('HSET', KEYS[1], unpack(fields))
 if #ARGV > 1 then redis.call('PUBLISH', KEYS[2], redis.call('HGET', KEYS[1], 'id')) end
 return 1
