@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -115,6 +116,28 @@ def test_sleep_and_wake_across_replicas(
         assert restarted.status_code == 202, restarted.text
         assert browser_one.get("/").status_code == 200
         assert api(one, "GET", f"/v1/previews/{sid}").json()["state"] == "ready"
+
+        # The owner races sleeps, wakes and page loads on both replicas: every page load
+        # is answered, and the record ends agreeing with the supervisor.
+        def race(n: int) -> int:
+            gw, browser = (one, browser_one) if n % 2 else (two, browser_two)
+            if n % 3 == 0:
+                return int(api(gw, "POST", f"/v1/previews/{sid}/sleep").status_code)
+            if n % 3 == 1:
+                return int(api(gw, "POST", f"/v1/previews/{sid}/wake").status_code)
+            return int(browser.get("/").status_code)
+
+        with ThreadPoolExecutor(8) as pool:
+            statuses = list(pool.map(race, range(30)))
+        assert set(statuses) <= {200, 202}, statuses
+        state = api(one, "GET", f"/v1/previews/{sid}").json()["state"]
+        assert state in ("ready", "sleeping")
+        wait_until(
+            lambda: (hb := heartbeat(sync_redis, sid)) and hb.state == state,
+            10,
+            f"the supervisor to agree ({state})",
+        )
+        assert browser_two.get("/").status_code == 200
     assert api(one, "DELETE", f"/v1/previews/{sid}").status_code == 204
     assert api(one, "POST", f"/v1/previews/{sid}/wake").status_code == 404
 
