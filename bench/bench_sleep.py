@@ -32,11 +32,11 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 from redis.asyncio import Redis  # noqa: E402
 
-from bench.bench_api import percentile  # noqa: E402
+from bench.bench_api import percentile, with_gateway  # noqa: E402
 from shared import keys  # noqa: E402
 from shared.messages import Heartbeat  # noqa: E402
-from tests.gateway.api_helpers import gateway_env, remove_containers, token  # noqa: E402
-from tests.utils import RedisServer, run_gateway, start_redis  # noqa: E402
+from tests.gateway.api_helpers import token  # noqa: E402
+from tests.utils import RedisServer  # noqa: E402
 
 IMAGE = os.environ.get("PREVIEW_TEST_IMAGE", "preview-gateway/preview:latest")
 OVERRIDES = {
@@ -44,6 +44,7 @@ OVERRIDES = {
     "heartbeat_interval": 1.0,
     "heartbeat_ttl": 4.0,
     "signing_secret": "bench-sleep-signing",
+    "max_concurrent_per_user": 50,
 }
 
 
@@ -198,20 +199,11 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=4)
     parser.add_argument("--window", type=float, default=60.0)
     args = parser.parse_args()
-    server = start_redis()
-    try:
-        env = gateway_env(server, IMAGE, **OVERRIDES)
-        with run_gateway(env) as gateway:
-            try:
-                asyncio.run(measure(gateway.url, server, args.rounds, args.count, args.window))
-            except Exception:
-                print("gateway log (tail):\n" + "\n".join(gateway.log().splitlines()[-30:]))
-                raise
-    finally:
-        removed = remove_containers(server)
-        server.stop()
-        print(f"removed {removed} containers")
-    return 0
+    return with_gateway(
+        IMAGE,
+        OVERRIDES,
+        lambda base, server: measure(base, server, args.rounds, args.count, args.window),
+    )
 
 
 if __name__ == "__main__":

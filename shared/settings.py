@@ -192,7 +192,10 @@ class Settings:
         int,
     )
     ws_idle_timeout: float = _setting(
-        600.0, "Close a preview WebSocket after this long without a message, seconds.", float
+        600.0,
+        "Close a preview WebSocket after this long without a message (not while its preview "
+        "sleeps), seconds.",
+        float,
     )
     ws_max_lifetime: float = _setting(
         8 * 3600.0, "Close a preview WebSocket after this long in any case, seconds.", float

@@ -180,20 +180,28 @@ async def restart_preview(request: Request, user: User) -> Response:
 
 @guarded("reads")
 async def sleep_preview(request: Request, user: User) -> Response:
-    previews = _previews(request)
-    session = await _owned(request, user)
     sleeper: Sleeper = request.app.state.sleeper
-    await sleeper.sleep(session, "api")
-    heartbeat = await previews.refresh(session)
-    return JSONResponse(_render(request, session, heartbeat), 202)
+    return await _act(request, user, lambda session: sleeper.sleep(session, "api"))
 
 
 @guarded("reads")
 async def wake_preview(request: Request, user: User) -> Response:
     previews = _previews(request)
+
+    async def wake(session: Session) -> None:
+        await previews.used(session.id)
+        await previews.wake(session, "api")
+
+    return await _act(request, user, wake)
+
+
+async def _act(
+    request: Request, user: User, action: Callable[[Session], Awaitable[None]]
+) -> Response:
+    """`action` on the caller's preview; 202 with the preview as it is then."""
+    previews = _previews(request)
     session = await _owned(request, user)
-    await previews.used(session.id)
-    await previews.wake(session, "api")
+    await action(session)
     heartbeat = await previews.refresh(session)
     return JSONResponse(_render(request, session, heartbeat), 202)
 

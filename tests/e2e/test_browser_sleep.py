@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from tests.e2e.conftest import ARTIFACTS, Stack
+from tests.e2e.conftest import ARTIFACTS, Stack, open_page
 from tests.utils import wait_until
 
 EDITED = """
@@ -30,15 +30,8 @@ def test_page_left_open_sleeps_and_an_edit_wakes_it_with_hmr(stack: Stack, brows
         preview = stack.wait_ready(alice, sid)
         assert preview["state"] == "ready", preview
 
-        context = browser.new_context()
-        page = context.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        sockets: list[Any] = []
-        page.on("websocket", lambda ws: sockets.append(ws))
-        page.goto(preview["open_url"])
-        page.wait_for_selector("text=Hello from Vite", timeout=30_000)
-        page.evaluate("window.__notReloaded = true")
+        opened = open_page(browser, preview["open_url"], "Hello from Vite")
+        page, context, errors, sockets = opened.page, opened.context, opened.errors, opened.sockets
         wait_until(lambda: [ws for ws in sockets if not ws.is_closed()], 15, "HMR WebSocket")
         hmr = next(ws for ws in sockets if not ws.is_closed())
 
