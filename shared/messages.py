@@ -27,7 +27,16 @@ DEV_STATES: tuple[str, ...] = (
 )
 
 CommandType = Literal[
-    "prepare", "claim", "write_files", "restart", "stop", "reset", "logs", "sleep", "wake"
+    "prepare",
+    "claim",
+    "write_files",
+    "restart",
+    "stop",
+    "reset",
+    "logs",
+    "sleep",
+    "wake",
+    "hibernate",
 ]
 COMMAND_TYPES: tuple[str, ...] = (
     "prepare",
@@ -39,6 +48,7 @@ COMMAND_TYPES: tuple[str, ...] = (
     "logs",
     "sleep",
     "wake",
+    "hibernate",
 )
 # CommandResult.result["code"] of a command refused because its session is not the
 # container's current one (supervisor/fence.py): the gateway answers 409, not 500.

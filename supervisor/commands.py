@@ -37,6 +37,11 @@ meanwhile. Args:
   dev server is not ready (starting, crashed, stopped).
 ``wake`` — thaw it; result {state: "ready", woke: bool (false: it was awake)}. ``restart``,
   ``stop`` and ``reset`` thaw it first on their own.
+``hibernate`` — {archive: name, owner, max_age}: pack the workspace (without node_modules
+  and build caches) to the host's cache volume (supervisor/hibernation.py) and remove
+  archives older than max_age; result {archive, sha256, bytes}. A later ``prepare`` with
+  source {"type": "hibernated", "archive", "sha256"} and the same ``owner`` restores it
+  (its environment too, unless the prepare names one) on any container of this host.
 ``claim`` — make ``Command.session_id`` the current session without doing anything else
   (sent when a container is attached to an archive-source session, whose ``prepare`` waits
   for its files); result {session_id}.
@@ -70,7 +75,7 @@ from typing import Any
 
 from shared import keys
 from shared.messages import Command
-from supervisor import fence, procs, scrub, sources, workspace
+from supervisor import fence, hibernation, procs, scrub, sources, workspace
 from supervisor.cgroup import tree_size
 from supervisor.context import Context, SessionState
 from supervisor.devserver import NotRunning
@@ -212,6 +217,22 @@ async def wake(ctx: Context, command: Command) -> dict[str, Any]:
     return {"state": ctx.devserver.state, "woke": woke}
 
 
+async def hibernate(ctx: Context, command: Command) -> dict[str, Any]:
+    args = command.args
+    try:
+        max_age = float(args.get("max_age") or 86400)
+    except (TypeError, ValueError):
+        raise CommandError("max_age must be a number") from None
+    async with ctx.workspace_lock:
+        fence.check(ctx, command)
+        try:
+            return await hibernation.pack(
+                ctx, str(args.get("archive") or ""), str(args.get("owner") or ""), max_age
+            )
+        except (hibernation.HibernationError, OSError) as exc:
+            raise CommandError(f"could not hibernate: {exc}") from None
+
+
 async def claim(ctx: Context, command: Command) -> dict[str, Any]:
     # All of it happened in fence.admit, at dispatch.
     return {"session_id": ctx.session.session_id}
@@ -227,4 +248,5 @@ HANDLERS: dict[str, Callable[[Context, Command], Awaitable[dict[str, Any]]]] = {
     "logs": logs,
     "sleep": sleep,
     "wake": wake,
+    "hibernate": hibernate,
 }

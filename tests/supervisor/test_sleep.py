@@ -1,11 +1,14 @@
 """Sleep and wake (supervisor/freeze.py): every process of a real Node dev server, workers
 included, is stopped, uses no CPU while asleep, and answers again once woken; heartbeats go
-on; restart and stop work on a sleeping dev server; another session cannot put it to sleep."""
+on; restart and stop work on a sleeping dev server; another session cannot put it to sleep.
+Hibernation (supervisor/hibernation.py): packed on one container, restored on another of
+the same host for the same owner only, refused when damaged or gone."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import time
 import urllib.error
 from pathlib import Path
@@ -15,7 +18,7 @@ import pytest
 
 from shared.messages import WRONG_SESSION
 from supervisor import freeze
-from tests.supervisor.conftest import SupervisorProcess
+from tests.supervisor.conftest import SupervisorProcess, make_dir
 from tests.supervisor.test_daemon import get, node_project, prepare_args
 from tests.utils import async_wait_until
 
@@ -134,3 +137,68 @@ async def test_sleep_is_refused_unless_ready(sup_factory: Any) -> None:
     assert (await sup.send("stop")).ok
     refused = await sup.send("sleep")
     assert not refused.ok and "not ready" in (refused.error or "")
+
+
+ENV_SERVER = """
+const http = require("http"), fs = require("fs");
+http.createServer((q, s) => s.end(process.env.GREETING + " " + fs.readFileSync("note.txt")))
+  .listen(Number(process.env.PORT));
+"""
+OWNER = "0123456789abcdef0123456789abcdef"
+
+
+async def test_hibernate_then_restore_on_another_container(sup_factory: Any) -> None:
+    cache = make_dir("pv-sup-shared-cache-")
+    try:
+        first: SupervisorProcess = sup_factory(PREVIEW_CACHE_DIR=str(cache))
+        node_project(first, ENV_SERVER)
+        first.write("note.txt", "kept")
+        first.write("node_modules/big/index.js", "x" * 100_000)
+        first.write(".next/cache/blob", "y" * 100_000)
+        args = prepare_args(env={"GREETING": "hello"}, owner=OWNER)
+        assert (await first.send("prepare", args)).ok
+        assert get(first) == "hello kept"
+        assert (await first.send("sleep")).ok
+        name = f"{OWNER}-s1"
+        packed = await first.send("hibernate", {"archive": name, "owner": OWNER, "max_age": 60})
+        assert packed.ok, packed
+        archive = cache / "hibernated" / f"{name}.tar.zst"
+        assert archive.is_file() and packed.result["bytes"] == archive.stat().st_size
+        assert packed.result["bytes"] < 20_000  # node_modules and .next left out
+        if os.geteuid() == 0:  # root's, out of user code's reach
+            assert (archive.parent.stat().st_mode & 0o777) == 0o700
+        sha = packed.result["sha256"]
+
+        second: SupervisorProcess = sup_factory(PREVIEW_CACHE_DIR=str(cache))
+        source = {"type": "hibernated", "archive": name, "sha256": sha}
+        # Another owner (another user's preview) never gets it.
+        stolen = await second.send(
+            "prepare", prepare_args(session_id="s2", source=source, owner="f" * 32)
+        )
+        assert not stolen.ok and "another preview" in (stolen.error or "")
+        third: SupervisorProcess = sup_factory(PREVIEW_CACHE_DIR=str(cache))
+        restored = await third.send(
+            "prepare", prepare_args(session_id="s3", source=source, owner=OWNER)
+        )
+        assert restored.ok, restored
+        assert get(third) == "hello kept"  # the files and the environment it started with
+        assert not (third.workspace / ".next").exists()
+
+        # Damaged: refused before anything is written.
+        data = bytearray(archive.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        archive.write_bytes(bytes(data))
+        fourth: SupervisorProcess = sup_factory(PREVIEW_CACHE_DIR=str(cache))
+        damaged = await fourth.send(
+            "prepare", prepare_args(session_id="s4", source=source, owner=OWNER)
+        )
+        assert not damaged.ok and "damaged" in (damaged.error or "")
+        assert not (fourth.workspace / "note.txt").exists()
+        archive.unlink()
+        fifth: SupervisorProcess = sup_factory(PREVIEW_CACHE_DIR=str(cache))
+        gone = await fifth.send(
+            "prepare", prepare_args(session_id="s5", source=source, owner=OWNER)
+        )
+        assert not gone.ok and "no longer on its host" in (gone.error or "")
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
