@@ -123,6 +123,12 @@ def requested(sid: str) -> str:
     return f"{PREFIX}s:{sid}:requested"
 
 
+def user_hibernated(user: str) -> str:
+    """Sorted set session id -> end of its resume window (unix s): the user's hibernated
+    previews (their records carry the archive's name, checksum and host)."""
+    return f"{PREFIX}u:{user}:hibernated"
+
+
 def auth_failures(sid: str, client: str) -> str:
     """Counter of failed authentications on one preview from one client address (fixed
     window): strangers' failures on the same address or preview never add up to a limit."""

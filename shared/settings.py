@@ -256,6 +256,19 @@ class Settings:
         "seconds; 0 never.",
         float,
     )
+    hibernate_after: float = _setting(
+        1800.0,
+        "Hibernate a preview asleep this long (workspace packed to its host's cache volume, "
+        "container back to the pool, slot freed; the next visit resumes it), seconds; 0 "
+        "never (it is then stopped after PREVIEW_IDLE_TIMEOUT as an awake one).",
+        float,
+    )
+    resume_window: float = _setting(
+        86400.0,
+        "How long a hibernated preview's id, URL and cookie stay valid (and its archive is "
+        "kept), seconds.",
+        float,
+    )
     # --- observability ------------------------------------------------------------------
     sentry_dsn: str = _setting("", "Sentry DSN; empty disables Sentry.")
     log_format: str = _setting("auto", "Log format: json, text, or auto (text on a terminal).")

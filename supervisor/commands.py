@@ -50,7 +50,8 @@ Sessions (the fence, ``supervisor/fence.py``). The container has at most one cur
 session; ``Command.session_id`` says whose a command is. Decided at dispatch, in stream
 order:
 - ``prepare`` and ``claim`` make their session current when there is none or it is
-  already theirs; refused when another session is current or theirs has ended here.
+  already theirs; refused when another session is current or theirs has ended here (but
+  for a prepare resuming a hibernated session, when none is current: its new life).
 - ``reset`` ends a session: it must name the current one. With no current session (a
   start abandoned before its prepare, a warm container) any reset is accepted, and a
   session-less one only then: a container whose session its releaser cannot name is

@@ -33,6 +33,7 @@ from gateway.observability.costs import CostMeter
 from gateway.observability.instruments import DOCKER_ERRORS, RATE_LIMITED, REDIS_ERRORS
 from gateway.observability.ops import GatewayOps
 from gateway.observability.sentry_setup import SentryUser, init_sentry
+from gateway.sessions.hibernation import Hibernator
 from gateway.sessions.previews import Previews
 from gateway.sessions.sleeping import Sleeper
 from gateway.sessions.start import Starter
@@ -72,6 +73,9 @@ def create_app(settings: Settings) -> Starlette:
         )
         state.starter = Starter(state.previews)
         state.sleeper = Sleeper(state.previews)
+        state.hibernator = Hibernator(state.previews, state.starter, state.sleeper)
+        state.resumer = state.hibernator  # the proxy's hook (gateway/proxy/waking.py)
+        state.starter.make_room = state.hibernator.hibernate_lru
         state.rate_limits = RateLimits(settings)
         tracker = Tracker(state.previews, interval=1.0)
         tracking = asyncio.create_task(tracker.run(), name="session tracker")

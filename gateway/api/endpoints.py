@@ -28,6 +28,7 @@ from gateway.api.validation import (
 from gateway.api.views import preview_object
 from gateway.containers import archives
 from gateway.errors import ApiError
+from gateway.sessions.hibernation import Hibernator
 from gateway.sessions.previews import Previews
 from gateway.sessions.sleeping import Sleeper
 from gateway.sessions.start import Starter
@@ -188,11 +189,22 @@ async def sleep_preview(request: Request, user: User) -> Response:
 async def wake_preview(request: Request, user: User) -> Response:
     previews = _previews(request)
 
+    hibernator: Hibernator = request.app.state.hibernator
+
     async def wake(session: Session) -> None:
+        if session.state == "hibernated":
+            await hibernator.resume(session, "api")
+            return
         await previews.used(session.id)
         await previews.wake(session, "api")
 
     return await _act(request, user, wake)
+
+
+@guarded("reads")
+async def hibernate_preview(request: Request, user: User) -> Response:
+    hibernator: Hibernator = request.app.state.hibernator
+    return await _act(request, user, lambda session: hibernator.hibernate(session, "api"))
 
 
 async def _act(
@@ -293,6 +305,7 @@ routes = [
     resource("/v1/previews/{id}/logs", get=preview_logs),
     resource("/v1/previews/{id}/sleep", post=sleep_preview),
     resource("/v1/previews/{id}/wake", post=wake_preview),
+    resource("/v1/previews/{id}/hibernate", post=hibernate_preview),
     resource("/v1/pool", get=pool_status),
     resource("/v1/admin/previews", get=all_previews),
 ]

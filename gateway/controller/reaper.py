@@ -12,6 +12,8 @@
 - ready, and no proxied request nor API write for PREVIEW_SLEEP_AFTER → put to sleep,
   decided again under the lock in the same way (a sleeping preview keeps heartbeating, so
   none of the rules above takes it for dead);
+- asleep for PREVIEW_HIBERNATE_AFTER → hibernated (which, when on, replaces the idle stop
+  for sleeping previews);
 - resource rules (gateway/controller/resources.py);
 - a start that never got a container (its gateway died) → dropped.
 """
@@ -31,8 +33,10 @@ from gateway.errors import ApiError
 from gateway.observability.counters import decision
 from gateway.sessions import slots
 from gateway.sessions.endings import Endings, session_lock
+from gateway.sessions.hibernation import Hibernator
 from gateway.sessions.previews import Previews
 from gateway.sessions.sleeping import Sleeper
+from gateway.sessions.start import Starter
 from gateway.sessions.store import Session
 from shared import keys
 from shared.messages import Heartbeat
@@ -69,6 +73,7 @@ class Reaper:
         self.resources = ResourceRules(settings, redis, containers, endings)
         self.outage = OutageWatch(redis, settings.heartbeat_ttl)
         self.sleeper = Sleeper(previews)
+        self.hibernator = Hibernator(previews, Starter(previews), self.sleeper)
 
     async def tick(self) -> int:
         """One pass over every live session; returns how many were ended."""
@@ -103,6 +108,8 @@ class Reaper:
                 ended += 1
             elif self._sleepy(session, _float(used), time.time()):
                 await self._sleep_if_idle(session)
+            elif self._hibernatable(session, time.time()):
+                await self._hibernate_if_asleep(session)
         return ended
 
     async def check(
@@ -147,7 +154,10 @@ class Reaper:
             hours = s.session_max_lifetime / 3600
             reason = f"reached the maximum session lifetime of {hours:g} h"
             return await self.endings.stop(session, "max_lifetime", reason)
-        if now - max(active, session.updated_at, session.created_at) > s.idle_timeout:
+        hibernates = s.hibernate_after > 0 and session.state == "sleeping"
+        if not hibernates and now - max(active, session.updated_at, session.created_at) > (
+            s.idle_timeout
+        ):
             return await self._stop_if_idle(session)
         if heartbeat.session_id == session.id:
             await self.resources.check(session, heartbeat, found, now)
@@ -174,6 +184,25 @@ class Reaper:
                 return
             idle = time.time() - max(used, current.updated_at, current.created_at)
             decision(log, "session_slept", "idle", f"unused for {idle:.0f}s", sid=session.id)
+
+    def _hibernatable(self, session: Session, now: float) -> bool:
+        after = self.settings.hibernate_after
+        # updated_at: when it fell asleep (a wake or any change moves it on).
+        return after > 0 and session.state == "sleeping" and now - session.updated_at > after
+
+    async def _hibernate_if_asleep(self, session: Session) -> None:
+        async with session_lock(self.redis, session.id, keys.REAPER_LOCK_TTL_MS) as held:
+            if not held:
+                return
+            current = await self.previews.load(session.id)
+            if current is None or not self._hibernatable(current, time.time()):
+                return
+            try:
+                await self.hibernator.hibernate(current, "idle")
+            except ApiError as exc:
+                decision(log, "hibernate_skipped", exc.error, exc.detail, sid=session.id)
+                return
+            decision(log, "session_hibernated", "idle", "asleep too long", sid=session.id)
 
     async def _silent_for(
         self, cid: str, found: dict[str, str], now: float

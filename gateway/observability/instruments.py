@@ -78,6 +78,16 @@ WAKE_LATENCY = REGISTRY.histogram(
     "preview_wake_seconds",
     "Time from a wake's command to the preview being ready again (held requests wait this).",
 )
+HIBERNATIONS = REGISTRY.counter(
+    "preview_hibernations_total",
+    "Previews hibernated (workspace packed, container released), by trigger (idle, api, limit).",
+    ["trigger"],
+)
+RESUMES = REGISTRY.counter(
+    "preview_resumes_total",
+    "Hibernated previews resumed, by trigger (visit: a request to its host; api: wake).",
+    ["trigger"],
+)
 
 # Hot-path children, looked up once.
 STATUS_CLASSES = [PROXY_REQUESTS.labels(f"{n}xx") for n in range(6)]

@@ -8,7 +8,9 @@ proxy HTTP or WebSocket to the dev server.
 While the preview is still starting, a browser navigation gets a self-refreshing page and
 other requests wait (one Redis poller per preview, however many requests wait on it).
 A request for a sleeping preview wakes it and is held meanwhile (one wake per preview and
-gateway, however many requests wait on it; gateway/proxy/waking.py).
+gateway, however many requests wait on it; gateway/proxy/waking.py). A visit to a hibernated
+one resumes it through the app's ``resumer`` hook (the control plane's, which this package
+does not import) and is then answered like one to a starting preview.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from starlette.applications import Starlette
 from starlette.datastructures import State
 
 from gateway.asgi_types import Receive, Scope, Send, header
+from gateway.errors import ApiError
 from gateway.observability import instruments
 from gateway.proxy.clients import ClientResolver
 from gateway.proxy.pages import error_page, send_body
@@ -34,15 +37,16 @@ from gateway.proxy.routes import Route, RouteCache
 from gateway.proxy.starting import starting_page, status_json
 from gateway.proxy.upstream import UpstreamPool
 from gateway.proxy.vhosts import HostRules, public_host
-from gateway.proxy.waking import WakeError, wake
+from gateway.proxy.waking import Waking
 from gateway.proxy.ws_budget import Budgets
 from shared import keys
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
+
 ACTIVITY_EVERY = 5.0  # seconds between activity writes per preview
-STARTING = frozenset({"assigned", "preparing", "starting"})
+STARTING = frozenset({"assigned", "preparing", "starting", "resuming"})
 STATUS_PATH = "/__preview/status"
 TOO_MANY_FAILURES = "too many failed attempts; wait a minute"
 
@@ -67,8 +71,8 @@ class PreviewRouter:
             settings.ws_max_message_bytes, settings.ws_idle_timeout, settings.ws_max_lifetime
         )
         self.routes: RouteCache | None = None
+        self.waking: Waking
         self._waits: dict[str, asyncio.Task[Route | None]] = {}
-        self._wakes: dict[str, asyncio.Task[Route | str]] = {}
         self._activity: dict[str, float] = {}
         self._requested: dict[str, float] = {}
         self._ws_per_client: dict[str, int] = {}
@@ -98,6 +102,7 @@ class PreviewRouter:
         if self.routes is None:
             self.routes = RouteCache(self.state.redis)
             self.routes.start()
+            self.waking = Waking(self.settings, self.state, self.routes)
         await self.serve(sid, scope, receive, send)
 
     @property
@@ -150,11 +155,22 @@ class PreviewRouter:
             await status_json(self.state.redis, route, send)
             return
         if route.state == "sleeping":
-            woken = await self.wake(sid, route)
+            woken = await self.waking.wake(sid, route)
             if isinstance(woken, str):
                 await self.refuse(scope, send, 503, "not_ready", woken, html)
                 return
             route = woken
+        if route.state == "hibernated":
+            resumed = await self.waking.resume(sid)
+            if resumed is not None:
+                await self.refuse_resume(scope, send, resumed, html)
+                return
+            self.routes.invalidate(sid)
+            found = await self.routes.get(sid)
+            if found is None:
+                await self.refuse(scope, send, 404, "not_found", "no such preview", html)
+                return
+            route = found
         if route.state in STARTING:
             if html and scope["method"] == "GET":
                 await starting_page(send, route)
@@ -217,7 +233,7 @@ class PreviewRouter:
                 self.relays,
                 account,
                 on_activity=lambda: self.touch(sid),
-                keep_idle=lambda: self.sleeping(sid),
+                keep_idle=lambda: self.waking.sleeping(sid),
             )
         finally:
             account.close()
@@ -301,6 +317,16 @@ class PreviewRouter:
         extra = [(b"retry-after", str(self.auth.window).encode())] if status == 429 else None
         await error_page(scope, send, status, error, detail, html, extra)
 
+    async def refuse_resume(self, scope: Scope, send: Send, exc: ApiError, html: bool) -> None:
+        """A resume refused (over the limit: which previews are live; the archive's host
+        gone: how to start again), as a page or JSON."""
+        if scope["type"] == "websocket" or exc.status != 429:
+            await self.refuse(scope, send, exc.status, exc.error, exc.detail, html)
+            return
+        instruments.PROXY_REFUSED.labels("429").inc()  # observability hook
+        extra = [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
+        await error_page(scope, send, 429, exc.error, exc.detail, html, extra or None)
+
     async def fail(
         self, sid: str, scope: Scope, send: Send, status: int, error: str, detail: str, html: bool
     ) -> None:
@@ -331,39 +357,6 @@ class PreviewRouter:
                 return route
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 1.0)
-
-    async def wake(self, sid: str, route: Route) -> Route | str:
-        """Wake a sleeping preview (one wake per preview here, however many requests
-        wait); its route afterwards, or why it could not be woken."""
-        task = self._wakes.get(sid)
-        if task is None:
-            task = asyncio.create_task(self._wake(sid, route.container), name=f"wake {sid}")
-            self._wakes[sid] = task
-            task.add_done_callback(lambda _: self._wakes.pop(sid, None))
-        return await asyncio.shield(task)
-
-    async def _wake(self, sid: str, cid: str) -> Route | str:
-        assert self.routes is not None
-        try:
-            await wake(self.state.blocking_redis, sid, cid, self.settings.hold_timeout, "request")
-            self.routes.invalidate(sid)
-            route = await self.routes.get(sid)
-        except WakeError as exc:
-            log.warning("wake failed sid=%s: %s", sid, exc.detail)
-            return exc.detail
-        except (RedisError, OSError):
-            instruments.REDIS_ERRORS.inc()  # observability hook
-            return "state store unreachable"
-        return route if route is not None else "no such preview"
-
-    async def sleeping(self, sid: str) -> bool:
-        """Whether the preview sleeps now (its WebSockets stay open, silent)."""
-        assert self.routes is not None
-        try:
-            route = await self.routes.get(sid)
-        except (RedisError, OSError):
-            return False
-        return route is not None and route.state == "sleeping"
 
     def touch(self, sid: str, request: bool = False) -> None:
         """Mark the preview used (for idle reaping) and, for a request (not a WebSocket

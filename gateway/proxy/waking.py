@@ -10,15 +10,21 @@ wake (the supervisor thaws once, answers both) and the first answer moves the re
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from typing import Any, Protocol
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
+from gateway.errors import ApiError
 from gateway.observability import instruments
+from gateway.proxy.routes import Route, RouteCache
 from shared import keys
 from shared.messages import Command, CommandResult, MessageError
 from shared.redis_types import text
+from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -88,3 +94,75 @@ async def wake(redis: Redis, sid: str, cid: str, timeout: float, trigger: str) -
     instruments.WAKE_LATENCY.observe(seconds)
     log.info("preview woken sid=%s trigger=%s ms=%.1f", sid, trigger, seconds * 1000)
     return True
+
+
+class Resumer(Protocol):
+    """What the proxy asks of the control plane to bring a hibernated preview back."""
+
+    async def resume_visit(self, sid: str) -> None: ...
+
+
+class Waking:
+    """The proxy's side of waking and resuming: one task per preview and gateway, however
+    many requests wait on it. ``state`` is the app's (its ``blocking_redis``, and the
+    control plane's ``resumer`` hook, which this package does not import)."""
+
+    def __init__(self, settings: Settings, state: Any, routes: RouteCache) -> None:
+        self.settings = settings
+        self.state = state
+        self.routes = routes
+        self._wakes: dict[str, asyncio.Task[Route | str]] = {}
+        self._resumes: dict[str, asyncio.Task[ApiError | None]] = {}
+
+    async def wake(self, sid: str, route: Route) -> Route | str:
+        """Wake a sleeping preview (one wake per preview here, however many requests
+        wait); its route afterwards, or why it could not be woken."""
+        task = self._wakes.get(sid)
+        if task is None:
+            task = asyncio.create_task(self._wake(sid, route.container), name=f"wake {sid}")
+            self._wakes[sid] = task
+            task.add_done_callback(lambda _: self._wakes.pop(sid, None))
+        return await asyncio.shield(task)
+
+    async def resume(self, sid: str) -> ApiError | None:
+        """Resume a hibernated preview (one resume per preview here); why not, if not."""
+        task = self._resumes.get(sid)
+        if task is None:
+            task = asyncio.create_task(self._resume(sid), name=f"resume {sid}")
+            self._resumes[sid] = task
+            task.add_done_callback(lambda _: self._resumes.pop(sid, None))
+        return await asyncio.shield(task)
+
+    async def _resume(self, sid: str) -> ApiError | None:
+        resumer: Resumer | None = getattr(self.state, "resumer", None)
+        if resumer is None:
+            return ApiError(503, "not_ready", "this preview is hibernated")
+        try:
+            await resumer.resume_visit(sid)
+        except ApiError as exc:
+            return exc
+        except (RedisError, OSError):
+            instruments.REDIS_ERRORS.inc()  # observability hook
+            return ApiError(503, "unavailable", "state store unreachable")
+        return None
+
+    async def _wake(self, sid: str, cid: str) -> Route | str:
+        try:
+            await wake(self.state.blocking_redis, sid, cid, self.settings.hold_timeout, "request")
+            self.routes.invalidate(sid)
+            route = await self.routes.get(sid)
+        except WakeError as exc:
+            log.warning("wake failed sid=%s: %s", sid, exc.detail)
+            return exc.detail
+        except (RedisError, OSError):
+            instruments.REDIS_ERRORS.inc()  # observability hook
+            return "state store unreachable"
+        return route if route is not None else "no such preview"
+
+    async def sleeping(self, sid: str) -> bool:
+        """Whether the preview sleeps now (its WebSockets stay open, silent)."""
+        try:
+            route = await self.routes.get(sid)
+        except (RedisError, OSError):
+            return False
+        return route is not None and route.state == "sleeping"

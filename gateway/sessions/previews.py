@@ -105,13 +105,18 @@ class Previews:
         if session is None or session.user != user or session.state == "stopping":
             raise not_found()
         # A session the controller failed gave its slot back; its record stays a while so
-        # that its owner can read why.
-        if session.state != "failed" and not await self.slots.holds(user, sid):
+        # that its owner can read why. A hibernated one has none until it resumes.
+        if session.state not in ("failed", "hibernated") and not await self.slots.holds(user, sid):
             raise not_found()
         return session
 
     async def list(self, user: str) -> list[Session]:
-        sids = await self.slots.active(user)
+        """The user's live previews, then their hibernated ones."""
+        now = time.time()
+        hibernated = keys.user_hibernated(user)
+        await self.redis.zremrangebyscore(hibernated, "-inf", now)
+        found_ids: Any = await self.redis.zrange(hibernated, 0, -1)
+        sids = list(dict.fromkeys(await self.slots.active(user) + [text(s) for s in found_ids]))
         async with self.redis.pipeline(transaction=False) as pipe:
             for sid in sids:
                 pipe.hgetall(keys.session(sid))

@@ -24,7 +24,17 @@ from typing import Any
 
 from shared.messages import Event, MessageError
 
-STATES = ("assigned", "preparing", "starting", "ready", "sleeping", "stopping", "failed")
+STATES = (
+    "assigned",
+    "preparing",
+    "starting",
+    "ready",
+    "sleeping",
+    "hibernated",
+    "resuming",
+    "stopping",
+    "failed",
+)
 DEPENDENCIES = ("restored", "installed", "skipped")
 # Progress steps that mean the dev server is booting; every other step is preparation.
 STARTING_STEPS = frozenset({"devserver", "dev_server", "dev-server", "server", "start", "starting"})
@@ -47,9 +57,10 @@ local seen_ms, seen_seq = parse(seen)
 if ms < seen_ms or (ms == seen_ms and seq < seen_seq) then return 0 end
 local fields = {'events_seen', ARGV[1]}
 for i = 2, #ARGV, 2 do
-  -- Only the sleep and wake scripts move a session into or out of 'sleeping' (to ready):
-  -- a state folded from a snapshot read before one of them ran must not undo it.
-  local stale = ARGV[i] == 'state' and (
+  -- Only the sleep and wake scripts move a session into or out of 'sleeping' (to ready),
+  -- and only a resume out of 'hibernated': a state folded from a snapshot read before
+  -- one of them ran must not undo it.
+  local stale = ARGV[i] == 'state' and (state == 'hibernated' or
     (ARGV[i + 1] == 'sleeping' and state ~= 'sleeping') or
     (state == 'sleeping' and ARGV[i + 1] == 'ready'))
   if not stale then
@@ -103,12 +114,15 @@ class Session:
     events_seen: str = ""
     prepare_id: str = ""  # the prepare command's id: its result has the phase timings
     pending: str = ""  # archive source: the prepare args (JSON) waiting for the files
+    # Hibernated (or resuming): {"name", "sha256", "host", "bytes"} of its packed workspace.
+    archive: dict[str, Any] | None = None
 
     @classmethod
     def from_record(cls, record: dict[str, str]) -> Session:
         pool = record.get("from_pool", "")
         timings = _json(record.get("timings", ""), {})
         error = _json(record.get("error", ""), None)
+        archive = _json(record.get("archive", ""), None)
         return cls(
             id=record.get("id", ""),
             user=record.get("user", ""),
@@ -127,6 +141,7 @@ class Session:
             events_seen=record.get("events_seen", ""),
             prepare_id=record.get("prepare_id", ""),
             pending=record.get("pending", ""),
+            archive=archive if isinstance(archive, dict) else None,
         )
 
     def to_record(self) -> dict[str, str]:
@@ -147,6 +162,7 @@ class Session:
             "events_from": self.events_from,
             "prepare_id": self.prepare_id,
             "pending": self.pending,
+            "archive": json.dumps(self.archive, separators=(",", ":")) if self.archive else "",
         }
 
     @property
