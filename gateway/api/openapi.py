@@ -367,8 +367,20 @@ def openapi_document(settings: Settings) -> Schema:
     wake = {
         "parameters": [PREVIEW_ID],
         "post": _op(
-            "Wake a sleeping preview (an awake one is answered as it is)",
-            {"202": _json(_ref("Preview"), "Awake"), **_errors("404", "503")},
+            "Wake a sleeping preview, or resume a hibernated one (an awake one is answered "
+            "as it is)",
+            {
+                "202": _json(_ref("Preview"), "Awake or resuming"),
+                **_errors("404", "409", "429", "503"),
+            },
+        ),
+    }
+    hibernate = {
+        "parameters": [PREVIEW_ID],
+        "post": _op(
+            "Hibernate the preview: its workspace packed on its host, its container and slot "
+            "released; id, URL and cookie stay valid for the resume window",
+            {"202": _json(_ref("Preview"), "Hibernated"), **_errors("404", "409", "504")},
         ),
     }
     logs = {
@@ -464,6 +476,7 @@ def openapi_document(settings: Settings) -> Schema:
             "/v1/previews/{id}/restart": restart,
             "/v1/previews/{id}/sleep": sleep,
             "/v1/previews/{id}/wake": wake,
+            "/v1/previews/{id}/hibernate": hibernate,
             "/v1/previews/{id}/logs": logs,
             "/v1/pool": pool,
             "/v1/admin/previews": admin_previews,

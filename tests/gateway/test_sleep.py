@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 from websockets.asyncio.client import connect
 
 from gateway.sessions.sleeping import Sleeper
+from gateway.sessions.store import Session
 from shared import keys
 from shared.messages import Heartbeat
 from shared.settings import Settings
@@ -280,3 +281,29 @@ async def test_websocket_stays_open_asleep_and_gets_its_bytes_after_wake(
         await ws.send("after")
         assert await asyncio.wait_for(ws.recv(), 10) == "after"
     assert api(gw, "DELETE", f"/v1/previews/{sid}").status_code == 204
+
+
+async def test_reaper_hibernates_a_preview_asleep_too_long(
+    make_controller: ControllerFactory, redis: Redis, settings: Settings
+) -> None:
+    controller = make_controller(fast(settings, sleep_after=1.0, hibernate_after=2.0))
+    async with running(controller):
+        starter = starter_for(controller)
+        session = await start(starter, "alice", "hibernating")
+        ready = await wait_state(starter.previews, session.id, "ready", 120)
+        await wait_state(starter.previews, session.id, "sleeping", 30)
+
+        async def hibernated() -> Session | None:
+            found = await starter.previews.load(session.id)
+            return found if found is not None and found.state == "hibernated" else None
+
+        found = await async_wait_until(hibernated, 30, "the reaper to hibernate it")
+        assert found.container == "" and found.archive and found.archive["host"] == ready.host
+        assert not await redis.sismember(keys.SESSIONS, session.id)
+        assert await redis.zscore(keys.user_slots("alice"), session.id) is None
+        assert await redis.zscore(keys.user_hibernated("alice"), session.id) is not None
+
+        async def released() -> bool:
+            return not await redis.hget(keys.container(ready.container), "session")
+
+        await async_wait_until(released, 30, "its container released")
