@@ -3,6 +3,9 @@
 - **wake**: time to the first byte of `GET /` through the gateway to a sleeping preview
   (put to sleep through the API just before) against the same request to the same preview
   awake, interleaved round by round; per app (node-basic, vite-vanilla).
+- **resume**: time to the first byte of `GET /` (held by the gateway while the preview
+  resumes) after hibernating it, against a fresh start of the same app (POST to ready,
+  then the first byte); dependencies come from the host's cache in both.
 - **CPU and memory**: `--count` idle Vite dev servers awake for `--window` seconds, then
   the same ones asleep for as long; the mean of their heartbeats' CPU % (the container's
   cgroup: the supervisor's own share included) and their memory.
@@ -11,7 +14,7 @@ Runs its own Redis and gateway (hypercorn) against the local Docker engine (no
 controller: starts create containers when the pool is empty) and removes every container
 it made.
 
-    .venv/bin/python bench/bench_sleep.py [--rounds 30] [--count 4] [--window 60]
+    .venv/bin/python bench/bench_sleep.py [--rounds 30] [--resumes 5] [--count 4] [--window 60]
 """
 
 from __future__ import annotations
@@ -136,7 +139,35 @@ async def wake_latency(bench: Bench, template: str, rounds: int) -> dict[str, li
     return {"awake": awake, "asleep": woken}
 
 
-async def measure(base: str, server: RedisServer, rounds: int, count: int, window: float) -> None:
+async def resume_latency(bench: Bench, template: str, rounds: int) -> dict[str, list[float]]:
+    preview = await bench.start(f"resume-{template}", template)
+    client = await bench.browser(preview)
+    resumed: list[float] = []
+    fresh: list[float] = []
+    try:
+        for n in range(rounds):
+            hibernated = await bench.api.post(f"/v1/previews/{preview['id']}/hibernate")
+            if hibernated.status_code != 202:
+                raise RuntimeError(f"hibernate: {hibernated.status_code} {hibernated.text}")
+            resumed.append(await first_byte(client))
+            began = time.perf_counter()
+            other = await bench.start(f"fresh-{template}-{n}", template)
+            browser = await bench.browser(other)
+            try:
+                await first_byte(browser)
+            finally:
+                await browser.aclose()
+            fresh.append(time.perf_counter() - began)
+            await bench.api.delete(f"/v1/previews/{other['id']}")
+    finally:
+        await client.aclose()
+        await bench.api.delete(f"/v1/previews/{preview['id']}")
+    return {"resumed": resumed, "fresh start": fresh}
+
+
+async def measure(
+    base: str, server: RedisServer, rounds: int, resumes: int, count: int, window: float
+) -> None:
     redis = Redis.from_url(server.url)
     bench = Bench(base, redis)
     results: dict[str, dict[str, list[float]]] = {}
@@ -144,6 +175,10 @@ async def measure(base: str, server: RedisServer, rounds: int, count: int, windo
         for template in ("node-basic", "vite-vanilla"):
             print(f"wake latency: {template}, {rounds} rounds...", flush=True)
             results[template] = await wake_latency(bench, template, rounds)
+        resumed: dict[str, dict[str, list[float]]] = {}
+        for template in ("node-basic", "vite-vanilla"):
+            print(f"resume: {template}, {resumes} rounds...", flush=True)
+            resumed[template] = await resume_latency(bench, template, resumes)
         print(f"starting {count} Vite previews for CPU...", flush=True)
         previews = [await bench.start(f"cpu-{n}", "vite-vanilla") for n in range(count)]
         cids = [
@@ -183,6 +218,18 @@ async def measure(base: str, server: RedisServer, rounds: int, count: int, windo
             f"  {template}: added by waking p50 {added['p50']:.1f} ms (target <= 50), "
             f"p99 {added['p99']:.1f} ms (target <= 200)"
         )
+    print()
+    print("Resume from hibernation: first byte of GET / held through the resume, s (same host)")
+    print("| app          | case        |     n |     p50 |     max |")
+    print("|--------------|-------------|-------|---------|---------|")
+    for template, found in resumed.items():
+        for case, samples in found.items():
+            print(
+                f"| {template:<12} | {case:<11} | {len(samples):>5} | "
+                f"{statistics.median(samples):>7.2f} | {max(samples):>7.2f} |"
+            )
+        summary[f"resume {template}"] = statistics.median(found["resumed"])
+    print("  (target: Vite resume <= 3 s; Next.js not measured: no Next.js template here)")
     ratio = asleep_cpu / awake_cpu if awake_cpu else float("nan")
     print()
     print(f"CPU and memory of {count} idle Vite previews, {window:.0f} s each (per container):")
@@ -196,13 +243,16 @@ async def measure(base: str, server: RedisServer, rounds: int, count: int, windo
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--resumes", type=int, default=5)
     parser.add_argument("--count", type=int, default=4)
     parser.add_argument("--window", type=float, default=60.0)
     args = parser.parse_args()
     return with_gateway(
         IMAGE,
         OVERRIDES,
-        lambda base, server: measure(base, server, args.rounds, args.count, args.window),
+        lambda base, server: measure(
+            base, server, args.rounds, args.resumes, args.count, args.window
+        ),
     )
 
 

@@ -6,6 +6,8 @@ Used by the proxy (a request for a sleeping preview's host is held and answered,
 refused) and by the API (``wake``, file writes, restart). Whichever gateway replica gets
 the request does all of it: two replicas waking the same preview at once each send a
 wake (the supervisor thaws once, answers both) and the first answer moves the record.
+``Waking`` holds one such wake, or one resume of a hibernated preview (through the control
+plane's hook), per preview and gateway, however many requests wait on it.
 """
 
 from __future__ import annotations

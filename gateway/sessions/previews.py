@@ -183,6 +183,8 @@ class Previews:
             args=[session.id, repr(time.time()), keys.STOPPED_SESSION_TTL],
         )
         await slots.release(self.redis, session.user, session.id, session.project_id)
+        if session.state == "hibernated":  # its archive goes with the resume window
+            await self.redis.zrem(keys.user_hibernated(session.user), session.id)
         if not stopped:
             return False
         log.info(

@@ -73,6 +73,13 @@ def test_hibernate_then_a_visit_resumes_at_the_same_url(
             "the container released",
         )
 
+        # A stranger (no cookie, or another preview's) cannot make it resume.
+        with httpx.Client(base_url=gw.url, headers={"host": browser.headers["host"]}) as stranger:
+            assert stranger.get("/", headers=HTML).status_code == 401
+            forged = {"cookie": f"pv_{sid}=forged"}
+            assert stranger.get("/", headers=forged).status_code == 401
+        assert state(gw, sid) == "hibernated"
+
         # A browser's visit: the starting page, then the app, same URL and cookie.
         page = browser.get("/", headers=HTML)
         assert page.status_code == 200 and "Starting your preview" in page.text
@@ -130,5 +137,9 @@ def test_limits_with_sleeping_and_hibernated_previews(
         assert browser.get("/", headers=HTML).status_code == 200  # the starting page
         wait_until(lambda: state(gw, first) == "ready", 120, "the resumed preview ready")
         assert browser.get("/").status_code == 200
+    # Hibernated again, then deleted: gone from the list and the index.
+    assert api(gw, "POST", f"/v1/previews/{first}/hibernate").status_code == 202
     assert api(gw, "DELETE", f"/v1/previews/{first}").status_code == 204
+    assert api(gw, "GET", "/v1/previews").json()["previews"] == []
+    assert sync_redis.zcard(keys.user_hibernated("alice")) == 0
     assert httpx.get(f"{gw.url}/healthz").status_code == 200
