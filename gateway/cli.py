@@ -8,6 +8,7 @@ gateway, so it works when no gateway answers. ``--json`` prints machine-readable
     previewctl drain HOST | undrain HOST
     previewctl token --sub USER [--admin] [--ttl S]
     previewctl dashboard [--sub USER] [--ttl S]
+    previewctl preview DIR [--open] [--watch] [--detach] [--url URL] [--token JWT]
 
 Beside `scripts/run` it needs no settings: a PREVIEW_* variable missing from the
 environment is taken from that run's record, .state/run.env (the Redis URL with its
@@ -27,7 +28,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import jwt
 from redis.asyncio import Redis
 from redis.exceptions import (
     AuthenticationError,
@@ -48,6 +48,9 @@ from gateway.observability.record_store import RecordStore
 from gateway.observability.recorder import Recorder
 from gateway.observability.stats import stats
 from gateway.sessions.previews import Previews
+from gateway.sessions.store import live_sessions
+from preview_client import dev
+from preview_client.tokens import mint_token as sign_token
 from shared.redis_client import redis_client
 from shared.settings import Settings, SettingsError
 
@@ -130,18 +133,14 @@ def redis_problem(exc: RedisError, url: str, source: Path | None) -> str:
 
 def mint_token(settings: Settings, sub: str, ttl: int, admin: bool) -> str:
     """An HS256 token as the app backend would issue it (for local development)."""
-    now = int(time.time())
-    claims: dict[str, object] = {
-        "sub": sub,
-        "aud": settings.jwt_audience,
-        "iat": now,
-        "exp": now + ttl,
-    }
-    if settings.jwt_issuer:
-        claims["iss"] = settings.jwt_issuer
-    if admin:
-        claims["scope"] = "admin"
-    return jwt.encode(claims, settings.jwt_secret, algorithm="HS256")
+    return sign_token(
+        settings.jwt_secret,
+        sub,
+        ttl=ttl,
+        audience=settings.jwt_audience,
+        issuer=settings.jwt_issuer or None,
+        admin=admin,
+    )
 
 
 def table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> str:
@@ -158,7 +157,7 @@ def _age(created: float, now: float) -> str:
 
 
 async def show_sessions(settings: Settings, redis: Redis, as_json: bool) -> int:
-    found = await live.sessions(redis)
+    found = await live_sessions(redis, live.MAX_SESSIONS)
     now = time.time()
     if as_json:
         items = [
@@ -210,7 +209,7 @@ async def show_pool(settings: Settings, redis: Redis, as_json: bool) -> int:
 
 
 async def show_hosts(settings: Settings, redis: Redis, as_json: bool) -> int:
-    hosts = await live.hosts(redis, settings, await live.sessions(redis))
+    hosts = await live.hosts(redis, settings, await live_sessions(redis, live.MAX_SESSIONS))
     if as_json:
         print(json.dumps({"hosts": [h.__dict__ for h in hosts]}, indent=2))
         return 0
@@ -256,7 +255,7 @@ async def stop_session(settings: Settings, redis: Redis, sid: str, reason: str) 
     background = Background()
     recorder = Recorder(settings, redis)
     try:
-        containers = Containers(settings, blocking, runtime)
+        containers = Containers(settings, blocking, runtime, background=background)
         previews = Previews(settings, redis, containers, background, records=recorder)
         session = await previews.load(sid)
         if session is None or session.state == "stopping":
@@ -286,6 +285,24 @@ async def drain_host(settings: Settings, redis: Redis, name: str, on: bool) -> i
     return 0
 
 
+def preview_folder(settings: Settings, args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    """`previewctl preview`, through the public API only (preview_client). Without
+    --token or PREVIEW_TOKEN it mints a development token like `previewctl token`."""
+    token = args.token or env.get("PREVIEW_TOKEN") or ""
+    if not token:
+        token = mint_token(settings, args.sub or dev.user_name(), 12 * 3600, False)
+    folder = args.folder.expanduser()
+    options = dev.Options(
+        folder=folder,
+        project_id=args.project or dev.project_id_for(folder.resolve()),
+        open_browser=args.open,
+        watch=args.watch,
+        detach=args.detach,
+    )
+    url = args.url or settings.public_url
+    return dev.run(options, url, token, settings.max_upload_bytes, sys.stdout, sys.stderr)
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="previewctl", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -299,6 +316,19 @@ def parser() -> argparse.ArgumentParser:
     board = commands.add_parser("dashboard", help="print a link to /admin with an admin token")
     board.add_argument("--sub", default="operator", help="user id in the token")
     board.add_argument("--ttl", type=int, default=8 * 3600, help="token lifetime in seconds")
+    preview = commands.add_parser(
+        "preview", help="preview a local folder through the API (Ctrl-C stops it)"
+    )
+    preview.add_argument("folder", type=Path)
+    preview.add_argument("--open", action="store_true", help="open open_url in the browser")
+    preview.add_argument("--watch", action="store_true", help="send saved files (hot reload)")
+    preview.add_argument("--detach", action="store_true", help="exit once ready, keep it")
+    preview.add_argument("--project", help="project id (default: the folder's name)")
+    preview.add_argument("--url", help="the gateway (default: PREVIEW_PUBLIC_URL)")
+    preview.add_argument(
+        "--token", help="a user token (default: $PREVIEW_TOKEN, else minted like `token`)"
+    )
+    preview.add_argument("--sub", help="user id of a minted token (default: $USER)")
     commands.add_parser("sessions", help="list live sessions")
     commands.add_parser("pool", help="show the warm pool")
     commands.add_parser("hosts", help="list Docker hosts with their load")
@@ -345,6 +375,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "token":
         print(mint_token(settings, args.sub, args.ttl, args.admin))
         return 0
+    if args.command == "preview":
+        return preview_folder(settings, args, env)
     if args.command == "dashboard":
         token = mint_token(settings, args.sub, args.ttl, admin=True)
         print(f"{settings.public_url.rstrip('/')}/admin#token={token}")

@@ -15,7 +15,14 @@ The gateway creates the user when it creates the container::
 
 from __future__ import annotations
 
+import hashlib
+
 from shared import keys
+
+# Field of keys.container(cid): the SHA-256 of its supervisor's password (never the
+# password), written when the container is created and read to recreate the user after a
+# Redis restart or failover (gateway/controller/outage.py).
+ACL_FIELD = "acl"
 
 # Every command the supervisor sends (redis-py included), and nothing else.
 SUPERVISOR_COMMANDS = (
@@ -41,6 +48,11 @@ SUPERVISOR_COMMANDS = (
     "exec",
     "discard",
 )
+
+
+def password_digest(password: str) -> str:
+    """What ``ACL SETUSER ... #<digest>`` takes: the hex SHA-256 of the password."""
+    return hashlib.sha256(password.encode()).hexdigest()
 
 
 def container_acl_rules(cid: str) -> list[str]:

@@ -130,8 +130,9 @@ def user_hibernated(user: str) -> str:
 
 
 def auth_failures(sid: str, client: str) -> str:
-    """Counter of failed authentications on one preview from one client address (fixed
-    window): strangers' failures on the same address or preview never add up to a limit."""
+    """The failed-authentication limiter's key (under RATE_LIMIT_PREFIX, one moving window
+    per rule) for one preview and one client address: strangers' failures on the same
+    address or preview never add up to a limit."""
     return f"{PREFIX}authfail:{sid}:{client}"
 
 
@@ -153,6 +154,7 @@ COMMAND_BLOB_TTL = 300
 COMMANDS_MAXLEN = 1000
 EVENTS_MAXLEN = 2000
 HEARTBEAT_HISTORY_LEN = 720  # an hour of 5 s samples
+HEARTBEAT_HISTORY_FIELD = "heartbeat"  # the field of each heartbeat_history entry (Heartbeat JSON)
 LOGS_TTL = 3600
 SESSION_LOCK_TTL = 30
 

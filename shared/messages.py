@@ -12,19 +12,7 @@ import uuid
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
-DevState = Literal[
-    "idle", "installing", "starting", "ready", "sleeping", "crashed", "stopped", "failed"
-]
-DEV_STATES: tuple[str, ...] = (
-    "idle",
-    "installing",
-    "starting",
-    "ready",
-    "sleeping",
-    "crashed",
-    "stopped",
-    "failed",
-)
+from shared.states import DevState, is_dev_state
 
 CommandType = Literal[
     "prepare",
@@ -53,6 +41,8 @@ COMMAND_TYPES: tuple[str, ...] = (
 # CommandResult.result["code"] of a command refused because its session is not the
 # container's current one (supervisor/fence.py): the gateway answers 409, not 500.
 WRONG_SESSION = "wrong_session"
+# Lines of output a supervisor keeps, and so the most a "logs" command can return.
+LOG_LINES = 2000
 
 EventType = Literal["progress", "warning", "ready", "error"]
 
@@ -83,7 +73,7 @@ class Heartbeat:
     container_id: str
     ts: float
     session_id: str | None = None
-    state: str = "idle"
+    state: DevState = "idle"
     cpu_percent: float = 0.0
     memory_used: int = 0
     memory_limit: int = 0
@@ -106,7 +96,7 @@ class Heartbeat:
             hb = cls(**_known(cls, data))
         except TypeError as exc:
             raise MessageError(str(exc)) from None
-        if hb.state not in DEV_STATES:
+        if not is_dev_state(hb.state):
             raise MessageError(f"unknown dev-server state {hb.state!r}")
         return hb
 

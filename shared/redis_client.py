@@ -15,6 +15,7 @@ sentinels through ``host.docker.internal``, so a loopback-only setup works for t
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -24,12 +25,13 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import MasterNotFoundError, Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.settings import Settings
 
 CONTAINER_LOOPBACK_HOST = "host.docker.internal"
+PING_TIMEOUT = 2.0
 
 
 def addresses(raw: tuple[str, ...] | list[str]) -> list[tuple[str, int]]:
@@ -181,3 +183,15 @@ def sentinel_user_options(user: str) -> dict[str, Any]:
         return {}
     name, _, password = user.partition(":")
     return {"username": name, "password": password}
+
+
+async def unreachable(redis: Redis, timeout: float = PING_TIMEOUT) -> str | None:
+    """Why Redis does not answer a PING within `timeout` (None: it does). The one health
+    check of every process: ``asyncio.timeout``, not ``wait_for``, because on 3.11 the
+    latter can swallow the cancellation that stops the caller's loop."""
+    try:
+        async with asyncio.timeout(timeout):
+            await redis.ping()
+    except (TimeoutError, RedisError, OSError) as exc:
+        return f"Redis not reachable: {exc or type(exc).__name__}"
+    return None

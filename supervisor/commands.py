@@ -75,7 +75,7 @@ from pathlib import Path
 from typing import Any
 
 from shared import keys
-from shared.messages import Command
+from shared.messages import LOG_LINES, Command
 from supervisor import fence, hibernation, procs, scrub, sources, workspace
 from supervisor.cgroup import tree_size
 from supervisor.context import Context, SessionState
@@ -83,8 +83,6 @@ from supervisor.devserver import NotRunning
 from supervisor.errors import CommandError
 from supervisor.events import Progress
 from supervisor.prepare import blob, node_modules_key, prepare
-
-MAX_LOG_LINES = 2000
 
 
 async def write_files(ctx: Context, command: Command) -> dict[str, Any]:
@@ -202,7 +200,7 @@ async def logs(ctx: Context, command: Command) -> dict[str, Any]:
         count = int(command.args.get("lines") or 100)
     except (TypeError, ValueError):
         raise CommandError("lines must be a number") from None
-    return {"lines": ctx.logs.tail(max(0, min(count, MAX_LOG_LINES)))}
+    return {"lines": ctx.logs.tail(max(0, min(count, LOG_LINES)))}
 
 
 async def sleep(ctx: Context, command: Command) -> dict[str, Any]:

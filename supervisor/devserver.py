@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from shared.states import DevState
 from supervisor import failures, freeze, procs
 from supervisor.cgroup import Cgroup
 from supervisor.events import Events, Progress
@@ -77,7 +78,7 @@ class DevServer:
         self.restart_limit = restart_limit
         self.restart_window = restart_window
         self.on_change = on_change
-        self.state = "idle"
+        self.state: DevState = "idle"
         self.last_error: str | None = None
         self.restarts = 0
         self.spec: LaunchSpec | None = None
@@ -97,7 +98,7 @@ class DevServer:
     def port(self) -> int | None:
         return self.spec.port if self.spec is not None and self.pid is not None else None
 
-    def set_state(self, state: str, error: str | None = None) -> None:
+    def set_state(self, state: DevState, error: str | None = None) -> None:
         self.state = state
         if error is not None:
             self.last_error = error
@@ -117,7 +118,7 @@ class DevServer:
             self._task = asyncio.create_task(self._supervise(spec, progress, first))
         return await asyncio.shield(first)
 
-    async def stop(self, state: str = "stopped") -> None:
+    async def stop(self, state: DevState = "stopped") -> None:
         async with self._lock:
             await self._stop_locked()
             self.set_state(state)

@@ -12,10 +12,10 @@ from redis.exceptions import RedisError
 
 from shared import keys
 from shared.messages import Heartbeat
+from shared.periodic import ticks
 from supervisor.cgroup import CpuMeter, disk_total, tree_size
 from supervisor.context import Context
 from supervisor.diskquota import BtrfsQuota, DiskSample, statvfs_sample
-from supervisor.ticker import ticks
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,6 @@ log = logging.getLogger(__name__)
 # save either.
 DISK_REFRESH = 60.0
 DISK_REFRESH_CHANGED = 10.0
-HISTORY_FIELD = "heartbeat"  # field of each heartbeat_history entry (Heartbeat JSON)
 
 
 class DiskMeter:
@@ -110,7 +109,7 @@ async def publish(ctx: Context, heartbeat: Heartbeat) -> None:
         pipe.set(keys.heartbeat(cid), payload, px=int(ctx.config.heartbeat_ttl * 1000))
         pipe.xadd(
             keys.heartbeat_history(cid),
-            {HISTORY_FIELD: payload},
+            {keys.HEARTBEAT_HISTORY_FIELD: payload},
             maxlen=keys.HEARTBEAT_HISTORY_LEN,
             approximate=True,
         )

@@ -13,7 +13,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from shared import keys
-from supervisor.ticker import ticks
+from shared.messages import LOG_LINES
+from shared.periodic import ticks
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ def clean(line: str) -> str:
 class LogBuffer:
     """The last ``maxlen`` lines of output; ``version`` changes whenever a line is added."""
 
-    def __init__(self, maxlen: int = 2000) -> None:
+    def __init__(self, maxlen: int = LOG_LINES) -> None:
         self._lines: deque[str] = deque(maxlen=maxlen)
         self.version = 0
 

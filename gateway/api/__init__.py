@@ -4,7 +4,8 @@ Owns the application and its lifespan (``app``), callers' identity (``auth``), r
 rate limits (``ratelimit``), the preview API (``endpoints``), request validation
 (``validation``), the public preview object (``views``), live progress as Server-Sent
 Events (``events``), operator endpoints and dashboard (``admin``, ``dashboard``, its
-``static/``), the OpenAPI document (``openapi``) and liveness/readiness (``health``).
+``static/``), the OpenAPI document (``openapi``, its schemas in ``openapi_schemas``) and
+liveness/readiness (``health``).
 
 May import: ``shared``, the top-level ``gateway`` helpers, ``gateway.sessions`` (the
 lifecycle it drives), ``gateway.containers``, ``gateway.observability`` and, for the

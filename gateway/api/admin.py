@@ -21,6 +21,7 @@ from gateway.observability.ops import GatewayOps
 from gateway.observability.record_store import RecordStore
 from gateway.observability.records import ERROR_OUTCOMES
 from gateway.observability.stats import csv_header, csv_rows, stats
+from gateway.sessions.store import live_sessions
 
 MAX_DAYS = 366
 RECENT_FAILURES = 20
@@ -71,7 +72,7 @@ async def admin_overview(request: Request, user: User) -> Response:
     """Live sessions, the pool, the hosts with their load and the recent failures."""
     settings = request.app.state.settings
     redis = request.app.state.redis
-    sessions = await live.sessions(redis)
+    sessions = await live_sessions(redis, live.MAX_SESSIONS)
     pool = await live.pool(redis, settings)
     hosts = await live.hosts(redis, settings, sessions, pool.per_host, pool.reserved_per_host)
     recent = await _store(request).recent(500)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -18,7 +17,7 @@ from starlette.routing import Route
 from gateway.api import admin, auth, dashboard, endpoints
 from gateway.api.health import healthz, readyz
 from gateway.api.openapi import openapi_document
-from gateway.api.ratelimit import RateLimits
+from gateway.api.ratelimit import RateLimited, RateLimits
 from gateway.background import Background
 from gateway.containers.containers import ContainerError, Containers
 from gateway.containers.docker_runtime import DockerRuntime, DockerRuntimeError
@@ -65,7 +64,9 @@ def create_app(settings: Settings) -> Starlette:
         )
         state.runtime = DockerRuntime(settings)
         state.background = Background()
-        state.containers = Containers(settings, state.blocking_redis, state.runtime)
+        state.containers = Containers(
+            settings, state.blocking_redis, state.runtime, background=state.background
+        )
         state.ops = GatewayOps(settings, state.redis)
         state.costs = CostMeter(settings, state.redis)
         state.previews = Previews(
@@ -78,8 +79,8 @@ def create_app(settings: Settings) -> Starlette:
         state.starter.make_room = state.hibernator.hibernate_lru
         state.rate_limits = RateLimits(settings)
         tracker = Tracker(state.previews, interval=1.0)
-        tracking = asyncio.create_task(tracker.run(), name="session tracker")
-        state.ops.start()
+        state.background.forever(tracker.run(), "session tracker")
+        state.ops.start(state.background)
         log.info(
             "gateway started redis=%s docker_hosts=%d auth=%s",
             _safe_url(settings.redis_url),
@@ -89,9 +90,7 @@ def create_app(settings: Settings) -> Starlette:
         try:
             yield
         finally:
-            tracking.cancel()
-            await asyncio.gather(tracking, return_exceptions=True)
-            await state.background.close(SHUTDOWN_DEADLINE)
+            await state.background.close(SHUTDOWN_DEADLINE)  # the tracker first
             await state.ops.close()
             await state.runtime.close()
             await state.blocking_redis.aclose()
@@ -130,20 +129,10 @@ async def openapi(request: Request) -> Response:
 async def counted_api_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
     if exc.status == 429:
-        RATE_LIMITED.labels(_limit_kind(request, exc)).inc()
+        # A request rate: the limit the route's guard counted it against; any other 429
+        # (the slot limit) names itself.
+        RATE_LIMITED.labels(exc.kind if isinstance(exc, RateLimited) else exc.error).inc()
     return await api_error_handler(request, exc)
-
-
-def _limit_kind(request: Request, exc: ApiError) -> str:
-    """Which limit refused the request: the slot limit names itself; for request rates,
-    an unauthenticated caller hit the failed-authentication limit (api.guarded counts it
-    before the token is accepted), an authenticated one the starts or reads limit."""
-    if exc.error != "rate_limited":
-        return exc.error
-    if request.scope.get("pv.user") is None:
-        return "auth_failures"
-    endpoint = request.scope.get("endpoint")
-    return "starts" if getattr(endpoint, "__name__", "") == "start_preview" else "reads"
 
 
 async def container_error_handler(request: Request, exc: Exception) -> Response:

@@ -22,26 +22,13 @@ from jwt.exceptions import InvalidSubjectError
 from starlette.requests import HTTPConnection
 
 from gateway.errors import ApiError
+from shared.jwt_algorithms import FAMILIES
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
 MIN_SECRET_BYTES = 32  # RFC 7518 3.2 for HS256
 MAX_TOKEN_BYTES = 8192  # far above any real token; bigger ones are refused unparsed
-FAMILIES = {
-    "HS256": "HMAC",
-    "HS384": "HMAC",
-    "HS512": "HMAC",
-    "RS256": "RSA",
-    "RS384": "RSA",
-    "RS512": "RSA",
-    "PS256": "RSA",
-    "PS384": "RSA",
-    "PS512": "RSA",
-    "ES256": "EC",
-    "ES384": "EC",
-    "ES512": "EC",
-}
 _DETAILS: list[tuple[type[Exception], str]] = [
     (jwt.ExpiredSignatureError, "token expired"),
     (jwt.ImmatureSignatureError, "token not yet valid"),

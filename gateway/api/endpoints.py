@@ -32,14 +32,14 @@ from gateway.sessions.hibernation import Hibernator
 from gateway.sessions.previews import Previews
 from gateway.sessions.sleeping import Sleeper
 from gateway.sessions.start import Starter
-from gateway.sessions.store import Session
+from gateway.sessions.store import Session, live_sessions
 from shared import keys
-from shared.messages import Heartbeat
+from shared.messages import LOG_LINES, Heartbeat
 from shared.redis_types import text
 
 Handler = Callable[[Request, User], Awaitable[Response]]
 MAX_WAIT = 60
-MAX_LOG_LINES = 2000  # what the supervisor keeps
+ADMIN_LIST_LIMIT = 1000  # previews listed by GET /v1/admin/previews
 
 
 def guarded(
@@ -222,7 +222,7 @@ async def _act(
 async def preview_logs(request: Request, user: User) -> Response:
     previews = _previews(request)
     session = await _owned(request, user)
-    lines = query_int(request, "lines", 200, 1, MAX_LOG_LINES)
+    lines = query_int(request, "lines", 200, 1, LOG_LINES)
     try:
         result = await previews.command(session, "logs", {"lines": lines}, timeout=10)
     except ApiError as exc:
@@ -262,8 +262,7 @@ async def pool_status(request: Request, user: User) -> Response:
 @guarded("reads", admin=True)
 async def all_previews(request: Request, user: User) -> Response:
     previews = _previews(request)
-    sids = sorted(text(s) for s in await previews.redis.smembers(keys.SESSIONS))
-    found = [s for s in [await previews.load(sid) for sid in sids[:1000]] if s is not None]
+    found = await live_sessions(previews.redis, ADMIN_LIST_LIMIT)
     items = [
         {
             "id": s.id,

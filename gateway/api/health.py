@@ -5,30 +5,22 @@ from __future__ import annotations
 import asyncio
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from gateway.containers.docker_runtime import DockerRuntime
+from shared.redis_client import unreachable
 
 
 async def healthz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
-async def check_redis(redis: Redis) -> str | None:
-    try:
-        await asyncio.wait_for(redis.ping(), 2)
-    except (TimeoutError, RedisError, OSError) as exc:
-        return f"Redis not reachable: {exc or type(exc).__name__}"
-    return None
-
-
 async def readyz(request: Request) -> JSONResponse:
     """200 when Redis and at least one Docker host answer; 503 naming what is down."""
     redis: Redis = request.app.state.redis
     runtime: DockerRuntime = request.app.state.runtime
-    redis_error, hosts = await asyncio.gather(check_redis(redis), runtime.reachable())
+    redis_error, hosts = await asyncio.gather(unreachable(redis), runtime.reachable())
     checks: dict[str, object] = {
         "redis": redis_error or "ok",
         "docker": {name: error or "ok" for name, error in hosts.items()},

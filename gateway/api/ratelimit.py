@@ -10,6 +10,11 @@ event loop, and a slow Redis would stall every connection of the process, proxy 
 included. Here each check runs in a worker thread (at most ``CHECK_THREADS`` at once), and
 the Redis socket timeouts bound how long one can take. Limits use slowapi's syntax
 (``10/minute``, ``100/hour;1000/day``); over a limit → 429 JSON with ``Retry-After``.
+
+The failed-authentication limit is the same object for the API and the preview proxy (the
+router reads it from the app's state): every rule of ``PREVIEW_RATE_LIMIT_AUTH_FAILURES``,
+the same moving window, keyed by client address here and by preview and client address
+there (``keys.auth_failures``).
 """
 
 from __future__ import annotations
@@ -34,6 +39,15 @@ KINDS = ("starts", "reads", "auth_failures")
 CHECK_THREADS = 4
 CONNECT_TIMEOUT = 2.0
 SOCKET_TIMEOUT = 5.0
+
+
+class RateLimited(ApiError):
+    """429 for a request rate; ``kind`` is the limit the route's guard counted it against
+    (what ``preview_rate_limited_total`` is labelled with)."""
+
+    def __init__(self, kind: str, detail: str, retry: int) -> None:
+        super().__init__(429, "rate_limited", detail, headers={"Retry-After": str(retry)})
+        self.kind = kind
 
 
 class RateLimits:
@@ -72,17 +86,21 @@ class RateLimits:
                 raise ValueError(f"{name}: cannot parse {raw!r}") from None
         return items
 
-    async def hit(self, kind: str, key: str) -> None:
+    async def over(self, kind: str, key: str) -> tuple[RateLimitItem, int] | None:
+        """Count one request; the first limit it is over and the seconds until that one
+        has room again, or None."""
         items = self.items[kind]
-        over = await anyio.to_thread.run_sync(self._hit, items, kind, key, limiter=self.threads)
+        return await anyio.to_thread.run_sync(self._hit, items, kind, key, limiter=self.threads)
+
+    async def hit(self, kind: str, key: str) -> None:
+        over = await self.over(kind, key)
         if over is not None:
             item, retry = over
-            raise ApiError(
-                429,
-                "rate_limited",
+            raise RateLimited(
+                kind,
                 f"more than {item.amount} {kind.replace('_', ' ')} per "
                 f"{item.multiples} {item.GRANULARITY.name}; retry in {retry} s",
-                headers={"Retry-After": str(retry)},
+                retry,
             )
 
     def _hit(

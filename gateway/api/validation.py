@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 import posixpath
 import re
-from dataclasses import dataclass
 from typing import Any
 
 from starlette.requests import Request
 
 from gateway.errors import ApiError
+from gateway.sessions.start import StartRequest
 
 MAX_JSON_BYTES = 64 * 1024
 MAX_ENV_VARS = 100
@@ -26,13 +26,6 @@ TEMPLATE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 GIT_URL = re.compile(r"^(https?|git|ssh)://[^\s]{1,2000}$")
 GIT_REF = re.compile(r"^[A-Za-z0-9._/@^~+-]{1,256}$")
 SOURCE_FIELDS = {"archive": set(), "git": {"url", "ref"}, "template": {"name"}}
-
-
-@dataclass(frozen=True)
-class StartRequest:
-    project_id: str
-    source: dict[str, str]
-    env: dict[str, str]
 
 
 def invalid(detail: str, field: str) -> ApiError:

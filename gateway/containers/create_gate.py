@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from gateway.background import Background
 from shared import keys
 
 # KEYS: creating, starts waiting. ARGV: token, now, lease expiry, cap, kind, wait expiry.
@@ -52,11 +53,12 @@ LEAVE_RETRY = (0.5, 1.0, 2.0, 4.0)  # then every 5 s, until the lease would have
 class CreateGate:
     """`async with gate.place(host, start=True):` around one container creation."""
 
-    def __init__(self, redis: Redis, cap: int) -> None:
+    def __init__(self, redis: Redis, cap: int, background: Background | None = None) -> None:
         self.redis = redis
         self.cap = max(1, cap)
         self._enter = redis.register_script(_ENTER)
-        self._leaving: set[asyncio.Task[None]] = set()
+        # The process's, so that a place still being given back is awaited at shutdown.
+        self.background = background or Background()
 
     async def try_enter(self, host: str, token: str, start: bool) -> bool:
         now = time.time()
@@ -96,9 +98,7 @@ class CreateGate:
                 # Redis away (a restart, a failover): a place left held would stall every
                 # creation on this host, starts included, until its lease runs out (72 s
                 # measured after a failover); give it back once Redis answers again.
-                task = asyncio.create_task(self._leave_later(host, token))
-                self._leaving.add(task)
-                task.add_done_callback(self._leaving.discard)
+                self.background.spawn(self._leave_later(host, token), f"give back {host}")
                 raise
 
     async def _leave_later(self, host: str, token: str) -> None:

@@ -1,4 +1,6 @@
-"""Preview containers on one or more Docker engines (aiodocker).
+"""Preview containers on one or more Docker engines (aiodocker). About 420 lines, kept
+whole: one engine's API (containers, network, cache volume, storage check) behind one
+error type; what a container is made of is in ``confinement``.
 
 Every container we create carries our labels, resource limits, ``no-new-privileges`` and
 only the capabilities the supervisor needs to run user code as ``app``. It joins our own
@@ -11,11 +13,11 @@ Disk: the kernel holds what a container writes, anywhere (/workspace, $HOME, /tm
 /var/tmp...), to PREVIEW_CONTAINER_DISK_MB through the storage driver's ``size`` option:
 a btrfs qgroup (simple quotas, which count the container's own writes, not the image it
 shares: scripts/btrfs-quota), a zfs quota, an XFS project quota under overlay2. An engine
-whose driver cannot do that is refused by name (:func:`storage_problem`) rather than run
-previews unbounded.
-The other places a preview can write are not disk: /dev/shm is a tmpfs of ``SHM_BYTES``
-charged to the container's memory limit; /cache is root's (the supervisor's, bounded by
-PREVIEW_CACHE_MAX_BYTES); the json-file log is capped by ``LogConfig``.
+whose driver cannot do that is refused by name (``confinement.storage_problem``) rather
+than run previews unbounded.
+The other places a preview can write are not disk: /dev/shm is a tmpfs of
+``confinement.SHM_BYTES`` charged to the container's memory limit; /cache is root's (the
+supervisor's, bounded by PREVIEW_CACHE_MAX_BYTES); the json-file log is capped by ``LogConfig``.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import Any
 import aiodocker
 import aiohttp
 
+from gateway.containers.confinement import NETWORK, container_config, storage_problem
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -43,22 +46,9 @@ LABEL_ROLE = "preview-gateway.role"
 # Which deployment a container or volume belongs to: several may share an engine, and each
 # lists, sweeps and removes only its own (PREVIEW_DEPLOYMENT).
 LABEL_DEPLOYMENT = "preview-gateway.deployment"
-EXTRA_CA_PATH = "/etc/preview/extra-ca.pem"
-CACHE_PATH = "/cache"
-# What the supervisor needs to hand files to `app`, switch to it and signal its processes.
 # aiodocker reports transport failures as DockerError with status 900 and above.
 _TRANSPORT_ERROR = 900
-CAPABILITIES = ("CHOWN", "SETUID", "SETGID", "KILL", "DAC_OVERRIDE", "FOWNER")
-# Created on each engine on first use; outbound traffic (registries, git) still works.
-NETWORK = "preview-isolated"
 _NO_ICC = "com.docker.network.bridge.enable_icc"
-# /dev/shm: RAM (counted against the memory limit), Docker's own default made explicit.
-SHM_BYTES = 64 << 20
-# Drivers whose `size` storage option the kernel enforces. overlay2 (and vfs) only over
-# XFS, and only when it is mounted with pquota: Docker refuses the option at create
-# otherwise, which `docker info` does not tell in advance.
-_SIZED_DRIVERS = ("btrfs", "zfs")
-_SIZED_ON_XFS = ("overlay2", "vfs")
 STORAGE_CHECK_TTL = 60.0  # seconds a host's storage verdict is trusted
 
 
@@ -111,25 +101,6 @@ def _tls_context(settings: Settings) -> ssl.SSLContext | None:
     context = ssl.create_default_context(cafile=settings.docker_tls_ca_cert or None)
     context.load_cert_chain(settings.docker_tls_cert, settings.docker_tls_key or None)
     return context
-
-
-def storage_problem(info: Mapping[str, Any], disk_mb: int) -> str | None:
-    """Why this engine (its ``docker info``) cannot hold a container to ``disk_mb`` MiB,
-    naming the setting and the fix; None when it can, or when no bound is asked (0)."""
-    if disk_mb <= 0:
-        return None
-    driver = str(info.get("Driver") or "unknown")
-    status = {str(k): str(v) for k, v in info.get("DriverStatus") or []}
-    backing = status.get("Backing Filesystem", "")
-    if driver in _SIZED_DRIVERS or (driver in _SIZED_ON_XFS and backing == "xfs"):
-        return None
-    on = f"{driver} on {backing}" if backing else driver
-    return (
-        f"its storage driver ({on}) cannot limit a container's disk, and "
-        f"PREVIEW_CONTAINER_DISK_MB={disk_mb} asks for that: run dockerd with "
-        "--storage-driver btrfs on a btrfs data root (scripts/setup does), or overlay2 on "
-        "XFS mounted with pquota; PREVIEW_CONTAINER_DISK_MB=0 runs previews unbounded"
-    )
 
 
 def _host_name(url: str) -> str:
@@ -197,61 +168,15 @@ class DockerHost:
             self._storage = (now, problem)
         return self._storage[1]
 
-    def container_config(self, spec: ContainerSpec) -> dict[str, Any]:
-        s = self.settings
-        port = f"{s.dev_port}/tcp"
-        mounts: list[dict[str, Any]] = [
-            {
-                "Type": "volume",
-                "Source": s.cache_volume,
-                "Target": CACHE_PATH,
-                # Applied when the engine makes the volume (the first container to use it).
-                "VolumeOptions": {"Labels": self.own_labels()},
-            }
-        ]
-        if s.extra_ca_certs:
-            mounts.append(
-                {
-                    "Type": "bind",
-                    "Source": s.extra_ca_certs,
-                    "Target": EXTRA_CA_PATH,
-                    "ReadOnly": True,
-                }
-            )
-        memory = s.container_memory_mb * 1024 * 1024
-        config: dict[str, Any] = {
-            "Image": spec.image,
-            "Env": [f"{k}={v}" for k, v in spec.env.items()],
-            "Labels": {
-                **dict(label.split("=", 1) for label in s.container_labels),
-                **spec.labels,
-                **self.own_labels(),
-                LABEL_CID: spec.cid,
-                LABEL_HOST: self.name,
-            },
-            "ExposedPorts": {port: {}},
-            "HostConfig": {
-                "Memory": memory,
-                "MemorySwap": memory,
-                "NanoCpus": int(s.container_cpus * 1e9),
-                "PidsLimit": s.container_pids,
-                "SecurityOpt": ["no-new-privileges:true"],
-                "CapDrop": ["ALL"],
-                "CapAdd": list(CAPABILITIES),
-                "PortBindings": {port: [{"HostIp": s.publish_host, "HostPort": ""}]},
-                "NetworkMode": NETWORK,  # by id at create: the name may be ambiguous
-                "Mounts": mounts,
-                "ExtraHosts": ["host.docker.internal:host-gateway"],
-                "RestartPolicy": {"Name": "no"},
-                "LogConfig": {"Type": "json-file", "Config": {"max-size": "10m", "max-file": "2"}},
-                "ShmSize": SHM_BYTES,
-            },
+    def labels(self, spec: ContainerSpec) -> dict[str, str]:
+        """A new container's labels: the configured ones, the caller's, and ours."""
+        return {
+            **dict(label.split("=", 1) for label in self.settings.container_labels),
+            **spec.labels,
+            **self.own_labels(),
+            LABEL_CID: spec.cid,
+            LABEL_HOST: self.name,
         }
-        if s.container_disk_mb > 0:  # 0: unbounded, only when asked for
-            config["HostConfig"]["StorageOpt"] = {"size": f"{s.container_disk_mb}M"}
-        if spec.command is not None:
-            config["Cmd"] = list(spec.command)
-        return config
 
     def own_labels(self) -> dict[str, str]:
         return {LABEL_MANAGED: "1", LABEL_DEPLOYMENT: self.settings.deployment}
@@ -333,7 +258,7 @@ class DockerHost:
             raise DockerRuntimeError(self.name, problem)
         network = await self.ensure_network()
         await self._call("inspect cache volume", self.check_cache_volume())
-        config = self.container_config(spec)
+        config = container_config(self.settings, spec, self.labels(spec), self.own_labels())
         config["HostConfig"]["NetworkMode"] = network
         container = await self._call(
             "create container", self._docker.containers.create(config, name=spec.cid)

@@ -13,7 +13,7 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import Awaitable, Mapping
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -32,7 +32,8 @@ from gateway.observability.ops import ControllerOps
 from gateway.observability.sentry_setup import init_sentry
 from gateway.sessions.endings import Endings
 from gateway.sessions.previews import Previews
-from shared.redis_client import redis_client
+from shared.periodic import ticks
+from shared.redis_client import redis_client, unreachable
 from shared.settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
@@ -41,19 +42,7 @@ log = logging.getLogger(__name__)
 # margin: the client used for BLPOP must not time out before Redis answers.
 BLOCKING_SOCKET_TIMEOUT = 90.0
 SHUTDOWN_DEADLINE = 10.0
-REDIS_PING_TIMEOUT = 2.0
 STEP_ERRORS = (RedisError, DockerRuntimeError, ContainerError, OSError)
-
-
-async def poll(interval: float) -> AsyncIterator[None]:
-    """Yield every `interval` seconds, correcting for the time the loop body took."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time()
-    while True:
-        yield
-        deadline += interval
-        await asyncio.sleep(max(0.0, deadline - loop.time()))
-        deadline = max(deadline, loop.time() - interval)
 
 
 def check_settings(settings: Settings) -> None:
@@ -99,7 +88,9 @@ class Controller:
         self.redis = redis
         self.runtime = runtime
         self.background = Background()
-        self.containers = Containers(settings, blocking_redis, runtime, labels=labels)
+        self.containers = Containers(
+            settings, blocking_redis, runtime, labels=labels, background=self.background
+        )
         records = ops.records if ops is not None else None
         self.previews = Previews(settings, redis, self.containers, self.background, records)
         self.endings = Endings(redis, self.containers, self.previews)
@@ -149,13 +140,13 @@ class Controller:
 
     async def run(self) -> None:
         """Lead when we can and act every interval, until cancelled."""
-        keeping = asyncio.create_task(self.lease.keep(), name="leader lease")
+        self.background.forever(self.lease.keep(), "leader lease")  # cancelled by close
         redis_down: str | None = None
         if self.ops is not None:
             await self.ops.start()
         try:
-            async for _ in poll(self.settings.controller_interval):
-                error = await self._redis_error()
+            async for _ in ticks(self.settings.controller_interval, first_now=True):
+                error = await unreachable(self.redis)
                 if error != redis_down:
                     log.log(
                         logging.ERROR if error else logging.INFO,
@@ -168,19 +159,7 @@ class Controller:
                 if error is None:
                     await self.tick()
         finally:
-            keeping.cancel()
-            await asyncio.gather(keeping, return_exceptions=True)
             await self.close()
-
-    async def _redis_error(self) -> str | None:
-        # gateway.api.health.check_redis uses wait_for, which on 3.11 can swallow the
-        # cancellation that stops this loop; asyncio.timeout does not.
-        try:
-            async with asyncio.timeout(REDIS_PING_TIMEOUT):
-                await self.redis.ping()
-        except (TimeoutError, RedisError, OSError) as exc:
-            return f"Redis not reachable: {exc or type(exc).__name__}"
-        return None
 
     async def close(self) -> None:
         await self.keeper.close()

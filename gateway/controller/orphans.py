@@ -49,7 +49,7 @@ class OrphanSweeper:
         self.settings = containers.settings
         labels = dict(label.split("=", 1) for label in self.settings.container_labels)
         self.labels = {**labels, **containers.labels, LABEL_DEPLOYMENT: self.settings.deployment}
-        # Exactly gateway.containers.containers.new_cid's names: a prefix would also match
+        # Exactly gateway.containers.launch.new_cid's names: a prefix would also match
         # deployment "a-b"'s users for deployment "a".
         self.own_user = re.compile(rf"pvc-{re.escape(self.settings.deployment)}-[0-9a-f]{{12}}")
 

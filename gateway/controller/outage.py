@@ -18,23 +18,16 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 
 from redis.asyncio import Redis
 
 from shared import keys
-from shared.acl import container_acl_rules
+from shared.acl import ACL_FIELD, container_acl_rules
 from shared.redis_types import raw_command, text
 
 log = logging.getLogger(__name__)
-
-ACL_FIELD = "acl"  # field of keys.container(cid): sha256 hex of its supervisor's password
-
-
-def password_digest(password: str) -> str:
-    return hashlib.sha256(password.encode()).hexdigest()
 
 
 async def restore_acl_users(redis: Redis) -> int:

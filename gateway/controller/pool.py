@@ -13,12 +13,12 @@ surplus. The general pool is only ever refilled with fresh containers.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 
 from redis.exceptions import RedisError
 
+from gateway.background import Background
 from gateway.containers.containers import ContainerError, Containers
 from gateway.containers.docker_runtime import DockerRuntimeError
 from gateway.controller.autoscale import Autoscaler
@@ -49,7 +49,7 @@ class PoolKeeper:
         self.target = self.settings.pool_min
         self.launching = 0  # launches under way whose container may not be registered yet
         self._mine: set[str] = set()  # warming containers our own tasks wait for
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.background = Background()  # launches under way
         self._checked = 0.0  # monotonic time of the last health check
         self._no_room = False
 
@@ -235,9 +235,7 @@ class PoolKeeper:
         )
         for _ in range(launches):
             self.launching += 1
-            task = asyncio.create_task(self._warm_one(), name="warm pool container")
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self.background.spawn(self._warm_one(), "warm pool container")
 
     async def _trim(self, image_id: str, records: dict[str, dict[str, str]]) -> None:
         """Above the max: the surplus goes. Above the target: what sat unused longer than
@@ -291,6 +289,4 @@ class PoolKeeper:
             self._mine.discard(cid)
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.background.close(0)  # a launch is not waited for: cancelled

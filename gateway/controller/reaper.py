@@ -31,13 +31,13 @@ from gateway.controller.outage import OutageWatch
 from gateway.controller.resources import MEMORY_LIMIT, ResourceRules
 from gateway.errors import ApiError
 from gateway.observability.counters import decision
-from gateway.sessions import slots
+from gateway.sessions import teardown
 from gateway.sessions.endings import Endings, session_lock
 from gateway.sessions.hibernation import Hibernator
 from gateway.sessions.previews import Previews
 from gateway.sessions.sleeping import Sleeper
 from gateway.sessions.start import Starter
-from gateway.sessions.store import Session
+from gateway.sessions.store import Session, live_sessions
 from shared import keys
 from shared.messages import Heartbeat
 from shared.redis_types import record, text
@@ -46,7 +46,6 @@ from shared.settings import Settings
 log = logging.getLogger(__name__)
 
 STOPPED_RESPONDING = "container stopped responding"
-HISTORY_FIELD = b"heartbeat"  # field of each heartbeat_history entry (supervisor/heartbeat.py)
 
 
 def _float(raw: str | bytes | None) -> float:
@@ -83,13 +82,9 @@ class Reaper:
         return ended
 
     async def _pass(self) -> int:
-        sids = sorted(text(s) for s in await self.redis.smembers(keys.SESSIONS))
-        if not sids:
+        sessions = await live_sessions(self.redis)
+        if not sessions:
             return 0
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for sid in sids:
-                pipe.hgetall(keys.session(sid))
-            sessions = [Session.from_record(record(r)) for r in await pipe.execute() if r]
         async with self.redis.pipeline(transaction=False) as pipe:
             for session in sessions:
                 cid = session.container or "-"
@@ -211,7 +206,7 @@ class Reaper:
         past the TTL (None while it may still be starting up or only just missed one)."""
         last: Any = await self.redis.xrevrange(keys.heartbeat_history(cid), count=1)
         if last:
-            beat = Heartbeat.read(last[0][1].get(HISTORY_FIELD))
+            beat = Heartbeat.read(last[0][1].get(keys.HEARTBEAT_HISTORY_FIELD.encode()))
             last_ts = beat.ts if beat is not None else 0.0
             if now - last_ts > self.settings.heartbeat_ttl:
                 return now - last_ts, beat
@@ -240,11 +235,5 @@ class Reaper:
 
     async def _drop_abandoned(self, session: Session) -> None:
         """A start whose gateway died before it got a container: nothing runs for it."""
-        await slots.release(self.redis, session.user, session.id, session.project_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.srem(keys.SESSIONS, session.id)
-            pipe.delete(
-                keys.session(session.id), keys.activity(session.id), keys.requested(session.id)
-            )
-            await pipe.execute()
+        await teardown.clear(self.redis, session)
         decision(log, "session_dropped", "abandoned_start", "never got a container", sid=session.id)

@@ -16,8 +16,9 @@ import logging
 
 from redis.asyncio import Redis
 
-from gateway.containers.containers import DISK_FULL, Containers, disk_bound
+from gateway.containers.containers import Containers
 from gateway.containers.docker_runtime import DockerRuntimeError
+from gateway.containers.release import DISK_FULL, disk_bound
 from gateway.observability.counters import decision
 from gateway.sessions.endings import Endings
 from gateway.sessions.store import Session

@@ -10,6 +10,5 @@ secrets stay on one machine (``exposure``).
 
 May import: ``shared``, the top-level ``gateway`` helpers, ``gateway.containers`` and
 ``gateway.sessions`` (read only: ``live`` reads sessions and hosts; ``records`` the
-session model) and, for the Redis check and the token families, ``gateway.api.health``
-and ``gateway.api.auth``. Never the proxy or the controller.
+session model). Never the API, the proxy or the controller.
 """

@@ -19,6 +19,7 @@ from gateway.observability import live
 from gateway.observability.counters import COUNTERS, Counters
 from gateway.observability.instruments import REDIS_ERRORS, REGISTRY
 from gateway.observability.metrics import Family, Registry, render
+from gateway.sessions.store import live_sessions
 from shared import keys
 from shared.settings import Settings
 
@@ -47,7 +48,7 @@ def decision_families(counters: Counters) -> list[Family]:
 
 
 async def state_families(redis: Redis, settings: Settings) -> list[Family]:
-    sessions = await live.sessions(redis)
+    sessions = await live_sessions(redis, live.MAX_SESSIONS)
     pool = await live.pool(redis, settings)
     hosts = await live.hosts(redis, settings, sessions, pool.per_host, pool.reserved_per_host)
     stored = await redis.zcard(keys.RECORDS_INDEX)

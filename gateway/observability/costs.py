@@ -16,6 +16,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from gateway.observability import live
+from gateway.sessions.store import live_sessions
 from shared import keys
 from shared.redis_types import text
 from shared.settings import Settings
@@ -43,7 +44,7 @@ class CostMeter:
         start = max(float(previous), now - keys.COST_MAX_GAP)
         if now <= start:
             return 0.0
-        sessions = await live.sessions(self.redis)
+        sessions = await live_sessions(self.redis, live.MAX_SESSIONS)
         pool = await live.pool(self.redis, self.settings)
         key = keys.cost_day(day_of(now))
         async with self.redis.pipeline(transaction=True) as pipe:

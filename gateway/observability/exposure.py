@@ -28,7 +28,7 @@ import socket
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
-from gateway.api.auth import FAMILIES
+from shared.jwt_algorithms import FAMILIES
 from shared.settings import Settings, SettingsError
 
 GENERATE = "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"

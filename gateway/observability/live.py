@@ -79,17 +79,6 @@ class PoolView:
         }
 
 
-async def sessions(redis: Redis, limit: int = MAX_SESSIONS) -> list[Session]:
-    """Live sessions (the SESSIONS set), oldest first."""
-    sids = sorted(text(s) for s in await redis.smembers(keys.SESSIONS))[:limit]
-    async with redis.pipeline(transaction=False) as pipe:
-        for sid in sids:
-            pipe.hgetall(keys.session(sid))
-        replies = await pipe.execute()
-    found = [Session.from_record(record(r)) for r in replies if r]
-    return sorted((s for s in found if s.id), key=lambda s: s.created_at)
-
-
 async def pool(redis: Redis, settings: Settings) -> PoolView:
     image = text(await redis.get(keys.pool_image(settings.image)))
     cids = [text(c) for c in await redis.lrange(keys.pool(image), 0, -1)] if image else []

@@ -18,7 +18,7 @@ from collections import deque
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from gateway.api.health import check_redis
+from gateway.background import Background
 from gateway.observability import alerts, collect, live
 from gateway.observability.costs import CostMeter, over_budget
 from gateway.observability.counters import COUNTERS, Counters
@@ -26,6 +26,7 @@ from gateway.observability.instruments import REDIS_ERRORS
 from gateway.observability.metrics import Collect, serve_metrics
 from gateway.observability.recorder import Recorder
 from gateway.observability.records import ERROR_OUTCOMES
+from shared.redis_client import unreachable
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,8 @@ class GatewayOps:
         self._task: asyncio.Task[None] | None = None
         self._redis_error: str | None = None
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="observability upkeep")
+    def start(self, background: Background) -> None:
+        self._task = background.forever(self._run(), "observability upkeep")
 
     async def _run(self) -> None:
         while True:
@@ -55,7 +56,7 @@ class GatewayOps:
 
     async def upkeep(self) -> None:
         """Check Redis; replay the spool once it answers."""
-        error = await check_redis(self.redis)
+        error = await unreachable(self.redis)
         if error is not None:
             REDIS_ERRORS.inc()
             if self._redis_error is None:
@@ -204,7 +205,7 @@ class ControllerOps:
         await self.checks.check()
 
     async def redis_state(self, error: str | None) -> None:
-        """Called each pass with check_redis's answer (None: reachable)."""
+        """Called each pass with shared.redis_client.unreachable's answer (None: reachable)."""
         if error is None:
             self.alerts.clear(alerts.REDIS_UNREACHABLE)
             return

@@ -8,8 +8,9 @@ its supervisor over Redis), the HTTP and WebSocket relays (``proxy_http``, ``pro
 over a lean upstream client (``upstream``), per-client WebSocket byte budgets
 (``ws_budget``) and the pages a person sees in the iframe (``pages``, ``starting``).
 
-May import: ``shared``, the top-level ``gateway`` helpers (``asgi_types``, ``errors``) and
-``gateway.observability`` (metrics only). Never Docker, sessions, the API or the controller:
-a request on the hot path reads Redis through the route cache and nothing else (a
-sleeping preview's first request also sends its wake).
+May import: ``shared``, the top-level ``gateway`` helpers (``asgi_types``, ``errors``,
+``background``) and ``gateway.observability`` (metrics only). Never Docker, sessions, the
+API or the controller: a request on the hot path reads Redis through the route cache and
+nothing else (a sleeping preview's first request also sends its wake; a hibernated one's
+asks the app's resume hook).
 """

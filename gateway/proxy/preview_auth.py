@@ -3,14 +3,16 @@ cookie on every later request, and the limit on failures.
 
 Failures are counted per (preview, client address) and only after the credential was
 checked: a valid token or cookie is never refused because of anyone's failures, and a
-stranger's bad cookies behind a shared address (a TLS proxy, a NAT) lock nobody out.
+stranger's bad cookies behind a shared address (a TLS proxy, a NAT) lock nobody out. They
+are counted by the API's limiter (every rule of PREVIEW_RATE_LIMIT_AUTH_FAILURES, one
+moving window), so a hostile client meets the same limit on both.
 """
 
 from __future__ import annotations
 
+from typing import Protocol
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
-from limits import parse as parse_limit
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -54,11 +56,15 @@ def client_address(scope: Scope) -> str:
     return str((scope.get("client") or ("?",))[0])
 
 
+class FailureLimits(Protocol):
+    """The API's rate limits (gateway/api/ratelimit.py), shared for failed authentications."""
+
+    async def over(self, kind: str, key: str) -> tuple[object, int] | None: ...
+
+
 class PreviewAuth:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        rule = parse_limit(settings.rate_limit_auth_failures)
-        self.limit, self.window = rule.amount, rule.get_expiry()
 
     async def token_user(self, redis: Redis, sid: str, token: str) -> tuple[str | None, str]:
         """(user, "") for a genuine, unused token, which is now spent; else (None, why).
@@ -119,14 +125,12 @@ class PreviewAuth:
         host = (header(scope, b"host") or b"").decode("latin-1").lower().rsplit(":", 1)[0]
         return host == "localhost" or host.endswith(".localhost")
 
-    async def over_limit(self, redis: Redis, sid: str, scope: Scope) -> bool:
-        """Count one failure of this client on this preview; True once over the limit."""
+    async def over_limit(self, limits: FailureLimits, sid: str, scope: Scope) -> int | None:
+        """Count one failure of this client on this preview; once over the limit, the
+        seconds until it has room again."""
         key = keys.auth_failures(sid, client_address(scope))
         try:
-            async with redis.pipeline(transaction=True) as pipe:
-                pipe.incr(key)
-                pipe.expire(key, self.window, nx=True)
-                count, _ = await pipe.execute()
+            over = await limits.over("auth_failures", key)
         except (RedisError, OSError):
-            return False  # the limit is a guard, not a dependency
-        return int(count) > self.limit
+            return None  # the limit is a guard, not a dependency
+        return None if over is None else over[1]

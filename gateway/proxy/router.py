@@ -26,6 +26,7 @@ from starlette.applications import Starlette
 from starlette.datastructures import State
 
 from gateway.asgi_types import Receive, Scope, Send, header
+from gateway.background import Background
 from gateway.errors import ApiError
 from gateway.observability import instruments
 from gateway.proxy.clients import ClientResolver
@@ -41,14 +42,17 @@ from gateway.proxy.waking import Waking
 from gateway.proxy.ws_budget import Budgets
 from shared import keys
 from shared.settings import Settings
+from shared.states import STARTING_STATES
 
 log = logging.getLogger(__name__)
 
 
 ACTIVITY_EVERY = 5.0  # seconds between activity writes per preview
-STARTING = frozenset({"assigned", "preparing", "starting", "resuming"})
+WAKE_ATTEMPTS = 3
+# Seconds the last activity writes may take at shutdown; readiness waits are then cancelled.
+SHUTDOWN_DEADLINE = 2.0
 STATUS_PATH = "/__preview/status"
-TOO_MANY_FAILURES = "too many failed attempts; wait a minute"
+TOO_MANY_FAILURES = "too many failed attempts; retry in {retry} s"
 
 
 def cookie_name(sid: str) -> str:
@@ -77,7 +81,7 @@ class PreviewRouter:
         self._requested: dict[str, float] = {}
         self._ws_per_client: dict[str, int] = {}
         self.ws_budgets = Budgets(settings.ws_buffer_per_client)
-        self._background: set[asyncio.Task[object]] = set()
+        self.background = Background()  # readiness waits, activity writes, route listener
 
     # --- dispatch -----------------------------------------------------------------------
 
@@ -101,8 +105,8 @@ class PreviewRouter:
         sid = where.sid
         if self.routes is None:
             self.routes = RouteCache(self.state.redis)
-            self.routes.start()
-            self.waking = Waking(self.settings, self.state, self.routes)
+            self.routes.start(self.background)
+            self.waking = Waking(self.settings, self.state, self.routes, self.background)
         await self.serve(sid, scope, receive, send)
 
     @property
@@ -121,8 +125,7 @@ class PreviewRouter:
     async def shutdown(self) -> None:
         """Close WebSockets with 1001 within the drain deadline, then upstream sockets."""
         await self.relays.close_all(self.settings.drain_timeout)
-        if self.routes is not None:
-            await self.routes.stop()
+        await self.background.close(SHUTDOWN_DEADLINE)  # the route listener first
         self.pool.close()
 
     # --- one preview request ------------------------------------------------------------
@@ -154,7 +157,9 @@ class PreviewRouter:
         if scope["path"] == STATUS_PATH and not is_ws:
             await status_json(self.state.redis, route, send)
             return
-        if route.state == "sleeping":
+        for _ in range(WAKE_ATTEMPTS):  # put to sleep again meanwhile: wake it again
+            if route.state != "sleeping":
+                break
             woken = await self.waking.wake(sid, route)
             if isinstance(woken, str):
                 await self.refuse(scope, send, 503, "not_ready", woken, html)
@@ -171,7 +176,7 @@ class PreviewRouter:
                 await self.refuse(scope, send, 404, "not_found", "no such preview", html)
                 return
             route = found
-        if route.state in STARTING:
+        if route.state in STARTING_STATES:
             if html and scope["method"] == "GET":
                 await starting_page(send, route)
                 return
@@ -300,7 +305,14 @@ class PreviewRouter:
             )
 
     async def refuse(
-        self, scope: Scope, send: Send, status: int, error: str, detail: str, html: bool
+        self,
+        scope: Scope,
+        send: Send,
+        status: int,
+        error: str,
+        detail: str,
+        html: bool,
+        retry_after: int = 0,
     ) -> None:
         instruments.PROXY_REFUSED.labels(str(status)).inc()  # observability hook
         if status == 429:
@@ -314,7 +326,7 @@ class PreviewRouter:
                 }
             )
             return
-        extra = [(b"retry-after", str(self.auth.window).encode())] if status == 429 else None
+        extra = [(b"retry-after", str(retry_after).encode())] if retry_after else None
         await error_page(scope, send, status, error, detail, html, extra)
 
     async def refuse_resume(self, scope: Scope, send: Send, exc: ApiError, html: bool) -> None:
@@ -332,16 +344,17 @@ class PreviewRouter:
     ) -> None:
         """Refuse a failed authentication: `status` while this client is within its limit
         on this preview, 429 past it (gateway/proxy/preview_auth.py)."""
-        if await self.auth.over_limit(self.state.redis, sid, scope):
-            status, error, detail = 429, "rate_limited", TOO_MANY_FAILURES
-        await self.refuse(scope, send, status, error, detail, html)
+        retry = await self.auth.over_limit(self.state.rate_limits, sid, scope)
+        if retry is not None:
+            status, error, detail = 429, "rate_limited", TOO_MANY_FAILURES.format(retry=retry)
+        await self.refuse(scope, send, status, error, detail, html, retry or 0)
 
     # --- readiness and activity -------------------------------------------------------------
 
     async def wait_ready(self, sid: str) -> Route | None:
         task = self._waits.get(sid)
         if task is None:
-            task = asyncio.create_task(self._poll_ready(sid), name=f"wait ready {sid}")
+            task = self.background.spawn(self._poll_ready(sid), f"wait ready {sid}")
             self._waits[sid] = task
             task.add_done_callback(lambda _: self._waits.pop(sid, None))
         return await asyncio.shield(task)
@@ -353,7 +366,7 @@ class PreviewRouter:
         while True:
             self.routes.invalidate(sid)
             route = await self.routes.get(sid)
-            if route is None or route.state not in STARTING or time.monotonic() > deadline:
+            if route is None or route.state not in STARTING_STATES or time.monotonic() > deadline:
                 return route
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 1.0)
@@ -371,9 +384,7 @@ class PreviewRouter:
             names.append(keys.requested(sid))
         if not names:
             return
-        task = asyncio.create_task(self._write_activity(sid, names))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self.background.spawn(self._write_activity(sid, names), f"activity {sid}")
 
     async def _write_activity(self, sid: str, names: list[str]) -> None:
         stamp = repr(time.time())

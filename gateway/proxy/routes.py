@@ -9,7 +9,6 @@ better than down for previews that are already open).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -17,8 +16,10 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from gateway.background import Background
 from shared import keys
 from shared.redis_types import text
+from shared.states import SessionState, session_state_of_record
 
 log = logging.getLogger(__name__)
 
@@ -31,19 +32,14 @@ _FIELDS = ("user", "state", "address", "error", "container")
 class Route:
     sid: str
     user: str
-    state: str
+    state: SessionState
     address: str
     error: str = ""
     container: str = ""
 
     @property
     def live(self) -> bool:
-        return self.state not in {"failed", "stopped", "stopping"}
-
-
-async def publish_change(redis: Redis, sid: str) -> None:
-    """Tell every gateway that this session's route changed."""
-    await redis.publish(keys.ROUTE_CHANGES, sid)
+        return self.state not in ("failed", "stopping")
 
 
 class RouteCache:
@@ -67,7 +63,7 @@ class RouteCache:
             self._entries[sid] = (now + MISS_TTL, None)
             return None
         user, state, address, error, container = (text(v) for v in values)
-        route = Route(sid, user, state, address, error, container)
+        route = Route(sid, user, session_state_of_record(state), address, error, container)
         self._entries[sid] = (now + ROUTE_TTL, route)
         if len(self._entries) > 50_000:
             self._expire(now)
@@ -80,16 +76,10 @@ class RouteCache:
         for sid in [s for s, (until, _) in self._entries.items() if until <= now]:
             del self._entries[sid]
 
-    def start(self) -> None:
+    def start(self, background: Background) -> None:
+        """Listen for route changes until `background` closes."""
         if self._listener is None:
-            self._listener = asyncio.create_task(self._listen(), name="route invalidations")
-
-    async def stop(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
-            self._listener = None
+            self._listener = background.forever(self._listen(), "route invalidations")
 
     async def _listen(self) -> None:
         while True:

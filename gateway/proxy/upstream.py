@@ -1,5 +1,8 @@
 """A lean HTTP/1.1 client for proxying to dev servers: keep-alive pool, streaming both ways.
 
+About 410 lines, kept whole: the connection protocol, the response and the pool share
+private state (a connection goes back to the pool from the response) on the hot path.
+
 General-purpose clients (httpx, aiohttp) cost more per request than hypercorn itself on
 this path (see ../shared/anchors). This one does only what a reverse proxy needs: write the
 request head as bytes, stream the body, parse the response with httptools (llhttp, in C),

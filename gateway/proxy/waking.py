@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from gateway.background import Background
 from gateway.errors import ApiError
 from gateway.observability import instruments
 from gateway.proxy.routes import Route, RouteCache
@@ -109,10 +110,13 @@ class Waking:
     many requests wait on it. ``state`` is the app's (its ``blocking_redis``, and the
     control plane's ``resumer`` hook, which this package does not import)."""
 
-    def __init__(self, settings: Settings, state: Any, routes: RouteCache) -> None:
+    def __init__(
+        self, settings: Settings, state: Any, routes: RouteCache, background: Background
+    ) -> None:
         self.settings = settings
         self.state = state
         self.routes = routes
+        self.background = background
         self._wakes: dict[str, asyncio.Task[Route | str]] = {}
         self._resumes: dict[str, asyncio.Task[ApiError | None]] = {}
 
@@ -121,7 +125,7 @@ class Waking:
         wait); its route afterwards, or why it could not be woken."""
         task = self._wakes.get(sid)
         if task is None:
-            task = asyncio.create_task(self._wake(sid, route.container), name=f"wake {sid}")
+            task = self.background.spawn(self._wake(sid, route.container), f"wake {sid}")
             self._wakes[sid] = task
             task.add_done_callback(lambda _: self._wakes.pop(sid, None))
         return await asyncio.shield(task)
@@ -130,7 +134,7 @@ class Waking:
         """Resume a hibernated preview (one resume per preview here); why not, if not."""
         task = self._resumes.get(sid)
         if task is None:
-            task = asyncio.create_task(self._resume(sid), name=f"resume {sid}")
+            task = self.background.spawn(self._resume(sid), f"resume {sid}")
             self._resumes[sid] = task
             task.add_done_callback(lambda _: self._resumes.pop(sid, None))
         return await asyncio.shield(task)

@@ -1,6 +1,6 @@
 """How the controller ends sessions: fail one with a reason a person can act on, or stop
 one (released to the pool) under its lock. Built on the control plane's own pieces
-(`Previews.stop`, `slots.release`, the `ADVANCE` script of gateway/sessions/store.py) so the
+(`Previews.stop`, `teardown.clear`, the `ADVANCE` script of gateway/sessions/store.py) so the
 gateways and the controller agree on every state change.
 """
 
@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 
 from gateway.containers.containers import Containers
 from gateway.observability.counters import COUNTERS, Counters, decision
-from gateway.sessions import slots
+from gateway.sessions import teardown
 from gateway.sessions.previews import Previews
 from gateway.sessions.store import ADVANCE, Session
 from shared import keys
@@ -87,12 +87,7 @@ class Endings:
             if await self._advance(keys=[keys.session(session.id), keys.ROUTE_CHANGES], args=args):
                 written = True
                 break
-        await slots.release(self.redis, session.user, session.id, session.project_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.srem(keys.SESSIONS, session.id)
-            pipe.expire(keys.session(session.id), keys.STOPPED_SESSION_TTL)
-            pipe.delete(keys.activity(session.id), keys.requested(session.id))
-            await pipe.execute()
+        await teardown.clear(self.redis, session, keep_record=True)
         cid = session.container
         if cid and container == "destroy":
             await self.containers.destroy(cid, f"its session failed: {reason}", code)

@@ -21,7 +21,6 @@ import logging
 import time
 from typing import Any
 
-from gateway.api.validation import StartRequest
 from gateway.containers.containers import ContainerError, affinity
 from gateway.containers.docker_runtime import DockerRuntimeError
 from gateway.errors import ApiError
@@ -29,10 +28,11 @@ from gateway.observability import instruments
 from gateway.sessions import slots
 from gateway.sessions.previews import Previews, not_found
 from gateway.sessions.sleeping import Sleeper
-from gateway.sessions.start import Starter
+from gateway.sessions.start import Starter, StartRequest
 from gateway.sessions.store import Session
 from shared import keys
 from shared.redis_types import text
+from shared.states import session_state_of_record
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +240,7 @@ class Hibernator:
         if outcome[0] != "ok":
             if outcome[0] in ("gone", "stopping"):
                 raise not_found()
-            session.state = outcome[0]
+            session.state = session_state_of_record(outcome[0])
             return  # already resuming or live
         session.state = "resuming"
         began = time.monotonic()

@@ -19,9 +19,8 @@ from gateway.containers.containers import ContainerError, Containers, affinity
 from gateway.containers.docker_runtime import DockerRuntimeError
 from gateway.errors import ApiError
 from gateway.observability.recorder import Recorder
-from gateway.proxy.routes import publish_change
 from gateway.proxy.waking import WakeError, wake
-from gateway.sessions import slots
+from gateway.sessions import slots, teardown
 from gateway.sessions.store import ADVANCE, Session, event_entries, fold, merge_result
 from shared import keys
 from shared.messages import WRONG_SESSION, Command, CommandResult, Heartbeat, MessageError
@@ -183,8 +182,6 @@ class Previews:
             args=[session.id, repr(time.time()), keys.STOPPED_SESSION_TTL],
         )
         await slots.release(self.redis, session.user, session.id, session.project_id)
-        if session.state == "hibernated":  # its archive goes with the resume window
-            await self.redis.zrem(keys.user_hibernated(session.user), session.id)
         if not stopped:
             return False
         log.info(
@@ -212,10 +209,7 @@ class Previews:
         except (ContainerError, DockerRuntimeError, RedisError) as exc:
             log.error("release failed sid=%s cid=%s: %s", session.id, session.container, exc)
         finally:
-            await self.redis.delete(
-                keys.session(session.id), keys.activity(session.id), keys.requested(session.id)
-            )
-            await publish_change(self.redis, session.id)
+            await teardown.clear(self.redis, session)
 
     async def wake(self, session: Session, trigger: str = "api") -> None:
         """Wake a sleeping preview (nothing when it is awake); ``session.state`` follows."""

@@ -14,16 +14,15 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from redis.exceptions import RedisError
 
-from gateway.api.validation import StartRequest
 from gateway.containers.containers import Assigned, ContainerError, affinity
 from gateway.containers.docker_runtime import DockerRuntimeError
 from gateway.errors import ApiError
-from gateway.proxy.routes import publish_change
 from gateway.proxy.vhosts import public_host
-from gateway.sessions import slots
+from gateway.sessions import slots, teardown
 from gateway.sessions.previews import Previews
 from gateway.sessions.store import Session, new_id
 from shared import keys
@@ -51,6 +50,15 @@ if not pending or pending == '' then return false end
 redis.call('HSET', KEYS[1], 'pending', '', 'prepare_id', ARGV[1])
 return pending
 """
+
+
+@dataclass(frozen=True)
+class StartRequest:
+    """What to start, as the API validated it (``gateway.api.validation.parse_start``)."""
+
+    project_id: str
+    source: dict[str, str]
+    env: dict[str, str]
 
 
 class Starter:
@@ -235,10 +243,7 @@ class Starter:
         """Undo a start that could not finish: free the slot, drop the record, give the
         container back."""
         try:
-            await slots.release(self.redis, session.user, session.id, session.project_id)
-            await self.redis.srem(keys.SESSIONS, session.id)
-            await self.redis.delete(keys.session(session.id))
-            await publish_change(self.redis, session.id)
+            await teardown.clear(self.redis, session)
             if cid:
                 await self.containers.release(
                     cid,

@@ -22,22 +22,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.messages import Event, MessageError
+from redis.asyncio import Redis
 
-STATES = (
-    "assigned",
-    "preparing",
-    "starting",
-    "ready",
-    "sleeping",
-    "hibernated",
-    "resuming",
-    "stopping",
-    "failed",
-)
+from shared import keys
+from shared.messages import Event, MessageError
+from shared.redis_types import record, text
+from shared.states import SessionState, session_state_of_record
+
 DEPENDENCIES = ("restored", "installed", "skipped")
 # Progress steps that mean the dev server is booting; every other step is preparation.
 STARTING_STEPS = frozenset({"devserver", "dev_server", "dev-server", "server", "start", "starting"})
+LIVE_BATCH = 500  # records read per pipelined round trip by live_sessions
 
 # KEYS: session, route-changes channel. ARGV[1] = stream id folded up to, then field/value
 # pairs. Writes only when the record exists, is not stopping and the id is not behind what
@@ -100,7 +95,7 @@ class Session:
     id: str
     user: str
     project_id: str
-    state: str = "assigned"
+    state: SessionState = "assigned"
     container: str = ""
     host: str = ""
     address: str = ""
@@ -127,7 +122,7 @@ class Session:
             id=record.get("id", ""),
             user=record.get("user", ""),
             project_id=record.get("project_id", ""),
-            state=record.get("state", "assigned"),
+            state=session_state_of_record(record.get("state", "assigned")),
             container=record.get("container", ""),
             host=record.get("host", ""),
             address=record.get("address", ""),
@@ -169,6 +164,22 @@ class Session:
     def cursor(self) -> str:
         """The event-stream id after which unfolded events of this session are."""
         return self.events_seen or self.events_from or "0-0"
+
+
+async def live_sessions(redis: Redis, limit: int | None = None) -> list[Session]:
+    """Every live session (the SESSIONS set; the first `limit` ids when given), oldest
+    first, stopping ones included: the records are read in pipelined batches of
+    LIVE_BATCH, and one deleted meanwhile is left out. The one read of "all sessions"
+    for the API, the tracker, the reaper and the operator views."""
+    sids = sorted(text(s) for s in await redis.smembers(keys.SESSIONS))[:limit]
+    found: list[Session] = []
+    for start in range(0, len(sids), LIVE_BATCH):
+        async with redis.pipeline(transaction=False) as pipe:
+            for sid in sids[start : start + LIVE_BATCH]:
+                pipe.hgetall(keys.session(sid))
+            replies = await pipe.execute()
+        found += [Session.from_record(record(r)) for r in replies if r]
+    return sorted((s for s in found if s.id), key=lambda s: s.created_at)
 
 
 def merge_result(session: Session, result: dict[str, Any]) -> None:

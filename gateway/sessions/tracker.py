@@ -9,7 +9,6 @@ record and container are then left to the controller's reaper.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 import time
@@ -18,9 +17,9 @@ from redis.exceptions import RedisError
 
 from gateway.containers.containers import ContainerError
 from gateway.sessions.previews import Previews
-from gateway.sessions.store import Session
+from gateway.sessions.store import live_sessions
 from shared import keys
-from shared.redis_types import record, text
+from shared.periodic import ticks
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +35,7 @@ class Tracker:
         redis = self.previews.redis
         if not await redis.set(keys.TRACKER_LOCK, self.id, nx=True, px=keys.TRACKER_LOCK_TTL_MS):
             return 0
-        sids = [text(s) for s in await redis.smembers(keys.SESSIONS)]
-        async with redis.pipeline(transaction=False) as pipe:
-            for sid in sids:
-                pipe.hgetall(keys.session(sid))
-            replies = await pipe.execute()
-        found = [Session.from_record(record(r)) for r in replies if r]
+        found = await live_sessions(redis)
         sessions = [s for s in found if s.container and s.state != "stopping"]
         async with redis.pipeline(transaction=False) as pipe:
             for session in sessions:
@@ -56,10 +50,8 @@ class Tracker:
 
     async def run(self) -> None:
         """Drift-corrected loop until cancelled; a failed pass is logged, not fatal."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time()
         failing = False
-        while True:
+        async for _ in ticks(self.interval, first_now=True):
             try:
                 await self.tick()
                 if failing:
@@ -69,6 +61,3 @@ class Tracker:
                 if not failing:
                     log.error("session tracker pass failed: %s", exc)
                 failing = True
-            deadline += self.interval
-            await asyncio.sleep(max(0.0, deadline - loop.time()))
-            deadline = max(deadline, loop.time() - self.interval)

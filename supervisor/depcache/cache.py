@@ -25,10 +25,10 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from supervisor import procs
 from supervisor.config import SupervisorConfig
@@ -40,11 +40,11 @@ from supervisor.depcache.npmstore import NpmStore, Scratch, locked_tarballs
 from supervisor.depcache.pack import NotCacheable, PackCancelled, Packer, Snapshot, take_snapshot
 from supervisor.depcache.restore import RestoreCancelled, restore_tree
 from supervisor.depcache.tarstream import BadArchive
+from supervisor.depcache.threads import cancellable, in_thread
 from supervisor.detect import Project
 from supervisor.events import Progress
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 PACK_LOCK_WAIT = 900.0  # another container packing the same key: wait, then find it there
 TAINT_MARKER = "user-code-ran"
@@ -146,9 +146,9 @@ class ArchiveCache:
             stop = threading.Event()
             owner = _owner(ctx.user)
             try:
-                restored = await _cancellable(
+                restored = await cancellable(
                     stop,
-                    _in_thread(
+                    in_thread(
                         restore_tree,
                         archive.decompressed(fd, info),
                         ctx.config.workspace,
@@ -180,7 +180,7 @@ class ArchiveCache:
             log.info("%s (key %s)", message.removeprefix("[supervisor] "), key.value)
             if restored.old:
                 old = ctx.config.workspace / restored.old
-                self._background(_in_thread(shutil.rmtree, old, True), "remove old node_modules")
+                self._background(in_thread(shutil.rmtree, old, True), "remove old node_modules")
             return True
         finally:
             os.close(fd)
@@ -290,8 +290,8 @@ class ArchiveCache:
             started = time.monotonic()
             stop = threading.Event()
             try:
-                info = await _cancellable(
-                    stop, _in_thread(self._write, ctx, key, snapshot, final, stop, nice=10)
+                info = await cancellable(
+                    stop, in_thread(self._write, ctx, key, snapshot, final, stop, nice=10)
                 )
             except (NotCacheable, PackCancelled, OSError) as exc:
                 log.info("node_modules of %s not packed: %s", key.value, exc or "cancelled")
@@ -380,49 +380,6 @@ def _tarballs(lockfile: Path) -> set[str]:
         return locked_tarballs(json.loads(lockfile.read_bytes()))
     except (OSError, ValueError):
         return set()
-
-
-async def _in_thread(function: Callable[..., T], *args: Any, nice: int = 0) -> T:
-    """``function(*args)`` in a thread of its own (not the shared pool: a packer lowers
-    its own priority, and that must not stick to a thread a restore uses next)."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
-
-    def run() -> None:
-        try:
-            if nice:
-                with contextlib.suppress(OSError):
-                    os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
-            result = function(*args)
-        except BaseException as exc:
-            loop.call_soon_threadsafe(_settle, future, None, exc)
-        else:
-            loop.call_soon_threadsafe(_settle, future, result, None)
-
-    threading.Thread(target=run, name=getattr(function, "__name__", "cache"), daemon=True).start()
-    return await future
-
-
-def _settle(future: asyncio.Future[T], result: T | None, error: BaseException | None) -> None:
-    if future.cancelled():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)  # type: ignore[arg-type]
-
-
-async def _cancellable(stop: threading.Event, work: Coroutine[Any, Any, T]) -> T:
-    """Await thread work; when cancelled, tell it to stop and wait until it has (so that a
-    cancelled restore cannot rename node_modules into place afterwards)."""
-    task = asyncio.ensure_future(work)
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        stop.set()
-        with contextlib.suppress(BaseException):
-            await task
-        raise
 
 
 _instances: dict[Path, ArchiveCache] = {}

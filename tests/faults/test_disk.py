@@ -21,7 +21,7 @@ from tests.utils import wait_until
 
 BUDGET_MB = 96
 MIB = 1 << 20
-SHM_BYTES = 64 * MIB  # /dev/shm (gateway.containers.docker_runtime.SHM_BYTES; Docker's default too)
+SHM_BYTES = 64 * MIB  # /dev/shm (gateway.containers.confinement.SHM_BYTES; Docker's default too)
 CACHE = "/workspace/node_modules/.cache/babel-loader"
 DISK_PLACES = ("/tmp", "/var/tmp", "/home/app", "/workspace")
 # Each place is written until the kernel refuses, or up to this much: on an engine that

@@ -18,12 +18,11 @@ from typing import Any
 import pytest_asyncio
 from redis.asyncio import Redis
 
-from gateway.api.validation import StartRequest
 from gateway.containers.containers import Containers
 from gateway.containers.docker_runtime import DockerRuntime
 from gateway.controller.main import Controller
 from gateway.sessions.previews import Previews
-from gateway.sessions.start import Starter
+from gateway.sessions.start import Starter, StartRequest
 from gateway.sessions.store import Session
 from shared import keys
 from shared.messages import Heartbeat
@@ -251,4 +250,4 @@ async def beat(redis: Redis, cid: str, session: Session | None, **numbers: Any) 
     )
     payload = heartbeat.to_json()
     await redis.set(keys.heartbeat(cid), payload, px=60_000)
-    await redis.xadd(keys.heartbeat_history(cid), {"heartbeat": payload})
+    await redis.xadd(keys.heartbeat_history(cid), {keys.HEARTBEAT_HISTORY_FIELD: payload})

@@ -12,8 +12,9 @@ import pytest_asyncio
 from redis.asyncio import Redis
 from redis.exceptions import NoPermissionError
 
-from gateway.containers.containers import Containers, affinity, supervisor_redis_url
+from gateway.containers.containers import Containers, affinity
 from gateway.containers.docker_runtime import DockerRuntime
+from gateway.containers.launch import supervisor_redis_url
 from shared import keys
 from shared.messages import Command
 from shared.settings import Settings

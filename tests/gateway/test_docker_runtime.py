@@ -10,17 +10,19 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway.containers.docker_runtime import (
+from gateway.containers.confinement import (
     CAPABILITIES,
     EXTRA_CA_PATH,
+    SHM_BYTES,
+    storage_problem,
+)
+from gateway.containers.docker_runtime import (
     LABEL_CID,
     LABEL_DEPLOYMENT,
     LABEL_MANAGED,
-    SHM_BYTES,
     DockerHost,
     DockerRuntime,
     DockerRuntimeError,
-    storage_problem,
 )
 from shared.settings import Settings
 from tests.conftest import LABEL_TEST_RUN, TEST_RUN, ContainerFactory

@@ -12,6 +12,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from gateway.background import Background
 from gateway.containers.containers import ContainerError, Containers
 from gateway.containers.create_gate import CreateGate
 from gateway.containers.docker_runtime import DockerRuntime
@@ -124,19 +125,43 @@ async def test_a_place_held_when_redis_went_away_is_given_back(
     give its place back then; it must not keep it for the whole lease (120 s), which
     would stall every start on the host (measured: 72 s after a failover)."""
     quick = Redis.from_url(redis_server.url, socket_timeout=0.3)
-    gate = CreateGate(quick, cap=1)
+    background = Background()  # the process's: the give-back is awaited at shutdown
+    gate = CreateGate(quick, cap=1, background=background)
     try:
         with pytest.raises(RedisError):
             async with gate.place("h", start=True):
                 # Writes wait, so the place cannot be given back when the block ends.
                 await redis.execute_command("CLIENT", "PAUSE", "1500", "WRITE")  # type: ignore[no-untyped-call]
         assert await redis.zcard(keys.host_creating("h")) == 1
+        assert [t.get_name() for t in background.tasks] == ["give back h"]
 
         async def given_back() -> bool:
             return await redis.zcard(keys.host_creating("h")) == 0
 
         await async_wait_until(given_back, 10, "the place given back")
         assert await gate.try_enter("h", "next", start=True)
+        await background.close(1)
+        assert not background.tasks
+    finally:
+        await redis.execute_command("CLIENT", "UNPAUSE")  # type: ignore[no-untyped-call]
+        await quick.aclose()
+
+
+async def test_a_place_still_being_given_back_is_awaited_at_shutdown(
+    redis: Redis, redis_server: RedisServer
+) -> None:
+    """The retries go through the process's Background, so shutdown cancels and awaits
+    them rather than leaving a task behind (its lease frees the place in the end)."""
+    quick = Redis.from_url(redis_server.url, socket_timeout=0.3)
+    background = Background()
+    gate = CreateGate(quick, cap=1, background=background)
+    try:
+        with pytest.raises(RedisError):
+            async with gate.place("h", start=True):
+                await redis.execute_command("CLIENT", "PAUSE", "5000", "WRITE")  # type: ignore[no-untyped-call]
+        (task,) = background.tasks
+        await background.close(0)
+        assert task.cancelled() and not background.tasks
     finally:
         await redis.execute_command("CLIENT", "UNPAUSE")  # type: ignore[no-untyped-call]
         await quick.aclose()

@@ -213,30 +213,46 @@ def test_failed_preview_shows_its_reason(proxy_env: ProxyEnv, upstream: Upstream
         assert "Module not found: &#x27;react-dom&#x27;" in page.text
 
 
-def test_failed_logins_are_limited_per_client_address(redis_server: RedisServer) -> None:
+def test_failed_logins_meet_one_limit_on_the_proxy_and_the_api(redis_server: RedisServer) -> None:
+    """A hostile client repeating bad credentials meets one limiter on a preview host and
+    on the API: every rule of the setting (here the hour's 3 bite before the minute's 5),
+    the same moving window, the same 429 JSON with Retry-After."""
     port = free_port()
     values = dict(
         redis_url=redis_server.url,
         signing_secret=SECRET,
         preview_port=port,
-        rate_limit_auth_failures="3/minute",
+        rate_limit_auth_failures="5/minute;3/hour",
     )
     client = redis_sync.Redis.from_url(redis_server.url)
-    with run_gateway(settings_env(**values), port=port) as gateway:
-        env = ProxyEnv(gateway, client, Settings.from_env({}, **values))
-        sid = env.session("127.0.0.1:1")
-        with env.client(sid) as anonymous:
-            codes = [
-                anonymous.get("/", params={"preview_token": "forged"}).status_code for _ in range(5)
+    sid = ""
+    try:
+        with run_gateway(settings_env(**values), port=port) as gateway:
+            env = ProxyEnv(gateway, client, Settings.from_env({}, **values))
+            sid = env.session("127.0.0.1:1")
+            with env.client(sid) as anonymous:
+                tries = [anonymous.get("/", params={"preview_token": "forged"}) for _ in range(5)]
+                bad_cookie = anonymous.get("/", headers={"cookie": f"pv_{sid}=forged"})
+                # Failures are only counted: a good token still opens the preview.
+                opened = anonymous.get("/", params={"preview_token": env.token(sid)})
+                assert opened.status_code == 302
+            api = [
+                httpx.get(f"{gateway.url}/v1/previews", headers={"authorization": "Bearer x"})
+                for _ in range(5)
             ]
-            assert codes == [401, 401, 401, 429, 429]
-            bad_cookie = anonymous.get("/", headers={"cookie": f"pv_{sid}=forged"})
+            for answers in (tries, api):
+                assert [r.status_code for r in answers] == [401, 401, 401, 429, 429]
+                refused = answers[-1]
+                assert refused.headers["content-type"].startswith("application/json")
+                assert refused.json()["error"] == "rate_limited" and refused.json()["detail"]
+                assert 3000 < int(refused.headers["retry-after"]) <= 3600  # the hour's rule
             assert bad_cookie.status_code == 429
-            assert bad_cookie.headers["retry-after"] == "60"
-            # Failures are only counted: a good token still opens the preview.
-            assert anonymous.get("/", params={"preview_token": env.token(sid)}).status_code == 302
-    client.delete(keys.auth_failures(sid, "127.0.0.1"), keys.session(sid))
-    client.close()
+    finally:
+        for key in client.scan_iter(match=f"{keys.RATE_LIMIT_PREFIX}*"):
+            client.delete(key)
+        if sid:
+            client.delete(keys.session(sid))
+        client.close()
 
 
 def test_proxied_traffic_marks_the_preview_active(proxy_env: ProxyEnv, upstream: Upstream) -> None:

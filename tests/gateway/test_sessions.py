@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, cast
 
+import pytest
 from redis.asyncio import Redis
 
 from gateway.background import Background
+from gateway.controller.reaper import Reaper
+from gateway.sessions.endings import Endings
 from gateway.sessions.previews import Previews
-from gateway.sessions.store import Session, fold, merge_result, new_id
+from gateway.sessions.start import Starter
+from gateway.sessions.store import (
+    LIVE_BATCH,
+    Session,
+    fold,
+    live_sessions,
+    merge_result,
+    new_id,
+)
 from shared import keys
 from shared.messages import Event
 from shared.settings import Settings
@@ -80,3 +92,70 @@ async def test_folding_never_moves_a_session_into_or_out_of_sleep(redis: Redis) 
         assert await redis.hget(key, "state") == b"failed"
     finally:
         await redis.delete(key)
+
+
+async def test_all_live_sessions_are_read_in_batches_oldest_first(redis: Redis) -> None:
+    """The one read of every live session (API list, tracker, reaper, operator views):
+    more than a batch, a member whose record is gone is left out, stopping ones are in."""
+    count = LIVE_BATCH * 2 + 7
+    async with redis.pipeline(transaction=False) as pipe:
+        for i in range(count):
+            sid = f"s{i:05d}"
+            state = "stopping" if i == 3 else "ready"
+            record = Session(sid, "alice", "p", state=state, created_at=float(count - i))
+            pipe.hset(keys.session(sid), mapping=record.to_record())  # type: ignore[arg-type]
+            pipe.sadd(keys.SESSIONS, sid)
+        pipe.sadd(keys.SESSIONS, "tgone")  # its record expired meanwhile
+        await pipe.execute()
+    found = await live_sessions(redis)
+    assert len(found) == count
+    assert [s.created_at for s in found] == sorted(s.created_at for s in found)
+    assert {s.state for s in found} == {"ready", "stopping"}
+    first = await live_sessions(redis, limit=10)
+    assert {s.id for s in first} == {f"s{i:05d}" for i in range(10)}
+
+
+ENDINGS = ("stop", "fail", "abandon", "drop_abandoned")
+
+
+@pytest.mark.parametrize("ending", ENDINGS)
+async def test_every_way_a_session_ends_cleans_the_same_keys(redis: Redis, ending: str) -> None:
+    """Stopped, failed, a start undone or a start abandoned by a dead gateway: one
+    cleanup. No slot, live-set member, activity key or hot-start pointer is left behind,
+    the record is gone (a failed one's expires soon) and every gateway hears the route
+    changed (or it would keep proxying to a container that serves someone else)."""
+    settings = Settings.from_env({}, redis_url="redis://unused")
+    background = Background()
+    previews = Previews(settings, redis, cast(Any, None), background)  # no container
+    session = Session("s1", "alice", "p", state="ready", created_at=1.0)
+    taken = await previews.slots.reserve("alice", "p", "s1", session.to_record())
+    assert taken.outcome == "ok"
+    await redis.set(keys.activity("s1"), "1")
+    async with redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+        await pubsub.subscribe(keys.ROUTE_CHANGES)
+        endings = Endings(redis, cast(Any, None), previews)
+        if ending == "stop":
+            assert await previews.stop(session)
+            await background.close(10)  # the release runs in the background
+        elif ending == "fail":
+            assert await endings.fail(session, "crashed", "it crashed", container="keep")
+        elif ending == "abandon":
+            await Starter(previews)._abandon(session)
+        else:
+            reaper = Reaper(settings, redis, cast(Any, None), previews, endings)
+            await reaper._drop_abandoned(session)
+        heard = set()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while "s1" not in heard and loop.time() < deadline:
+            message = await pubsub.get_message(timeout=deadline - loop.time())
+            if message is not None:
+                heard.add(message["data"].decode())
+        assert "s1" in heard
+    assert not await redis.sismember(keys.SESSIONS, "s1")
+    assert await redis.zscore(keys.user_slots("alice"), "s1") is None
+    assert not await redis.exists(keys.activity("s1"), keys.user_project("alice", "p"))
+    if ending == "fail":  # kept a while, for its owner and the proxy's error page
+        assert 0 < await redis.ttl(keys.session("s1")) <= keys.STOPPED_SESSION_TTL
+    else:
+        assert not await redis.exists(keys.session("s1"))

@@ -18,6 +18,7 @@ from shared.redis_client import (
     sentinel_master,
     sentinel_user_options,
     supervisor_sentinel_env,
+    unreachable,
 )
 from shared.settings import Settings, SettingsError
 from supervisor.config import SupervisorConfig
@@ -26,6 +27,43 @@ from tests.sentinel_cluster import MASTER, SentinelCluster, sentinel_cluster
 from tests.utils import bridge_ip
 
 SENTINELS = "127.0.0.1:26379,10.0.0.5:26380"
+
+
+async def test_the_health_check_answers_and_never_swallows_a_cancellation(redis: Redis) -> None:
+    """The one Redis health check (readyz, the gateway's upkeep, the controller): None when
+    Redis answers, a reason when it hangs, and a cancellation during the PING reaches the
+    caller (``wait_for`` could swallow it on 3.11 and the controller would not stop)."""
+    assert await unreachable(redis) is None
+    pinged = asyncio.Event()
+    writers: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """A Redis that completes the connection handshake, then never answers a PING."""
+        writers.append(writer)
+        while chunk := await reader.read(4096):
+            if b"PING" in chunk:
+                pinged.set()
+                continue
+            for command in chunk.split(b"*")[1:]:  # HELLO refused: the client falls back to RESP2
+                writer.write(b"-ERR unknown command\r\n" if b"HELLO" in command else b"+OK\r\n")
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    hung = Redis(host="127.0.0.1", port=port)
+    try:
+        assert "not reachable" in (await unreachable(hung, timeout=0.2) or "")
+        pinged.clear()
+        task = asyncio.create_task(unreachable(hung, timeout=60))
+        await asyncio.wait_for(pinged.wait(), 10)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(asyncio.shield(task), 20)  # a reason string would fail
+    finally:
+        await hung.aclose()
+        for writer in writers:
+            writer.close()
+        server.close()
+        await server.wait_closed()
 
 
 def test_unset_means_the_plain_url_as_before() -> None:

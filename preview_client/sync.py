@@ -1,0 +1,258 @@
+"""The blocking client: `PreviewClient(base_url, token)`. Every method maps to one API call
+(preview_client.calls) except `start_folder`, `upload_folder` and `wait_ready`."""
+
+from __future__ import annotations
+
+import builtins
+import os
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+import httpx
+
+from preview_client import _core, calls
+from preview_client.archive import DEFAULT_MAX_UPLOAD, pack, pack_folder
+from preview_client.errors import ApiError
+from preview_client.models import Event, Logs, Preview, Upload
+
+T = TypeVar("T")
+
+
+class PreviewClient:
+    """A user's view of the preview API. `token` is the user's JWT (see
+    preview_client.tokens); assign a fresh one to `client.token` before it expires.
+
+    Retries: a request the gateway refused with 429/503 is sent again after its
+    `Retry-After` (up to `max_retry_wait` seconds, `max_retries` times); a connection that
+    failed before sending, for any method; a dropped or timed-out answer, for idempotent
+    methods only (never a start or a restart twice).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        timeout: float = 30.0,
+        max_retries: int = 3,
+        max_retry_wait: float = 30.0,
+        max_upload_bytes: int = DEFAULT_MAX_UPLOAD,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        self.max_retries = max_retries
+        self.max_retry_wait = max_retry_wait
+        self.max_upload_bytes = max_upload_bytes
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
+
+    def __enter__(self) -> PreviewClient:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # --- the API, one call each ---------------------------------------------------------
+
+    def start(
+        self,
+        project_id: str,
+        *,
+        template: str | None = None,
+        git_url: str | None = None,
+        ref: str | None = None,
+        archive: bool = False,
+        env: dict[str, str] | None = None,
+        wait_for_slot: int = 0,
+    ) -> Preview:
+        """Start (or find, for the same project: a hot start) a preview from a template,
+        a git repository, or files uploaded next (`archive=True`, see `start_folder`)."""
+        source = calls.source(template, git_url, ref, archive)
+        return self.send(calls.start(project_id, source, env, wait_for_slot))
+
+    def list(self) -> list[Preview]:
+        return self.send(calls.list_previews())
+
+    def get(self, preview_id: str) -> Preview:
+        return self.send(calls.get(preview_id))
+
+    def stop(self, preview_id: str) -> None:
+        """Stop it: its slot is free at once."""
+        self.send(calls.stop(preview_id))
+
+    def upload_archive(self, preview_id: str, archive: bytes, mode: str = "merge") -> Upload:
+        """Send a tar (optionally zstd); `replace` empties the workspace first."""
+        return self.send(calls.upload(preview_id, archive, mode))
+
+    def write_file(self, preview_id: str, path: str, data: bytes | str) -> int:
+        """Write one file (path relative to the project's root); its size."""
+        raw = data.encode() if isinstance(data, str) else data
+        return self.send(calls.write_file(preview_id, path, raw))
+
+    def restart(self, preview_id: str) -> Preview:
+        return self.send(calls.restart(preview_id))
+
+    def logs(self, preview_id: str, lines: int = 200) -> Logs:
+        return self.send(calls.logs(preview_id, lines))
+
+    def pool(self) -> dict[str, Any]:
+        """Operator view (admin scope)."""
+        return self.send(calls.pool())
+
+    def all_previews(self) -> builtins.list[dict[str, Any]]:
+        """Operator view (admin scope): every live session."""
+        return self.send(calls.all_previews())
+
+    # --- folders ------------------------------------------------------------------------
+
+    def upload_folder(
+        self, preview_id: str, folder: str | os.PathLike[str], mode: str = "merge"
+    ) -> Upload:
+        """The project in `folder` (.gitignore honoured, node_modules and build output
+        left out); ArchiveTooLarge before sending when over `max_upload_bytes`."""
+        return self.upload_archive(preview_id, pack_folder(folder, self.max_upload_bytes), mode)
+
+    def upload_files(
+        self, preview_id: str, folder: str | os.PathLike[str], files: Iterable[str]
+    ) -> Upload:
+        """Some files of `folder` (relative paths) in one request (merged)."""
+        archive = pack(Path(folder), files, self.max_upload_bytes)
+        return self.upload_archive(preview_id, archive, "merge")
+
+    def start_folder(
+        self, project_id: str, folder: str | os.PathLike[str], env: dict[str, str] | None = None
+    ) -> Preview:
+        """Start a preview of a local folder: packed first (so a folder over the limit
+        takes no slot), then started as an `archive` source and uploaded. A live preview
+        of the same project gets the files merged in."""
+        archive = pack_folder(folder, self.max_upload_bytes)
+        preview = self.start(project_id, archive=True, env=env)
+        self.upload_archive(preview.id, archive)
+        return preview
+
+    # --- progress -----------------------------------------------------------------------
+
+    def events(self, preview_id: str, last_event_id: str | None = None) -> Iterator[Event]:
+        """The start's events over one connection (it ends after `ready` or `error`)."""
+        waiter = _core.Waiter(preview_id, None, float("inf"))
+        waiter.last_id = last_event_id
+        with self._stream(preview_id, waiter) as response:
+            for line in response.iter_lines():
+                event = waiter.decoder.feed(line)
+                if event is not None:
+                    yield event
+
+    def wait_ready(
+        self,
+        preview_id: str,
+        on_event: _core.ProgressCallback | None = None,
+        timeout: float = 600.0,
+    ) -> Preview:
+        """Follow the start until `ready` (the preview) or `error` (PreviewFailed),
+        calling `on_event` with each event once; a dropped stream is resumed where it
+        stopped (`Last-Event-ID`). WaitTimeout after `timeout` seconds."""
+        waiter = _core.Waiter(preview_id, on_event, timeout)
+        while True:
+            waiter.remaining()
+            try:
+                with self._stream(preview_id, waiter) as response:
+                    for line in response.iter_lines():
+                        if waiter.feed(line):
+                            break
+            except ApiError as exc:
+                if not _core.resumable(exc):
+                    raise
+                time.sleep(waiter.retry_delay(exc))
+                continue
+            except httpx.TransportError as exc:
+                time.sleep(waiter.retry_delay(_core.unreachable(self.base_url, exc)))
+                continue
+            done = waiter.settle(self.get(preview_id))
+            if done is not None:
+                return done
+            # The stream ended mid-start without an error (a proxy closing long
+            # responses): follow it again, without hammering the gateway.
+            time.sleep(min(1.0, waiter.remaining()))
+
+    # --- transport ----------------------------------------------------------------------
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: dict[str, Any] | None = None,
+        content: bytes | None = None,
+        params: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        """Any API call (endpoints newer than this client): the response when it is a
+        success, ApiError otherwise; retried like the others."""
+        call = calls.Call(method.upper(), path, _itself, json, content, params or {})
+        return self.send(call)
+
+    def send(self, call: calls.Call[T]) -> T:
+        attempt = 0
+        while True:
+            try:
+                response = self._http.request(
+                    call.method,
+                    call.path,
+                    json=call.json,
+                    content=call.content,
+                    params=call.params,
+                    headers=_core.headers(self.token),
+                    timeout=call.timeout if call.timeout is not None else httpx.USE_CLIENT_DEFAULT,
+                )
+            except httpx.TransportError as exc:
+                delay = _core.delay_for_failure(call.method, exc, attempt)
+                if delay is None or attempt >= self.max_retries:
+                    raise _core.unreachable(self.base_url, exc) from None
+            else:
+                delay = _core.delay_for_answer(call.method, response, attempt, self.max_retry_wait)
+                if delay is None or attempt >= self.max_retries:
+                    return call.parse(_core.check(response))
+            time.sleep(delay)
+            attempt += 1
+
+    def _stream(self, preview_id: str, waiter: _core.Waiter) -> _Stream:
+        return _Stream(self, preview_id, waiter)
+
+
+def _itself(response: httpx.Response) -> httpx.Response:
+    return response
+
+
+class _Stream:
+    """The events response, checked (ApiError for an error answer)."""
+
+    def __init__(self, client: PreviewClient, preview_id: str, waiter: _core.Waiter) -> None:
+        self.client = client
+        self.preview_id = preview_id
+        self.waiter = waiter
+        self.response: httpx.Response | None = None
+
+    def __enter__(self) -> httpx.Response:
+        http = self.client._http
+        headers = {**_core.headers(self.client.token), **self.waiter.request_headers()}
+        timeout = httpx.Timeout(30.0, read=_core.EVENTS_READ_TIMEOUT)
+        path = _core.preview_path(self.preview_id, "/events")
+        request = http.build_request("GET", path, headers=headers, timeout=timeout)
+        self.response = http.send(request, stream=True)
+        if self.response.status_code >= 400:
+            self.response.read()
+            self.response.close()
+            _core.check(self.response)
+        self.waiter.connected()
+        return self.response
+
+    def __exit__(self, *exc: object) -> None:
+        if self.response is not None:
+            self.response.close()

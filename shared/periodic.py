@@ -1,0 +1,38 @@
+"""Drift-corrected periodic ticks, the one loop timer of every daemon loop (the
+controller's pass, the gateway's session tracker, the supervisor's heartbeat and log
+snapshot), like arq's ``poll``: each tick is due one interval after the previous one was
+due, however long the work in between took; a tick missed while the process was stalled
+(a paused container, a long GC, a slow pass) is skipped, not made up in a burst.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+
+def next_due(due: float, now: float, interval: float) -> float:
+    """When the tick after the one due at `due` is due, at clock time `now`: one interval
+    later, or, when that is already past, the first tick of the same grid after `now`."""
+    due += interval
+    if due < now:
+        due = now + interval - ((now - due) % interval)
+    return due
+
+
+async def ticks(
+    interval: float,
+    first_now: bool = False,
+    clock: Callable[[], float] | None = None,
+    sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+) -> AsyncIterator[None]:
+    """Yield every `interval` seconds (the first time at once when `first_now`).
+    `clock`/`sleep` default to the event loop's (tests pass a fake clock)."""
+    now = clock or asyncio.get_running_loop().time
+    due = now() + (0 if first_now else interval)
+    while True:
+        delay = due - now()
+        if delay > 0:
+            await sleep(delay)
+        yield
+        due = next_due(due, now(), interval)
