@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.asyncio import Redis
@@ -164,21 +165,11 @@ class Reaper:
         return after > 0 and session.state == "ready" and now - last > after
 
     async def _sleep_if_idle(self, session: Session) -> None:
-        """Put an unused preview to sleep, deciding again under its lock."""
-        async with session_lock(self.redis, session.id, keys.REAPER_LOCK_TTL_MS) as held:
-            if not held:
-                return
-            current = await self.previews.load(session.id)
-            used = _float(await self.redis.get(keys.requested(session.id)))
-            if current is None or not self._sleepy(current, used, time.time()):
-                return
-            try:
-                await self.sleeper.sleep(current, "idle")
-            except ApiError as exc:
-                decision(log, "sleep_skipped", exc.error, exc.detail, sid=session.id)
-                return
-            idle = time.time() - max(used, current.updated_at, current.created_at)
-            decision(log, "session_slept", "idle", f"unused for {idle:.0f}s", sid=session.id)
+        async def unused(current: Session) -> bool:
+            used = _float(await self.redis.get(keys.requested(current.id)))
+            return self._sleepy(current, used, time.time())
+
+        await self._decide(session, unused, lambda c: self.sleeper.sleep(c, "idle"), "slept")
 
     def _hibernatable(self, session: Session, now: float) -> bool:
         after = self.settings.hibernate_after
@@ -186,18 +177,34 @@ class Reaper:
         return after > 0 and session.state == "sleeping" and now - session.updated_at > after
 
     async def _hibernate_if_asleep(self, session: Session) -> None:
+        async def asleep(current: Session) -> bool:
+            return self._hibernatable(current, time.time())
+
+        await self._decide(
+            session, asleep, lambda c: self.hibernator.hibernate(c, "idle"), "hibernated"
+        )
+
+    async def _decide(
+        self,
+        session: Session,
+        still: Callable[[Session], Awaitable[bool]],
+        act: Callable[[Session], Awaitable[None]],
+        outcome: str,
+    ) -> None:
+        """Put an unused session to sleep or hibernate it, deciding again under its lock
+        with fresh numbers (fresh traffic must win over a reaper)."""
         async with session_lock(self.redis, session.id, keys.REAPER_LOCK_TTL_MS) as held:
             if not held:
                 return
             current = await self.previews.load(session.id)
-            if current is None or not self._hibernatable(current, time.time()):
+            if current is None or not await still(current):
                 return
             try:
-                await self.hibernator.hibernate(current, "idle")
+                await act(current)
             except ApiError as exc:
-                decision(log, "hibernate_skipped", exc.error, exc.detail, sid=session.id)
+                decision(log, f"{outcome}_skipped", exc.error, exc.detail, sid=session.id)
                 return
-            decision(log, "session_hibernated", "idle", "asleep too long", sid=session.id)
+            decision(log, f"session_{outcome}", "idle", "unused", sid=session.id)
 
     async def _silent_for(
         self, cid: str, found: dict[str, str], now: float
