@@ -142,6 +142,29 @@ def open_token_used(nonce: str) -> str:
     return f"{PREFIX}open-used:{nonce}"
 
 
+def share(share_id: str) -> str:
+    """Hash: a share link of a preview (sid, owner, access, ports, created_at, expires_at),
+    expiring with the link (EXPIREAT): gone is revoked or expired, for every gateway."""
+    return f"{PREFIX}share:{share_id}"
+
+
+def preview_shares(sid: str) -> str:
+    """Sorted set share id -> expires_at (unix s): a preview's share links (the per-preview
+    limit counts the unexpired ones)."""
+    return f"{PREFIX}s:{sid}:shares"
+
+
+def share_views(client: str) -> str:
+    """Counter of share links opened from one client address (fixed window, limit
+    PREVIEW_RATE_LIMIT_SHARE_VIEWS)."""
+    return f"{PREFIX}share-views:{client}"
+
+
+# Published on ROUTE_CHANGES when a share is revoked: every gateway forgets it and closes
+# its viewers' WebSockets (a session id never starts with it: ids are base32).
+SHARE_CHANGE_PREFIX = "share:"
+
+
 ROUTE_CHANGES = f"{PREFIX}route-changes"  # pub/sub channel: a session id whose route changed
 LEADER = f"{PREFIX}leader"  # controller leader lease (value: controller id)
 RATE_LIMIT_PREFIX = f"{PREFIX}rl"  # slowapi/limits storage prefix

@@ -74,6 +74,10 @@ class Heartbeat:
     last_error: str | None = None
     project_id: str | None = None
     node_modules_key: str | None = None
+    # The user's other listening ports (supervisor/ports.py) and the container address
+    # the gateway reaches them on; the gateway serves no port missing from this list.
+    ports: list[int] = field(default_factory=list)
+    address: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -87,6 +91,10 @@ class Heartbeat:
             raise MessageError(str(exc)) from None
         if not is_dev_state(hb.state):
             raise MessageError(f"unknown dev-server state {hb.state!r}")
+        if not isinstance(hb.ports, list) or not all(
+            type(p) is int and 0 < p < 65536 for p in hb.ports
+        ):
+            raise MessageError("ports must be a list of TCP ports")
         return hb
 
     @classmethod

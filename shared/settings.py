@@ -204,6 +204,24 @@ class Settings:
     drain_timeout: float = _setting(
         10.0, "On SIGTERM: time to finish requests and close WebSockets with 1001, s.", float
     )
+    max_ports: int = _setting(
+        8,
+        "Extra ports a preview's processes listen on that are served at {id}-{port} "
+        "(the lowest first); 0 serves the main port only.",
+        int,
+    )
+    # --- share links --------------------------------------------------------------------
+    max_shares_per_preview: int = _setting(
+        20, "Unexpired share links one preview may have at once (429 beyond).", int
+    )
+    share_max_ttl: int = _setting(
+        7 * 86400, "Longest lifetime a share link may be given (`expires_in`), seconds.", int
+    )
+    rate_limit_share_views: str = _setting(
+        "60/minute",
+        "Share links opened per client address (each open of a link or single-use share "
+        "URL; the requests of an open preview are not counted); 429 beyond.",
+    )
     # --- docker -------------------------------------------------------------------------
     docker_hosts: tuple[str, ...] = _setting(
         ("unix:///var/run/docker.sock",),

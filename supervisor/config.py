@@ -35,6 +35,7 @@ class SupervisorConfig:
     heartbeat_interval: float = 5.0
     heartbeat_ttl: float = 15.0
     dev_port: int = 3000
+    max_ports: int = 8  # the user's extra listening ports reported at most
     workspace: Path = Path("/workspace")
     cache_dir: Path = Path("/cache")
     # Empty: run children as ourselves (a developer machine without root).
@@ -95,6 +96,7 @@ class SupervisorConfig:
             heartbeat_interval=number("HEARTBEAT_INTERVAL", 5.0),
             heartbeat_ttl=number("HEARTBEAT_TTL", 15.0),
             dev_port=int(number("DEV_PORT", 3000)),
+            max_ports=int(number("MAX_PORTS", 8)),
             workspace=Path(get("WORKSPACE", "/workspace")),
             cache_dir=Path(get("CACHE_DIR", "/cache")),
             app_user=get("APP_USER", "app"),

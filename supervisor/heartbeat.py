@@ -16,6 +16,7 @@ from shared.periodic import ticks
 from supervisor.cgroup import CpuMeter, disk_total, tree_size
 from supervisor.context import Context
 from supervisor.diskquota import BtrfsQuota, DiskSample, statvfs_sample
+from supervisor.ports import PortWatch, user_ports
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,19 @@ class DiskMeter:
         return self.sample
 
 
-def sample(ctx: Context, cpu: CpuMeter, disk: DiskSample) -> Heartbeat:
+async def extra_ports(ctx: Context, watch: PortWatch) -> list[int]:
+    """The user's other listening ports the gateway can reach (none between sessions)."""
+    uid = ctx.user.uid
+    if uid is None or ctx.devserver.pid is None or ctx.config.max_ports <= 0:
+        return await watch.update([])
+    main = {ctx.devserver.port or ctx.config.dev_port}
+    found = await asyncio.to_thread(user_ports, uid, main, ctx.config.max_ports)
+    return await watch.update(found)
+
+
+def sample(
+    ctx: Context, cpu: CpuMeter, disk: DiskSample, ports: list[int] | None = None
+) -> Heartbeat:
     cg = ctx.cgroup.sample()
     now = time.time()
     dev = ctx.devserver
@@ -99,6 +112,8 @@ def sample(ctx: Context, cpu: CpuMeter, disk: DiskSample) -> Heartbeat:
         last_error=dev.last_error,
         project_id=ctx.session.project_id,
         node_modules_key=ctx.session.node_modules_key,
+        ports=ports or [],
+        address=ctx.devserver.external_address if ports else None,
     )
 
 
@@ -120,10 +135,19 @@ async def run(ctx: Context) -> None:
     """Beat until cancelled; a Redis outage is logged once and then waited out."""
     config = ctx.config
     cpu, disk = CpuMeter(), DiskMeter(config.workspace, config.container_disk_mb > 0)
+    watch = PortWatch(ctx.devserver.external_address)
+    try:
+        await _beat(ctx, cpu, disk, watch)
+    finally:
+        await watch.close()
+
+
+async def _beat(ctx: Context, cpu: CpuMeter, disk: DiskMeter, watch: PortWatch) -> None:
     failing = False
     async for _ in ticks(ctx.config.heartbeat_interval, first_now=True):
         try:
-            await publish(ctx, sample(ctx, cpu, await disk.read(ctx)))
+            ports = await extra_ports(ctx, watch)
+            await publish(ctx, sample(ctx, cpu, await disk.read(ctx), ports))
         except (RedisError, OSError) as exc:
             if not failing:
                 log.warning("heartbeat not written: %s", exc)

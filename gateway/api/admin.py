@@ -96,6 +96,8 @@ async def admin_overview(request: Request, user: User) -> Response:
                         "host": s.host,
                         "from_pool": s.from_pool,
                         "age_s": round(now - s.created_at) if s.created_at else None,
+                        "shares": s.shares,
+                        "share_views": s.share_views,
                     }
                     for s in sessions[-LISTED_SESSIONS:]
                 ],

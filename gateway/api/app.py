@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway.api import admin, auth, dashboard, endpoints
+from gateway.api import admin, auth, dashboard, endpoints, shares
 from gateway.api.health import healthz, readyz
 from gateway.api.openapi import openapi_document
 from gateway.api.ratelimit import RateLimited, RateLimits
@@ -103,6 +103,7 @@ def create_app(settings: Settings) -> Starlette:
             Route("/readyz", readyz),
             Route("/openapi.json", openapi),
             *endpoints.routes,
+            *shares.routes,
             *admin.routes,
             *dashboard.routes,
         ],

@@ -18,6 +18,7 @@ from gateway.api.openapi_schemas import (
     ref,
     reply,
 )
+from gateway.api.openapi_shares import SHARE_SCHEMAS, share_paths
 from shared.settings import Settings
 
 
@@ -285,6 +286,7 @@ def openapi_document(settings: Settings) -> Schema:
             "/v1/previews/{id}/wake": wake,
             "/v1/previews/{id}/hibernate": hibernate,
             "/v1/previews/{id}/logs": logs,
+            **share_paths(),
             "/v1/pool": pool,
             "/v1/admin/previews": admin_previews,
             "/healthz": {
@@ -307,7 +309,7 @@ def openapi_document(settings: Settings) -> Schema:
             },
         },
         "components": {
-            "schemas": SCHEMAS,
+            "schemas": {**SCHEMAS, **SHARE_SCHEMAS},
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
             },

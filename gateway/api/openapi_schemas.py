@@ -174,8 +174,24 @@ SCHEMAS: dict[str, Schema] = {
             "dependencies",
             "error",
             "heartbeat",
+            "ports",
         ],
         "properties": {
+            "ports": {
+                "type": "array",
+                "description": "Other ports the preview's processes listen on, each served "
+                "at {id}-{port}.{PREVIEW_DOMAIN} with its own ~60 s open_url",
+                "items": {
+                    "type": "object",
+                    "required": ["port", "url", "protocol", "open_url"],
+                    "properties": {
+                        "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+                        "url": {"type": "string", "format": "uri"},
+                        "protocol": {"const": "http"},
+                        "open_url": {"type": "string", "format": "uri"},
+                    },
+                },
+            },
             "id": {"type": "string"},
             "project_id": {"type": "string"},
             "state": {"enum": list(SESSION_STATES)},

@@ -35,7 +35,7 @@ from shared import keys
 from shared.redis_client import rate_limit_storage
 from shared.settings import Settings
 
-KINDS = ("starts", "reads", "auth_failures")
+KINDS = ("starts", "reads", "auth_failures", "share_views")
 CHECK_THREADS = 4
 CONNECT_TIMEOUT = 2.0
 SOCKET_TIMEOUT = 5.0

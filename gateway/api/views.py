@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.proxy.ports import reachable_address
 from gateway.proxy.preview_tokens import open_token
 from gateway.proxy.vhosts import public_host
 from gateway.sessions.store import Session
@@ -33,6 +34,31 @@ def heartbeat_object(heartbeat: Heartbeat | None, sid: str) -> dict[str, Any] | 
     }
 
 
+def ports_object(
+    settings: Settings, session: Session, heartbeat: Heartbeat | None
+) -> list[dict[str, Any]]:
+    """The other ports the preview's processes listen on (as its container last said),
+    each at `{id}-{port}` with its own owner's link."""
+    if heartbeat is None or heartbeat.session_id != session.id:
+        return []
+    if not reachable_address(heartbeat.address):
+        return []
+    found = []
+    for port in heartbeat.ports[: settings.max_ports]:
+        label = f"{session.id}-{port}"
+        url = preview_url(settings, label)
+        token = open_token(settings, label, session.user)
+        found.append(
+            {
+                "port": port,
+                "url": url,
+                "protocol": "http",
+                "open_url": f"{url}?preview_token={token}",
+            }
+        )
+    return found
+
+
 def preview_object(
     settings: Settings, session: Session, heartbeat: Heartbeat | None = None
 ) -> dict[str, Any]:
@@ -53,4 +79,5 @@ def preview_object(
         "dependencies": session.dependencies or None,
         "error": session.error,
         "heartbeat": heartbeat_object(heartbeat, session.id),
+        "ports": ports_object(settings, session, heartbeat),
     }

@@ -42,6 +42,8 @@ class Record:
     timings: dict[str, int] = field(default_factory=dict)  # milliseconds per phase
     created_at: float = 0.0
     duration: float = 0.0  # stop: seconds the preview lived
+    shares: int = 0  # stop: share links its owner made
+    share_views: int = 0  # stop: times a share link of it was opened
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)
@@ -105,6 +107,8 @@ def stop_record(session: Session, code: str, reason: str = "", now: float | None
         dependencies=session.dependencies,
         created_at=session.created_at,
         duration=max(0.0, now - session.created_at) if session.created_at else 0.0,
+        shares=session.shares,
+        share_views=session.share_views,
     )
 
 

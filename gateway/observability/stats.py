@@ -36,6 +36,8 @@ CSV_COLUMNS = (
     "dependencies",
     *(f"{phase}_ms" for phase in PHASES),
     "duration_s",
+    "shares",
+    "share_views",
 )
 
 
@@ -182,6 +184,7 @@ def csv_rows(records: Iterable[Record]) -> str:
         duration = round(r.duration, 1) if r.kind == "stop" else ""
         row: list[object] = [r.id, r.kind, when, r.sid, r.user, r.project, r.host, r.container]
         row += [r.outcome, r.reason, pool, r.dependencies, *timings, duration]
+        row += [r.shares, r.share_views] if r.kind == "stop" else ["", ""]
         rows.append([_cell(v) for v in row])
     return _csv_rows(rows)
 

@@ -27,8 +27,10 @@ MAX_CANDIDATES = 64
 MAX_EXPIRED = 64  # parent-domain cookie names expired by one login response at most
 
 
-def cookie_name(sid: str, https: bool) -> str:
-    return f"{HOST_PREFIX}pv_{sid}" if https else f"pv_{sid}"
+def cookie_name(sid: str, https: bool, kind: str = "pv_") -> str:
+    """The owner's cookie (``pv_``), a share viewer's (``pv_s_``) or the notice's seen mark
+    (``pv_n_``) for one host: all named like ours, so never sent to nor set by a dev server."""
+    return f"{HOST_PREFIX}{kind}{sid}" if https else f"{kind}{sid}"
 
 
 def is_ours(name: str) -> bool:
@@ -46,9 +48,9 @@ def pairs(headers: list[tuple[bytes, bytes]]) -> Iterator[tuple[str, str]]:
                 yield name.strip(), value.strip()
 
 
-def candidates(headers: list[tuple[bytes, bytes]], sid: str) -> list[str]:
+def candidates(headers: list[tuple[bytes, bytes]], sid: str, kind: str = "pv_") -> list[str]:
     """Values of every cookie named as this preview's (either spelling), first to last."""
-    names = {cookie_name(sid, False), cookie_name(sid, True)}
+    names = {cookie_name(sid, False, kind), cookie_name(sid, True, kind)}
     found = [value for name, value in pairs(headers) if name in names]
     return found[:MAX_CANDIDATES]
 

@@ -29,6 +29,9 @@ USED = "this preview link was used already: open the preview again"
 # Bytes a location may keep as they are; anything else (a backslash, which browsers read as
 # a slash, controls, spaces) is percent-encoded.
 _LOCATION_SAFE = "/%:@!$&'()*+,;=-._~"
+# Query parameters that carry a way in (the owner's token, a share link, a signed-in
+# viewer's token): dropped from every redirect after they were traded for a cookie.
+CREDENTIAL_PARAMS = frozenset({"preview_token", "preview_share", "share_token"})
 
 
 def same_host_location(scope: Scope) -> str:
@@ -46,7 +49,7 @@ def same_host_location(scope: Scope) -> str:
         for k, v in parse_qsl(
             scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True
         )
-        if k != "preview_token"
+        if k not in CREDENTIAL_PARAMS
     ]
     return location + "?" + urlencode(query) if query else location
 
@@ -104,7 +107,10 @@ class PreviewAuth:
         value = sign(self.settings.signing_secret, COOKIE_PURPOSE, sid, user, ttl)
         # On https `__Host-`: the browser then refuses that name from any other host and
         # with any Domain, so no other preview can set or shadow it.
-        name = cookies.cookie_name(sid, self.https(scope))
+        return self.set_cookie(cookies.cookie_name(sid, self.https(scope)), value, ttl, scope)
+
+    def set_cookie(self, name: str, value: str, ttl: int, scope: Scope) -> str:
+        """A Set-Cookie value for this host only (no Domain), as an iframe needs it."""
         cookie = f"{name}={value}; Path=/; Max-Age={ttl}; HttpOnly"
         if self.secure_context(scope):
             # What an iframe needs: sent in third-party context, partitioned by top site.

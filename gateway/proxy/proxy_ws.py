@@ -200,18 +200,18 @@ async def proxy_ws(
     registry.open.add(task)
     try:
         await _relay(receive, send, upstream, limits, account, on_activity, keep_idle)
-    except asyncio.CancelledError:
+    except asyncio.CancelledError as exc:
         # Shutdown (or the client vanished): tell both sides we are going away. A client
-        # that stopped reading never takes the close frame: do not wait for it.
+        # that stopped reading never takes the close frame: do not wait for it. Whoever
+        # cancels may name the code and reason (a revoked share: 1008).
+        code, reason = _close_for(exc)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(
-                send(
-                    {"type": "websocket.close", "code": GOING_AWAY, "reason": "gateway restarting"}
-                ),
+                send({"type": "websocket.close", "code": code, "reason": reason}),
                 CLOSE_SEND_TIMEOUT,
             )
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(upstream.close(GOING_AWAY), CLOSE_SEND_TIMEOUT)
+            await asyncio.wait_for(upstream.close(code), CLOSE_SEND_TIMEOUT)
         upstream.transport.abort()  # a dev server blocked sending to us never answers
         if not registry.closing:
             raise
@@ -219,6 +219,14 @@ async def proxy_ws(
         registry.open.discard(task)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(upstream.close(), 2)
+
+
+def _close_for(exc: asyncio.CancelledError) -> tuple[int, str]:
+    """The close a cancellation asks for: `task.cancel((code, reason))`, else 1001."""
+    wanted = exc.args[0] if exc.args else None
+    if isinstance(wanted, tuple) and len(wanted) == 2:
+        return int(wanted[0]), str(wanted[1])
+    return GOING_AWAY, "gateway restarting"
 
 
 async def refuse(scope: Scope, send: Send, status: int, error: str, detail: str) -> None:

@@ -29,15 +29,19 @@ from gateway.asgi_types import Receive, Scope, Send, header
 from gateway.background import Background
 from gateway.errors import ApiError
 from gateway.observability import instruments
+from gateway.proxy import cookies
 from gateway.proxy.clients import ClientResolver
 from gateway.proxy.pages import error_page, send_body
+from gateway.proxy.ports import PortTable, preflight_headers, sibling_preflight
 from gateway.proxy.preview_auth import EXPIRED, PreviewAuth, client_address
 from gateway.proxy.proxy_http import proxy_http, wants_html
 from gateway.proxy.proxy_ws import RelayRegistry, WsLimits, proxy_ws
 from gateway.proxy.routes import Route, RouteCache
+from gateway.proxy.share_access import ENDED, VIEWER, ShareAccess, link_param, notice_page
+from gateway.proxy.shares import Share
 from gateway.proxy.starting import starting_page, status_json
 from gateway.proxy.upstream import UpstreamPool
-from gateway.proxy.vhosts import HostRules, public_host
+from gateway.proxy.vhosts import Destination, HostRules, public_host
 from gateway.proxy.waking import Waking
 from gateway.proxy.ws_budget import Budgets
 from shared import keys
@@ -69,6 +73,7 @@ class PreviewRouter:
         self.hosts = HostRules(settings)
         self.clients = ClientResolver(settings.trusted_proxies)
         self.auth = PreviewAuth(settings)
+        self.shares = ShareAccess(settings, self.auth)
         self.pool = UpstreamPool(head_timeout=settings.upstream_head_timeout)
         self.relays = RelayRegistry()
         self.limits = WsLimits(
@@ -76,6 +81,7 @@ class PreviewRouter:
         )
         self.routes: RouteCache | None = None
         self.waking: Waking
+        self.ports: PortTable | None = None
         self._waits: dict[str, asyncio.Task[Route | None]] = {}
         self._activity: dict[str, float] = {}
         self._requested: dict[str, float] = {}
@@ -102,12 +108,12 @@ class PreviewRouter:
         if not where.sid:
             await self.refuse(scope, send, 404, "not_found", "no such preview", html)
             return
-        sid = where.sid
         if self.routes is None:
-            self.routes = RouteCache(self.state.redis)
+            self.routes = RouteCache(self.state.redis, self.changed)
             self.routes.start(self.background)
             self.waking = Waking(self.settings, self.state, self.routes, self.background)
-        await self.serve(sid, scope, receive, send)
+            self.ports = PortTable(self.state.redis)
+        await self.serve(where, scope, receive, send)
 
     @property
     def state(self) -> State:
@@ -130,7 +136,10 @@ class PreviewRouter:
 
     # --- one preview request ------------------------------------------------------------
 
-    async def serve(self, sid: str, scope: Scope, receive: Receive, send: Send) -> None:
+    async def serve(self, where: Destination, scope: Scope, receive: Receive, send: Send) -> None:
+        """One request to a preview's host: its main one, or `{id}-{port}` for another
+        port, each with cookies and tokens of its own (bound to the host's label)."""
+        sid, label = where.sid, where.label
         is_ws = scope["type"] == "websocket"
         html = not is_ws and wants_html(scope)
         assert self.routes is not None
@@ -143,14 +152,31 @@ class PreviewRouter:
         if route is None:
             await self.refuse(scope, send, 404, "not_found", "no such preview", html)
             return
+        if not is_ws and sibling_preflight(self.hosts, where, scope):
+            await send_body(send, 204, b"", b"text/plain", preflight_headers(scope))
+            return
         token = self.query_token(scope)
         if token is not None and not is_ws:
-            await self.login(sid, route, token, scope, send, html)
+            await self.login(label, route, token, scope, send, html)
             return
-        if not self.auth.cookie_ok(sid, route.user, scope):
-            detail = "open this preview from its link (the token is missing or expired)"
-            await self.fail(sid, scope, send, 401, "unauthorized", detail, html)
+        link = link_param(scope)
+        if link is not None and not is_ws:
+            await self.open_share(where, route, link, scope, send, html)
             return
+        viewer: Share | None = None
+        if not self.auth.cookie_ok(label, route.user, scope):
+            try:
+                viewer = await self.shares.viewer(self.state.redis, where, route.user, scope)
+            except (RedisError, OSError):
+                instruments.REDIS_ERRORS.inc()  # observability hook
+                await self.refuse(scope, send, 503, "unavailable", "state store unreachable", html)
+                return
+            if viewer is None:
+                detail = "open this preview from its link (the token is missing or expired)"
+                if cookies.candidates(scope["headers"], label, VIEWER):
+                    detail = ENDED
+                await self.fail(sid, scope, send, 401, "unauthorized", detail, html)
+                return
         if is_ws and not self.origin_ok(scope):
             await self.refuse(scope, send, 403, "forbidden", "cross-origin WebSocket", False)
             return
@@ -171,11 +197,11 @@ class PreviewRouter:
                 await self.refuse_resume(scope, send, resumed, html)
                 return
             self.routes.invalidate(sid)
-            found = await self.routes.get(sid)
-            if found is None:
+            again = await self.routes.get(sid)
+            if again is None:
                 await self.refuse(scope, send, 404, "not_found", "no such preview", html)
                 return
-            route = found
+            route = again
         if route.state in STARTING_STATES:
             if html and scope["method"] == "GET":
                 await starting_page(send, route)
@@ -189,12 +215,20 @@ class PreviewRouter:
             detail = route.error or f"the preview is {route.state}"
             await self.refuse(scope, send, 503, "not_ready", detail, html)
             return
+        address = route.address
+        if where.port is not None:
+            found = await self.port_address(route, where.port, scope, send, html)
+            if found is None:
+                return
+            address = found
         self.touch(sid, request=True)
         # The dev server sees the preview's canonical host, the one its allowed-hosts
         # were configured with at prepare, never the client's spelling of it.
-        host = public_host(self.settings, sid)
-        if is_ws:
-            await self.websocket(sid, route, scope, receive, send, host)
+        host = public_host(self.settings, label)
+        if is_ws and viewer is not None:
+            await self.viewer_websocket(viewer, sid, address, scope, receive, send, host)
+        elif is_ws:
+            await self.websocket(sid, address, scope, receive, send, host)
         else:
             began = time.monotonic()
             try:
@@ -203,7 +237,7 @@ class PreviewRouter:
                     receive,
                     send,
                     self.pool,
-                    route.address,
+                    address,
                     host.encode(),
                     cookie_name(sid).encode(),
                     self.settings.preview_scheme,
@@ -214,8 +248,25 @@ class PreviewRouter:
                 raise
             instruments.proxied(status, time.monotonic() - began)  # observability hook
 
+    async def port_address(
+        self, route: Route, port: int, scope: Scope, send: Send, html: bool
+    ) -> str | None:
+        """Where an open port of the route's preview is; None after a 404 (not open, or
+        not this preview's) or a 503."""
+        assert self.ports is not None
+        try:
+            address = await self.ports.upstream(route, port)
+        except (RedisError, OSError):
+            instruments.REDIS_ERRORS.inc()  # observability hook
+            await self.refuse(scope, send, 503, "unavailable", "state store unreachable", html)
+            return None
+        if address is None:
+            detail = f"nothing of this preview listens on port {port}"
+            await self.refuse(scope, send, 404, "not_found", detail, html)
+        return address
+
     async def websocket(
-        self, sid: str, route: Route, scope: Scope, receive: Receive, send: Send, host: str
+        self, sid: str, address: str, scope: Scope, receive: Receive, send: Send, host: str
     ) -> None:
         client = client_address(scope)
         if self._ws_per_client.get(client, 0) >= self.settings.ws_max_per_client:
@@ -231,7 +282,7 @@ class PreviewRouter:
                 scope,
                 receive,
                 send,
-                route.address,
+                address,
                 host,
                 cookie_name(sid).encode(),
                 self.limits,
@@ -248,6 +299,52 @@ class PreviewRouter:
                 self._ws_per_client[client] = left
             else:
                 del self._ws_per_client[client]
+
+    async def viewer_websocket(
+        self,
+        share: Share,
+        sid: str,
+        address: str,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        host: str,
+    ) -> None:
+        """A share viewer's WebSocket, in a task of its own that the share's revocation or
+        expiry, or the preview's end, cancels (the relay then closes with 1008 or 1001)."""
+        relay = asyncio.create_task(
+            self.websocket(sid, address, scope, receive, send, host), name=f"share ws {sid}"
+        )
+        self.shares.watch(share, sid, relay)
+        try:
+            await relay
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # we were cancelled ourselves (the relay was with us)
+            # Cancelled before the relay began (the handshake): refuse it.
+            with contextlib.suppress(Exception):
+                await send({"type": "websocket.close", "code": 1008, "reason": ENDED})
+
+    def changed(self, name: str) -> None:
+        """A published change (gateway/proxy/routes.py): a revoked share ends its viewers'
+        access now; a preview that stopped ends its viewers' WebSockets."""
+        if not name:
+            if self.shares.cache is not None:
+                self.shares.cache.clear()
+        elif name.startswith(keys.SHARE_CHANGE_PREFIX):
+            self.shares.revoked(name[len(keys.SHARE_CHANGE_PREFIX) :])
+        elif self.shares.watching(name):
+            self.background.spawn(self._check_viewers(name), f"share viewers {name}")
+
+    async def _check_viewers(self, sid: str) -> None:
+        assert self.routes is not None
+        try:
+            route = await self.routes.get(sid)
+        except (RedisError, OSError):
+            return  # cached routes keep serving through an outage; so do their viewers
+        if route is None or not route.live:
+            self.shares.preview_ended(sid)
 
     # --- auth ---------------------------------------------------------------------------
 
@@ -282,6 +379,37 @@ class PreviewRouter:
             await self.fail(sid, scope, send, 401, "invalid_token", detail or EXPIRED, html)
             return
         await send_body(send, 302, b"", b"text/plain", headers)
+
+    async def open_share(
+        self,
+        where: Destination,
+        route: Route,
+        link: tuple[str, str],
+        scope: Scope,
+        send: Send,
+        html: bool,
+    ) -> None:
+        """Trade a share link (or a signed-in viewer's single-use URL) for a viewer's
+        cookie on this host; a public link's first navigation in a browser sees the notice."""
+        try:
+            opened = await self.shares.open(
+                self.state.redis, self.state.rate_limits, where, route.user, *link, scope
+            )
+        except (RedisError, OSError):
+            instruments.REDIS_ERRORS.inc()  # observability hook
+            await self.refuse(scope, send, 503, "unavailable", "state store unreachable", html)
+            return
+        if opened.status == 429:
+            await self.refuse(scope, send, 429, opened.error, opened.detail, html, opened.retry)
+        elif opened.status >= 400:
+            await self.fail(
+                where.sid, scope, send, opened.status, opened.error, opened.detail, html
+            )
+        elif opened.notice:
+            body = notice_page(opened.location)
+            await send_body(send, 200, body, b"text/html; charset=utf-8", opened.headers)
+        else:
+            await send_body(send, 302, b"", b"text/plain", opened.headers)
 
     def origin_ok(self, scope: Scope) -> bool:
         """A preview's WebSockets come from its own pages (the HMR client), nowhere else."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -43,10 +44,13 @@ class Route:
 
 
 class RouteCache:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, on_change: Callable[[str], None] | None = None) -> None:
         self.redis = redis
         self._entries: dict[str, tuple[float, Route | None]] = {}
         self._listener: asyncio.Task[None] | None = None
+        # Told every published change too (a session id, or a revoked share), and "" when
+        # changes may have been missed (the subscription was lost).
+        self.on_change = on_change
 
     async def get(self, sid: str) -> Route | None:
         now = time.monotonic()
@@ -88,8 +92,13 @@ class RouteCache:
                     await pubsub.subscribe(keys.ROUTE_CHANGES)
                     # Anything may have changed while we were not listening.
                     self._entries.clear()
+                    if self.on_change is not None:
+                        self.on_change("")
                     async for message in pubsub.listen():
-                        self.invalidate(text(message["data"]))
+                        changed = text(message["data"])
+                        self.invalidate(changed)
+                        if self.on_change is not None:
+                            self.on_change(changed)
             except (RedisError, OSError) as exc:
                 log.warning("route invalidations lost (%s); retrying", exc)
                 await asyncio.sleep(1.0)

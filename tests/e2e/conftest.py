@@ -52,11 +52,23 @@ class Stack:
             headers={"authorization": f"Bearer {self.token(user)}"},
         )
 
+    def start_ready(self, client: httpx.Client, project: str, template: str) -> str:
+        """Start a template project and wait until it is ready; its id."""
+        created = client.post(
+            "/v1/previews",
+            json={"project_id": project, "source": {"type": "template", "name": template}},
+        )
+        assert created.status_code == 202, created.text
+        preview = self.wait_ready(client, created.json()["id"])
+        assert preview["state"] == "ready", preview
+        return str(preview["id"])
+
     def wait_ready(self, client: httpx.Client, sid: str, timeout: float = 240) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         delay = 0.2
         while True:
             preview: dict[str, Any] = client.get(f"/v1/previews/{sid}").json()
+            assert "state" in preview, preview
             if preview["state"] in {"ready", "failed"} or time.monotonic() > deadline:
                 return preview
             time.sleep(delay)

@@ -42,10 +42,11 @@ class Upstream:
         return f"127.0.0.1:{self.port}"
 
 
-def start_upstream(port: int | None = None) -> Upstream:
+def start_upstream(port: int | None = None, bind: str = "127.0.0.1") -> Upstream:
+    """The Node test server (tests/fixtures/upstream.js) on `bind`, once it answers."""
     port = port or free_port()
     process = subprocess.Popen(
-        ["node", str(ROOT / "tests/fixtures/upstream.js"), str(port)],
+        ["node", str(ROOT / "tests/fixtures/upstream.js"), str(port), bind],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

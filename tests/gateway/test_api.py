@@ -15,7 +15,7 @@ import httpx
 import pytest
 from redis import Redis as SyncRedis
 
-from gateway.api import endpoints
+from gateway.api import endpoints, shares
 from gateway.proxy.preview_tokens import token_user
 from shared import keys
 from shared.redis_types import text
@@ -26,7 +26,7 @@ from tests.utils import GatewayProcess, run_gateway, settings_env, start_redis, 
 
 PREVIEW_KEYS = {
     "id", "project_id", "state", "url", "open_url", "events_url", "created_at", "updated_at",
-    "timings", "from_pool", "dependencies", "error", "heartbeat",
+    "timings", "from_pool", "dependencies", "error", "heartbeat", "ports",
 }  # fmt: skip
 
 
@@ -327,7 +327,7 @@ def test_openapi_describes_every_route(gateway: GatewayProcess) -> None:
     document = httpx.get(f"{gateway.url}/openapi.json").json()
     assert document["openapi"] == "3.1.0"
     assert document["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
-    for route in endpoints.routes:
+    for route in [*endpoints.routes, *shares.routes]:
         path = route.path.replace("{path:path}", "{path}")
         for method in route.methods or ():
             if method == "HEAD":

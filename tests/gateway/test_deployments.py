@@ -14,9 +14,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import subprocess
 from pathlib import Path
 
+import pytest
 from redis.asyncio import Redis
 
 from gateway.containers.docker_runtime import LABEL_DEPLOYMENT, DockerRuntime
@@ -160,3 +162,35 @@ def test_the_suite_is_not_the_deployment_scripts_run_makes(
     # The suite's gateways and controllers in subprocesses derive the same name as it.
     spawned = Settings.from_env(settings_env(redis_url=redis_server.url))
     assert spawned.deployment == settings.deployment
+
+
+def test_building_the_image_prunes_only_this_checkouts_tags(tmp_path: Path) -> None:
+    """Another checkout on the same engine may have just built a tag it is about to start
+    containers from: `scripts/build-image` removes only tags that its own checkout built."""
+    root = Path(__file__).resolve().parents[2]
+    build = str(root / "scripts/build-image")
+    printed = subprocess.run([build, "--print-tag"], capture_output=True, text=True, check=True)
+    current = printed.stdout.strip()
+    if subprocess.run(["docker", "image", "inspect", current], capture_output=True).returncode:
+        pytest.skip(f"needs the image {current} (scripts/build-image)")
+    ours, theirs = f"{current}-ours-{tmp_path.name}", f"{current}-theirs-{tmp_path.name}"
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "images-built").write_text(f"{ours}\n")
+    try:
+        _docker("tag", current, ours)
+        _docker("tag", current, theirs)
+        subprocess.run(
+            [build],
+            env={**os.environ, "PREVIEW_STATE_DIR": str(state)},
+            capture_output=True,
+            check=True,
+        )
+        tags = set(_docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}").split())
+        assert theirs in tags, "another checkout's tag was pruned"
+        assert ours not in tags, "this checkout's old tag was kept"
+        assert current in tags
+        assert (state / "images-built").read_text().split() == [current]
+    finally:
+        for ref in (ours, theirs):
+            subprocess.run(["docker", "rmi", ref], capture_output=True)

@@ -164,6 +164,7 @@
       cell(row, s.host || "–");
       cell(row, s.from_pool === null ? "–" : s.from_pool ? "warm" : "new");
       cell(row, age(s.age_s));
+      cell(row, s.shares ? s.shares + " (" + s.share_views + " opened)" : "–");
     });
     $("status").textContent = "live · updated " + new Date().toLocaleTimeString();
   }

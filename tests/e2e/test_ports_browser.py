@@ -1,0 +1,97 @@
+"""A full-stack project in Chromium: a real Vite app on the main port that fetches, with
+credentials, from its API server on port 3001 of the same container, through both of the
+gateway's hosts (`{id}` and `{id}-3001`). No port is published for 3001."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import Stack
+from tests.utils import wait_until
+
+pytestmark = pytest.mark.slow
+
+API = """
+import http from "node:http";
+http.createServer((req, res) => {
+  // CORS between the preview's own hosts is the app's business: allow the frontend.
+  res.writeHead(200, {
+    "content-type": "application/json",
+    "access-control-allow-origin": req.headers.origin || "*",
+    "access-control-allow-credentials": "true",
+    "vary": "Origin",
+  });
+  res.end(JSON.stringify({message: "hello from the API", method: req.method,
+                          cookies: req.headers.cookie || ""}));
+}).listen(3001);
+"""
+MAIN = """
+const out = document.createElement("p");
+out.id = "api";
+document.body.appendChild(out);
+const api = location.origin.replace(/^(https?:\\/\\/[^.]+)/, "$1-3001");
+fetch(api + "/hello", {method: "POST", credentials: "include",
+                       headers: {"content-type": "application/json"}, body: "{}"})
+  .then((r) => r.json())
+  .then((d) => { out.textContent = d.message + " via " + d.method + " " + JSON.stringify(d); })
+  .catch((e) => { out.textContent = "failed: " + e; });
+"""
+
+
+def test_vite_frontend_calls_its_api_on_another_port(stack: Stack, browser: Any) -> None:
+    with stack.api("alice") as alice:
+        sid = stack.start_ready(alice, "ports-e2e", "vite-vanilla")
+        package = {
+            "name": "full-stack",
+            "private": True,
+            "type": "module",
+            # The API in the background, then Vite (the gateway's flags go to the last).
+            "scripts": {"dev": "node api.js & true; vite"},
+            "devDependencies": {"vite": "^7.0.0"},
+        }
+        for path, body in (
+            ("api.js", API),
+            ("main.js", MAIN),
+            ("package.json", json.dumps(package)),
+        ):
+            assert alice.put(f"/v1/previews/{sid}/files/{path}", content=body).status_code == 200
+        assert alice.post(f"/v1/previews/{sid}/restart").status_code == 202
+
+        def api_port() -> list[dict[str, Any]]:
+            preview = alice.get(f"/v1/previews/{sid}").json()
+            ports: list[dict[str, Any]] = preview["ports"]
+            return [p for p in ports if p["port"] == 3001] if preview["state"] == "ready" else []
+
+        began = time.monotonic()
+        [port] = wait_until(api_port, 120, "port 3001 in the preview object")
+        print(f"restart to port 3001 listed: {time.monotonic() - began:.1f}s")
+        assert port["url"].startswith(f"http://{sid}-3001.preview.localhost:")
+        open_url = alice.get(f"/v1/previews/{sid}").json()["open_url"]
+
+        context = browser.new_context()
+        page = context.new_page()
+        # The owner's app opens each host once (the port's own open_url), as it does the
+        # main one: each host gets its own cookie.
+        direct = page.goto(port["open_url"])
+        assert direct is not None and direct.status == 200
+        assert "hello from the API" in page.inner_text("body")
+        page.goto(open_url)
+        page.wait_for_selector("#api:has-text('hello from the API')", timeout=60_000)
+        text = page.inner_text("#api")
+        assert "via POST" in text, text  # a preflighted call went through
+        assert "pv_" not in text  # the API server never sees our cookies
+        names = {c["name"]: c["domain"] for c in context.cookies()}
+        assert names[f"pv_{sid}-3001"] == f"{sid}-3001.preview.localhost"
+        assert names[f"pv_{sid}"] == f"{sid}.preview.localhost"
+
+        # Another browser without the port's cookie gets nothing from the port host.
+        stranger = browser.new_context()
+        refused = stranger.new_page().goto(port["url"])
+        assert refused is not None and refused.status == 401
+        stranger.close()
+        context.close()
+        assert alice.delete(f"/v1/previews/{sid}").status_code == 204
