@@ -235,6 +235,12 @@ def host_starts_waiting(name: str) -> str:
     return f"{PREFIX}host:{name}:starts-waiting"
 
 
+def host_boosts(name: str) -> str:
+    """Hash: cid -> "extra CPUs|expiry" of the containers on this host running with a
+    startup CPU boost (gateway/containers/boost.py)."""
+    return f"{PREFIX}host:{name}:boosts"
+
+
 CREATE_LEASE = 120  # seconds a creation slot is held at most (a crashed creator frees it)
 CREATE_WAIT_TTL = 5  # seconds a waiting start's mark lives unless renewed
 REAPER_LOCK_TTL_MS = 10_000  # the session lock while the reaper decides about it

@@ -74,6 +74,8 @@ class Heartbeat:
     last_error: str | None = None
     project_id: str | None = None
     node_modules_key: str | None = None
+    # The container's CPU limit in cores as its cgroup says (cpu.max); None: unlimited.
+    cpu_limit: float | None = None
     # The user's other listening ports (supervisor/ports.py) and the container address
     # the gateway reaches them on; the gateway serves no port missing from this list.
     ports: list[int] = field(default_factory=list)

@@ -250,6 +250,31 @@ class Settings:
     dev_port: int = _setting(3000, "Dev-server port inside the container.", int)
     container_memory_mb: int = _setting(2048, "Memory limit per container, MiB.", int)
     container_cpus: float = _setting(1.0, "CPU limit per container (cores).", float)
+    start_cpus: float = _setting(
+        2.0,
+        "Startup CPU boost: CPU limit while a preview prepares and starts its dev server "
+        "(cores), dropped to PREVIEW_CONTAINER_CPUS once it is ready, fails, or after "
+        "PREVIEW_START_BOOST_SECONDS; bounded by the host's cores and its free CPU "
+        "(PREVIEW_HOST_CPU_OVERCOMMIT). At or below PREVIEW_CONTAINER_CPUS: no boost.",
+        float,
+    )
+    start_boost_seconds: float = _setting(
+        300.0, "A startup CPU boost lasts this long at most, seconds.", float
+    )
+    warmup_seconds: float = _setting(
+        60.0,
+        "Before a preview is ready its supervisor loads the entry page and the modules it "
+        "imports, as a browser would, for up to this long, so the first view is not a "
+        "compile, seconds (0: off).",
+        float,
+    )
+    next_turbopack: bool = _setting(
+        False,
+        "Run Next.js 15 projects whose dev script is plain `next dev` with --turbopack "
+        "(Next 16 uses it already). Changes what the project runs: off unless chosen; see "
+        "README, Fast starts, for the figures both ways.",
+        _bool,
+    )
     container_pids: int = _setting(512, "Process limit per container.", int)
     cache_volume: str = _setting(
         "",

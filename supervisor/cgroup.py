@@ -22,6 +22,7 @@ class CgroupSample:
     memory_used: int
     memory_limit: int
     oom_kills: int
+    cpu_limit: float | None = None  # cores (quota / period); None: no limit
 
 
 def _read(path: Path) -> str | None:
@@ -49,6 +50,16 @@ def _flat_keyed(path: Path) -> dict[str, int]:
         except ValueError:
             continue
     return out
+
+
+def cpu_max(raw: str | None) -> float | None:
+    """Cores allowed by a cgroup v2 ``cpu.max`` ("200000 100000"; "max 100000": none).
+    Docker's live update (boost.py in the gateway) rewrites this file."""
+    quota, _, period = (raw or "").partition(" ")
+    try:
+        return int(quota) / int(period or 100000)
+    except ValueError:
+        return None
 
 
 def host_memory_total(meminfo: Path = Path("/proc/meminfo")) -> int:
@@ -100,7 +111,12 @@ class Cgroup:
         stat = _flat_keyed(mem / "memory.stat")
         inactive = stat.get("total_inactive_file", stat.get("inactive_file", 0))
         oom = _flat_keyed(mem / "memory.oom_control").get("oom_kill", 0)
+        quota, period = (
+            _int(self.root / "cpu" / "cpu.cfs_quota_us"),
+            _int(self.root / "cpu" / "cpu.cfs_period_us"),
+        )
         return CgroupSample(
+            cpu_limit=quota / period if quota and quota > 0 and period else None,
             cpu_usage_ns=_int(cpu_dir / "cpuacct.usage"),
             memory_used=max(usage - inactive, 0),
             memory_limit=self._limit(_int(mem / "memory.limit_in_bytes")),
@@ -114,6 +130,7 @@ class Cgroup:
         limit = None if raw_max in (None, "max") else int(raw_max)
         cpu_usec = _flat_keyed(self.root / "cpu.stat").get("usage_usec")
         return CgroupSample(
+            cpu_limit=cpu_max(_read(self.root / "cpu.max")),
             cpu_usage_ns=cpu_usec * 1000 if cpu_usec is not None else None,
             memory_used=max(usage - inactive, 0),
             memory_limit=self._limit(limit),

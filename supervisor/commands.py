@@ -76,7 +76,7 @@ from typing import Any
 
 from shared import keys
 from shared.messages import LOG_LINES, Command
-from supervisor import fence, hibernation, procs, scrub, sources, workspace
+from supervisor import buildcache, fence, hibernation, procs, scrub, sources, workspace
 from supervisor.cgroup import tree_size
 from supervisor.context import Context, SessionState
 from supervisor.devserver import NotRunning
@@ -161,6 +161,8 @@ async def reset(ctx: Context, command: Command) -> dict[str, Any]:
         size = await asyncio.to_thread(tree_size, node_modules) if node_modules.is_dir() else 0
         kept = keep and size > 0 and size <= budget and bool(ctx.session.lock_hash)
         key = node_modules_key(ctx) if kept else None
+        # No app process is left: what the dev server compiled, for its owner's next start.
+        packed = await buildcache.pack(ctx, ctx.session.framework)
         await asyncio.to_thread(_clear, root, ["node_modules"] if kept else [])
         if ctx.config.restore_user_files and ctx.user.uid is not None and ctx.user.gid is not None:
             owner = (ctx.user.uid, ctx.user.gid)
@@ -184,6 +186,7 @@ async def reset(ctx: Context, command: Command) -> dict[str, Any]:
         "kept_node_modules": kept,
         "node_modules_bytes": size if kept else 0,
         "node_modules_key": key,
+        "build_cache": packed.state,
     }
 
 

@@ -46,6 +46,10 @@ class SupervisorConfig:
     # The address Docker forwards the published port to (eth0); empty: detect at start.
     external_address: str = ""
     ready_timeout: float = 180.0
+    # Seconds spent loading the entry route's module graph before `ready` (0: none).
+    warmup_seconds: float = 60.0
+    # PREVIEW_NEXT_TURBOPACK as the gateway passed it on (detect.with_turbopack).
+    next_turbopack: bool = False
     install_timeout: float = 900.0
     restart_limit: int = 3
     restart_window: float = 60.0
@@ -104,6 +108,8 @@ class SupervisorConfig:
             state_dir=Path(get("SUPERVISOR_STATE_DIR", "/var/lib/preview-supervisor")),
             external_address=get("EXTERNAL_ADDRESS", ""),
             ready_timeout=number("READY_TIMEOUT", 180.0),
+            warmup_seconds=number("WARMUP_SECONDS", 60.0),
+            next_turbopack=get("NEXT_TURBOPACK", "") == "1",
             install_timeout=number("INSTALL_TIMEOUT", 900.0),
             restart_limit=int(number("RESTART_LIMIT", 3)),
             restart_window=number("RESTART_WINDOW", 60.0),

@@ -36,6 +36,7 @@ class SessionState:
     # Whose install (and code) wrote node_modules: the gateway's opaque owner key (one
     # user's one project). A kept tree is trusted only for the same owner.
     modules_owner: str | None = None
+    framework: str | None = None  # as detected: which build caches reset packs (buildcache)
     dev_wanted: bool = False  # a dev server should be running for this session
     dev_pgid: int | None = None
     dev_started: int | None = None  # its start time (/proc/PID/stat), against pid reuse

@@ -260,6 +260,24 @@ def detect(package_json: Mapping[str, Any] | None, files: set[str], exposure: Ex
     return replace(base, problem=problem)
 
 
+def with_turbopack(project: Project, package_json: Mapping[str, Any]) -> Project:
+    """Next.js 15's dev server on Turbopack (``next dev --turbopack``), when the operator
+    opted in (PREVIEW_NEXT_TURBOPACK) and the project chose no bundler itself. Next 16
+    uses Turbopack already; other majors are left as they are."""
+    version = _version(project.framework_version or "")
+    if project.framework != "next" or not version or version[0] != 15 or not project.script:
+        return project
+    scripts = package_json.get("scripts")
+    script = str(scripts.get(project.script, "")) if isinstance(scripts, dict) else ""
+    words = _last_command(script)
+    if words[:2] != ["next", "dev"] or {"--turbo", "--turbopack", "--webpack"} & set(words):
+        return project
+    command = project.command
+    if "--" not in command:  # npm: flags follow "--"; others take them as they are
+        command = (*command, "--") if command[:2] == ("npm", "run") else command
+    return replace(project, command=(*command, "--turbopack"))
+
+
 def _version(spec: str) -> tuple[int, int] | None:
     found = re.search(r"(\d+)\.(\d+)", spec)
     return (int(found[1]), int(found[2])) if found else None

@@ -21,6 +21,7 @@ from supervisor.events import Events, Progress
 from supervisor.logbuffer import LogBuffer, pump
 from supervisor.portforward import PortForwarder
 from supervisor.readiness import ProbeResult, backoff, probe
+from supervisor.warmup import warm
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,9 @@ class LaunchSpec:
     port: int
     host_header: str
     ready_timeout: float = 180.0
+    # Load the entry route's module graph before `ready` (supervisor/warmup.py).
+    warmup: bool = True
+    warmup_budget: float = 60.0
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "argv": list(self.argv), "cwd": str(self.cwd)}
@@ -55,6 +59,7 @@ class StartResult:
     reason: str | None = None
     detail: list[str] = field(default_factory=list)
     forwarded: bool = False
+    warmup_ms: int | None = None
 
 
 class DevServer:
@@ -239,6 +244,9 @@ class DevServer:
         reader = asyncio.create_task(pump(process.stdout, self.logs.append))
         try:
             outcome, last = await self._wait_ready(process, spec, progress)
+            warmup_ms = None
+            if outcome == "ready" and spec.warmup:
+                warmup_ms = await self._warm_up(spec, progress)
             if outcome == "ready":
                 if progress is not None:
                     await progress.report("devserver", 100, "the dev server answers", force=True)
@@ -248,7 +256,9 @@ class DevServer:
                     self.session_id,
                     {"port": spec.port, "forwarded": bool(self._forwarder)},
                 )
-                settle(StartResult(True, forwarded=self._forwarder is not None))
+                settle(
+                    StartResult(True, forwarded=self._forwarder is not None, warmup_ms=warmup_ms)
+                )
             lines = self._lines_since(first_line)
             if outcome == "timeout":
                 reason = (
@@ -275,6 +285,26 @@ class DevServer:
             return None, returncode, self._lines_since(first_line), oom
         finally:
             reader.cancel()
+
+    async def _warm_up(self, spec: LaunchSpec, progress: Progress | None) -> int:
+        """Load the entry route's module graph (supervisor/warmup.py); its milliseconds."""
+        if progress is not None:
+            await progress.report("devserver", 96, "warming up the entry page", force=True)
+        # Through the address the gateway uses (the forwarder, for a loopback-only server).
+        report = await warm(self.external_address, spec.port, spec.host_header, spec.warmup_budget)
+        log.info(
+            "warm-up: %d requests in %d ms%s%s",
+            report.requests,
+            report.elapsed_ms,
+            " (truncated)" if report.truncated else "",
+            f", failed: {', '.join(report.failed[:5])}" if report.failed else "",
+        )
+        if report.failed:
+            self.logs.append(
+                f"[supervisor] warm-up: {len(report.failed)} of {report.requests} requests "
+                f"failed ({', '.join(report.failed[:3])})"
+            )
+        return report.elapsed_ms
 
     def _lines_since(self, version: int) -> list[str]:
         return self.logs.tail(self.logs.version - version)

@@ -112,6 +112,7 @@ def sample(
         last_error=dev.last_error,
         project_id=ctx.session.project_id,
         node_modules_key=ctx.session.node_modules_key,
+        cpu_limit=cg.cpu_limit,
         ports=ports or [],
         address=ctx.devserver.external_address if ports else None,
     )

@@ -13,11 +13,11 @@ from typing import Any, NoReturn
 from shared import keys
 from shared.messages import Command
 from shared.redact import public_url
-from supervisor import fence, hibernation, procs, sources, workspace
+from supervisor import buildcache, fence, hibernation, procs, sources, workspace
 from supervisor.context import Context
 from supervisor.depcache import cache as depcache
 from supervisor.dependencies import InstallError, ensure_dependencies, resolve_tool
-from supervisor.detect import Exposure, Project, detect, warnings_for
+from supervisor.detect import Exposure, Project, detect, warnings_for, with_turbopack
 from supervisor.devserver import LaunchSpec
 from supervisor.errors import CommandError
 from supervisor.events import Progress
@@ -163,14 +163,22 @@ async def prepare(ctx: Context, command: Command) -> dict[str, Any]:
             user_env = ctx.session.user_env
             package_json, files = read_project(ctx.config.workspace)
             project = detect(package_json, files, exposure)
+            if ctx.config.next_turbopack and package_json is not None:
+                project = with_turbopack(project, package_json)
             result.update(_describe(project))
             if project.problem or package_json is None:
                 raise PrepareFailed(project.problem or "nothing to run")
+            ctx.session.framework = project.framework
+            ctx.save()
             phase = "dependencies"
             result["dependencies"] = await _dependencies(
                 ctx, project, package_json, user_env, progress, result
             )
             lap("dependencies")
+            cached = await buildcache.restore(ctx, project.framework)
+            result["build_cache"] = cached.state
+            if cached.state == "restored":
+                lap("build_cache")
             version = installed_version(ctx.config.workspace, project.framework_package)
             result["framework_version"] = version or project.framework_version
             for kind, message in warnings_for(project.framework, result["framework_version"]):
@@ -186,6 +194,8 @@ async def prepare(ctx: Context, command: Command) -> dict[str, Any]:
             port=exposure.port,
             host_header=exposure.public_host,
             ready_timeout=ready_timeout,
+            warmup=ctx.config.warmup_seconds > 0,
+            warmup_budget=ctx.config.warmup_seconds,
         )
     except (PrepareFailed, InstallError, sources.SourceError, workspace.UnsafePath) as exc:
         await _failed(ctx, session_id, result, phase, str(exc), getattr(exc, "detail", []))
@@ -195,6 +205,8 @@ async def prepare(ctx: Context, command: Command) -> dict[str, Any]:
     ctx.session.dev_wanted = True
     started = await ctx.devserver.start(spec, session_id, progress)
     lap("devserver")
+    if started.warmup_ms is not None:  # part of "devserver", shown apart
+        result["timings_ms"]["warmup"] = started.warmup_ms
     result.update(port=exposure.port, forwarded=started.forwarded)
     if not started.ready:  # the dev server has reported its error event itself
         reason = started.reason or "the dev server did not start"

@@ -207,7 +207,7 @@ SCHEMAS: dict[str, Schema] = {
             "timings": {
                 "type": "object",
                 "description": "Milliseconds per phase: acquire, files, dependencies, "
-                "devserver, total",
+                "devserver (of which warmup: loading the entry page's modules), total",
                 "additionalProperties": {"type": "integer"},
             },
             "from_pool": {"type": "boolean"},

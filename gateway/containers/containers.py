@@ -30,6 +30,7 @@ from redis.asyncio import Redis
 
 from gateway.background import Background
 from gateway.containers import pool_scripts
+from gateway.containers.boost import Boost
 from gateway.containers.commands import ContainerError as ContainerError  # its callers' import
 from gateway.containers.create_gate import CreateGate
 from gateway.containers.docker_runtime import (
@@ -96,6 +97,7 @@ class Containers(Releases):
         self.placement = Placement(settings, redis, runtime)
         self.gate = CreateGate(redis, settings.host_create_concurrency, background)
         self.reserved = ReservedPool(settings, redis)
+        self.boost = Boost(settings, redis, runtime, self.placement)
         self._acquire = redis.register_script(pool_scripts.ACQUIRE)
         self._add = redis.register_script(pool_scripts.ADD)
         self._placing = asyncio.Lock()
@@ -147,7 +149,7 @@ class Containers(Releases):
                 else:
                     chosen = sorted(
                         (s for s in states if s.usable and s.name not in tried),
-                        key=lambda s: -s.free,
+                        key=lambda s: -s.rank,
                     )
                 if not chosen:
                     if error is not None:
@@ -230,6 +232,7 @@ class Containers(Releases):
                 pipe.zrem(keys.user_reserved(found["user"]), cid)
             if found.get("host"):
                 pipe.srem(keys.host_containers(found["host"]), cid)
+                pipe.hdel(keys.host_boosts(found["host"]), cid)
             if found.get("image"):
                 pipe.lrem(keys.pool(found["image"]), 0, cid)
             await pipe.execute()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import ssl
 import time
@@ -362,6 +363,29 @@ class DockerHost:
         except (TimeoutError, aiohttp.ClientError, OSError):
             await self._call("remove", self.ping())
             raise
+
+    async def set_cpus(self, cid: str, cpus: float) -> bool:
+        """Change a running container's CPU limit in place (POST /containers/{id}/update,
+        no restart). False when the container is gone."""
+        try:
+            await self._docker._query_json(
+                f"containers/{cid}/update",
+                method="POST",
+                data=json.dumps({"NanoCpus": int(cpus * 1e9)}),
+                headers={"Content-Type": "application/json"},
+            )
+        except aiodocker.DockerError as exc:
+            if exc.status == 404:
+                return False
+            if exc.status >= _TRANSPORT_ERROR:
+                await self._call("update", self.ping())
+            raise DockerRuntimeError(
+                self.name, f"update {cid}: {exc.message}", exc.status
+            ) from None
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            await self._call("update", self.ping())
+            raise
+        return True
 
     async def exec(
         self, cid: str, cmd: Sequence[str], user: str = "", timeout: float = 60.0

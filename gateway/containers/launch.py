@@ -48,6 +48,8 @@ def supervisor_env(settings: Settings, cid: str, password: str) -> dict[str, str
         "PREVIEW_CACHE_ZSTD_LEVEL": str(s.cache_zstd_level),
         "PREVIEW_CACHE_ZSTD_THREADS": str(s.cache_zstd_threads),
         "PREVIEW_CONTAINER_DISK_MB": str(s.container_disk_mb),
+        "PREVIEW_WARMUP_SECONDS": str(s.warmup_seconds),
+        "PREVIEW_NEXT_TURBOPACK": "1" if s.next_turbopack else "",
         **supervisor_sentinel_env(s),
     }
     if s.sentry_dsn:

@@ -64,6 +64,7 @@ class HostState:
     capacity: int
     used: int
     drained: bool = False  # an operator asked for no new containers there
+    boosted: float = 0.0  # containers' worth of startup CPU boosts under way (boost.py)
 
     @property
     def usable(self) -> bool:
@@ -73,6 +74,12 @@ class HostState:
     @property
     def free(self) -> int:
         return self.capacity - self.used
+
+    @property
+    def rank(self) -> float:
+        """Free room net of startup boosts: where a new container starts fastest. Boosts
+        order hosts but never refuse a container (they end within minutes)."""
+        return self.free - self.boosted
 
 
 def host_capacity(settings: Settings, mem_total: int, ncpu: int) -> int:
@@ -121,8 +128,13 @@ class Placement:
         """Every configured host: up or not (as the controller last saw it), capacity, use."""
         names = list(self.runtime.hosts)
         seen, drained = await read_hosts(self.redis, names)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hvals(keys.host_boosts(name))
+            boosts = await pipe.execute()
+        per_container = max(self.settings.container_cpus, 0.01)
         states = []
-        for name, (found, used) in zip(names, seen, strict=True):
+        for name, (found, used), boost in zip(names, seen, boosts, strict=True):
             up = found.get("state", "up") != "down"
             reason = found.get("reason", "")
             mem, cpus = int(found.get("mem_total") or 0), int(found.get("ncpu") or 0)
@@ -133,14 +145,23 @@ class Placement:
                 else:
                     mem, cpus = size
             capacity = host_capacity(self.settings, mem, cpus)
-            states.append(HostState(name, up, reason, capacity, used, name in drained))
+            boosted = sum(float(text(v).partition("|")[0]) for v in boost) / per_container
+            states.append(HostState(name, up, reason, capacity, used, name in drained, boosted))
         return states
 
     async def candidates(self, exclude: Collection[str] = ()) -> list[HostState]:
         """Usable hosts (up, not drained, with room), most free first (ties: configured
         order)."""
         usable = [s for s in await self.states() if s.usable and s.name not in exclude]
-        return sorted(usable, key=lambda s: -s.free)
+        return sorted(usable, key=lambda s: -s.rank)
+
+    async def host_cpus(self, name: str) -> int:
+        """The host's cores, as the controller recorded them or the engine says."""
+        recorded = int(text(await self.redis.hget(keys.docker_host(name), "ncpu")) or 0)
+        if recorded:
+            return recorded
+        size = await self._engine_size(name)
+        return size[1] if size else 0
 
     async def register(self, host: HostState, cid: str, fields: dict[str, str]) -> bool:
         """Count `cid` on `host` and write its record, unless the host filled up meanwhile."""

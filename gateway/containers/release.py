@@ -14,6 +14,7 @@ from collections.abc import Mapping
 
 from redis.exceptions import RedisError
 
+from gateway.containers.boost import Boost
 from gateway.containers.commands import CommandChannel, ContainerError
 from gateway.containers.reserved import ReservedPool
 from gateway.observability.counters import Counters, decision
@@ -45,6 +46,7 @@ class Releases(CommandChannel):
     settings: Settings
     counters: Counters
     reserved: ReservedPool
+    boost: Boost
 
     async def image_id(self) -> str:
         raise NotImplementedError
@@ -96,6 +98,8 @@ class Releases(CommandChannel):
         if not found:
             return False
         found.setdefault("cid", cid)
+        if found.get("host"):  # a pooled container runs at PREVIEW_CONTAINER_CPUS
+            await self.boost.drop(found["host"], cid)
         if budget_bytes is None:
             budget_bytes = self.settings.container_disk_mb * 1024 * 1024 // 2
         recorded = found.get("user", "")

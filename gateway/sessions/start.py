@@ -143,6 +143,8 @@ class Starter:
                 self.previews.records.pool_missed(request.project_id, assigned.host),
                 f"pool alert {session.id}",
             )
+        # Before the prepare is queued, so the tracker's drop on `ready` cannot precede it.
+        await self.containers.boost.grant(assigned.host, assigned.cid)
         try:
             prepare, secret = self._prepare(session, request)
             if request.source["type"] == "archive":

@@ -20,6 +20,7 @@ from gateway.sessions.previews import Previews
 from gateway.sessions.store import live_sessions
 from shared import keys
 from shared.periodic import ticks
+from shared.states import STARTING_STATES
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +43,15 @@ class Tracker:
                 pipe.zscore(keys.user_slots(session.user), session.id)
             leases = await pipe.execute()
         now = time.time()
+        started: set[str] = set()
         for session, lease in zip(sessions, leases, strict=True):
             # A lease that ran out is a dead session: the reaper's, not ours to revive.
             if lease is not None and float(lease) > now:
                 await self.previews.refresh(session)
+            # Past STARTING_STATES its start is over: no startup CPU boost any more.
+            if session.state not in STARTING_STATES and session.container:
+                started.add(session.container)
+        await self.previews.containers.boost.settle(started, now)
         return len(sessions)
 
     async def run(self) -> None:

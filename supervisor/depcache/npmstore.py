@@ -10,6 +10,12 @@ npm's index and registry metadata, which npm does not verify, are never shared.
 Before an install, the tarballs its lockfile names are copied from the store into a new
 npm cache made for that install (``Scratch``); afterwards the ones it downloaded are
 taken back and the scratch directory is removed.
+
+A template image (``scripts/build-image --template-deps``) also carries a read-only store
+in the image, ``BAKED``: the tarballs of the common frameworks' default projects, laid out
+the same way and verified by their sha512 when the image was built. It is read when the
+volume lacks a tarball. Only the digests a project's own lockfile names are ever used, so
+its own versions always win; the baked ones merely spare downloads when they match.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from typing import Any
 
 REGISTRY = "https://registry.npmjs.org/"
 MAX_TARBALL = 1 << 30
+BAKED = Path("/opt/preview/npm-store")
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
@@ -103,23 +110,33 @@ class Scratch:
 
 
 class NpmStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, baked: Path = BAKED) -> None:
         self.root = root
+        self.baked = baked
 
     def path(self, digest: str) -> Path:
         return self.root / digest[:2] / digest
+
+    def _source(self, digest: str) -> Path:
+        """The volume's copy, else the image's (``BAKED``)."""
+        found = self.path(digest)
+        if found.exists():
+            return found
+        baked = self.baked / digest[:2] / digest
+        return baked if baked.exists() else found
 
     def seed(self, digests: Iterable[str], scratch: Scratch) -> tuple[int, int]:
         """Copy the stored tarballs among ``digests`` into the scratch npm cache (still
         root's); (count, bytes). Each one copied counts as used (for eviction)."""
         count = size = 0
         for digest in sorted(digests):
-            source = self.path(digest)
+            source = self._source(digest)
             target = cache_content(scratch.npm_cache, digest)
             try:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(source, target)
-                os.utime(source)
+                if source.is_relative_to(self.root):
+                    os.utime(source)
             except FileNotFoundError:
                 continue
             count += 1
@@ -136,7 +153,7 @@ class NpmStore:
         count = size = 0
         for digest in sorted(digests):
             final = self.path(digest)
-            if final.exists():
+            if final.exists() or (self.baked / digest[:2] / digest).exists():
                 continue
             try:
                 fd = os.open(cache_content(scratch.npm_cache, digest), _READ)

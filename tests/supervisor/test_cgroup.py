@@ -36,6 +36,8 @@ def test_v1(tmp_path: Path) -> None:
             "memory/memory.stat": "cache 1\ntotal_inactive_file 104857600\n",
             "memory/memory.oom_control": "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
             "cpuacct/cpuacct.usage": "123456789",
+            "cpu/cpu.cfs_quota_us": "150000",
+            "cpu/cpu.cfs_period_us": "100000",
         },
     )
     cg = Cgroup(root, meminfo(tmp_path))
@@ -45,6 +47,7 @@ def test_v1(tmp_path: Path) -> None:
     assert sample.memory_limit == 2 * GIB
     assert sample.cpu_usage_ns == 123456789
     assert sample.oom_kills == 2
+    assert sample.cpu_limit == 1.5
 
 
 def test_v1_unlimited_memory_is_the_hosts(tmp_path: Path) -> None:
@@ -73,6 +76,7 @@ def test_v2(tmp_path: Path) -> None:
             "memory.stat": "anon 1\ninactive_file 52428800\nactive_file 3\n",
             "memory.events": "low 0\nhigh 0\nmax 4\noom 1\noom_kill 1\n",
             "cpu.stat": "usage_usec 2500000\nuser_usec 2000000\nsystem_usec 500000\n",
+            "cpu.max": "200000 100000",
         },
     )
     cg = Cgroup(root, meminfo(tmp_path))
@@ -82,12 +86,23 @@ def test_v2(tmp_path: Path) -> None:
     assert sample.memory_limit == GIB
     assert sample.cpu_usage_ns == 2_500_000_000
     assert sample.oom_kills == 1
+    assert sample.cpu_limit == 2.0
 
 
 def test_v2_max_means_the_hosts_memory(tmp_path: Path) -> None:
     root = tmp_path / "cg"
-    write(root, {"memory.current": "10", "memory.max": "max", "cpu.stat": "usage_usec 1\n"})
-    assert Cgroup(root, meminfo(tmp_path, 2048)).sample().memory_limit == 2048 * 1024
+    write(
+        root,
+        {
+            "memory.current": "10",
+            "memory.max": "max",
+            "cpu.stat": "usage_usec 1\n",
+            "cpu.max": "max 100000",
+        },
+    )
+    sample = Cgroup(root, meminfo(tmp_path, 2048)).sample()
+    assert sample.memory_limit == 2048 * 1024
+    assert sample.cpu_limit is None  # no CPU limit either
 
 
 def test_no_cgroup_still_reports_memory_total(tmp_path: Path) -> None:

@@ -6,7 +6,14 @@ from typing import Any
 
 import pytest
 
-from supervisor.detect import Exposure, cli_flags, detect, package_manager_of, warnings_for
+from supervisor.detect import (
+    Exposure,
+    cli_flags,
+    detect,
+    package_manager_of,
+    warnings_for,
+    with_turbopack,
+)
 
 EXPOSURE = Exposure(port=3000, public_host="abc.preview.localhost:8080", public_port=8080)
 
@@ -221,3 +228,29 @@ def test_next_16_early_releases_warn(version: str | None, warned: bool) -> None:
     if warned:
         assert "16.2" in found[0][1] and "15.3" in found[0][1]
     assert warnings_for("vite", version) == []
+
+
+@pytest.mark.parametrize(
+    ("script", "version", "turbopack"),
+    [
+        ("next dev", "15.5.4", True),
+        ("NODE_OPTIONS=--inspect next dev", "^15.0.0", True),
+        ("next dev --turbopack", "15.5.4", False),  # the project's own choice, as it is
+        ("next dev --webpack", "15.5.4", False),
+        ("next dev", "16.0.3", False),  # Turbopack already
+        ("next dev", "14.2.0", False),
+        ("node server.js", "15.5.4", False),
+    ],
+)
+def test_turbopack_only_when_chosen_and_the_project_did_not(
+    script: str, version: str, turbopack: bool
+) -> None:
+    package = pkg({"dev": script}, next=version)
+    project = detect(package, set(), EXPOSURE)
+    changed = with_turbopack(project, package)
+    assert (changed.command[-1] == "--turbopack") is turbopack
+    assert changed.command.count("--") <= 1
+    if turbopack:
+        assert changed.command[:-1] == project.command  # only appended
+    else:
+        assert changed == project

@@ -1,0 +1,434 @@
+"""Framework starts (issue 17): Next.js 15 and 16, Vite React, SvelteKit and Vue, each
+made here from the npm registry at pinned versions (the files create-* would write, cut
+to one page), started in preview containers and, as the reference, on the host.
+
+For each app:
+
+- **cold**: an empty cache volume, a new pooled container (npm install);
+- **warm**: another user, a new pooled container, dependencies restored from the volume;
+- **same container**: the first user again, after a stop: its reserved container, its
+  node_modules kept and its build cache restored;
+- each with its phases (acquire, files, dependencies, build cache, dev server, of which
+  warm-up) and the **first view** in Chromium after `ready` (navigation until the page's
+  text is visible; directly against the container's published port, not through the
+  gateway's proxy);
+- **HMR**: an edit written through the supervisor (as `PUT .../files/{path}` does) until
+  the new text is visible in that page, p50 of a few;
+- **host**: `npm run dev` on this machine (no container, all cores), start until the
+  entry route answers, first view, HMR by editing the file on disk.
+
+The gateway's start path runs in process (Starter on the controller's clients, and the
+session tracker, which drops the startup CPU boost at `ready`), with the image's
+defaults: PREVIEW_START_CPUS 2 (this machine's cores), warm-up on. `--no-boost` and
+`--no-warmup` measure without them.
+
+npm installs on the host (lockfiles, the host reference) are cached under
+/var/tmp/pv-bench-frameworks, so reruns reuse them. Every container carries the label
+``preview-gateway.bench=frameworks-<run>``; they and the cache volumes are removed at the
+end. The machine this runs on is shared and loaded: compare figures within one run.
+
+    .venv/bin/python bench/bench_frameworks.py [--apps next15,vite-react] [--hmr 3]
+        [--no-boost] [--no-warmup] [--skip-host] [--cold-only] [--label " (template image)"]
+
+PREVIEW_TEST_IMAGE picks the image (e.g. one built with scripts/build-image
+--template-deps, with --cold-only: what the baked npm store saves a cold install).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import math
+import os
+import secrets
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from playwright.async_api import Browser, Page, async_playwright  # noqa: E402
+from playwright.async_api import TimeoutError as PlaywrightTimeout  # noqa: E402
+
+import bench.bench_pool as pool  # noqa: E402
+from bench.bench_depcache import (  # noqa: E402
+    VITE_APP,
+    Project,
+    npm_env,
+    project_blob,
+    run,
+    write_project,
+)
+from gateway.sessions.store import Session  # noqa: E402
+from gateway.sessions.tracker import Tracker  # noqa: E402
+from supervisor.readiness import probe  # noqa: E402
+from tests.gateway.controller_fixtures import pooled, start, starter_for, wait_state  # noqa: E402
+from tests.utils import free_port, remove_labelled_volumes, start_redis  # noqa: E402
+
+WORKDIR = Path("/var/tmp/pv-bench-frameworks")
+CHROMIUM = "/usr/bin/chromium"
+HMR_TIMEOUT = 30_000  # ms an edit may take to show before it counts as lost (inf)
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
+REACT = {"react": "19.3.1", "react-dom": "19.3.1"}
+VITE = {"vite": "7.3.8"}
+
+
+def _next(version: str, dev: str = "next dev") -> dict[str, Any]:
+    return {
+        "package.json": {
+            "name": "next-app",
+            "private": True,
+            "scripts": {"dev": dev},
+            "dependencies": {"next": version, **REACT},
+        },
+        "app/layout.js": "export default function Layout({ children }) {\n"
+        "  return <html><body>{children}</body></html>;\n}\n",
+        "app/page.js": "export default function Page() { return <h1>TEXT</h1>; }\n",
+    }
+
+
+APPS: dict[str, tuple[dict[str, Any], str]] = {  # name -> (files, the file HMR edits)
+    "next15": (_next("15.5.29"), "app/page.js"),
+    # The same project opted in to Turbopack (what PREVIEW_NEXT_TURBOPACK does for it).
+    "next15-turbopack": (_next("15.5.29", "next dev --turbopack"), "app/page.js"),
+    "next16": (_next("16.5.0"), "app/page.js"),
+    "vite-react": (
+        {
+            "package.json": {
+                "name": "vite-react-app",
+                "private": True,
+                "type": "module",
+                "scripts": {"dev": "vite"},
+                "dependencies": REACT,
+                "devDependencies": {**VITE, "@vitejs/plugin-react": "5.2.0"},
+            },
+            "index.html": VITE_APP["index.html"],
+            "vite.config.js": VITE_APP["vite.config.js"],
+            "src/main.jsx": "import { createRoot } from 'react-dom/client';\n"
+            "import App from './App.jsx';\n"
+            "createRoot(document.getElementById('root')).render(<App />);\n",
+            "src/App.jsx": "export default function App() { return <h1>TEXT</h1>; }\n",
+        },
+        "src/App.jsx",
+    ),
+    "sveltekit": (
+        {
+            "package.json": {
+                "name": "sveltekit-app",
+                "private": True,
+                "type": "module",
+                "scripts": {"dev": "vite dev"},
+                "devDependencies": {
+                    **VITE,
+                    "@sveltejs/kit": "2.70.4",
+                    "@sveltejs/vite-plugin-svelte": "6.2.3",
+                    "svelte": "5.60.1",
+                },
+            },
+            "svelte.config.js": "export default {};\n",
+            "vite.config.js": "import { sveltekit } from '@sveltejs/kit/vite';\n"
+            "export default { plugins: [sveltekit()] };\n",
+            "src/app.html": "<!doctype html><html><head>%sveltekit.head%</head>"
+            "<body><div>%sveltekit.body%</div></body></html>\n",
+            "src/routes/+page.svelte": "<h1>TEXT</h1>\n",
+        },
+        "src/routes/+page.svelte",
+    ),
+    "vue": (
+        {
+            "package.json": {
+                "name": "vue-app",
+                "private": True,
+                "type": "module",
+                "scripts": {"dev": "vite"},
+                "dependencies": {"vue": "3.5.47"},
+                "devDependencies": {**VITE, "@vitejs/plugin-vue": "6.1.1"},
+            },
+            "index.html": '<!doctype html><html><body><div id="app"></div>'
+            '<script type="module" src="/src/main.js"></script></body></html>\n',
+            "vite.config.js": "import { defineConfig } from 'vite';\n"
+            "import vue from '@vitejs/plugin-vue';\n"
+            "export default defineConfig({ plugins: [vue()] });\n",
+            "src/main.js": "import { createApp } from 'vue';\nimport App from './App.vue';\n"
+            "createApp(App).mount('#app');\n",
+            "src/App.vue": "<template><h1>TEXT</h1></template>\n",
+        },
+        "src/App.vue",
+    ),
+}
+
+
+def say(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def page_text(app: str, n: int = 0) -> str:
+    return f"Hello from {app}" if n == 0 else f"Edited {app} {n}"
+
+
+def prepared(app: str) -> Project:
+    """The app's files with its lockfile, installed on the host once (reused by reruns)."""
+    files, _ = APPS[app]
+    path = WORKDIR / app
+    path.mkdir(parents=True, exist_ok=True)
+    spec = {
+        k: v.replace("TEXT", page_text(app)) if isinstance(v, str) else v for k, v in files.items()
+    }
+    write_project(spec, path)
+    if not (path / "node_modules").is_dir():
+        say(f"{app}: npm install on the host (once; cached in {path})")
+        run(["npm", "install", "--no-audit"], cwd=path, env=npm_env(WORKDIR))
+    return Project(app, path)
+
+
+@dataclass
+class Run:
+    app: str
+    case: str
+    ready_s: float  # start → ready
+    view_s: float  # ready → the page's text visible in Chromium
+    dependencies: str = ""
+    timings: dict[str, int] = field(default_factory=dict)
+    hmr_ms: list[float] = field(default_factory=list)
+    later_s: float = 0.0  # the next new visitor's view
+
+    @property
+    def total(self) -> float:
+        return self.ready_s + self.view_s
+
+
+async def view(browser: Browser, url: str, text: str) -> tuple[float, Page]:
+    """Seconds until a new visitor (fresh browser context) sees ``text``; the page."""
+    page = await (await browser.new_context()).new_page()
+    began = time.monotonic()
+    await page.goto(url, wait_until="commit", timeout=300_000)
+    await page.wait_for_selector(f"text={text}", timeout=300_000)
+    return time.monotonic() - began, page
+
+
+async def first_view(browser: Browser, url: str, text: str) -> tuple[float, float, Page]:
+    """The first view and a later one (another new visitor): the warm-up's aim is the
+    first no slower than the later by more than 20 %."""
+    first, page = await view(browser, url, text)
+    later, other = await view(browser, url, text)
+    await other.context.close()
+    return first, later, page
+
+
+async def hmr(page: Page, app: str, rounds: int, write: Any) -> list[float]:
+    """Edit the page's text `rounds` times; ms until each edit is visible."""
+    files, path = APPS[app]
+    samples = []
+    for n in range(1, rounds + 1):
+        content = str(files[path]).replace("TEXT", page_text(app, n))
+        began = time.monotonic()
+        await write(path, content)
+        try:
+            await page.wait_for_selector(f"text={page_text(app, n)}", timeout=HMR_TIMEOUT)
+        except PlaywrightTimeout:
+            say(f"{app}: edit {n} not visible after {HMR_TIMEOUT / 1000:.0f}s")
+            samples.append(math.inf)
+            continue
+        samples.append((time.monotonic() - began) * 1000)
+    return samples
+
+
+async def containers(
+    app: str, project: Project, browser: Browser, args: argparse.Namespace, runs: list[Run]
+) -> None:
+    """Appends each case to ``runs`` as it ends (a later failure keeps the earlier ones)."""
+    server = start_redis()
+    blob = project_blob(project)
+    try:
+        settings = pool.base_settings(
+            server,
+            pool.volume(f"{app}-{secrets.token_hex(3)}"),
+            pool_min=2,
+            pool_max=2,
+            heartbeat_interval=2.0,
+            heartbeat_ttl=30.0,  # installs load the machine: a late beat must not fail it
+            controller_interval=0.5,
+            leader_ttl=2.0,
+            orphan_interval=3600.0,
+            idle_timeout=3600.0,
+            start_cpus=1.0 if args.no_boost else 2.0,
+            warmup_seconds=0.0 if args.no_warmup else 60.0,
+        )
+        async with pool.controlled(settings, server) as controller:
+            starter = starter_for(controller)
+            tracker = asyncio.create_task(Tracker(starter.previews, 0.5).run())
+            try:
+                redis, cs = controller.redis, controller.containers
+
+                async def full() -> bool:
+                    return len(await pooled(redis, cs)) >= settings.pool_max
+
+                async def one(user: str, case: str) -> tuple[Run, Session, Page]:
+                    await pool.seconds_until(full, 600, "the pool to fill", step=0.5)
+                    began = time.monotonic()
+                    session = await start(starter, user, app, {"type": "archive"})
+                    assert await starter.prepare_pending(session, blob)
+                    ready = await wait_state(starter.previews, session.id, "ready", timeout=900)
+                    ready_s = time.monotonic() - began
+                    view_s, later_s, page = await first_view(
+                        browser, f"http://{ready.address}/", page_text(app)
+                    )
+                    result = Run(
+                        app, case, ready_s, view_s, ready.dependencies or "", ready.timings
+                    )
+                    result.later_s = later_s
+                    say(f"{app} {case}: ready {ready_s:.1f}s + view {view_s:.2f}s {ready.timings}")
+                    return result, ready, page
+
+                cold, alice, page = await one("alice", f"cold{args.label}")
+                runs.append(cold)
+                await page.context.close()
+                if args.cold_only:
+                    return
+                await pool.seconds_until(
+                    lambda: _archived(cs, alice.container), 900, "the dependency archive", step=1
+                )
+                warm, _, page = await one("bob", "warm")
+                runs.append(warm)
+                await page.context.close()
+                await starter.previews.stop(alice)
+                await pool.seconds_until(
+                    lambda: _reserved(cs, alice.container), 180, "alice's container reserved"
+                )
+                again, session, page = await one("alice", "same container")
+                runs.append(again)
+
+                async def write(path: str, content: str) -> None:
+                    files = {path: base64.b64encode(content.encode()).decode()}
+                    await starter.previews.command(session, "write_files", {"files": files})
+
+                again.hmr_ms = await hmr(page, app, args.hmr, write)
+                await page.context.close()
+            finally:
+                tracker.cancel()
+                await asyncio.gather(tracker, return_exceptions=True)
+    finally:
+        server.stop()
+
+
+async def _archived(cs: Any, cid: str) -> bool:
+    code, out = await cs.runtime.default.exec(cid, ["sh", "-c", "ls /cache/deps/v1/*/"])
+    return code == 0 and ".tar.zst" in out
+
+
+async def _reserved(cs: Any, cid: str) -> bool:
+    return cid in await cs.reserved.all()
+
+
+async def host(app: str, project: Project, browser: Browser, rounds: int) -> Run:
+    """`npm run dev` on the host, as a developer would: start until the entry answers."""
+    port = free_port()
+    for cache in (".next", "node_modules/.vite", ".svelte-kit"):
+        run(["rm", "-rf", str(project.path / cache)])
+    flags = ["-p", str(port)] if app.startswith("next") else ["--port", str(port), "--strictPort"]
+    began = time.monotonic()
+    process = subprocess.Popen(
+        ["npm", "run", "dev", "--", *flags],
+        cwd=project.path,
+        env=npm_env(WORKDIR),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    files, path = APPS[app]
+    try:
+        while not (await probe("127.0.0.1", port, f"localhost:{port}", response_timeout=300)).ready:
+            await asyncio.sleep(0.1)
+        ready_s = time.monotonic() - began
+        view_s, later_s, page = await first_view(
+            browser, f"http://localhost:{port}/", page_text(app)
+        )
+
+        async def write(rel: str, content: str) -> None:
+            (project.path / rel).write_text(content)
+
+        samples = await hmr(page, app, rounds, write)
+        await page.context.close()
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(10)
+        (project.path / path).write_text(str(files[path]).replace("TEXT", page_text(app)))
+    say(f"{app} host: answers {ready_s:.1f}s + first view {view_s:.2f}s, HMR {samples}")
+    return Run(app, "host (npm run dev)", ready_s, view_s, later_s=later_s, hmr_ms=samples)
+
+
+def report(runs: list[Run], args: argparse.Namespace) -> None:
+    print(
+        f"\n## Framework starts (boost {'off' if args.no_boost else 'on'}, warm-up "
+        f"{'off' if args.no_warmup else 'on'}; a shared, loaded 2-core machine: compare within "
+        f"this run; load average at the end {os.getloadavg()[0]:.1f})\n"
+    )
+    print(
+        "| app | case | start→ready s | first view s | later view s | total s | x host | deps "
+        "| phases ms | HMR p50 ms |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    hosts = {r.app: r for r in runs if r.case.startswith("host")}
+    for r in runs:
+        ref = hosts.get(r.app)
+        ratio = f"{r.total / ref.total:.1f}" if ref and ref is not r and ref.total else ""
+        phases = ", ".join(f"{k} {v}" for k, v in r.timings.items() if k != "total")
+        p50 = f"{statistics.median(r.hmr_ms):.0f}" if r.hmr_ms else ""
+        lost = sum(math.isinf(ms) for ms in r.hmr_ms)
+        p50 += f" ({lost} of {len(r.hmr_ms)} lost)" if lost else ""
+        print(
+            f"| {r.app} | {r.case} | {r.ready_s:.1f} | {r.view_s:.2f} | {r.later_s:.2f} "
+            f"| {r.total:.1f} | {ratio} "
+            f"| {r.dependencies} | {phases} | {p50} |"
+        )
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    WORKDIR.mkdir(parents=True, exist_ok=True)
+    runs: list[Run] = []
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            for app in args.apps.split(","):
+                project = prepared(app)
+                try:
+                    if not args.skip_host:
+                        runs.append(await host(app, project, browser, args.hmr))
+                    await containers(app, project, browser, args, runs)
+                except Exception as exc:  # one app failing must not lose the others' figures
+                    say(f"{app}: failed: {exc!r}")
+                report(runs, args)
+        finally:
+            await browser.close()
+            remove_labelled_volumes(pool.LABEL)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--apps", default=",".join(APPS))
+    parser.add_argument("--hmr", type=int, default=3)
+    parser.add_argument("--no-boost", action="store_true")
+    parser.add_argument("--no-warmup", action="store_true")
+    parser.add_argument("--skip-host", action="store_true")
+    parser.add_argument(
+        "--cold-only", action="store_true", help="only the cold start (e.g. a template image)"
+    )
+    parser.add_argument("--label", default="", help="appended to the case names")
+    args = parser.parse_args()
+    pool.RUN = f"frameworks-{secrets.token_hex(4)}"
+    pool.LABEL = f"{pool.LABEL_KEY}={pool.RUN}"
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main_async(args))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,168 @@
+"""Warm the dev server before calling it ready: the user's first view must not be a compile.
+
+Dev servers compile on demand. Next.js compiles a route when it is first requested (the
+readiness probe does that for the entry route); Vite answers the HTML at once but
+transforms every module, and pre-bundles the dependencies it discovers, only when a
+browser asks for them. So once the entry route answers, we load what a browser would: the
+entry HTML, the scripts and module preloads it references, and (for ES modules, which is
+how Vite serves a project) the modules they import, breadth first, same origin only,
+within a request count and a time budget.
+
+A warm-up failure never fails the start: what the entry route answers decides that, as
+before (a compile error in a module shows in the browser's overlay, as without warm-up).
+Raw HTTP/1.0 over asyncio: no client library in the container, and a 1.0 request makes
+Node answer without chunked encoding and close, so a body is simply read to EOF.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from urllib.parse import urljoin, urlsplit
+
+log = logging.getLogger(__name__)
+
+MAX_REQUESTS = 400  # a Vite app of a few hundred modules; the rest loads on the first view
+CONCURRENCY = 6  # what a browser opens per origin
+MAX_BODY = 8 << 20  # bytes read of one answer (a pre-bundled dependency can be megabytes)
+CONNECT_TIMEOUT = 2.0
+
+# <script src=...> and <link rel=modulepreload href=...> in the entry HTML.
+_SCRIPT = re.compile(r"<script\b[^>]*?\bsrc\s*=\s*[\"']([^\"']+)[\"']", re.I)
+_PRELOAD = re.compile(
+    r"<link\b[^>]*?\brel\s*=\s*[\"']modulepreload[\"'][^>]*?\bhref\s*=\s*[\"']([^\"']+)[\"']",
+    re.I,
+)
+# Static and dynamic imports of an ES module as Vite serves it (specifiers already
+# rewritten to paths: "/src/App.tsx", "/node_modules/.vite/deps/react.js?v=...").
+_IMPORT = re.compile(
+    r"""(?:\bimport\s*(?:[\w*{}\s,$]+?\s*from\s*)?|\bexport\s*[\w*{}\s,$]+?\s*from\s*)["']([^"']+)["']"""
+    r"""|\bimport\s*\(\s*["']([^"'$`]+)["']\s*\)"""
+)
+
+
+@dataclass
+class Answer:
+    status: int | None
+    content_type: str = ""
+    body: bytes = b""
+
+
+@dataclass
+class WarmupReport:
+    requests: int = 0
+    failed: list[str] = field(default_factory=list)  # "path: HTTP 500" / "path: timeout"
+    elapsed_ms: int = 0
+    truncated: bool = False  # stopped at MAX_REQUESTS or the budget
+
+
+async def fetch(host: str, port: int, host_header: str, path: str, timeout: float) -> Answer:
+    """GET ``path`` with ``Host: host_header``; the answer's status, type and body."""
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(host, port), CONNECT_TIMEOUT
+            )
+            try:
+                request = (
+                    f"GET {path} HTTP/1.0\r\nHost: {host_header}\r\n"
+                    "User-Agent: preview-supervisor (warm-up)\r\nAccept: */*\r\n\r\n"
+                )
+                writer.write(request.encode("latin-1"))
+                await writer.drain()
+                head = await reader.readuntil(b"\r\n\r\n")
+                body = await reader.read(MAX_BODY)
+                while len(body) < MAX_BODY and (more := await reader.read(MAX_BODY)):
+                    body += more
+            finally:
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+    except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+        return Answer(None)
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split()
+    if len(parts) < 2 or not parts[1].isdigit():
+        return Answer(None)
+    types = [ln.split(":", 1)[1] for ln in lines[1:] if ln.lower().startswith("content-type:")]
+    content_type = types[0].strip().lower() if types else ""
+    return Answer(int(parts[1]), content_type, body)
+
+
+def references(path: str, answer: Answer) -> list[str]:
+    """Same-origin paths a browser would load next from this answer."""
+    text = answer.body.decode("utf-8", "replace")
+    if "javascript" not in answer.content_type and "html" not in answer.content_type:
+        return []
+    # Inline module scripts import too (SvelteKit's entry page starts its client that way).
+    found = [static or dynamic for static, dynamic in _IMPORT.findall(text)]
+    if "html" in answer.content_type:
+        found = _SCRIPT.findall(text) + _PRELOAD.findall(text) + found
+    out = []
+    for ref in found:
+        parts = urlsplit(urljoin(path, ref))
+        # Another origin, or a bare specifier that no dev server serves as is.
+        if parts.scheme or parts.netloc or not parts.path.startswith("/"):
+            continue
+        if not (ref.startswith(("/", "./", "../"))):
+            continue
+        out.append(parts.path + (f"?{parts.query}" if parts.query else ""))
+    return out
+
+
+async def warm(
+    host: str,
+    port: int,
+    host_header: str,
+    budget: float,
+    on_progress: Callable[[int], None] = lambda n: None,
+) -> WarmupReport:
+    """Load the entry route and its module graph; see the module docstring."""
+    report = WarmupReport()
+    started = time.monotonic()
+    deadline = started + budget
+    seen = {"/"}
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    queue.put_nowait("/")
+
+    async def worker() -> None:
+        while True:
+            path = await queue.get()
+            try:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    report.truncated = True
+                    continue
+                answer = await fetch(host, port, host_header, path, remaining)
+                report.requests += 1
+                on_progress(report.requests)
+                if answer.status is None or answer.status >= 400:
+                    report.failed.append(
+                        f"{path}: " + (f"HTTP {answer.status}" if answer.status else "no answer")
+                    )
+                    continue
+                for ref in references(path, answer):
+                    if ref in seen:
+                        continue
+                    if len(seen) >= MAX_REQUESTS:
+                        report.truncated = True
+                        break
+                    seen.add(ref)
+                    queue.put_nowait(ref)
+            finally:
+                queue.task_done()
+
+    workers = [asyncio.create_task(worker()) for _ in range(CONCURRENCY)]
+    try:
+        await queue.join()
+    finally:
+        for task in workers:
+            task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+    report.elapsed_ms = int((time.monotonic() - started) * 1000)
+    return report

@@ -1,0 +1,121 @@
+"""Build caches (supervisor/buildcache.py) with a real supervisor, a real npm install and a
+dev server that behaves like Next.js's towards .next/cache: it reads what is there at boot
+and writes its own. A project detected as Next.js (its "next" is a local package, so no
+registry is needed) is started, reset, and started again: for the same user's same
+project the cache comes back; for another user it never does; a corrupt archive means a
+fresh build and a start that still succeeds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from supervisor.buildcache import cache_key, dirs_for
+from tests.supervisor.conftest import SupervisorProcess
+from tests.supervisor.test_daemon import prepare_args
+
+# Says what it found in .next/cache at boot (build-cache.json), then writes its own entry.
+SERVER = """
+const fs = require("fs"), http = require("http");
+let found = null;
+try { found = fs.readFileSync(".next/cache/compiled.txt", "utf8"); } catch (e) {}
+fs.writeFileSync("build-cache.json", JSON.stringify({found}));
+fs.mkdirSync(".next/cache/webpack", {recursive: true});
+fs.writeFileSync(".next/cache/compiled.txt", process.env.MARK || "unmarked");
+fs.writeFileSync(".next/cache/webpack/0.pack", "x".repeat(200000));
+http.createServer((q, s) => s.end("ok")).listen(Number(process.env.PORT));
+"""
+
+
+def next_project(sup: SupervisorProcess, mark: str) -> None:
+    package = {
+        "name": "app",
+        "scripts": {"dev": f"MARK={mark} node server.js"},
+        "dependencies": {"next": "file:./fake-next"},
+    }
+    sup.write("package.json", json.dumps(package))
+    sup.write("server.js", SERVER)
+    sup.write("fake-next/package.json", json.dumps({"name": "next", "version": "15.5.0"}))
+
+
+def found_at_boot(sup: SupervisorProcess) -> str | None:
+    found: str | None = json.loads((sup.workspace / "build-cache.json").read_text())["found"]
+    return found
+
+
+def archive_of(sup: SupervisorProcess, owner: str, project: str) -> Path:
+    key = cache_key(f"{owner}\x00{project}", "next")
+    return Path(sup.env["PREVIEW_CACHE_DIR"]) / "deps" / "v1" / key[-40:-38] / f"{key}.tar.zst"
+
+
+async def start(sup: SupervisorProcess, session: str, owner: str, mark: str) -> dict[str, Any]:
+    next_project(sup, mark)
+    result = await sup.send(
+        "prepare",
+        prepare_args(session_id=session, project_id="p1", owner=owner),
+        timeout=180,
+    )
+    assert result.ok, (result, sup.log()[-3000:])
+    assert result.result["framework"] == "next"
+    return result.result
+
+
+async def reset(sup: SupervisorProcess) -> dict[str, Any]:
+    done = await sup.send("reset", {"keep_node_modules": True}, timeout=120)
+    assert done.ok, done
+    return done.result
+
+
+async def test_same_user_and_project_get_their_build_cache_back(sup_factory: Any) -> None:
+    sup: SupervisorProcess = sup_factory()
+    first = await start(sup, "s1", "alice", "first")
+    assert first["build_cache"] == "none" and found_at_boot(sup) is None
+    assert (await reset(sup))["build_cache"] == "packed"
+    assert not (sup.workspace / ".next").exists()  # reset emptied the workspace
+    assert archive_of(sup, "alice", "p1").is_file()
+
+    second = await start(sup, "s2", "alice", "second")
+    assert second["build_cache"] == "restored"
+    assert "build_cache" in second["timings_ms"]
+    assert found_at_boot(sup) == "first"  # what the first start compiled
+
+    # Another user's start on this host, even of a project with the same name: never.
+    await reset(sup)
+    other = await start(sup, "s3", "mallory", "mallory")
+    assert other["build_cache"] == "none" and found_at_boot(sup) is None
+
+
+async def test_a_corrupt_build_cache_means_a_fresh_build(sup_factory: Any) -> None:
+    sup: SupervisorProcess = sup_factory()
+    await start(sup, "s1", "alice", "first")
+    assert (await reset(sup))["build_cache"] == "packed"
+    archive = archive_of(sup, "alice", "p1")
+    data = bytearray(archive.read_bytes())
+    data[len(data) // 3] ^= 0xFF  # one flipped byte inside the compressed frame
+    archive.write_bytes(bytes(data))
+
+    again = await start(sup, "s2", "alice", "second")
+    assert again["build_cache"] == "corrupt"
+    assert found_at_boot(sup) is None  # nothing half-restored: a fresh build
+    assert not archive.exists()  # dropped, the next reset packs a good one
+    logs = await sup.send("logs", {"lines": 100})
+    assert any("build cache dropped" in line for line in logs.result["lines"])
+
+
+def test_caches_by_framework() -> None:
+    assert dirs_for("next") == (".next/cache", ".next/dev/cache")
+    assert "node_modules/.vite" in dirs_for("vite-react")
+    assert set(dirs_for("sveltekit")) == {".svelte-kit", "node_modules/.vite"}
+    assert ".nuxt" in dirs_for("nuxt")
+    assert dirs_for("node") == () and dirs_for(None) == ()
+    # Keyed by owner (user and project) and framework.
+    assert cache_key("a\x00p", "next") != cache_key("b\x00p", "next")
+    assert cache_key("a\x00p", "next") != cache_key("a\x00q", "next")
+
+
+async def test_nothing_kept_without_an_owner(sup_factory: Any) -> None:
+    """A prepare that names no user (only a project) cannot tell users apart."""
+    sup: SupervisorProcess = sup_factory()
+    await start(sup, "s1", "", "first")
+    assert (await reset(sup))["build_cache"] == "none"
