@@ -18,7 +18,9 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -148,12 +150,26 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--hot", type=int, default=5, help="hot starts per user per round")
     args = parser.parse_args()
+    return with_gateway(
+        IMAGE,
+        OVERRIDES,
+        lambda base, server: measure(base, server, args.users, args.rounds, args.hot),
+    )
+
+
+def with_gateway(
+    image: str,
+    overrides: dict[str, Any],
+    measure: Callable[[str, RedisServer], Coroutine[Any, Any, None]],
+) -> int:
+    """Run `measure(gateway URL, Redis)` against a Redis and a gateway of its own; print the
+    gateway's log tail if it fails; remove every container made."""
     server = start_redis()
     try:
-        env = gateway_env(server, IMAGE, **OVERRIDES)
+        env = gateway_env(server, image, **overrides)
         with run_gateway(env) as gateway:
             try:
-                asyncio.run(measure(gateway.url, server, args.users, args.rounds, args.hot))
+                asyncio.run(measure(gateway.url, server))
             except Exception:
                 print("gateway log (tail):\n" + "\n".join(gateway.log().splitlines()[-30:]))
                 raise

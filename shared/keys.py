@@ -116,6 +116,19 @@ def activity(sid: str) -> str:
     return f"{PREFIX}s:{sid}:active"
 
 
+def requested(sid: str) -> str:
+    """String: unix time of the last proxied HTTP request, WebSocket upgrade or API write
+    or command: what keeps a preview awake (PREVIEW_SLEEP_AFTER). WebSocket messages do not
+    count: an HMR socket of a page left open pings on its own."""
+    return f"{PREFIX}s:{sid}:requested"
+
+
+def user_hibernated(user: str) -> str:
+    """Sorted set session id -> end of its resume window (unix s): the user's hibernated
+    previews (their records carry the archive's name, checksum and host)."""
+    return f"{PREFIX}u:{user}:hibernated"
+
+
 def auth_failures(sid: str, client: str) -> str:
     """The failed-authentication limiter's key (under RATE_LIMIT_PREFIX, one moving window
     per rule) for one preview and one client address: strangers' failures on the same

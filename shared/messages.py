@@ -10,12 +10,11 @@ import json
 import time
 import uuid
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from shared.states import DevState, is_dev_state
 
-CommandType = Literal["prepare", "claim", "write_files", "restart", "stop", "reset", "logs"]
-COMMAND_TYPES: tuple[str, ...] = (
+CommandType = Literal[
     "prepare",
     "claim",
     "write_files",
@@ -23,7 +22,11 @@ COMMAND_TYPES: tuple[str, ...] = (
     "stop",
     "reset",
     "logs",
-)
+    "sleep",
+    "wake",
+    "hibernate",
+]
+COMMAND_TYPES: tuple[str, ...] = get_args(CommandType)
 # CommandResult.result["code"] of a command refused because its session is not the
 # container's current one (supervisor/fence.py): the gateway answers 409, not 500.
 WRONG_SESSION = "wrong_session"

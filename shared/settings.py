@@ -225,7 +225,10 @@ class Settings:
         int,
     )
     ws_idle_timeout: float = _setting(
-        600.0, "Close a preview WebSocket after this long without a message, seconds.", float
+        600.0,
+        "Close a preview WebSocket after this long without a message (not while its preview "
+        "sleeps), seconds.",
+        float,
     )
     ws_max_lifetime: float = _setting(
         8 * 3600.0, "Close a preview WebSocket after this long in any case, seconds.", float
@@ -328,6 +331,26 @@ class Settings:
     pool_min: int = _setting(2, "Warm containers kept at least, per image.", int)
     pool_max: int = _setting(5, "Warm containers kept at most, per image.", int)
     idle_timeout: float = _setting(1800.0, "Stop a preview after this long unused, seconds.", float)
+    sleep_after: float = _setting(
+        300.0,
+        "Put a preview to sleep (its dev server frozen, woken by the next request, file "
+        "write or restart) after this long without a proxied request or an API write, "
+        "seconds; 0 never.",
+        float,
+    )
+    hibernate_after: float = _setting(
+        1800.0,
+        "Hibernate a preview asleep this long (workspace packed to its host's cache volume, "
+        "container back to the pool, slot freed; the next visit resumes it), seconds; 0 "
+        "never (it is then stopped after PREVIEW_IDLE_TIMEOUT as an awake one).",
+        float,
+    )
+    resume_window: float = _setting(
+        86400.0,
+        "How long a hibernated preview's id, URL and cookie stay valid (and its archive is "
+        "kept), seconds.",
+        float,
+    )
     # --- observability ------------------------------------------------------------------
     sentry_dsn: str = _setting("", "Sentry DSN; empty disables Sentry.")
     log_format: str = _setting("auto", "Log format: json, text, or auto (text on a terminal).")

@@ -10,12 +10,27 @@ from __future__ import annotations
 
 from typing import Literal, TypeGuard, get_args
 
-SessionState = Literal["assigned", "preparing", "starting", "ready", "stopping", "failed"]
+SessionState = Literal[
+    "assigned",
+    "preparing",
+    "starting",
+    "ready",
+    "sleeping",
+    "hibernated",
+    "resuming",
+    "stopping",
+    "failed",
+]
 SESSION_STATES: tuple[SessionState, ...] = get_args(SessionState)
 # Before "ready": the proxy shows a browser the "starting" page rather than an error.
-STARTING_STATES: frozenset[SessionState] = frozenset({"assigned", "preparing", "starting"})
+# A resuming (hibernated) preview is starting again: the same page.
+STARTING_STATES: frozenset[SessionState] = frozenset(
+    {"assigned", "preparing", "starting", "resuming"}
+)
 
-DevState = Literal["idle", "installing", "starting", "ready", "crashed", "stopped", "failed"]
+DevState = Literal[
+    "idle", "installing", "starting", "ready", "sleeping", "crashed", "stopped", "failed"
+]
 DEV_STATES: tuple[DevState, ...] = get_args(DevState)
 
 

@@ -32,6 +32,16 @@ meanwhile. Args:
   session. result {state: "idle", kept_node_modules,
   node_modules_bytes, node_modules_key}.
 ``logs`` — {lines: int (default 100, at most 2000)}; result {lines: [...]}.
+``sleep`` — freeze every process of the ready dev server (supervisor/freeze.py); the
+  heartbeat then says ``sleeping``. result {state: "sleeping", frozen: n}; refused when the
+  dev server is not ready (starting, crashed, stopped).
+``wake`` — thaw it; result {state: "ready", woke: bool (false: it was awake)}. ``restart``,
+  ``stop`` and ``reset`` thaw it first on their own.
+``hibernate`` — {archive: name, owner, max_age}: pack the workspace (without node_modules
+  and build caches) to the host's cache volume (supervisor/hibernation.py) and remove
+  archives older than max_age; result {archive, sha256, bytes}. A later ``prepare`` with
+  source {"type": "hibernated", "archive", "sha256"} and the same ``owner`` restores it
+  (its environment too, unless the prepare names one) on any container of this host.
 ``claim`` — make ``Command.session_id`` the current session without doing anything else
   (sent when a container is attached to an archive-source session, whose ``prepare`` waits
   for its files); result {session_id}.
@@ -40,13 +50,15 @@ Sessions (the fence, ``supervisor/fence.py``). The container has at most one cur
 session; ``Command.session_id`` says whose a command is. Decided at dispatch, in stream
 order:
 - ``prepare`` and ``claim`` make their session current when there is none or it is
-  already theirs; refused when another session is current or theirs has ended here.
+  already theirs; refused when another session is current or theirs has ended here (but
+  for a prepare resuming a hibernated session, when none is current: its new life).
 - ``reset`` ends a session: it must name the current one. With no current session (a
   start abandoned before its prepare, a warm container) any reset is accepted, and a
   session-less one only then: a container whose session its releaser cannot name is
   destroyed, not reset. The ended session can never become current again here.
-- ``write_files``, ``restart``, ``stop``, ``logs``: their session must be the current one
-  (checked again when they act); a command without a session only while none is current.
+- ``write_files``, ``restart``, ``stop``, ``logs``, ``sleep``, ``wake``: their session
+  must be the current one (checked again when they act); a command without a session only
+  while none is current.
 A refused command does nothing; its result is ``ok: false`` with ``result.code ==
 "wrong_session"`` (``shared.messages.WRONG_SESSION``), which the gateway answers with 409.
 """
@@ -64,9 +76,10 @@ from typing import Any
 
 from shared import keys
 from shared.messages import LOG_LINES, Command
-from supervisor import buildcache, fence, procs, scrub, sources, workspace
+from supervisor import buildcache, fence, hibernation, procs, scrub, sources, workspace
 from supervisor.cgroup import tree_size
 from supervisor.context import Context, SessionState
+from supervisor.devserver import NotRunning
 from supervisor.errors import CommandError
 from supervisor.events import Progress
 from supervisor.prepare import blob, node_modules_key, prepare
@@ -193,6 +206,35 @@ async def logs(ctx: Context, command: Command) -> dict[str, Any]:
     return {"lines": ctx.logs.tail(max(0, min(count, LOG_LINES)))}
 
 
+async def sleep(ctx: Context, command: Command) -> dict[str, Any]:
+    try:
+        frozen = await ctx.devserver.sleep()
+    except NotRunning as exc:
+        raise CommandError(f"cannot sleep: {exc}", {"state": ctx.devserver.state}) from None
+    return {"state": "sleeping", "frozen": frozen}
+
+
+async def wake(ctx: Context, command: Command) -> dict[str, Any]:
+    woke = await ctx.devserver.wake()
+    return {"state": ctx.devserver.state, "woke": woke}
+
+
+async def hibernate(ctx: Context, command: Command) -> dict[str, Any]:
+    args = command.args
+    try:
+        max_age = float(args.get("max_age") or 86400)
+    except (TypeError, ValueError):
+        raise CommandError("max_age must be a number") from None
+    async with ctx.workspace_lock:
+        fence.check(ctx, command)
+        try:
+            return await hibernation.pack(
+                ctx, str(args.get("archive") or ""), str(args.get("owner") or ""), max_age
+            )
+        except (hibernation.HibernationError, OSError) as exc:
+            raise CommandError(f"could not hibernate: {exc}") from None
+
+
 async def claim(ctx: Context, command: Command) -> dict[str, Any]:
     # All of it happened in fence.admit, at dispatch.
     return {"session_id": ctx.session.session_id}
@@ -206,4 +248,7 @@ HANDLERS: dict[str, Callable[[Context, Command], Awaitable[dict[str, Any]]]] = {
     "stop": stop,
     "reset": reset,
     "logs": logs,
+    "sleep": sleep,
+    "wake": wake,
+    "hibernate": hibernate,
 }

@@ -43,6 +43,8 @@ class SessionState:
     # How the dev server was launched (LaunchSpec as JSON), so that `restart` works after
     # a supervisor restart. Root-only like the rest: it holds the project's env.
     launch: dict[str, Any] | None = None
+    # The project's own environment (prepare's ``env``): kept with a hibernated workspace.
+    user_env: dict[str, str] = field(default_factory=dict)
     # Sessions a reset ended here, newest last (supervisor/fence.py): never current again.
     ended: list[str] = field(default_factory=list)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from shared.states import DevState
-from supervisor import failures, procs
+from supervisor import failures, freeze, procs
 from supervisor.cgroup import Cgroup
 from supervisor.events import Events, Progress
 from supervisor.logbuffer import LogBuffer, pump
@@ -47,6 +47,10 @@ class LaunchSpec:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> LaunchSpec:
         return cls(**{**data, "argv": tuple(data["argv"]), "cwd": Path(data["cwd"])})
+
+
+class NotRunning(Exception):
+    """Sleep asked of a dev server that is not running and ready."""
 
 
 @dataclass
@@ -124,12 +128,41 @@ class DevServer:
             await self._stop_locked()
             self.set_state(state)
 
+    async def sleep(self) -> int:
+        """Freeze every process of the running dev server (state ``sleeping``); the number
+        frozen. Raises NotRunning unless it is ``ready`` (or already asleep: 0)."""
+        async with self._lock:
+            if self.state == "sleeping":
+                return 0
+            if self.state != "ready" or self.pid is None:
+                raise NotRunning(f"the dev server is {self.state}, not ready")
+            frozen = await asyncio.to_thread(freeze.freeze, self.pid, self.user.uid)
+            self.set_state("sleeping")
+            log.info("dev server asleep: %d processes frozen", frozen)
+            return frozen
+
+    async def wake(self) -> bool:
+        """Thaw a sleeping dev server (state ``ready`` again); False when it was awake."""
+        async with self._lock:
+            return await self._thaw_locked()
+
+    async def _thaw_locked(self) -> bool:
+        if self.state != "sleeping":
+            return False
+        # Not to_thread: a wake is on a request's path, and the scan is a few ms.
+        thawed = freeze.thaw(self.pid, self.user.uid)
+        self.set_state("ready")
+        log.info("dev server awake: %d processes thawed", thawed)
+        return True
+
     def forget(self) -> None:
         """After stop(): drop the session's launch spec and counters (reset)."""
         self.spec, self.session_id, self.restarts, self.last_error = None, None, 0, None
         self.on_change()
 
     async def _stop_locked(self) -> None:
+        # A stopped process would hold SIGTERM pending until the grace period ran out.
+        await self._thaw_locked()
         task, self._task = self._task, None
         if task is not None:
             task.cancel()

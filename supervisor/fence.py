@@ -30,6 +30,16 @@ def session_of(command: Command) -> str | None:
     return named
 
 
+def resumes(command: Command) -> bool:
+    """A prepare that restores a hibernated workspace (supervisor/hibernation.py)."""
+    source = command.args.get("source")
+    return (
+        command.type == "prepare"
+        and isinstance(source, dict)
+        and source.get("type") == "hibernated"
+    )
+
+
 def refused(why: str) -> CommandError:
     return CommandError(f"refused: {why}; nothing was done", {"code": WRONG_SESSION})
 
@@ -43,7 +53,12 @@ def admit(ctx: Context, command: Command) -> None:
         if not sid:
             raise CommandError(f"{command.type} needs a session_id")
         if sid in ctx.session.ended:
-            raise refused(f"session {sid} has ended on this container")
+            if not resumes(command) or current is not None:
+                raise refused(f"session {sid} has ended on this container")
+            # A hibernated preview resumed on the container that served it before its
+            # hibernation (its owner's reserved one): a new life of the session, begun
+            # like any start, on a container that serves no one.
+            ctx.session.ended = [e for e in ctx.session.ended if e != sid]
         if current is not None and current != sid:
             raise refused(f"this container serves another session than {sid}")
         if current != sid:

@@ -13,7 +13,7 @@ from typing import Any, NoReturn
 from shared import keys
 from shared.messages import Command
 from shared.redact import public_url
-from supervisor import buildcache, fence, procs, sources, workspace
+from supervisor import buildcache, fence, hibernation, procs, sources, workspace
 from supervisor.context import Context
 from supervisor.depcache import cache as depcache
 from supervisor.dependencies import InstallError, ensure_dependencies, resolve_tool
@@ -86,12 +86,27 @@ async def _write_source(ctx: Context, command: Command, source: dict[str, Any]) 
             url = (await blob(ctx, command)).decode("utf-8", "replace")
         await sources.git_checkout(ctx, url, str(ref) if ref else None)
         return f"git {public_url(url)}" + (f" ({ref})" if ref else "")
+    if kind == "hibernated":
+        try:
+            data, env = await asyncio.to_thread(
+                hibernation.load,
+                ctx,
+                str(source.get("archive") or ""),
+                str(command.args.get("owner") or ""),
+                str(source.get("sha256") or ""),
+            )
+        except hibernation.HibernationError as exc:
+            raise PrepareFailed(str(exc)) from None
+        await sources.unpack(ctx, data, "replace")
+        if not ctx.session.user_env:  # the environment it was started with
+            ctx.session.user_env = _user_env(env)
+        return "the hibernated workspace"
     if kind == "archive":
         if command.args.get("blob"):
             await sources.unpack(ctx, await blob(ctx, command), "replace")
             return "archive"
         return "files already in the workspace"
-    raise PrepareFailed(f"unknown source type {kind!r} (archive, git or template)")
+    raise PrepareFailed(f"unknown source type {kind!r} (archive, git, template or hibernated)")
 
 
 async def prepare(ctx: Context, command: Command) -> dict[str, Any]:
@@ -123,6 +138,7 @@ async def prepare(ctx: Context, command: Command) -> dict[str, Any]:
         await asyncio.to_thread(workspace.drop, ctx.config.workspace, "node_modules")
     ctx.session.modules_owner = owner
     ctx.session.dev_wanted = False
+    ctx.session.user_env = user_env
     ctx.save()
     progress = Progress(ctx.events, session_id)
     result: dict[str, Any] = {"timings_ms": {}}
@@ -144,6 +160,7 @@ async def prepare(ctx: Context, command: Command) -> dict[str, Any]:
                 what = await _write_source(ctx, command, source)
                 await progress.report("files", 100, f"project files ready ({what})", force=True)
             lap("files")
+            user_env = ctx.session.user_env
             package_json, files = read_project(ctx.config.workspace)
             project = detect(package_json, files, exposure)
             if ctx.config.next_turbopack and package_json is not None:

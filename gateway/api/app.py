@@ -32,7 +32,9 @@ from gateway.observability.costs import CostMeter
 from gateway.observability.instruments import DOCKER_ERRORS, RATE_LIMITED, REDIS_ERRORS
 from gateway.observability.ops import GatewayOps
 from gateway.observability.sentry_setup import SentryUser, init_sentry
+from gateway.sessions.hibernation import Hibernator
 from gateway.sessions.previews import Previews
+from gateway.sessions.sleeping import Sleeper
 from gateway.sessions.start import Starter
 from gateway.sessions.tracker import Tracker
 from shared.redis_client import redis_client
@@ -71,6 +73,10 @@ def create_app(settings: Settings) -> Starlette:
             settings, state.redis, state.containers, state.background, records=state.ops.records
         )
         state.starter = Starter(state.previews)
+        state.sleeper = Sleeper(state.previews)
+        state.hibernator = Hibernator(state.previews, state.starter, state.sleeper)
+        state.resumer = state.hibernator  # the proxy's hook (gateway/proxy/waking.py)
+        state.starter.make_room = state.hibernator.hibernate_lru
         state.rate_limits = RateLimits(settings)
         tracker = Tracker(state.previews, interval=1.0)
         state.background.forever(tracker.run(), "session tracker")

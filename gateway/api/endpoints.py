@@ -28,7 +28,9 @@ from gateway.api.validation import (
 from gateway.api.views import preview_object
 from gateway.containers import archives
 from gateway.errors import ApiError
+from gateway.sessions.hibernation import Hibernator
 from gateway.sessions.previews import Previews
+from gateway.sessions.sleeping import Sleeper
 from gateway.sessions.start import Starter
 from gateway.sessions.store import Session, live_sessions
 from shared import keys
@@ -178,6 +180,45 @@ async def restart_preview(request: Request, user: User) -> Response:
 
 
 @guarded("reads")
+async def sleep_preview(request: Request, user: User) -> Response:
+    sleeper: Sleeper = request.app.state.sleeper
+    return await _act(request, user, lambda session: sleeper.sleep(session, "api"))
+
+
+@guarded("reads")
+async def wake_preview(request: Request, user: User) -> Response:
+    previews = _previews(request)
+
+    hibernator: Hibernator = request.app.state.hibernator
+
+    async def wake(session: Session) -> None:
+        if session.state == "hibernated":
+            await hibernator.resume(session, "api")
+            return
+        await previews.used(session.id)
+        await previews.wake(session, "api")
+
+    return await _act(request, user, wake)
+
+
+@guarded("reads")
+async def hibernate_preview(request: Request, user: User) -> Response:
+    hibernator: Hibernator = request.app.state.hibernator
+    return await _act(request, user, lambda session: hibernator.hibernate(session, "api"))
+
+
+async def _act(
+    request: Request, user: User, action: Callable[[Session], Awaitable[None]]
+) -> Response:
+    """`action` on the caller's preview; 202 with the preview as it is then."""
+    previews = _previews(request)
+    session = await _owned(request, user)
+    await action(session)
+    heartbeat = await previews.refresh(session)
+    return JSONResponse(_render(request, session, heartbeat), 202)
+
+
+@guarded("reads")
 async def preview_logs(request: Request, user: User) -> Response:
     previews = _previews(request)
     session = await _owned(request, user)
@@ -261,6 +302,9 @@ routes = [
     resource("/v1/previews/{id}/files/{path:path}", put=put_file),
     resource("/v1/previews/{id}/restart", post=restart_preview),
     resource("/v1/previews/{id}/logs", get=preview_logs),
+    resource("/v1/previews/{id}/sleep", post=sleep_preview),
+    resource("/v1/previews/{id}/wake", post=wake_preview),
+    resource("/v1/previews/{id}/hibernate", post=hibernate_preview),
     resource("/v1/pool", get=pool_status),
     resource("/v1/admin/previews", get=all_previews),
 ]

@@ -164,6 +164,33 @@ def openapi_document(settings: Settings) -> Schema:
             },
         ),
     }
+    sleep = {
+        "parameters": [PREVIEW_ID],
+        "post": op(
+            "Put the preview to sleep: its dev server frozen (no CPU), container, URL and "
+            "WebSockets kept; the next request, file write, restart or wake wakes it",
+            {"202": reply(ref("Preview"), "Asleep"), **errors("404", "409", "504")},
+        ),
+    }
+    wake = {
+        "parameters": [PREVIEW_ID],
+        "post": op(
+            "Wake a sleeping preview, or resume a hibernated one (an awake one is answered "
+            "as it is)",
+            {
+                "202": reply(ref("Preview"), "Awake or resuming"),
+                **errors("404", "409", "429", "503"),
+            },
+        ),
+    }
+    hibernate = {
+        "parameters": [PREVIEW_ID],
+        "post": op(
+            "Hibernate the preview: its workspace packed on its host, its container and slot "
+            "released; id, URL and cookie stay valid for the resume window",
+            {"202": reply(ref("Preview"), "Hibernated"), **errors("404", "409", "504")},
+        ),
+    }
     logs = {
         "parameters": [PREVIEW_ID],
         "get": op(
@@ -255,6 +282,9 @@ def openapi_document(settings: Settings) -> Schema:
             "/v1/previews/{id}/files": files,
             "/v1/previews/{id}/files/{path}": one_file,
             "/v1/previews/{id}/restart": restart,
+            "/v1/previews/{id}/sleep": sleep,
+            "/v1/previews/{id}/wake": wake,
+            "/v1/previews/{id}/hibernate": hibernate,
             "/v1/previews/{id}/logs": logs,
             **share_paths(),
             "/v1/pool": pool,

@@ -9,6 +9,11 @@
 - older than PREVIEW_SESSION_MAX_LIFETIME → stopped (released to the pool);
 - no proxied traffic for PREVIEW_IDLE_TIMEOUT → stopped, after reading the activity
   again under the session's lock (fresh traffic must win over a reaper);
+- ready, and no proxied request nor API write for PREVIEW_SLEEP_AFTER → put to sleep,
+  decided again under the lock in the same way (a sleeping preview keeps heartbeating, so
+  none of the rules above takes it for dead);
+- asleep for PREVIEW_HIBERNATE_AFTER → hibernated (which, when on, replaces the idle stop
+  for sleeping previews);
 - resource rules (gateway/controller/resources.py);
 - a start that never got a container (its gateway died) → dropped.
 """
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.asyncio import Redis
@@ -24,10 +30,14 @@ from redis.asyncio import Redis
 from gateway.containers.containers import Containers
 from gateway.controller.outage import OutageWatch
 from gateway.controller.resources import MEMORY_LIMIT, ResourceRules
+from gateway.errors import ApiError
 from gateway.observability.counters import decision
 from gateway.sessions import teardown
 from gateway.sessions.endings import Endings, session_lock
+from gateway.sessions.hibernation import Hibernator
 from gateway.sessions.previews import Previews
+from gateway.sessions.sleeping import Sleeper
+from gateway.sessions.start import Starter
 from gateway.sessions.store import Session, live_sessions
 from shared import keys
 from shared.messages import Heartbeat
@@ -62,6 +72,8 @@ class Reaper:
         self.endings = endings
         self.resources = ResourceRules(settings, redis, containers, endings)
         self.outage = OutageWatch(redis, settings.heartbeat_ttl)
+        self.sleeper = Sleeper(previews)
+        self.hibernator = Hibernator(previews, Starter(previews), self.sleeper)
 
     async def tick(self) -> int:
         """One pass over every live session; returns how many were ended."""
@@ -80,15 +92,20 @@ class Reaper:
                 pipe.hgetall(keys.container(cid))
                 pipe.get(keys.heartbeat(cid))
                 pipe.get(keys.activity(session.id))
+                pipe.get(keys.requested(session.id))
             replies = await pipe.execute()
         down = {s.name for s in await self.containers.placement.states() if not s.up}
         ended = 0
         for i, session in enumerate(sessions):
-            found, beat, active = record(replies[3 * i]), replies[3 * i + 1], replies[3 * i + 2]
+            found, beat, active, used = (record(replies[4 * i]), *replies[4 * i + 1 : 4 * i + 4])
             if session.state == "stopping" or not session.id:
                 continue
             if await self.check(session, found, Heartbeat.read(beat), _float(active), down):
                 ended += 1
+            elif self._sleepy(session, _float(used), time.time()):
+                await self._sleep_if_idle(session)
+            elif self._hibernatable(session, time.time()):
+                await self._hibernate_if_asleep(session)
         return ended
 
     async def check(
@@ -133,11 +150,61 @@ class Reaper:
             hours = s.session_max_lifetime / 3600
             reason = f"reached the maximum session lifetime of {hours:g} h"
             return await self.endings.stop(session, "max_lifetime", reason)
-        if now - max(active, session.updated_at, session.created_at) > s.idle_timeout:
+        hibernates = s.hibernate_after > 0 and session.state == "sleeping"
+        if not hibernates and now - max(active, session.updated_at, session.created_at) > (
+            s.idle_timeout
+        ):
             return await self._stop_if_idle(session)
         if heartbeat.session_id == session.id:
             await self.resources.check(session, heartbeat, found, now)
         return False
+
+    def _sleepy(self, session: Session, used: float, now: float) -> bool:
+        after = self.settings.sleep_after
+        last = max(used, session.updated_at, session.created_at)
+        return after > 0 and session.state == "ready" and now - last > after
+
+    async def _sleep_if_idle(self, session: Session) -> None:
+        async def unused(current: Session) -> bool:
+            used = _float(await self.redis.get(keys.requested(current.id)))
+            return self._sleepy(current, used, time.time())
+
+        await self._decide(session, unused, lambda c: self.sleeper.sleep(c, "idle"), "slept")
+
+    def _hibernatable(self, session: Session, now: float) -> bool:
+        after = self.settings.hibernate_after
+        # updated_at: when it fell asleep (a wake or any change moves it on).
+        return after > 0 and session.state == "sleeping" and now - session.updated_at > after
+
+    async def _hibernate_if_asleep(self, session: Session) -> None:
+        async def asleep(current: Session) -> bool:
+            return self._hibernatable(current, time.time())
+
+        await self._decide(
+            session, asleep, lambda c: self.hibernator.hibernate(c, "idle"), "hibernated"
+        )
+
+    async def _decide(
+        self,
+        session: Session,
+        still: Callable[[Session], Awaitable[bool]],
+        act: Callable[[Session], Awaitable[None]],
+        outcome: str,
+    ) -> None:
+        """Put an unused session to sleep or hibernate it, deciding again under its lock
+        with fresh numbers (fresh traffic must win over a reaper)."""
+        async with session_lock(self.redis, session.id, keys.REAPER_LOCK_TTL_MS) as held:
+            if not held:
+                return
+            current = await self.previews.load(session.id)
+            if current is None or not await still(current):
+                return
+            try:
+                await act(current)
+            except ApiError as exc:
+                decision(log, f"{outcome}_skipped", exc.error, exc.detail, sid=session.id)
+                return
+            decision(log, f"session_{outcome}", "idle", "unused", sid=session.id)
 
     async def _silent_for(
         self, cid: str, found: dict[str, str], now: float

@@ -65,6 +65,30 @@ ALERTS = REGISTRY.counter(
     "preview_alerts_total", "Alerts raised (sent at most once per repeat window).", ["condition"]
 )
 
+SLEEPS = REGISTRY.counter(
+    "preview_sleeps_total", "Previews put to sleep, by trigger (idle, api).", ["trigger"]
+)
+WAKES = REGISTRY.counter(
+    "preview_wakes_total",
+    "Sleeping previews woken, by trigger (request: proxied HTTP or WebSocket; api: wake, "
+    "a file write or a restart).",
+    ["trigger"],
+)
+WAKE_LATENCY = REGISTRY.histogram(
+    "preview_wake_seconds",
+    "Time from a wake's command to the preview being ready again (held requests wait this).",
+)
+HIBERNATIONS = REGISTRY.counter(
+    "preview_hibernations_total",
+    "Previews hibernated (workspace packed, container released), by trigger (idle, api, limit).",
+    ["trigger"],
+)
+RESUMES = REGISTRY.counter(
+    "preview_resumes_total",
+    "Hibernated previews resumed, by trigger (visit: a request to its host; api: wake).",
+    ["trigger"],
+)
+
 # Hot-path children, looked up once.
 STATUS_CLASSES = [PROXY_REQUESTS.labels(f"{n}xx") for n in range(6)]
 REDIS_ERRORS = DEPENDENCY_ERRORS.labels("redis")

@@ -3,12 +3,14 @@
 Owns the host router (``router``: which host is a preview, the API, or nothing of ours),
 who may see a preview (``preview_auth``, ``preview_tokens``, ``signed``, ``cookies``,
 ``clients``), the route cache (``routes``: session id → owner, state, dev-server address,
-kept current by published changes), the HTTP and WebSocket relays (``proxy_http``,
-``proxy_ws``) over a lean upstream client (``upstream``), per-client WebSocket byte budgets
+kept current by published changes), waking a sleeping preview (``waking``: a command to
+its supervisor over Redis), the HTTP and WebSocket relays (``proxy_http``, ``proxy_ws``)
+over a lean upstream client (``upstream``), per-client WebSocket byte budgets
 (``ws_budget``) and the pages a person sees in the iframe (``pages``, ``starting``).
 
 May import: ``shared``, the top-level ``gateway`` helpers (``asgi_types``, ``errors``,
 ``background``) and ``gateway.observability`` (metrics only). Never Docker, sessions, the
 API or the controller: a request on the hot path reads Redis through the route cache and
-nothing else.
+nothing else (a sleeping preview's first request also sends its wake; a hibernated one's
+asks the app's resume hook).
 """

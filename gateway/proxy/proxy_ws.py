@@ -19,7 +19,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,8 +122,10 @@ async def proxy_ws(
     registry: RelayRegistry,
     account: Account,
     on_activity: Callable[[], None] | None = None,
+    keep_idle: Callable[[], Awaitable[bool]] | None = None,
 ) -> None:
-    """Relay one WebSocket until either side closes; the bytes it holds count in `account`."""
+    """Relay one WebSocket until either side closes; the bytes it holds count in `account`.
+    `keep_idle()` true at the idle timeout keeps the relay open (the preview sleeps)."""
     message = await receive()
     if message["type"] != "websocket.connect":
         return
@@ -155,7 +157,10 @@ async def proxy_ws(
             proxy=None,
             open_timeout=HANDSHAKE_TIMEOUT,
             ping_interval=20,
-            ping_timeout=20,
+            # No pong deadline: a sleeping preview's frozen dev server answers pings only
+            # once woken, and its sockets must stay open meanwhile. A dead one is found by
+            # its connection breaking, the session ending, or the idle watchdog.
+            ping_timeout=None,
             max_size=limits.max_message_bytes,
             # Frames read ahead of a browser that does not keep up: each may be a whole
             # max-size message, and the dev server is the user's own code.
@@ -194,7 +199,7 @@ async def proxy_ws(
     assert task is not None
     registry.open.add(task)
     try:
-        await _relay(receive, send, upstream, limits, account, on_activity)
+        await _relay(receive, send, upstream, limits, account, on_activity, keep_idle)
     except asyncio.CancelledError as exc:
         # Shutdown (or the client vanished): tell both sides we are going away. A client
         # that stopped reading never takes the close frame: do not wait for it. Whoever
@@ -243,6 +248,7 @@ async def _relay(
     limits: WsLimits,
     account: Account,
     on_activity: Callable[[], None] | None,
+    keep_idle: Callable[[], Awaitable[bool]] | None = None,
 ) -> None:
     last_seen = time.monotonic()
     closed_by: dict[str, tuple[int, str]] = {}
@@ -300,11 +306,15 @@ async def _relay(
         instruments.RATE_LIMITED.labels("websocket_buffer").inc()  # observability hook
 
     async def watchdog() -> None:
+        nonlocal last_seen
         started = time.monotonic()
         while True:
             await asyncio.sleep(min(limits.idle_timeout, 5.0))
             now = time.monotonic()
             if now - last_seen > limits.idle_timeout:
+                if keep_idle is not None and await keep_idle():
+                    last_seen = now  # asleep: silence is expected, not a dead client
+                    continue
                 closed_by["limit"] = (GOING_AWAY, "idle timeout")
                 return
             if now - started > limits.max_lifetime:

@@ -7,6 +7,10 @@ downstream. For a preview host: find its route (cached), authenticate (the singl
 proxy HTTP or WebSocket to the dev server.
 While the preview is still starting, a browser navigation gets a self-refreshing page and
 other requests wait (one Redis poller per preview, however many requests wait on it).
+A request for a sleeping preview wakes it and is held meanwhile (one wake per preview and
+gateway, however many requests wait on it; gateway/proxy/waking.py). A visit to a hibernated
+one resumes it through the app's ``resumer`` hook (the control plane's, which this package
+does not import) and is then answered like one to a starting preview.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from starlette.datastructures import State
 
 from gateway.asgi_types import Receive, Scope, Send, header
 from gateway.background import Background
+from gateway.errors import ApiError
 from gateway.observability import instruments
 from gateway.proxy import cookies
 from gateway.proxy.clients import ClientResolver
@@ -37,6 +42,7 @@ from gateway.proxy.shares import Share
 from gateway.proxy.starting import starting_page, status_json
 from gateway.proxy.upstream import UpstreamPool
 from gateway.proxy.vhosts import Destination, HostRules, public_host
+from gateway.proxy.waking import Waking
 from gateway.proxy.ws_budget import Budgets
 from shared import keys
 from shared.settings import Settings
@@ -44,7 +50,9 @@ from shared.states import STARTING_STATES
 
 log = logging.getLogger(__name__)
 
+
 ACTIVITY_EVERY = 5.0  # seconds between activity writes per preview
+WAKE_ATTEMPTS = 3
 # Seconds the last activity writes may take at shutdown; readiness waits are then cancelled.
 SHUTDOWN_DEADLINE = 2.0
 STATUS_PATH = "/__preview/status"
@@ -72,9 +80,11 @@ class PreviewRouter:
             settings.ws_max_message_bytes, settings.ws_idle_timeout, settings.ws_max_lifetime
         )
         self.routes: RouteCache | None = None
+        self.waking: Waking
         self.ports: PortTable | None = None
         self._waits: dict[str, asyncio.Task[Route | None]] = {}
         self._activity: dict[str, float] = {}
+        self._requested: dict[str, float] = {}
         self._ws_per_client: dict[str, int] = {}
         self.ws_budgets = Budgets(settings.ws_buffer_per_client)
         self.background = Background()  # readiness waits, activity writes, route listener
@@ -101,6 +111,7 @@ class PreviewRouter:
         if self.routes is None:
             self.routes = RouteCache(self.state.redis, self.changed)
             self.routes.start(self.background)
+            self.waking = Waking(self.settings, self.state, self.routes, self.background)
             self.ports = PortTable(self.state.redis)
         await self.serve(where, scope, receive, send)
 
@@ -172,6 +183,25 @@ class PreviewRouter:
         if scope["path"] == STATUS_PATH and not is_ws:
             await status_json(self.state.redis, route, send)
             return
+        for _ in range(WAKE_ATTEMPTS):  # put to sleep again meanwhile: wake it again
+            if route.state != "sleeping":
+                break
+            woken = await self.waking.wake(sid, route)
+            if isinstance(woken, str):
+                await self.refuse(scope, send, 503, "not_ready", woken, html)
+                return
+            route = woken
+        if route.state == "hibernated":
+            resumed = await self.waking.resume(sid)
+            if resumed is not None:
+                await self.refuse_resume(scope, send, resumed, html)
+                return
+            self.routes.invalidate(sid)
+            again = await self.routes.get(sid)
+            if again is None:
+                await self.refuse(scope, send, 404, "not_found", "no such preview", html)
+                return
+            route = again
         if route.state in STARTING_STATES:
             if html and scope["method"] == "GET":
                 await starting_page(send, route)
@@ -191,7 +221,7 @@ class PreviewRouter:
             if found is None:
                 return
             address = found
-        self.touch(sid)
+        self.touch(sid, request=True)
         # The dev server sees the preview's canonical host, the one its allowed-hosts
         # were configured with at prepare, never the client's spelling of it.
         host = public_host(self.settings, label)
@@ -260,6 +290,7 @@ class PreviewRouter:
                 self.relays,
                 account,
                 on_activity=lambda: self.touch(sid),
+                keep_idle=lambda: self.waking.sleeping(sid),
             )
         finally:
             account.close()
@@ -427,6 +458,16 @@ class PreviewRouter:
         extra = [(b"retry-after", str(retry_after).encode())] if retry_after else None
         await error_page(scope, send, status, error, detail, html, extra)
 
+    async def refuse_resume(self, scope: Scope, send: Send, exc: ApiError, html: bool) -> None:
+        """A resume refused (over the limit: which previews are live; the archive's host
+        gone: how to start again), as a page or JSON."""
+        if scope["type"] == "websocket" or exc.status != 429:
+            await self.refuse(scope, send, exc.status, exc.error, exc.detail, html)
+            return
+        instruments.PROXY_REFUSED.labels("429").inc()  # observability hook
+        extra = [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
+        await error_page(scope, send, 429, exc.error, exc.detail, html, extra or None)
+
     async def fail(
         self, sid: str, scope: Scope, send: Send, status: int, error: str, detail: str, html: bool
     ) -> None:
@@ -459,16 +500,27 @@ class PreviewRouter:
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 1.0)
 
-    def touch(self, sid: str) -> None:
-        """Mark the preview used (for idle reaping), at most once per ACTIVITY_EVERY."""
+    def touch(self, sid: str, request: bool = False) -> None:
+        """Mark the preview used (for idle reaping) and, for a request (not a WebSocket
+        message), awake-worthy (PREVIEW_SLEEP_AFTER); each at most once per ACTIVITY_EVERY."""
         now = time.monotonic()
-        if now - self._activity.get(sid, 0.0) < ACTIVITY_EVERY:
+        names = []
+        if now - self._activity.get(sid, 0.0) >= ACTIVITY_EVERY:
+            self._activity[sid] = now
+            names.append(keys.activity(sid))
+        if request and now - self._requested.get(sid, 0.0) >= ACTIVITY_EVERY:
+            self._requested[sid] = now
+            names.append(keys.requested(sid))
+        if not names:
             return
-        self._activity[sid] = now
-        self.background.spawn(self._write_activity(sid), f"activity {sid}")
+        self.background.spawn(self._write_activity(sid, names), f"activity {sid}")
 
-    async def _write_activity(self, sid: str) -> None:
+    async def _write_activity(self, sid: str, names: list[str]) -> None:
+        stamp = repr(time.time())
         try:
-            await self.state.redis.set(keys.activity(sid), repr(time.time()), ex=86400)
+            async with self.state.redis.pipeline(transaction=False) as pipe:
+                for name in names:
+                    pipe.set(name, stamp, ex=86400)
+                await pipe.execute()
         except (RedisError, OSError) as exc:
             log.debug("activity not recorded sid=%s: %s", sid, exc)

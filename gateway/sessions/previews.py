@@ -19,6 +19,7 @@ from gateway.containers.containers import ContainerError, Containers, affinity
 from gateway.containers.docker_runtime import DockerRuntimeError
 from gateway.errors import ApiError
 from gateway.observability.recorder import Recorder
+from gateway.proxy.waking import WakeError, wake
 from gateway.sessions import slots, teardown
 from gateway.sessions.store import ADVANCE, Session, event_entries, fold, merge_result
 from shared import keys
@@ -58,6 +59,10 @@ return 'sent'
 """
 FOLD_BATCH = 500
 MAX_ID = 64
+# Commands that use the dev server or change what it serves: they wake a sleeping preview
+# first, and count as use (keys.requested: PREVIEW_SLEEP_AFTER starts again).
+WAKING_COMMANDS = frozenset({"write_files", "restart"})
+WAKE_TIMEOUT = 30.0
 
 
 def not_found() -> ApiError:
@@ -99,13 +104,18 @@ class Previews:
         if session is None or session.user != user or session.state == "stopping":
             raise not_found()
         # A session the controller failed gave its slot back; its record stays a while so
-        # that its owner can read why.
-        if session.state != "failed" and not await self.slots.holds(user, sid):
+        # that its owner can read why. A hibernated one has none until it resumes.
+        if session.state not in ("failed", "hibernated") and not await self.slots.holds(user, sid):
             raise not_found()
         return session
 
     async def list(self, user: str) -> list[Session]:
-        sids = await self.slots.active(user)
+        """The user's live previews, then their hibernated ones."""
+        now = time.time()
+        hibernated = keys.user_hibernated(user)
+        await self.redis.zremrangebyscore(hibernated, "-inf", now)
+        found_ids: Any = await self.redis.zrange(hibernated, 0, -1)
+        sids = list(dict.fromkeys(await self.slots.active(user) + [text(s) for s in found_ids]))
         async with self.redis.pipeline(transaction=False) as pipe:
             for sid in sids:
                 pipe.hgetall(keys.session(sid))
@@ -201,6 +211,23 @@ class Previews:
         finally:
             await teardown.clear(self.redis, session)
 
+    async def wake(self, session: Session, trigger: str = "api") -> None:
+        """Wake a sleeping preview (nothing when it is awake); ``session.state`` follows."""
+        try:
+            # The containers' client: its reads may block as long as the wake takes.
+            woke = await wake(
+                self.containers.redis, session.id, session.container, WAKE_TIMEOUT, trigger
+            )
+        except WakeError as exc:
+            raise ApiError(503, "not_ready", exc.detail) from None
+        if woke or session.state == "sleeping":
+            current = await self.load(session.id)
+            session.state = current.state if current is not None else "stopping"
+
+    async def used(self, sid: str) -> None:
+        """The owner used the preview through the API (a write, a restart, a wake)."""
+        await self.redis.set(keys.requested(sid), repr(time.time()), ex=86400)
+
     async def command(
         self,
         session: Session,
@@ -217,6 +244,10 @@ class Previews:
         cid = session.container
         if not cid:
             raise ApiError(409, "not_ready", "the preview has no container yet; retry shortly")
+        if kind in WAKING_COMMANDS:
+            await self.used(session.id)
+            if session.state == "sleeping":
+                await self.wake(session)
         command = Command(kind, args, session_id=session.id)
         if blob is not None:
             await self.redis.set(keys.command_blob(cid, command.id), blob, ex=keys.COMMAND_BLOB_TTL)

@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from redis.exceptions import RedisError
@@ -68,6 +69,9 @@ class Starter:
         self.settings = previews.settings
         self._attach = self.redis.register_script(_ATTACH)
         self._claim = self.redis.register_script(_CLAIM)
+        # At the limit: hibernate one of these (the user's, by id) to make room; True when
+        # it did (gateway/sessions/hibernation.py sets it: it is built on this class).
+        self.make_room: Callable[[str, list[str]], Awaitable[bool]] | None = None
 
     async def start(self, user: str, request: StartRequest, wait: int) -> tuple[int, Session]:
         """(202, new session), or (200, the live session of the same project)."""
@@ -82,6 +86,12 @@ class Starter:
                 )
 
             reservation = await attempt()
+            if (
+                reservation.outcome == "full"
+                and self.make_room is not None
+                and await self.make_room(user, list(reservation.active))
+            ):
+                reservation = await attempt()  # a sleeping one of theirs hibernated
             if reservation.outcome == "full" and wait > 0:
                 deadline = asyncio.get_running_loop().time() + wait
                 reservation = await slots.wait_for_slot(self.redis, user, attempt, deadline)
@@ -187,6 +197,12 @@ class Starter:
         if not attached:
             raise ApiError(404, "not_found", "the preview was stopped while it was starting")
         await self.redis.hset(keys.container(assigned.cid), "session", session.id)
+
+    def prepare_command(
+        self, session: Session, request: StartRequest
+    ) -> tuple[Command, bytes | None]:
+        """The prepare command for `request` (a resume's too: gateway/sessions/hibernation.py)."""
+        return self._prepare(session, request)
 
     def _prepare(self, session: Session, request: StartRequest) -> tuple[Command, bytes | None]:
         """The prepare command, and its blob: a git URL with credentials. Those must not

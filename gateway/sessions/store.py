@@ -36,7 +36,8 @@ LIVE_BATCH = 500  # records read per pipelined round trip by live_sessions
 
 # KEYS: session, route-changes channel. ARGV[1] = stream id folded up to, then field/value
 # pairs. Writes only when the record exists, is not stopping and the id is not behind what
-# was folded before (equal: heartbeat-derived changes); tells the proxies it changed.
+# was folded before (equal: heartbeat-derived changes), never into or out of `sleeping`
+# (but to `failed`); tells the proxies it changed.
 ADVANCE = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state or state == 'stopping' then return 0 end
@@ -50,7 +51,18 @@ local ms, seq = parse(ARGV[1])
 local seen_ms, seen_seq = parse(seen)
 if ms < seen_ms or (ms == seen_ms and seq < seen_seq) then return 0 end
 local fields = {'events_seen', ARGV[1]}
-for i = 2, #ARGV do table.insert(fields, ARGV[i]) end
+for i = 2, #ARGV, 2 do
+  -- Only the sleep and wake scripts move a session into or out of 'sleeping' (to ready),
+  -- and only a resume out of 'hibernated': a state folded from a snapshot read before
+  -- one of them ran must not undo it.
+  local stale = ARGV[i] == 'state' and (state == 'hibernated' or
+    (ARGV[i + 1] == 'sleeping' and state ~= 'sleeping') or
+    (state == 'sleeping' and ARGV[i + 1] == 'ready'))
+  if not stale then
+    table.insert(fields, ARGV[i])
+    table.insert(fields, ARGV[i + 1])
+  end
+end
 redis.call('HSET', KEYS[1], unpack(fields))
 if #ARGV > 1 then redis.call('PUBLISH', KEYS[2], redis.call('HGET', KEYS[1], 'id')) end
 return 1
@@ -97,6 +109,8 @@ class Session:
     events_seen: str = ""
     prepare_id: str = ""  # the prepare command's id: its result has the phase timings
     pending: str = ""  # archive source: the prepare args (JSON) waiting for the files
+    # Hibernated (or resuming): {"name", "sha256", "host", "bytes"} of its packed workspace.
+    archive: dict[str, Any] | None = None
     # Counted in the record by HINCRBY (share links made, share links opened), never
     # written back by `to_record`, so a stale copy cannot reset them.
     shares: int = 0
@@ -107,6 +121,7 @@ class Session:
         pool = record.get("from_pool", "")
         timings = _json(record.get("timings", ""), {})
         error = _json(record.get("error", ""), None)
+        archive = _json(record.get("archive", ""), None)
         return cls(
             id=record.get("id", ""),
             user=record.get("user", ""),
@@ -125,6 +140,7 @@ class Session:
             events_seen=record.get("events_seen", ""),
             prepare_id=record.get("prepare_id", ""),
             pending=record.get("pending", ""),
+            archive=archive if isinstance(archive, dict) else None,
             shares=int(_float(record.get("shares", "0"))),
             share_views=int(_float(record.get("share_views", "0"))),
         )
@@ -147,6 +163,7 @@ class Session:
             "events_from": self.events_from,
             "prepare_id": self.prepare_id,
             "pending": self.pending,
+            "archive": json.dumps(self.archive, separators=(",", ":")) if self.archive else "",
         }
 
     @property

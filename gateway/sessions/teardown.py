@@ -16,13 +16,14 @@ from shared import keys
 
 async def clear(redis: Redis, session: Session, keep_record: bool = False) -> None:
     """Free the session's slot (and wake its user's waiting starts), drop it from the live
-    sessions with its activity key, delete its record (`keep_record`: let it expire after
-    STOPPED_SESSION_TTL, for the proxy's error page and its owner's GET) and tell every
-    gateway that its route changed. Idempotent."""
+    sessions (and the hibernated ones) with its activity keys, delete its record
+    (`keep_record`: let it expire after STOPPED_SESSION_TTL, for the proxy's error page and
+    its owner's GET) and tell every gateway that its route changed. Idempotent."""
     await slots.release(redis, session.user, session.id, session.project_id)
     async with redis.pipeline(transaction=True) as pipe:
         pipe.srem(keys.SESSIONS, session.id)
-        pipe.delete(keys.activity(session.id))
+        pipe.delete(keys.activity(session.id), keys.requested(session.id))
+        pipe.zrem(keys.user_hibernated(session.user), session.id)
         if keep_record:
             pipe.expire(keys.session(session.id), keys.STOPPED_SESSION_TTL)
         else:

@@ -117,3 +117,27 @@ def browser() -> Iterator[Any]:
             yield instance
         finally:
             instance.close()
+
+
+@dataclass
+class OpenPage:
+    """A page opened in a fresh browser context, with its uncaught errors and WebSockets."""
+
+    context: Any
+    page: Any
+    errors: list[str]
+    sockets: list[Any]
+
+
+def open_page(browser: Any, url: str, wait_text: str) -> OpenPage:
+    """Open `url` in a new context and wait for `wait_text`; the page is marked so that a
+    reload (instead of hot module replacement) shows (`window.__notReloaded`)."""
+    context = browser.new_context()
+    page = context.new_page()
+    opened = OpenPage(context, page, [], [])
+    page.on("pageerror", lambda exc: opened.errors.append(str(exc)))
+    page.on("websocket", lambda ws: opened.sockets.append(ws))
+    page.goto(url)
+    page.wait_for_selector(f"text={wait_text}", timeout=30_000)
+    page.evaluate("window.__notReloaded = true")
+    return opened

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from tests.e2e.conftest import ARTIFACTS, Stack
+from tests.e2e.conftest import ARTIFACTS, Stack, open_page
 from tests.utils import wait_until
 
 NEW_MAIN = """
@@ -32,18 +32,11 @@ def test_vite_preview_renders_and_hot_reloads(stack: Stack, browser: Any) -> Non
         sid = preview["id"]
         open_url = alice.get(f"/v1/previews/{sid}").json()["open_url"]
 
-        context = browser.new_context()
-        page = context.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        sockets: list[Any] = []
-        page.on("websocket", lambda ws: sockets.append(ws))
-        page.goto(open_url)
+        opened = open_page(browser, open_url, "Hello from Vite")
+        page, context, errors, sockets = opened.page, opened.context, opened.errors, opened.sockets
         assert "preview_token" not in page.url  # the token was traded for a cookie
-        page.wait_for_selector("text=Hello from Vite", timeout=30_000)
         page.click("#counter")
         assert page.inner_text("#counter") == "count is 1"
-        page.evaluate("window.__notReloaded = true")
         # Vite's HMR client holds a WebSocket through the gateway's relay.
         wait_until(lambda: [ws for ws in sockets if not ws.is_closed()], 15, "HMR WebSocket")
         assert all(ws.url.startswith(f"ws://{sid}.") for ws in sockets)

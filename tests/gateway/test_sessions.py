@@ -69,6 +69,31 @@ async def test_a_stale_snapshot_still_writes_what_the_events_decide(redis: Redis
     assert again is not None and again.state == "ready"
 
 
+async def test_folding_never_moves_a_session_into_or_out_of_sleep(redis: Redis) -> None:
+    """Only the sleep and wake scripts do: a fold from a snapshot read before either ran
+    must not undo it (a frozen dev server taken for ready would hang requests)."""
+    from gateway.sessions.store import ADVANCE
+
+    advance = redis.register_script(ADVANCE)
+    sid = new_id()
+    key = keys.session(sid)
+    await redis.hset(key, mapping={"id": sid, "state": "sleeping", "events_from": "1-0"})
+    try:
+        args = ["2-0", "state", "ready", "error", ""]
+        assert await advance(keys=[key, keys.ROUTE_CHANGES], args=args)
+        assert await redis.hget(key, "state") == b"sleeping"
+        assert await redis.hget(key, "events_seen") == b"2-0"  # the rest is written
+        await redis.hset(key, "state", "ready")
+        assert await advance(keys=[key, keys.ROUTE_CHANGES], args=["3-0", "state", "sleeping"])
+        assert await redis.hget(key, "state") == b"ready"
+        # Failing a sleeping session is allowed (the reaper's and endings' path).
+        await redis.hset(key, "state", "sleeping")
+        assert await advance(keys=[key, keys.ROUTE_CHANGES], args=["4-0", "state", "failed"])
+        assert await redis.hget(key, "state") == b"failed"
+    finally:
+        await redis.delete(key)
+
+
 async def test_all_live_sessions_are_read_in_batches_oldest_first(redis: Redis) -> None:
     """The one read of every live session (API list, tracker, reaper, operator views):
     more than a batch, a member whose record is gone is left out, stopping ones are in."""

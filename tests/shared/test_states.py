@@ -30,7 +30,7 @@ def test_parse_accepts_every_state_and_rejects_others() -> None:
     for state in SESSION_STATES:
         assert parse_session_state(state) == state
     assert STARTING_STATES < set(SESSION_STATES)
-    for bogus in ("", "stoping", "READY", "stopped", "sleeping"):
+    for bogus in ("", "stoping", "READY", "stopped", "asleep"):
         with pytest.raises(ValueError, match="unknown session state"):
             parse_session_state(bogus)
 

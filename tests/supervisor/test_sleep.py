@@ -1,0 +1,204 @@
+"""Sleep and wake (supervisor/freeze.py): every process of a real Node dev server, workers
+included, is stopped, uses no CPU while asleep, and answers again once woken; heartbeats go
+on; restart and stop work on a sleeping dev server; another session cannot put it to sleep.
+Hibernation (supervisor/hibernation.py): packed on one container, restored on another of
+the same host for the same owner only, refused when damaged or gone."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import time
+import urllib.error
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared.messages import WRONG_SESSION
+from supervisor import freeze
+from tests.supervisor.conftest import SupervisorProcess, make_dir
+from tests.supervisor.test_daemon import get, node_project, prepare_args
+from tests.utils import async_wait_until
+
+# A server with a busy worker, as Next.js and Vite start workers beside the main process.
+BUSY_SERVER = """
+const http = require("http"), { fork } = require("child_process");
+if (process.argv[2] === "worker") {
+  setInterval(() => { const end = Date.now() + 40; while (Date.now() < end); }, 50);
+} else {
+  const worker = fork(__filename, ["worker"]);
+  require("fs").writeFileSync("worker.pid", String(worker.pid));
+  http.createServer((q, s) => s.end("awake")).listen(Number(process.env.PORT));
+}
+"""
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+
+async def ready_busy(sup: SupervisorProcess) -> tuple[int, int]:
+    node_project(sup, BUSY_SERVER)
+    assert (await sup.send("prepare", prepare_args())).ok
+    hb = await sup.wait_heartbeat(state="ready")
+    assert hb.pid is not None
+    pid_file = sup.workspace / "worker.pid"
+
+    async def written() -> bool:
+        return pid_file.exists() and pid_file.read_text() != ""
+
+    await async_wait_until(written, 10, "the worker's pid")
+    return hb.pid, int(pid_file.read_text())
+
+
+async def test_sleep_freezes_every_process_and_wake_thaws(sup_factory: Any) -> None:
+    sup: SupervisorProcess = sup_factory()
+    main, worker = await ready_busy(sup)
+    assert get(sup) == "awake"
+
+    result = await sup.send("sleep")
+    assert result.ok, result
+    assert result.result["state"] == "sleeping" and result.result["frozen"] >= 2
+    tree = freeze.tree(main, None)
+    assert {main, worker} <= tree
+    assert {freeze.state(pid) for pid in tree} == {"T"}
+    hb = await sup.wait_heartbeat(state="sleeping")
+    assert hb.pid == main
+    # A frozen worker uses no CPU (awake, it burns ~80% of a core).
+    before = cpu_seconds(worker)
+    await asyncio.sleep(1.0)  # a measurement window, not synchronisation
+    assert cpu_seconds(worker) - before == 0
+    # The heartbeat goes on while asleep.
+    seen = hb.ts
+    later = await sup.wait_heartbeat(state="sleeping", where=lambda h: h.ts > seen)
+    assert later.session_id == "s1"
+    with pytest.raises((TimeoutError, urllib.error.URLError)):
+        await asyncio.to_thread(get_quick, sup)
+
+    again = await sup.send("sleep")  # idempotent
+    assert again.ok and again.result["frozen"] == 0
+
+    began = time.monotonic()
+    woke = await sup.send("wake")
+    assert woke.ok and woke.result == {"state": "ready", "woke": True}
+    print(f"wake command round trip: {(time.monotonic() - began) * 1000:.1f} ms")
+    assert {freeze.state(pid) for pid in freeze.tree(main, None)} <= {"R", "S"}
+    assert get(sup) == "awake"
+    before = cpu_seconds(worker)
+    await asyncio.sleep(1.0)
+    assert cpu_seconds(worker) - before > 0.1
+    assert (await sup.send("wake")).result["woke"] is False
+
+
+def get_quick(sup: SupervisorProcess) -> str:
+    import urllib.request
+
+    from tests.supervisor.conftest import EXTERNAL
+
+    with urllib.request.urlopen(f"http://{EXTERNAL}:{sup.port}/", timeout=1) as response:
+        return str(response.read().decode())
+
+
+async def test_restart_and_stop_work_on_a_sleeping_dev_server(sup_factory: Any) -> None:
+    sup: SupervisorProcess = sup_factory()
+    main, _ = await ready_busy(sup)
+    assert (await sup.send("sleep")).ok
+    restarted = await sup.send("restart", timeout=30)
+    assert restarted.ok and restarted.result["state"] == "ready"
+    hb = await sup.wait_heartbeat(state="ready", where=lambda h: h.pid != main)
+    assert hb.pid is not None and freeze.state(main) == ""
+
+    assert (await sup.send("sleep")).ok
+    began = time.monotonic()
+    stopped = await sup.send("stop", timeout=30)
+    assert stopped.ok
+    assert time.monotonic() - began < 4  # not SIGTERM held pending until SIGKILL
+    assert freeze.state(hb.pid) == ""
+
+
+async def test_only_the_current_session_may_sleep_or_wake(sup_factory: Any) -> None:
+    sup: SupervisorProcess = sup_factory()
+    await ready_busy(sup)
+    for kind in ("sleep", "wake"):
+        refused = await sup.send(kind, session_id="someone-else")
+        assert not refused.ok and refused.result["code"] == WRONG_SESSION
+    assert (await sup.heartbeat()) is not None
+    assert (await sup.wait_heartbeat(state="ready")).state == "ready"
+
+
+async def test_sleep_is_refused_unless_ready(sup_factory: Any) -> None:
+    sup: SupervisorProcess = sup_factory()
+    node_project(sup, BUSY_SERVER)
+    assert (await sup.send("prepare", prepare_args())).ok
+    assert (await sup.send("stop")).ok
+    refused = await sup.send("sleep")
+    assert not refused.ok and "not ready" in (refused.error or "")
+
+
+ENV_SERVER = """
+const http = require("http"), fs = require("fs");
+http.createServer((q, s) => s.end(process.env.GREETING + " " + fs.readFileSync("note.txt")))
+  .listen(Number(process.env.PORT));
+"""
+OWNER = "0123456789abcdef0123456789abcdef"
+
+
+async def test_hibernate_then_restore_on_another_container(sup_factory: Any) -> None:
+    cache = make_dir("pv-sup-shared-cache-")
+    try:
+        first: SupervisorProcess = sup_factory(PREVIEW_CACHE_DIR=str(cache))
+        node_project(first, ENV_SERVER)
+        first.write("note.txt", "kept")
+        first.write("node_modules/big/index.js", "x" * 100_000)
+        first.write(".next/cache/blob", "y" * 100_000)
+        args = prepare_args(env={"GREETING": "hello"}, owner=OWNER)
+        assert (await first.send("prepare", args)).ok
+        assert get(first) == "hello kept"
+        assert (await first.send("sleep")).ok
+        name = f"{OWNER}-s1"
+        packed = await first.send("hibernate", {"archive": name, "owner": OWNER, "max_age": 60})
+        assert packed.ok, packed
+        archive = cache / "hibernated" / f"{name}.tar.zst"
+        assert archive.is_file() and packed.result["bytes"] == archive.stat().st_size
+        assert packed.result["bytes"] < 20_000  # node_modules and .next left out
+        if os.geteuid() == 0:  # root's, out of user code's reach
+            assert (archive.parent.stat().st_mode & 0o777) == 0o700
+        sha = packed.result["sha256"]
+
+        second: SupervisorProcess = sup_factory(PREVIEW_CACHE_DIR=str(cache))
+        source = {"type": "hibernated", "archive": name, "sha256": sha}
+        # Another owner (another user's preview) never gets it.
+        stolen = await second.send(
+            "prepare", prepare_args(session_id="s2", source=source, owner="f" * 32)
+        )
+        assert not stolen.ok and "another preview" in (stolen.error or "")
+        third: SupervisorProcess = sup_factory(PREVIEW_CACHE_DIR=str(cache))
+        restored = await third.send(
+            "prepare", prepare_args(session_id="s3", source=source, owner=OWNER)
+        )
+        assert restored.ok, restored
+        assert get(third) == "hello kept"  # the files and the environment it started with
+        assert not (third.workspace / ".next").exists()
+
+        # Damaged: refused before anything is written.
+        data = bytearray(archive.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        archive.write_bytes(bytes(data))
+        fourth: SupervisorProcess = sup_factory(PREVIEW_CACHE_DIR=str(cache))
+        damaged = await fourth.send(
+            "prepare", prepare_args(session_id="s4", source=source, owner=OWNER)
+        )
+        assert not damaged.ok and "damaged" in (damaged.error or "")
+        assert not (fourth.workspace / "note.txt").exists()
+        archive.unlink()
+        fifth: SupervisorProcess = sup_factory(PREVIEW_CACHE_DIR=str(cache))
+        gone = await fifth.send(
+            "prepare", prepare_args(session_id="s5", source=source, owner=OWNER)
+        )
+        assert not gone.ok and "no longer on its host" in (gone.error or "")
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
