@@ -26,7 +26,7 @@ from tests.utils import wait_until
 
 __all__ = ["sentry_endpoint"]
 
-USER_TOKEN = token("alice")
+USER_TOKEN = token("alice", ttl=24 * 3600)  # minted at import: must outlive a long, loaded run
 COOKIE_VALUE = "pv-cookie-value-0123456789"
 PREVIEW_TOKEN = "preview-token-abcdefghijkl"
 REDIS_PASSWORD = "redis-password-zyxwvut"
