@@ -257,7 +257,7 @@ async def test_host_down_and_back(
             async def b_dropped() -> bool:
                 return not set(on_b) & set(await pooled(redis, containers))
 
-            await async_wait_until(b_dropped, 10, "b's pooled containers dropped")
+            await async_wait_until(b_dropped, 30, "b's pooled containers dropped")
             await async_wait_until(lambda: pool_on({a}), 60, "the pool refilled on a")
             assert COUNTERS.get("host_down", "unreachable") == down_before + 2
 
