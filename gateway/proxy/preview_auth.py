@@ -140,3 +140,23 @@ class PreviewAuth:
         except (RedisError, OSError):
             return None  # the limit is a guard, not a dependency
         return None if over is None else over[1]
+
+
+def query_token(scope: Scope) -> str | None:
+    """The `preview_token` query parameter of an `open_url`, if any."""
+    query: bytes = scope.get("query_string", b"")
+    if b"preview_token=" not in query:
+        return None
+    for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+        if name == "preview_token":
+            return value
+    return None
+
+
+def same_origin(scope: Scope) -> bool:
+    """A preview's WebSockets come from its own pages (the HMR client), nowhere else."""
+    raw = header(scope, b"origin")
+    if raw is None:
+        return True  # non-browser clients send no Origin; the cookie still had to match
+    origin = raw.decode("latin-1").lower().split("://", 1)[-1]
+    return origin == (header(scope, b"host") or b"").decode("latin-1").lower()

@@ -11,6 +11,9 @@ A request for a sleeping preview wakes it and is held meanwhile (one wake per pr
 gateway, however many requests wait on it; gateway/proxy/waking.py). A visit to a hibernated
 one resumes it through the app's ``resumer`` hook (the control plane's, which this package
 does not import) and is then answered like one to a starting preview.
+
+The request's decision path is here; refusals (gateway/proxy/refusals.py), activity marks
+(gateway/proxy/activity.py) and readiness waits (gateway/proxy/starting.py) are not.
 """
 
 from __future__ import annotations
@@ -19,27 +22,33 @@ import asyncio
 import contextlib
 import logging
 import time
-from urllib.parse import parse_qsl
 
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.datastructures import State
 
-from gateway.asgi_types import Receive, Scope, Send, header
+from gateway.asgi_types import Receive, Scope, Send
 from gateway.background import Background
-from gateway.errors import ApiError
 from gateway.observability import instruments
 from gateway.proxy import cookies
+from gateway.proxy.activity import Activity
 from gateway.proxy.clients import ClientResolver
-from gateway.proxy.pages import error_page, send_body
+from gateway.proxy.pages import send_body
 from gateway.proxy.ports import PortTable, preflight_headers, sibling_preflight
-from gateway.proxy.preview_auth import EXPIRED, PreviewAuth, client_address
+from gateway.proxy.preview_auth import (
+    EXPIRED,
+    PreviewAuth,
+    client_address,
+    query_token,
+    same_origin,
+)
 from gateway.proxy.proxy_http import proxy_http, wants_html
 from gateway.proxy.proxy_ws import RelayRegistry, WsLimits, proxy_ws
+from gateway.proxy.refusals import cut_short, refuse, refuse_resume
 from gateway.proxy.routes import Route, RouteCache
 from gateway.proxy.share_access import ENDED, VIEWER, ShareAccess, link_param, notice_page
 from gateway.proxy.shares import Share
-from gateway.proxy.starting import starting_page, status_json
+from gateway.proxy.starting import ReadyWaits, starting_page, status_json
 from gateway.proxy.upstream import UpstreamPool
 from gateway.proxy.vhosts import Destination, HostRules, public_host
 from gateway.proxy.waking import Waking
@@ -51,7 +60,6 @@ from shared.states import STARTING_STATES
 log = logging.getLogger(__name__)
 
 
-ACTIVITY_EVERY = 5.0  # seconds between activity writes per preview
 WAKE_ATTEMPTS = 3
 # Seconds the last activity writes may take at shutdown; readiness waits are then cancelled.
 SHUTDOWN_DEADLINE = 2.0
@@ -81,13 +89,12 @@ class PreviewRouter:
         )
         self.routes: RouteCache | None = None
         self.waking: Waking
+        self.ready: ReadyWaits
         self.ports: PortTable | None = None
-        self._waits: dict[str, asyncio.Task[Route | None]] = {}
-        self._activity: dict[str, float] = {}
-        self._requested: dict[str, float] = {}
         self._ws_per_client: dict[str, int] = {}
         self.ws_budgets = Budgets(settings.ws_buffer_per_client)
         self.background = Background()  # readiness waits, activity writes, route listener
+        self.activity = Activity(lambda: self.state.redis, self.background)
 
     # --- dispatch -----------------------------------------------------------------------
 
@@ -103,15 +110,16 @@ class PreviewRouter:
         html = scope["type"] == "http" and wants_html(scope)
         if where.kind == "refused":
             detail = "this host name is not served here"
-            await self.refuse(scope, send, 421, "misdirected_request", detail, html)
+            await refuse(scope, send, 421, "misdirected_request", detail, html)
             return
         if not where.sid:
-            await self.refuse(scope, send, 404, "not_found", "no such preview", html)
+            await refuse(scope, send, 404, "not_found", "no such preview", html)
             return
         if self.routes is None:
             self.routes = RouteCache(self.state.redis, self.changed)
             self.routes.start(self.background)
             self.waking = Waking(self.settings, self.state, self.routes, self.background)
+            self.ready = ReadyWaits(self.routes, self.background, self.settings.hold_timeout)
             self.ports = PortTable(self.state.redis)
         await self.serve(where, scope, receive, send)
 
@@ -147,15 +155,15 @@ class PreviewRouter:
             route = await self.routes.get(sid)
         except (RedisError, OSError):
             instruments.REDIS_ERRORS.inc()  # observability hook
-            await self.refuse(scope, send, 503, "unavailable", "state store unreachable", html)
+            await refuse(scope, send, 503, "unavailable", "state store unreachable", html)
             return
         if route is None:
-            await self.refuse(scope, send, 404, "not_found", "no such preview", html)
+            await refuse(scope, send, 404, "not_found", "no such preview", html)
             return
         if not is_ws and sibling_preflight(self.hosts, where, scope):
             await send_body(send, 204, b"", b"text/plain", preflight_headers(scope))
             return
-        token = self.query_token(scope)
+        token = query_token(scope)
         if token is not None and not is_ws:
             await self.login(label, route, token, scope, send, html)
             return
@@ -169,7 +177,7 @@ class PreviewRouter:
                 viewer = await self.shares.viewer(self.state.redis, where, route.user, scope)
             except (RedisError, OSError):
                 instruments.REDIS_ERRORS.inc()  # observability hook
-                await self.refuse(scope, send, 503, "unavailable", "state store unreachable", html)
+                await refuse(scope, send, 503, "unavailable", "state store unreachable", html)
                 return
             if viewer is None:
                 detail = "open this preview from its link (the token is missing or expired)"
@@ -177,8 +185,8 @@ class PreviewRouter:
                     detail = ENDED
                 await self.fail(sid, scope, send, 401, "unauthorized", detail, html)
                 return
-        if is_ws and not self.origin_ok(scope):
-            await self.refuse(scope, send, 403, "forbidden", "cross-origin WebSocket", False)
+        if is_ws and not same_origin(scope):
+            await refuse(scope, send, 403, "forbidden", "cross-origin WebSocket", False)
             return
         if scope["path"] == STATUS_PATH and not is_ws:
             await status_json(self.state.redis, route, send)
@@ -188,32 +196,32 @@ class PreviewRouter:
                 break
             woken = await self.waking.wake(sid, route)
             if isinstance(woken, str):
-                await self.refuse(scope, send, 503, "not_ready", woken, html)
+                await refuse(scope, send, 503, "not_ready", woken, html)
                 return
             route = woken
         if route.state == "hibernated":
             resumed = await self.waking.resume(sid)
             if resumed is not None:
-                await self.refuse_resume(scope, send, resumed, html)
+                await refuse_resume(scope, send, resumed, html)
                 return
             self.routes.invalidate(sid)
             again = await self.routes.get(sid)
             if again is None:
-                await self.refuse(scope, send, 404, "not_found", "no such preview", html)
+                await refuse(scope, send, 404, "not_found", "no such preview", html)
                 return
             route = again
         if route.state in STARTING_STATES:
             if html and scope["method"] == "GET":
                 await starting_page(send, route)
                 return
-            route = await self.wait_ready(sid)
+            route = await self.ready.wait(sid)
             if route is None or route.state != "ready":
                 detail = route.error if route and route.error else "the preview is not ready"
-                await self.refuse(scope, send, 503, "not_ready", detail, html)
+                await refuse(scope, send, 503, "not_ready", detail, html)
                 return
         if route.state != "ready" or not route.address:
             detail = route.error or f"the preview is {route.state}"
-            await self.refuse(scope, send, 503, "not_ready", detail, html)
+            await refuse(scope, send, 503, "not_ready", detail, html)
             return
         address = route.address
         if where.port is not None:
@@ -221,7 +229,7 @@ class PreviewRouter:
             if found is None:
                 return
             address = found
-        self.touch(sid, request=True)
+        self.activity.touch(sid, request=True)
         # The dev server sees the preview's canonical host, the one its allowed-hosts
         # were configured with at prepare, never the client's spelling of it.
         host = public_host(self.settings, label)
@@ -245,7 +253,7 @@ class PreviewRouter:
                 )
             except asyncio.CancelledError:
                 if self.relays.closing:  # cut at the drain deadline
-                    await self.cut_short(scope, send, html)
+                    await cut_short(scope, send, html)
                 raise
             instruments.proxied(status, time.monotonic() - began)  # observability hook
 
@@ -259,11 +267,11 @@ class PreviewRouter:
             address = await self.ports.upstream(route, port)
         except (RedisError, OSError):
             instruments.REDIS_ERRORS.inc()  # observability hook
-            await self.refuse(scope, send, 503, "unavailable", "state store unreachable", html)
+            await refuse(scope, send, 503, "unavailable", "state store unreachable", html)
             return None
         if address is None:
             detail = f"nothing of this preview listens on port {port}"
-            await self.refuse(scope, send, 404, "not_found", detail, html)
+            await refuse(scope, send, 404, "not_found", detail, html)
         return address
 
     async def websocket(
@@ -289,7 +297,7 @@ class PreviewRouter:
                 self.limits,
                 self.relays,
                 account,
-                on_activity=lambda: self.touch(sid),
+                on_activity=lambda: self.activity.touch(sid),
                 keep_idle=lambda: self.waking.sleeping(sid),
             )
         finally:
@@ -349,16 +357,6 @@ class PreviewRouter:
 
     # --- auth ---------------------------------------------------------------------------
 
-    @staticmethod
-    def query_token(scope: Scope) -> str | None:
-        query: bytes = scope.get("query_string", b"")
-        if b"preview_token=" not in query:
-            return None
-        for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
-            if name == "preview_token":
-                return value
-        return None
-
     async def login(
         self, sid: str, route: Route, token: str, scope: Scope, send: Send, html: bool
     ) -> None:
@@ -368,7 +366,7 @@ class PreviewRouter:
             user, detail = await self.auth.token_user(self.state.redis, sid, token)
         except (RedisError, OSError):
             instruments.REDIS_ERRORS.inc()  # observability hook
-            await self.refuse(scope, send, 503, "unavailable", "state store unreachable", html)
+            await refuse(scope, send, 503, "unavailable", "state store unreachable", html)
             return
         if user is not None and user == route.user:
             headers = self.auth.redirect_headers(sid, user, scope)
@@ -398,10 +396,10 @@ class PreviewRouter:
             )
         except (RedisError, OSError):
             instruments.REDIS_ERRORS.inc()  # observability hook
-            await self.refuse(scope, send, 503, "unavailable", "state store unreachable", html)
+            await refuse(scope, send, 503, "unavailable", "state store unreachable", html)
             return
         if opened.status == 429:
-            await self.refuse(scope, send, 429, opened.error, opened.detail, html, opened.retry)
+            await refuse(scope, send, 429, opened.error, opened.detail, html, opened.retry)
         elif opened.status >= 400:
             await self.fail(
                 where.sid, scope, send, opened.status, opened.error, opened.detail, html
@@ -412,62 +410,6 @@ class PreviewRouter:
         else:
             await send_body(send, 302, b"", b"text/plain", opened.headers)
 
-    def origin_ok(self, scope: Scope) -> bool:
-        """A preview's WebSockets come from its own pages (the HMR client), nowhere else."""
-        raw = header(scope, b"origin")
-        if raw is None:
-            return True  # non-browser clients send no Origin; the cookie still had to match
-        origin = raw.decode("latin-1").lower().split("://", 1)[-1]
-        return origin == self.public_host(scope).lower()
-
-    def public_host(self, scope: Scope) -> str:
-        return (header(scope, b"host") or b"").decode("latin-1")
-
-    @staticmethod
-    async def cut_short(scope: Scope, send: Send, html: bool) -> None:
-        """A 503 (retry elsewhere) rather than the server's bare 500, unless the response
-        had already begun (then the client sees it end early)."""
-        retry = [(b"retry-after", b"1"), (b"connection", b"close")]
-        with contextlib.suppress(Exception):
-            await error_page(
-                scope, send, 503, "unavailable", "the gateway is restarting", html, retry
-            )
-
-    async def refuse(
-        self,
-        scope: Scope,
-        send: Send,
-        status: int,
-        error: str,
-        detail: str,
-        html: bool,
-        retry_after: int = 0,
-    ) -> None:
-        instruments.PROXY_REFUSED.labels(str(status)).inc()  # observability hook
-        if status == 429:
-            instruments.RATE_LIMITED.labels("preview_auth").inc()
-        if scope["type"] == "websocket":
-            await send(
-                {
-                    "type": "websocket.close",
-                    "code": 1008 if status < 500 else 1011,
-                    "reason": detail[:120],
-                }
-            )
-            return
-        extra = [(b"retry-after", str(retry_after).encode())] if retry_after else None
-        await error_page(scope, send, status, error, detail, html, extra)
-
-    async def refuse_resume(self, scope: Scope, send: Send, exc: ApiError, html: bool) -> None:
-        """A resume refused (over the limit: which previews are live; the archive's host
-        gone: how to start again), as a page or JSON."""
-        if scope["type"] == "websocket" or exc.status != 429:
-            await self.refuse(scope, send, exc.status, exc.error, exc.detail, html)
-            return
-        instruments.PROXY_REFUSED.labels("429").inc()  # observability hook
-        extra = [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
-        await error_page(scope, send, 429, exc.error, exc.detail, html, extra or None)
-
     async def fail(
         self, sid: str, scope: Scope, send: Send, status: int, error: str, detail: str, html: bool
     ) -> None:
@@ -476,51 +418,6 @@ class PreviewRouter:
         retry = await self.auth.over_limit(self.state.rate_limits, sid, scope)
         if retry is not None:
             status, error, detail = 429, "rate_limited", TOO_MANY_FAILURES.format(retry=retry)
-        await self.refuse(scope, send, status, error, detail, html, retry or 0)
+        await refuse(scope, send, status, error, detail, html, retry or 0)
 
     # --- readiness and activity -------------------------------------------------------------
-
-    async def wait_ready(self, sid: str) -> Route | None:
-        task = self._waits.get(sid)
-        if task is None:
-            task = self.background.spawn(self._poll_ready(sid), f"wait ready {sid}")
-            self._waits[sid] = task
-            task.add_done_callback(lambda _: self._waits.pop(sid, None))
-        return await asyncio.shield(task)
-
-    async def _poll_ready(self, sid: str) -> Route | None:
-        assert self.routes is not None
-        deadline = time.monotonic() + self.settings.hold_timeout
-        delay = 0.1
-        while True:
-            self.routes.invalidate(sid)
-            route = await self.routes.get(sid)
-            if route is None or route.state not in STARTING_STATES or time.monotonic() > deadline:
-                return route
-            await asyncio.sleep(delay)
-            delay = min(delay * 1.5, 1.0)
-
-    def touch(self, sid: str, request: bool = False) -> None:
-        """Mark the preview used (for idle reaping) and, for a request (not a WebSocket
-        message), awake-worthy (PREVIEW_SLEEP_AFTER); each at most once per ACTIVITY_EVERY."""
-        now = time.monotonic()
-        names = []
-        if now - self._activity.get(sid, 0.0) >= ACTIVITY_EVERY:
-            self._activity[sid] = now
-            names.append(keys.activity(sid))
-        if request and now - self._requested.get(sid, 0.0) >= ACTIVITY_EVERY:
-            self._requested[sid] = now
-            names.append(keys.requested(sid))
-        if not names:
-            return
-        self.background.spawn(self._write_activity(sid, names), f"activity {sid}")
-
-    async def _write_activity(self, sid: str, names: list[str]) -> None:
-        stamp = repr(time.time())
-        try:
-            async with self.state.redis.pipeline(transaction=False) as pipe:
-                for name in names:
-                    pipe.set(name, stamp, ex=86400)
-                await pipe.execute()
-        except (RedisError, OSError) as exc:
-            log.debug("activity not recorded sid=%s: %s", sid, exc)

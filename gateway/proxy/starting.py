@@ -6,17 +6,21 @@ once the preview is ready, so the iframe never flashes a 502.
 
 from __future__ import annotations
 
+import asyncio
 import html
 import json
+import time
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway.asgi_types import Send
+from gateway.background import Background
 from gateway.proxy.pages import page, send_body
-from gateway.proxy.routes import Route
+from gateway.proxy.routes import Route, RouteCache
 from shared import keys
 from shared.messages import Event, MessageError
+from shared.states import STARTING_STATES
 
 _SCRIPT = """
 <script>
@@ -73,3 +77,33 @@ async def status_json(redis: Redis, route: Route, send: Send) -> None:
         {"state": route.state, "error": route.error or None, "progress": progress}
     ).encode()
     await send_body(send, 200, body, b"application/json", [])
+
+
+class ReadyWaits:
+    """Requests that wait for a starting preview: one poller per preview (with backoff, up
+    to PREVIEW_HOLD_TIMEOUT), however many requests wait on it."""
+
+    def __init__(self, routes: RouteCache, background: Background, hold_timeout: float) -> None:
+        self._routes = routes
+        self._background = background
+        self._hold_timeout = hold_timeout
+        self._waits: dict[str, asyncio.Task[Route | None]] = {}
+
+    async def wait(self, sid: str) -> Route | None:
+        task = self._waits.get(sid)
+        if task is None:
+            task = self._background.spawn(self._poll(sid), f"wait ready {sid}")
+            self._waits[sid] = task
+            task.add_done_callback(lambda _: self._waits.pop(sid, None))
+        return await asyncio.shield(task)
+
+    async def _poll(self, sid: str) -> Route | None:
+        deadline = time.monotonic() + self._hold_timeout
+        delay = 0.1
+        while True:
+            self._routes.invalidate(sid)
+            route = await self._routes.get(sid)
+            if route is None or route.state not in STARTING_STATES or time.monotonic() > deadline:
+                return route
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 1.0)
