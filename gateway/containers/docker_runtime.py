@@ -1,6 +1,6 @@
-"""Preview containers on one or more Docker engines (aiodocker). About 420 lines, kept
-whole: one engine's API (containers, network, cache volume, storage check) behind one
-error type; what a container is made of is in ``confinement``.
+"""Preview containers on one or more Docker engines (aiodocker). About 480 lines, kept
+whole: one engine's API (containers, network, cache volume, storage check, live CPU
+updates, exec) behind one error type; what a container is made of is in ``confinement``.
 
 Every container we create carries our labels, resource limits, ``no-new-privileges`` and
 only the capabilities the supervisor needs to run user code as ``app``. It joins our own
