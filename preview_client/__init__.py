@@ -29,7 +29,7 @@ from preview_client.errors import (
     WaitTimeout,
 )
 from preview_client.ignore import project_files
-from preview_client.models import STEPS, Event, Logs, Preview, Upload
+from preview_client.models import STEPS, Event, Logs, Preview, Share, Upload
 from preview_client.sync import PreviewClient
 from preview_client.tokens import mint_token
 
@@ -50,6 +50,7 @@ __all__ = [
     "PreviewClientError",
     "PreviewFailed",
     "RateLimitedError",
+    "Share",
     "TooLargeError",
     "UnavailableError",
     "Upload",

@@ -16,7 +16,7 @@ import httpx
 from preview_client import _core, calls
 from preview_client.archive import DEFAULT_MAX_UPLOAD, pack, pack_folder
 from preview_client.errors import ApiError
-from preview_client.models import Event, Logs, Preview, Upload
+from preview_client.models import Event, Logs, Preview, Share, Upload
 
 T = TypeVar("T")
 
@@ -99,6 +99,33 @@ class AsyncPreviewClient:
 
     async def restart(self, preview_id: str) -> Preview:
         return await self.send(calls.restart(preview_id))
+
+    async def sleep(self, preview_id: str) -> Preview:
+        """Freeze the dev server now (it wakes on the next request)."""
+        return await self.send(calls.sleep(preview_id))
+
+    async def wake(self, preview_id: str) -> Preview:
+        """Wake a sleeping preview, or resume a hibernated one."""
+        return await self.send(calls.wake(preview_id))
+
+    async def hibernate(self, preview_id: str) -> Preview:
+        """Pack the workspace away and free the container (resumed by a visit or wake)."""
+        return await self.send(calls.hibernate(preview_id))
+
+    async def create_share(
+        self, preview_id: str, expires_in: int = 3600, access: str = "public", ports: bool = False
+    ) -> Share:
+        return await self.send(calls.create_share(preview_id, expires_in, access, ports))
+
+    async def list_shares(self, preview_id: str) -> builtins.list[Share]:
+        return await self.send(calls.list_shares(preview_id))
+
+    async def revoke_share(self, preview_id: str, share_id: str) -> None:
+        await self.send(calls.revoke_share(preview_id, share_id))
+
+    async def open_share(self, share_id: str) -> str:
+        """As the viewer (this client's token): a single-use URL for a signed-in share."""
+        return await self.send(calls.open_share(share_id))
 
     async def logs(self, preview_id: str, lines: int = 200) -> Logs:
         return await self.send(calls.logs(preview_id, lines))

@@ -6,11 +6,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
+from urllib.parse import quote
 
 import httpx
 
 from preview_client import _core
-from preview_client.models import Logs, Preview, Upload
+from preview_client.models import Logs, Preview, Share, Upload
 
 T = TypeVar("T")
 MAX_WAIT_FOR_SLOT = 60  # the API's ?wait= bound
@@ -96,6 +97,51 @@ def write_file(preview_id: str, path: str, data: bytes) -> Call[int]:
 
 def restart(preview_id: str) -> Call[Preview]:
     return Call("POST", _core.preview_path(preview_id, "/restart"), _preview, timeout=60.0)
+
+
+def sleep(preview_id: str) -> Call[Preview]:
+    return Call("POST", _core.preview_path(preview_id, "/sleep"), _preview)
+
+
+def wake(preview_id: str) -> Call[Preview]:
+    """Wakes a sleeping preview, or resumes a hibernated one (that can take a start)."""
+    return Call("POST", _core.preview_path(preview_id, "/wake"), _preview, timeout=120.0)
+
+
+def hibernate(preview_id: str) -> Call[Preview]:
+    return Call("POST", _core.preview_path(preview_id, "/hibernate"), _preview, timeout=120.0)
+
+
+def _share(response: httpx.Response) -> Share:
+    return Share.from_json(response.json())
+
+
+def create_share(preview_id: str, expires_in: int, access: str, ports: bool) -> Call[Share]:
+    if access not in ("public", "signed_in"):
+        raise ValueError("access must be public or signed_in")
+    body = {"expires_in": expires_in, "access": access, "ports": ports}
+    return Call("POST", _core.preview_path(preview_id, "/shares"), _share, json=body)
+
+
+def list_shares(preview_id: str) -> Call[list[Share]]:
+    def parse(response: httpx.Response) -> list[Share]:
+        return [Share.from_json(item) for item in response.json()["shares"]]
+
+    return Call("GET", _core.preview_path(preview_id, "/shares"), parse)
+
+
+def revoke_share(preview_id: str, share_id: str) -> Call[None]:
+    path = _core.preview_path(preview_id, f"/shares/{quote(share_id, safe='')}")
+    return Call("DELETE", path, _nothing)
+
+
+def open_share(share_id: str) -> Call[str]:
+    """A signed-in viewer's single-use URL for a `signed_in` share (open it soon)."""
+
+    def parse(response: httpx.Response) -> str:
+        return str(response.json()["url"])
+
+    return Call("POST", f"/v1/shares/{quote(share_id, safe='')}/open", parse)
 
 
 def logs(preview_id: str, lines: int) -> Call[Logs]:

@@ -14,7 +14,7 @@ STEPS = ("files", "dependencies", "devserver")  # the phases of a start, in orde
 class Preview:
     id: str
     project_id: str
-    state: str  # assigned, preparing, starting, ready, failed (and later ones, as strings)
+    state: str  # assigned, preparing, starting, ready, sleeping, hibernated, resuming, failed...
     url: str
     open_url: str  # url with a ~60 s single-use preview_token: open it soon
     events_url: str
@@ -24,6 +24,11 @@ class Preview:
     error: dict[str, Any] | None
     heartbeat: dict[str, Any] | None
     raw: dict[str, Any] = field(repr=False, compare=False)
+
+    @property
+    def ports(self) -> list[dict[str, Any]]:
+        """The project's other open ports: `{port, url, open_url, protocol}` each."""
+        return list(self.raw.get("ports") or [])
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Preview:
@@ -90,3 +95,31 @@ class Upload:
 class Logs:
     lines: list[str]
     stale: bool  # the supervisor did not answer: its last snapshot
+
+
+@dataclass(frozen=True)
+class Share:
+    """A share link of a preview: `url` opens it for viewing (`public`), or through
+    `open_share` for another signed-in user (`signed_in`), until `expires_at`."""
+
+    id: str
+    preview_id: str
+    url: str
+    access: str
+    ports: bool  # the preview's other ports are shared too
+    created_at: float
+    expires_at: float
+    raw: dict[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Share:
+        return cls(
+            id=str(data["id"]),
+            preview_id=str(data.get("preview_id", "")),
+            url=str(data.get("url", "")),
+            access=str(data.get("access", "")),
+            ports=bool(data.get("ports")),
+            created_at=float(data.get("created_at") or 0),
+            expires_at=float(data.get("expires_at") or 0),
+            raw=data,
+        )

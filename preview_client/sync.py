@@ -16,7 +16,7 @@ import httpx
 from preview_client import _core, calls
 from preview_client.archive import DEFAULT_MAX_UPLOAD, pack, pack_folder
 from preview_client.errors import ApiError
-from preview_client.models import Event, Logs, Preview, Upload
+from preview_client.models import Event, Logs, Preview, Share, Upload
 
 T = TypeVar("T")
 
@@ -99,6 +99,33 @@ class PreviewClient:
 
     def restart(self, preview_id: str) -> Preview:
         return self.send(calls.restart(preview_id))
+
+    def sleep(self, preview_id: str) -> Preview:
+        """Freeze the dev server now (it wakes on the next request)."""
+        return self.send(calls.sleep(preview_id))
+
+    def wake(self, preview_id: str) -> Preview:
+        """Wake a sleeping preview, or resume a hibernated one."""
+        return self.send(calls.wake(preview_id))
+
+    def hibernate(self, preview_id: str) -> Preview:
+        """Pack the workspace away and free the container (resumed by a visit or wake)."""
+        return self.send(calls.hibernate(preview_id))
+
+    def create_share(
+        self, preview_id: str, expires_in: int = 3600, access: str = "public", ports: bool = False
+    ) -> Share:
+        return self.send(calls.create_share(preview_id, expires_in, access, ports))
+
+    def list_shares(self, preview_id: str) -> builtins.list[Share]:
+        return self.send(calls.list_shares(preview_id))
+
+    def revoke_share(self, preview_id: str, share_id: str) -> None:
+        self.send(calls.revoke_share(preview_id, share_id))
+
+    def open_share(self, share_id: str) -> str:
+        """As the viewer (this client's token): a single-use URL for a signed-in share."""
+        return self.send(calls.open_share(share_id))
 
     def logs(self, preview_id: str, lines: int = 200) -> Logs:
         return self.send(calls.logs(preview_id, lines))

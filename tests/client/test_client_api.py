@@ -123,6 +123,24 @@ def test_whole_surface(make_client: Any, gateway: GatewayProcess, tmp_path: Path
     logs = alice.logs(started.id, lines=20)
     assert isinstance(logs.lines, list) and logs.stale is False
     assert alice.restart(started.id).id == started.id
+    alice.wait_ready(started.id, timeout=240)
+
+    # Sleep and wake; share links: made, listed, opened by another user, revoked.
+    assert alice.sleep(started.id).state == "sleeping"
+    assert alice.get(started.id).state == "sleeping"
+    assert alice.wake(started.id).state == "ready"
+    shared = alice.create_share(started.id, expires_in=600, access="signed_in")
+    assert shared.preview_id == started.id and shared.access == "signed_in"
+    assert shared.expires_at > shared.created_at and shared.url
+    assert [x.id for x in alice.list_shares(started.id)] == [shared.id]
+    assert "share_token=" in make_client("viewer").open_share(shared.id)
+    alice.revoke_share(started.id, shared.id)
+    assert alice.list_shares(started.id) == []
+    with pytest.raises(NotFoundError):
+        make_client("viewer").open_share(shared.id)
+    with pytest.raises(ApiError) as bad_access:
+        alice.request("POST", f"/v1/previews/{started.id}/shares", json={"access": "all"})
+    assert bad_access.value.status == 422
 
     # A local folder: packed (.gitignore, node_modules left out), uploaded, served.
     folder = node_app(tmp_path / "app")
