@@ -42,23 +42,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import _root  # noqa: F401  (puts the repository root on sys.path)
+import httpx
+from redis.asyncio import Redis
 
-import httpx  # noqa: E402
-from redis.asyncio import Redis  # noqa: E402
-
-from bench.bench_api import percentile  # noqa: E402
-from bench.bench_depcache import VITE_APP, Project, npm_env, project_blob, run, write_project  # noqa: E402
-from gateway.containers.containers import Containers  # noqa: E402
-from gateway.containers.docker_runtime import DockerRuntime  # noqa: E402
-from gateway.controller.main import Controller  # noqa: E402
-from gateway.controller.pool import PoolKeeper  # noqa: E402
-from shared import keys  # noqa: E402
-from shared.redis_types import text  # noqa: E402
-from shared.settings import Settings  # noqa: E402
-from tests.gateway.api_helpers import gateway_env, remove_containers, token  # noqa: E402
-from tests.gateway.controller_fixtures import (  # noqa: E402
+from bench.bench_api import percentile
+from bench.bench_depcache import VITE_APP, Project, npm_env, project_blob, run, write_project
+from gateway.containers.containers import Containers
+from gateway.containers.docker_runtime import DockerRuntime
+from gateway.controller.main import Controller
+from gateway.controller.pool import PoolKeeper
+from shared import keys
+from shared.redis_types import text
+from shared.settings import Settings
+from tests.gateway.api_helpers import gateway_env, remove_containers, token
+from tests.gateway.controller_fixtures import (
     drop_acl_users,
     fast,
     load,
@@ -68,7 +66,7 @@ from tests.gateway.controller_fixtures import (  # noqa: E402
     starter_for,
     wait_state,
 )
-from tests.utils import (  # noqa: E402
+from tests.utils import (
     RedisServer,
     remove_labelled_containers,
     remove_labelled_volumes,

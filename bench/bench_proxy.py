@@ -32,16 +32,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import httpx
+import redis as redis_sync
+from _root import ROOT
 
-import httpx  # noqa: E402
-import redis as redis_sync  # noqa: E402
-
-from gateway.proxy.preview_tokens import open_token  # noqa: E402
-from shared import keys  # noqa: E402
-from shared.settings import Settings  # noqa: E402
-from tests.utils import free_port, start_redis, wait_until  # noqa: E402
+from gateway.proxy.preview_tokens import open_token
+from shared import keys
+from shared.settings import Settings
+from tests.utils import free_port, start_redis, wait_until
 
 ANCHORS = ROOT / "bench" / "anchors"
 PERIOD = 2.0  # seconds between a socket's echo messages

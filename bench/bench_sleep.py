@@ -26,20 +26,17 @@ import os
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import _root  # noqa: F401  (puts the repository root on sys.path)
+import httpx
+from redis.asyncio import Redis
 
-import httpx  # noqa: E402
-from redis.asyncio import Redis  # noqa: E402
-
-from bench.bench_api import percentile, with_gateway  # noqa: E402
-from shared import keys  # noqa: E402
-from shared.messages import Heartbeat  # noqa: E402
-from tests.gateway.api_helpers import token  # noqa: E402
-from tests.utils import RedisServer  # noqa: E402
+from bench.bench_api import percentile, with_gateway
+from shared import keys
+from shared.messages import Heartbeat
+from tests.gateway.api_helpers import token
+from tests.utils import RedisServer
 
 IMAGE = os.environ.get("PREVIEW_TEST_IMAGE", "preview-gateway/preview:latest")
 OVERRIDES = {
