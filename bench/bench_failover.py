@@ -57,6 +57,7 @@ from shared.settings import Settings
 from tests.gateway.api_helpers import bearer, failover_env, start_body
 from tests.sentinel_cluster import MASTER, SentinelCluster, sentinel_cluster
 from tests.utils import (
+    TEST_IMAGE,
     GatewayProcess,
     RedisServer,
     remove_labelled_containers,
@@ -66,7 +67,6 @@ from tests.utils import (
     wait_until,
 )
 
-IMAGE = os.environ.get("PREVIEW_TEST_IMAGE", "preview-gateway/preview:latest")
 LABEL = "preview-gateway.bench"
 PROBE_KEY = f"{keys.PREFIX}bench:failover-probe"
 USERS = 5
@@ -295,7 +295,7 @@ def system(
 ) -> Iterator[tuple[dict[str, str], GatewayProcess]]:
     env = failover_env(
         target.server,
-        IMAGE,
+        TEST_IMAGE,
         f"{LABEL}=failover-{run}",
         state_dir,
         pool_min=2,

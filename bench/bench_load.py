@@ -54,6 +54,7 @@ from tests.gateway.api_helpers import gateway_env, remove_containers, start_body
 from tests.gateway.proxy_fixtures import rss_kib
 from tests.gateway.test_events import parse
 from tests.utils import (
+    TEST_IMAGE,
     GatewayProcess,
     RedisServer,
     free_port,
@@ -84,7 +85,7 @@ class Options:
     think: float = 3.0
     greedy_every: int = 20
     sample: float = 5.0
-    image: str = os.environ.get("PREVIEW_TEST_IMAGE", "preview-gateway/preview:latest")
+    image: str = TEST_IMAGE
 
 
 @dataclass

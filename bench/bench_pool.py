@@ -67,6 +67,7 @@ from tests.gateway.controller_fixtures import (
     wait_state,
 )
 from tests.utils import (
+    TEST_IMAGE,
     RedisServer,
     remove_labelled_containers,
     remove_labelled_volumes,
@@ -74,7 +75,6 @@ from tests.utils import (
     start_redis,
 )
 
-IMAGE = os.environ.get("PREVIEW_TEST_IMAGE", "preview-gateway/preview:latest")
 LABEL_KEY = "preview-gateway.bench"
 RUN = f"pool-{secrets.token_hex(4)}"
 LABEL = f"{LABEL_KEY}={RUN}"
@@ -95,7 +95,7 @@ def volume(name: str) -> str:
 def base_settings(server: RedisServer, vol: str, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "redis_url": server.url,
-        "image": IMAGE,
+        "image": TEST_IMAGE,
         "cache_volume": vol,
         "container_labels": (LABEL,),
         "heartbeat_interval": 1.0,
@@ -196,7 +196,7 @@ async def acquire_primitive(server: RedisServer, n: int, rounds: int, out: Acqui
     try:
         for r in range(rounds + 1):  # round 0 opens the connections, not measured
             await redis.flushall()
-            await redis.set(keys.pool_image(IMAGE), image)
+            await redis.set(keys.pool_image(TEST_IMAGE), image)
             cids = [f"pvc-bench{r:03d}{i:04d}" for i in range(n)]
             async with redis.pipeline(transaction=False) as pipe:
                 for cid in cids:
@@ -294,7 +294,7 @@ async def part_acquire(server: RedisServer, n: int, rounds: int, prim_rounds: in
     settings = base_settings(server, vol, pool_min=n, pool_max=n, pool_warm_timeout=300.0, **SMALL)
     env = gateway_env(
         server,
-        IMAGE,
+        TEST_IMAGE,
         cache_volume=vol,
         container_labels=LABEL,
         **SMALL,

@@ -39,7 +39,7 @@ from _root import ROOT
 from gateway.proxy.preview_tokens import open_token
 from shared import keys
 from shared.settings import Settings
-from tests.utils import free_port, start_redis, wait_until
+from tests.utils import TEST_IMAGE, free_port, start_redis, stop_process, wait_until
 
 ANCHORS = ROOT / "bench" / "anchors"
 PERIOD = 2.0  # seconds between a socket's echo messages
@@ -67,12 +67,7 @@ def process(
     try:
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout=10)
 
 
 def wait_http(url: str, headers: dict[str, str] | None = None) -> None:
@@ -309,7 +304,7 @@ def main() -> None:
     parser.add_argument("--sockets", type=int, default=2000)
     parser.add_argument(
         "--image",
-        default=os.environ.get("PREVIEW_TEST_IMAGE", "preview-gateway/preview:latest"),
+        default=TEST_IMAGE,
         help="the preview image for the container section",
     )
     parser.add_argument("--only-container", action="store_true", help="just that section")
