@@ -19,20 +19,17 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Coroutine
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import _root  # noqa: F401  (puts the repository root on sys.path)
+import httpx
+from redis.asyncio import Redis
 
-import httpx  # noqa: E402
-from redis.asyncio import Redis  # noqa: E402
-
-from gateway.containers.containers import Containers  # noqa: E402
-from gateway.containers.docker_runtime import DockerRuntime  # noqa: E402
-from shared.settings import Settings  # noqa: E402
-from tests.gateway.api_helpers import gateway_env, remove_containers, token  # noqa: E402
-from tests.utils import RedisServer, run_gateway, start_redis  # noqa: E402
+from gateway.containers.containers import Containers
+from gateway.containers.docker_runtime import DockerRuntime
+from shared.settings import Settings
+from tests.gateway.api_helpers import gateway_env, remove_containers, token
+from tests.utils import RedisServer, run_gateway, start_redis
 
 IMAGE = "preview-gateway/preview:latest"
 OVERRIDES = {"container_memory_mb": 512, "heartbeat_interval": 1.0, "heartbeat_ttl": 4.0}

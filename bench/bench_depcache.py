@@ -54,20 +54,18 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import zstandard
+from _root import ROOT
+from redis.asyncio import Redis
 
-import zstandard  # noqa: E402
-from redis.asyncio import Redis  # noqa: E402
-
-from gateway.containers.containers import Containers  # noqa: E402
-from gateway.containers.docker_runtime import DockerRuntime  # noqa: E402
-from shared.messages import Command  # noqa: E402
-from shared.settings import Settings  # noqa: E402
-from supervisor.depcache import archive  # noqa: E402
-from supervisor.depcache.pack import Packer, take_snapshot  # noqa: E402
-from supervisor.depcache.restore import restore_tree  # noqa: E402
-from tests.utils import start_redis  # noqa: E402
+from gateway.containers.containers import Containers
+from gateway.containers.docker_runtime import DockerRuntime
+from shared.messages import Command
+from shared.settings import Settings
+from supervisor.depcache import archive
+from supervisor.depcache.pack import Packer, take_snapshot
+from supervisor.depcache.restore import restore_tree
+from tests.utils import start_redis
 
 LABEL = "preview-gateway.bench"
 RESTORES = f"restores-{os.getpid()}"  # deleted at the end of the run, even with --keep

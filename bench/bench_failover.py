@@ -41,24 +41,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import _root  # noqa: F401  (puts the repository root on sys.path)
+import httpx
+from redis import Redis as SyncRedis
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.retry import Retry
 
-import httpx  # noqa: E402
-from redis import Redis as SyncRedis  # noqa: E402
-from redis.backoff import NoBackoff  # noqa: E402
-from redis.exceptions import ConnectionError as RedisConnectionError  # noqa: E402
-from redis.exceptions import RedisError  # noqa: E402
-from redis.retry import Retry  # noqa: E402
-
-from gateway.observability.recorder import spool_dir  # noqa: E402
-from shared import keys  # noqa: E402
-from shared.redis_client import redis_client  # noqa: E402
-from shared.redis_types import text  # noqa: E402
-from shared.settings import Settings  # noqa: E402
-from tests.gateway.api_helpers import bearer, gateway_env, start_body  # noqa: E402
-from tests.sentinel_cluster import MASTER, SentinelCluster, sentinel_cluster  # noqa: E402
-from tests.utils import (  # noqa: E402
+from gateway.observability.recorder import spool_dir
+from shared import keys
+from shared.redis_client import redis_client
+from shared.redis_types import text
+from shared.settings import Settings
+from tests.gateway.api_helpers import bearer, failover_env, start_body
+from tests.sentinel_cluster import MASTER, SentinelCluster, sentinel_cluster
+from tests.utils import (
+    TEST_IMAGE,
     GatewayProcess,
     RedisServer,
     remove_labelled_containers,
@@ -68,7 +67,6 @@ from tests.utils import (  # noqa: E402
     wait_until,
 )
 
-IMAGE = os.environ.get("PREVIEW_TEST_IMAGE", "preview-gateway/preview:latest")
 LABEL = "preview-gateway.bench"
 PROBE_KEY = f"{keys.PREFIX}bench:failover-probe"
 USERS = 5
@@ -295,18 +293,13 @@ def one_round(target: Target, env: dict[str, str], url: str, state_dir: Path, ru
 def system(
     target: Target, state_dir: Path, run: str
 ) -> Iterator[tuple[dict[str, str], GatewayProcess]]:
-    env = gateway_env(
+    env = failover_env(
         target.server,
-        IMAGE,
-        container_labels=f"{LABEL}=failover-{run}",
-        state_dir=str(state_dir),
-        controller_interval=0.3,
-        leader_ttl=1.5,
+        TEST_IMAGE,
+        f"{LABEL}=failover-{run}",
+        state_dir,
         pool_min=2,
         pool_max=3,
-        container_cpus=0.5,
-        log_format="text",
-        drain_timeout=1.0,
         **target.settings,
     )
     with run_controller(env, show_log=False) as controller, run_gateway(env) as gateway:

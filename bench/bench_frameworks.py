@@ -52,14 +52,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import _root  # noqa: F401  (puts the repository root on sys.path)
+from playwright.async_api import Browser, Page, async_playwright
+from playwright.async_api import TimeoutError as PlaywrightTimeout
 
-from playwright.async_api import Browser, Page, async_playwright  # noqa: E402
-from playwright.async_api import TimeoutError as PlaywrightTimeout  # noqa: E402
-
-import bench.bench_pool as pool  # noqa: E402
-from bench.bench_depcache import (  # noqa: E402
+import bench.bench_pool as pool
+from bench.bench_depcache import (
     VITE_APP,
     Project,
     npm_env,
@@ -67,11 +65,11 @@ from bench.bench_depcache import (  # noqa: E402
     run,
     write_project,
 )
-from gateway.sessions.store import Session  # noqa: E402
-from gateway.sessions.tracker import Tracker  # noqa: E402
-from supervisor.readiness import probe  # noqa: E402
-from tests.gateway.controller_fixtures import pooled, start, starter_for, wait_state  # noqa: E402
-from tests.utils import free_port, remove_labelled_volumes, start_redis  # noqa: E402
+from gateway.sessions.store import Session
+from gateway.sessions.tracker import Tracker
+from supervisor.readiness import probe
+from tests.gateway.controller_fixtures import pooled, start, starter_for, wait_state
+from tests.utils import free_port, remove_labelled_volumes, start_redis
 
 WORKDIR = Path("/var/tmp/pv-bench-frameworks")
 CHROMIUM = "/usr/bin/chromium"

@@ -14,23 +14,19 @@ from __future__ import annotations
 
 import argparse
 import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import httpx
+from _root import ROOT
 
-import httpx  # noqa: E402
-
-from tests.gateway.proxy_fixtures import (  # noqa: E402
+from tests.gateway.proxy_fixtures import (
     Upstream,
     proxy_gateway,
     rss_kib,
     start_upstream,
 )
-from tests.utils import free_port, start_redis, wait_until  # noqa: E402
+from tests.utils import free_port, start_redis, wait_until
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -39,24 +39,22 @@ import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import _root  # noqa: F401  (puts the repository root on sys.path)
+import httpx
+from redis.asyncio import Redis
+from websockets.asyncio.client import connect
+from websockets.exceptions import WebSocketException
 
-import httpx  # noqa: E402
-from redis.asyncio import Redis  # noqa: E402
-from websockets.asyncio.client import connect  # noqa: E402
-from websockets.exceptions import WebSocketException  # noqa: E402
-
-from bench.bench_api import percentile  # noqa: E402
-from shared import keys  # noqa: E402
-from shared.redis_types import text  # noqa: E402
-from tests.gateway.api_helpers import gateway_env, remove_containers, start_body, token  # noqa: E402
-from tests.gateway.proxy_fixtures import rss_kib  # noqa: E402
-from tests.gateway.test_events import parse  # noqa: E402
-from tests.utils import (  # noqa: E402
+from bench.bench_api import percentile
+from shared import keys
+from shared.redis_types import text
+from tests.gateway.api_helpers import gateway_env, remove_containers, start_body, token
+from tests.gateway.proxy_fixtures import rss_kib
+from tests.gateway.test_events import parse
+from tests.utils import (
+    TEST_IMAGE,
     GatewayProcess,
     RedisServer,
     free_port,
@@ -87,7 +85,7 @@ class Options:
     think: float = 3.0
     greedy_every: int = 20
     sample: float = 5.0
-    image: str = os.environ.get("PREVIEW_TEST_IMAGE", "preview-gateway/preview:latest")
+    image: str = TEST_IMAGE
 
 
 @dataclass

@@ -41,19 +41,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from _root import ROOT
+
 sys.path.insert(0, str(ROOT / "bench"))
 
-import redis as redis_sync  # noqa: E402
-from bench_proxy import need, process, wait_http  # noqa: E402
-from playwright.sync_api import Error as PlaywrightError  # noqa: E402
+import redis as redis_sync
+from bench_proxy import need, process, wait_http
+from playwright.sync_api import Error as PlaywrightError
 
-from gateway.proxy.preview_tokens import open_token  # noqa: E402
-from shared import keys  # noqa: E402
-from shared.settings import Settings  # noqa: E402
-from tests.gateway.tls_fixtures import TlsFiles, make_local_tls  # noqa: E402
-from tests.utils import free_port, start_redis  # noqa: E402
+from gateway.proxy.preview_tokens import open_token
+from shared import keys
+from shared.settings import Settings
+from tests.gateway.tls_fixtures import TlsFiles, make_local_tls
+from tests.utils import free_port, start_redis
 
 CHROMIUM = "/usr/bin/chromium"
 STATUS = "__preview/status"

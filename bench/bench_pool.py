@@ -42,23 +42,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import _root  # noqa: F401  (puts the repository root on sys.path)
+import httpx
+from redis.asyncio import Redis
 
-import httpx  # noqa: E402
-from redis.asyncio import Redis  # noqa: E402
-
-from bench.bench_api import percentile  # noqa: E402
-from bench.bench_depcache import VITE_APP, Project, npm_env, project_blob, run, write_project  # noqa: E402
-from gateway.containers.containers import Containers  # noqa: E402
-from gateway.containers.docker_runtime import DockerRuntime  # noqa: E402
-from gateway.controller.main import Controller  # noqa: E402
-from gateway.controller.pool import PoolKeeper  # noqa: E402
-from shared import keys  # noqa: E402
-from shared.redis_types import text  # noqa: E402
-from shared.settings import Settings  # noqa: E402
-from tests.gateway.api_helpers import gateway_env, remove_containers, token  # noqa: E402
-from tests.gateway.controller_fixtures import (  # noqa: E402
+from bench.bench_api import percentile
+from bench.bench_depcache import VITE_APP, Project, npm_env, project_blob, run, write_project
+from gateway.containers.containers import Containers
+from gateway.containers.docker_runtime import DockerRuntime
+from gateway.controller.main import Controller
+from gateway.controller.pool import PoolKeeper
+from shared import keys
+from shared.redis_types import text
+from shared.settings import Settings
+from tests.gateway.api_helpers import gateway_env, remove_containers, token
+from tests.gateway.controller_fixtures import (
     drop_acl_users,
     fast,
     load,
@@ -68,7 +66,8 @@ from tests.gateway.controller_fixtures import (  # noqa: E402
     starter_for,
     wait_state,
 )
-from tests.utils import (  # noqa: E402
+from tests.utils import (
+    TEST_IMAGE,
     RedisServer,
     remove_labelled_containers,
     remove_labelled_volumes,
@@ -76,7 +75,6 @@ from tests.utils import (  # noqa: E402
     start_redis,
 )
 
-IMAGE = os.environ.get("PREVIEW_TEST_IMAGE", "preview-gateway/preview:latest")
 LABEL_KEY = "preview-gateway.bench"
 RUN = f"pool-{secrets.token_hex(4)}"
 LABEL = f"{LABEL_KEY}={RUN}"
@@ -97,7 +95,7 @@ def volume(name: str) -> str:
 def base_settings(server: RedisServer, vol: str, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "redis_url": server.url,
-        "image": IMAGE,
+        "image": TEST_IMAGE,
         "cache_volume": vol,
         "container_labels": (LABEL,),
         "heartbeat_interval": 1.0,
@@ -198,7 +196,7 @@ async def acquire_primitive(server: RedisServer, n: int, rounds: int, out: Acqui
     try:
         for r in range(rounds + 1):  # round 0 opens the connections, not measured
             await redis.flushall()
-            await redis.set(keys.pool_image(IMAGE), image)
+            await redis.set(keys.pool_image(TEST_IMAGE), image)
             cids = [f"pvc-bench{r:03d}{i:04d}" for i in range(n)]
             async with redis.pipeline(transaction=False) as pipe:
                 for cid in cids:
@@ -296,7 +294,7 @@ async def part_acquire(server: RedisServer, n: int, rounds: int, prim_rounds: in
     settings = base_settings(server, vol, pool_min=n, pool_max=n, pool_warm_timeout=300.0, **SMALL)
     env = gateway_env(
         server,
-        IMAGE,
+        TEST_IMAGE,
         cache_volume=vol,
         container_labels=LABEL,
         **SMALL,

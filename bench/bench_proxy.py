@@ -32,16 +32,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import httpx
+import redis as redis_sync
+from _root import ROOT
 
-import httpx  # noqa: E402
-import redis as redis_sync  # noqa: E402
-
-from gateway.proxy.preview_tokens import open_token  # noqa: E402
-from shared import keys  # noqa: E402
-from shared.settings import Settings  # noqa: E402
-from tests.utils import free_port, start_redis, wait_until  # noqa: E402
+from gateway.proxy.preview_tokens import open_token
+from shared import keys
+from shared.settings import Settings
+from tests.utils import TEST_IMAGE, free_port, start_redis, stop_process, wait_until
 
 ANCHORS = ROOT / "bench" / "anchors"
 PERIOD = 2.0  # seconds between a socket's echo messages
@@ -69,12 +67,7 @@ def process(
     try:
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout=10)
 
 
 def wait_http(url: str, headers: dict[str, str] | None = None) -> None:
@@ -311,7 +304,7 @@ def main() -> None:
     parser.add_argument("--sockets", type=int, default=2000)
     parser.add_argument(
         "--image",
-        default=os.environ.get("PREVIEW_TEST_IMAGE", "preview-gateway/preview:latest"),
+        default=TEST_IMAGE,
         help="the preview image for the container section",
     )
     parser.add_argument("--only-container", action="store_true", help="just that section")

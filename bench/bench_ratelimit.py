@@ -17,23 +17,19 @@ import argparse
 import asyncio
 import signal
 import statistics
-import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import _root  # noqa: F401  (puts the repository root on sys.path)
+from limits import parse
+from limits.aio.storage import RedisStorage
+from limits.aio.strategies import MovingWindowRateLimiter
 
-from limits import parse  # noqa: E402
-from limits.aio.storage import RedisStorage  # noqa: E402
-from limits.aio.strategies import MovingWindowRateLimiter  # noqa: E402
-
-from bench.bench_api import percentile  # noqa: E402
-from gateway.api.ratelimit import RateLimits  # noqa: E402
-from shared.settings import Settings  # noqa: E402
-from tests.utils import RedisServer, start_redis  # noqa: E402
+from bench.bench_api import percentile
+from gateway.api.ratelimit import RateLimits
+from shared.settings import Settings
+from tests.utils import RedisServer, start_redis
 
 ITEM = parse("1000000/minute")
 Check = Callable[[str], Awaitable[None]]

@@ -21,27 +21,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
 import sys
 import time
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import _root  # noqa: F401  (puts the repository root on sys.path)
+import httpx
+from redis.asyncio import Redis
 
-import httpx  # noqa: E402
-from redis.asyncio import Redis  # noqa: E402
+from bench.bench_api import percentile, with_gateway
+from shared import keys
+from shared.messages import Heartbeat
+from tests.gateway.api_helpers import token
+from tests.utils import TEST_IMAGE, RedisServer
 
-from bench.bench_api import percentile, with_gateway  # noqa: E402
-from shared import keys  # noqa: E402
-from shared.messages import Heartbeat  # noqa: E402
-from tests.gateway.api_helpers import token  # noqa: E402
-from tests.utils import RedisServer  # noqa: E402
-
-IMAGE = os.environ.get("PREVIEW_TEST_IMAGE", "preview-gateway/preview:latest")
 OVERRIDES = {
     "container_memory_mb": 768,
     "heartbeat_interval": 1.0,
@@ -84,6 +82,19 @@ class Bench:
         client.headers["cookie"] = opened.headers["set-cookie"].split(";", 1)[0]
         return client
 
+    @contextlib.asynccontextmanager
+    async def opened(
+        self, project: str, template: str
+    ) -> AsyncIterator[tuple[dict[str, Any], httpx.AsyncClient]]:
+        """A ready preview and a browser-like client on it; closed and deleted after."""
+        preview = await self.start(project, template)
+        client = await self.browser(preview)
+        try:
+            yield preview, client
+        finally:
+            await client.aclose()
+            await self.api.delete(f"/v1/previews/{preview['id']}")
+
     async def sleep(self, sid: str) -> None:
         slept = await self.api.post(f"/v1/previews/{sid}/sleep")
         if slept.status_code != 202:
@@ -122,29 +133,22 @@ async def first_byte(client: httpx.AsyncClient) -> float:
 
 
 async def wake_latency(bench: Bench, template: str, rounds: int) -> dict[str, list[float]]:
-    preview = await bench.start(f"wake-{template}", template)
-    client = await bench.browser(preview)
     awake: list[float] = []
     woken: list[float] = []
-    try:
+    async with bench.opened(f"wake-{template}", template) as (preview, client):
         for _ in range(3):  # warm the dev server's own caches (Vite's first transform)
             await first_byte(client)
         for _ in range(rounds):
             awake.append(await first_byte(client))
             await bench.sleep(preview["id"])
             woken.append(await first_byte(client))
-    finally:
-        await client.aclose()
-        await bench.api.delete(f"/v1/previews/{preview['id']}")
     return {"awake": awake, "asleep": woken}
 
 
 async def resume_latency(bench: Bench, template: str, rounds: int) -> dict[str, list[float]]:
-    preview = await bench.start(f"resume-{template}", template)
-    client = await bench.browser(preview)
     resumed: list[float] = []
     fresh: list[float] = []
-    try:
+    async with bench.opened(f"resume-{template}", template) as (preview, client):
         for n in range(rounds):
             hibernated = await bench.api.post(f"/v1/previews/{preview['id']}/hibernate")
             if hibernated.status_code != 202:
@@ -159,9 +163,6 @@ async def resume_latency(bench: Bench, template: str, rounds: int) -> dict[str, 
                 await browser.aclose()
             fresh.append(time.perf_counter() - began)
             await bench.api.delete(f"/v1/previews/{other['id']}")
-    finally:
-        await client.aclose()
-        await bench.api.delete(f"/v1/previews/{preview['id']}")
     return {"resumed": resumed, "fresh start": fresh}
 
 
@@ -248,7 +249,7 @@ def main() -> int:
     parser.add_argument("--window", type=float, default=60.0)
     args = parser.parse_args()
     return with_gateway(
-        IMAGE,
+        TEST_IMAGE,
         OVERRIDES,
         lambda base, server: measure(
             base, server, args.rounds, args.resumes, args.count, args.window

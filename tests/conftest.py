@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 
 from gateway.containers.docker_runtime import ContainerInfo, ContainerSpec, DockerHost
 from shared.settings import Settings
-from tests.utils import RedisServer, remove_labelled_containers, start_redis
+from tests.utils import TEST_IMAGE, RedisServer, remove_labelled_containers, start_redis
 
 # The suite's deployment is always the one derived from its own Redis (a free port), never
 # one named in the shell it runs from: its controllers and gateways, subprocesses
@@ -47,7 +47,7 @@ async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
 
 @pytest.fixture(scope="session")
 def test_image() -> str:
-    return os.environ.get("PREVIEW_TEST_IMAGE", "preview-gateway/preview:latest")
+    return TEST_IMAGE
 
 
 @pytest.fixture(scope="session")

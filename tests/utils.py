@@ -8,9 +8,11 @@ import os
 import secrets
 import shutil
 import socket
+import socketserver
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -23,7 +25,24 @@ from gateway.containers.docker_runtime import LABEL_DEPLOYMENT
 from shared.settings import redis_deployment
 
 ROOT = Path(__file__).resolve().parent.parent
+# The preview image the tests and benchmarks run (scripts/build-image's tag for a branch).
+TEST_IMAGE = os.environ.get("PREVIEW_TEST_IMAGE", "preview-gateway/preview:latest")
 T = TypeVar("T")
+Server = TypeVar("Server", bound=socketserver.BaseServer)
+
+
+@contextlib.contextmanager
+def serving(server: Server) -> Iterator[Server]:
+    """`server` (an http.server or socketserver one) answering from a daemon thread while the
+    block runs; shut down, closed and its thread joined after."""
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
 
 
 def free_port() -> int:
@@ -123,6 +142,22 @@ def remove_labelled_volumes(label: str) -> None:
     names = _labelled(["volume", "ls"], label)
     if names:
         subprocess.run(["docker", "volume", "rm", "-f", *names], capture_output=True, check=False)
+
+
+def stop_process(
+    process: subprocess.Popen[bytes], timeout: float = 15, sig: int | None = None
+) -> None:
+    """SIGTERM (or `sig`), then SIGKILL if it has not exited within `timeout` seconds; reaped
+    either way, so no test leaves a zombie or a process still holding its port."""
+    if sig is None:
+        process.terminate()
+    else:
+        process.send_signal(sig)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 @dataclass
@@ -234,15 +269,7 @@ class GatewayProcess:
 
     def stop(self, sig: int | None = None) -> None:
         if self.process.poll() is None:
-            if sig is None:
-                self.process.terminate()
-            else:
-                self.process.send_signal(sig)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+            stop_process(self.process, sig=sig)
 
 
 @contextlib.contextmanager

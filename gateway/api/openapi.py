@@ -14,6 +14,8 @@ from gateway.api.openapi_schemas import (
     SCHEMAS,
     Schema,
     errors,
+    json_body,
+    listing,
     op,
     ref,
     reply,
@@ -44,22 +46,12 @@ def openapi_document(settings: Settings) -> Schema:
                     "schema": {"type": "integer", "minimum": 0, "maximum": 60},
                 }
             ],
-            requestBody={
-                "required": True,
-                "content": {"application/json": {"schema": ref("StartRequest")}},
-            },
+            requestBody=json_body("StartRequest"),
         ),
         "get": op(
             "The caller's previews",
             {
-                "200": reply(
-                    {
-                        "type": "object",
-                        "required": ["previews"],
-                        "properties": {"previews": {"type": "array", "items": ref("Preview")}},
-                    },
-                    "Live previews",
-                ),
+                "200": listing("previews", "Preview", "Live previews"),
                 **errors(),
             },
         ),

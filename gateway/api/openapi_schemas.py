@@ -61,6 +61,17 @@ ERRORS: dict[str, Schema] = {
 }
 
 
+def json_body(name: str) -> Schema:
+    """A required JSON request body of the named schema."""
+    return {"required": True, "content": {"application/json": {"schema": ref(name)}}}
+
+
+def listing(field: str, item: str, description: str) -> Schema:
+    """A 200 reply: an object whose one field is an array of the named schema."""
+    array = {"type": "array", "items": ref(item)}
+    return reply({"type": "object", "required": [field], "properties": {field: array}}, description)
+
+
 def errors(*codes: str) -> dict[str, Schema]:
     return {code: ERRORS[code] for code in ("401", "429", "503", *codes)}
 

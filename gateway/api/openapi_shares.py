@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from gateway.api.openapi_schemas import PREVIEW_ID, RETRY_AFTER, Schema, errors, op, ref, reply
+from gateway.api.openapi_schemas import (
+    PREVIEW_ID,
+    RETRY_AFTER,
+    Schema,
+    errors,
+    json_body,
+    listing,
+    op,
+    ref,
+    reply,
+)
 
 SHARE_ID = {"name": "share_id", "in": "path", "required": True, "schema": {"type": "string"}}
 ACCESS = {"enum": ["public", "signed_in"]}
@@ -78,22 +88,12 @@ def share_paths() -> dict[str, Schema]:
                     RETRY_AFTER,
                 ),
             },
-            requestBody={
-                "required": True,
-                "content": {"application/json": {"schema": ref("ShareRequest")}},
-            },
+            requestBody=json_body("ShareRequest"),
         ),
         "get": op(
             "The preview's unexpired share links (owner)",
             {
-                "200": reply(
-                    {
-                        "type": "object",
-                        "required": ["shares"],
-                        "properties": {"shares": {"type": "array", "items": ref("Share")}},
-                    },
-                    "Share links",
-                ),
+                "200": listing("shares", "Share", "Share links"),
                 **errors("404"),
             },
         ),

@@ -5,7 +5,6 @@ load (no gateway needed to make it say 429 or 503 on cue)."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,7 +25,7 @@ from preview_client import (
 )
 from shared.settings import Settings
 from tests.gateway.test_auth import EC_KEY, RSA_KEY, public_pem
-from tests.utils import free_port
+from tests.utils import free_port, serving
 
 SECRET = "client-test-secret-of-at-least-32-bytes"
 
@@ -103,14 +102,8 @@ class Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def scripted() -> Iterator[Scripted]:
-    server = Scripted([])
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(Scripted([])) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 PREVIEW = {"id": "p1", "project_id": "x", "state": "ready", "url": "u", "open_url": "o"}

@@ -55,6 +55,10 @@ class Stack:
 
     def start_ready(self, client: httpx.Client, project: str, template: str) -> str:
         """Start a template project and wait until it is ready; its id."""
+        return str(self.start_preview(client, project, template)["id"])
+
+    def start_preview(self, client: httpx.Client, project: str, template: str) -> dict[str, Any]:
+        """Start a template project and wait until it is ready; the preview as the API gives it."""
         created = client.post(
             "/v1/previews",
             json={"project_id": project, "source": {"type": "template", "name": template}},
@@ -62,7 +66,7 @@ class Stack:
         assert created.status_code == 202, created.text
         preview = self.wait_ready(client, created.json()["id"])
         assert preview["state"] == "ready", preview
-        return str(preview["id"])
+        return preview
 
     def wait_ready(self, client: httpx.Client, sid: str, timeout: float = 240) -> dict[str, Any]:
         deadline = time.monotonic() + timeout

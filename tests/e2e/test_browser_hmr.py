@@ -18,13 +18,7 @@ if (import.meta.hot) { import.meta.hot.accept(); }
 def test_vite_preview_renders_and_hot_reloads(stack: Stack, browser: Any) -> None:
     with stack.api("alice") as alice:
         started = time.monotonic()
-        created = alice.post(
-            "/v1/previews",
-            json={"project_id": "vite-e2e", "source": {"type": "template", "name": "vite-vanilla"}},
-        )
-        assert created.status_code == 202, created.text
-        preview = stack.wait_ready(alice, created.json()["id"])
-        assert preview["state"] == "ready", preview
+        preview = stack.start_preview(alice, "vite-e2e", "vite-vanilla")
         print(
             f"vite start to ready: {time.monotonic() - started:.1f}s "
             f"(dependencies {preview['dependencies']})"

@@ -18,17 +18,8 @@ if (import.meta.hot) { import.meta.hot.accept(); }
 
 def test_page_left_open_sleeps_and_an_edit_wakes_it_with_hmr(stack: Stack, browser: Any) -> None:
     with stack.api("alice") as alice:
-        created = alice.post(
-            "/v1/previews",
-            json={
-                "project_id": "vite-sleep",
-                "source": {"type": "template", "name": "vite-vanilla"},
-            },
-        )
-        assert created.status_code == 202, created.text
-        sid = created.json()["id"]
-        preview = stack.wait_ready(alice, sid)
-        assert preview["state"] == "ready", preview
+        preview = stack.start_preview(alice, "vite-sleep", "vite-vanilla")
+        sid = preview["id"]
 
         opened = open_page(browser, preview["open_url"], "Hello from Vite")
         page, context, errors, sockets = opened.page, opened.context, opened.errors, opened.sockets

@@ -9,7 +9,6 @@ from __future__ import annotations
 import http.server
 import ssl
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -20,7 +19,7 @@ from playwright.sync_api import Error as PlaywrightError
 from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, Stack, run_stack
 from tests.gateway.proxy_fixtures import ProxyEnv, proxy_gateway
 from tests.gateway.tls_fixtures import TlsFiles, tls_files
-from tests.utils import ROOT, RedisServer, free_port, wait_until
+from tests.utils import ROOT, RedisServer, free_port, serving, wait_until
 
 __all__ = ["tls_files"]
 
@@ -87,14 +86,8 @@ def embedder(tls_files: TlsFiles) -> Iterator[Embedder]:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(tls_files.cert, tls_files.key)
     server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(server):
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 @pytest.mark.slow
@@ -102,13 +95,7 @@ def test_vite_over_http2_hot_reloads_and_opens_in_a_cross_site_iframe(
     tls_stack: Stack, tls_browser: Any, embedder: Embedder
 ) -> None:
     with tls_stack.api("alice") as alice:
-        created = alice.post(
-            "/v1/previews",
-            json={"project_id": "vite-tls", "source": {"type": "template", "name": "vite-vanilla"}},
-        )
-        assert created.status_code == 202, created.text
-        preview = tls_stack.wait_ready(alice, created.json()["id"])
-        assert preview["state"] == "ready", preview
+        preview = tls_stack.start_preview(alice, "vite-tls", "vite-vanilla")
         sid = preview["id"]
         host = f"{sid}.preview.localhost:{tls_stack.settings.preview_port}"
         try:

@@ -45,11 +45,17 @@ def make_share(stack: Stack, sid: str, access: str) -> dict[str, Any]:
     return found
 
 
-def test_public_share_in_another_browser(stack: Stack, browser: Any, vite: str) -> None:
-    link = make_share(stack, vite, "public")
+def visit(browser: Any, url: str) -> tuple[Any, Any, Any]:
+    """A new browser context (no cookies of its own) with one page opened at `url`;
+    (context, page, the navigation's response)."""
     context = browser.new_context()
     page = context.new_page()
-    response = page.goto(link["url"])
+    return context, page, page.goto(url)
+
+
+def test_public_share_in_another_browser(stack: Stack, browser: Any, vite: str) -> None:
+    link = make_share(stack, vite, "public")
+    context, page, response = visit(browser, link["url"])
     assert response is not None and response.status == 200
     assert "live preview of someone" in page.inner_text("body")  # the notice, once
     # Vite's HMR client connects through the viewer's cookie.
@@ -107,10 +113,8 @@ def test_expired_share_is_refused(stack: Stack, browser: Any, vite: str) -> None
     client.hset(keys.share(short.id), mapping=short.to_record())  # type: ignore[arg-type]
     client.expireat(keys.share(short.id), int(now) + 3)
     client.close()
-    context = browser.new_context()
-    page = context.new_page()
     url = f"http://{vite}.preview.localhost:{stack.settings.preview_port}/?preview_share={short.id}"
-    page.goto(url)
+    context, page, _ = visit(browser, url)
     page.click("#continue")
     page.wait_for_selector("h1", timeout=30_000)
 
@@ -124,9 +128,7 @@ def test_expired_share_is_refused(stack: Stack, browser: Any, vite: str) -> None
 
 def test_signed_in_share(stack: Stack, browser: Any, vite: str) -> None:
     link = make_share(stack, vite, "signed_in")
-    anonymous = browser.new_context()
-    page = anonymous.new_page()
-    response = page.goto(link["url"])
+    anonymous, page, response = visit(browser, link["url"])
     assert response is not None and response.status == 401
     assert "signed-in viewers" in page.inner_text("body")
     anonymous.close()
@@ -135,9 +137,7 @@ def test_signed_in_share(stack: Stack, browser: Any, vite: str) -> None:
         opened = bob.post(f"/v1/shares/{link['id']}/open")
         assert opened.status_code == 200, opened.text
         assert bob.get(f"/v1/previews/{vite}").status_code == 404  # a viewer, not an owner
-    context = browser.new_context()
-    page = context.new_page()
-    page.goto(opened.json()["url"])
+    context, page, _ = visit(browser, opened.json()["url"])
     page.wait_for_selector("h1", timeout=30_000)
     assert "share_token" not in page.url
     context.close()

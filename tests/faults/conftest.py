@@ -22,7 +22,7 @@ from shared import keys
 from shared.messages import Heartbeat
 from shared.redis_types import text
 from tests.conftest import LABEL_TEST_RUN, TEST_RUN
-from tests.gateway.api_helpers import bearer, gateway_env, start_body
+from tests.gateway.api_helpers import bearer, failover_env, start_body
 from tests.gateway.controller_fixtures import LABEL_TEST_CASE, add, remove_labelled
 from tests.utils import (
     GatewayProcess,
@@ -130,18 +130,13 @@ def make_system(test_image: str, tmp_path: Path) -> Iterator[SystemFactory]:
             client = SyncRedis.from_url(server.url, socket_timeout=5)
             stack.callback(client.close)
             state_dir = tmp_path / f"state-{case}"
-            env = gateway_env(
+            env = failover_env(
                 server,
                 test_image,
-                container_labels=f"{LABEL_TEST_RUN}={TEST_RUN},{LABEL_TEST_CASE}={case}",
-                state_dir=str(state_dir),
-                controller_interval=0.3,
-                leader_ttl=1.5,
+                f"{LABEL_TEST_RUN}={TEST_RUN},{LABEL_TEST_CASE}={case}",
+                state_dir,
                 pool_min=1,
                 pool_max=1,
-                container_cpus=0.5,
-                log_format="text",
-                drain_timeout=1.0,
                 **overrides,
             )
             controller = stack.enter_context(run_controller(env))

@@ -29,7 +29,7 @@ from websockets.asyncio.client import connect
 from shared import keys
 from tests.conftest import LABEL_TEST_RUN, TEST_RUN
 from tests.faults.conftest import System
-from tests.gateway.api_helpers import gateway_env, start_body
+from tests.gateway.api_helpers import failover_env, start_body
 from tests.gateway.controller_fixtures import LABEL_TEST_CASE, remove_labelled
 from tests.sentinel_cluster import MASTER, SentinelCluster, sentinel_cluster
 from tests.utils import run_controller, run_gateway, wait_until
@@ -84,18 +84,13 @@ def failover_system(test_image: str, tmp_path: Path) -> Iterator[tuple[System, S
         client = sentinel_client(cluster)
         stack.callback(client.close)
         state_dir = tmp_path / "state"
-        env = gateway_env(
+        env = failover_env(
             cluster.nodes[0],
             test_image,
-            container_labels=f"{LABEL_TEST_RUN}={TEST_RUN},{LABEL_TEST_CASE}={case}",
-            state_dir=str(state_dir),
-            controller_interval=0.3,
-            leader_ttl=1.5,
+            f"{LABEL_TEST_RUN}={TEST_RUN},{LABEL_TEST_CASE}={case}",
+            state_dir,
             pool_min=1,
             pool_max=2,
-            container_cpus=0.5,
-            log_format="text",
-            drain_timeout=1.0,
             **cluster.settings(),
         )
         try:

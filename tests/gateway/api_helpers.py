@@ -8,6 +8,7 @@ import hmac
 import json
 import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -79,6 +80,23 @@ def gateway_env(server: RedisServer, image: str, **overrides: Any) -> dict[str, 
         **overrides,
     }
     return settings_env(**values)
+
+
+def failover_env(
+    server: RedisServer, image: str, labels: str, state_dir: Path, **overrides: Any
+) -> dict[str, str]:
+    """gateway_env for a controller and gateway that are killed or cut off on purpose: short
+    controller interval and leader lease so a takeover happens within seconds, a short drain,
+    small containers and text logs (read back by the fault tests and bench/bench_failover.py)."""
+    values: dict[str, Any] = {
+        "controller_interval": 0.3,
+        "leader_ttl": 1.5,
+        "container_cpus": 0.5,
+        "log_format": "text",
+        "drain_timeout": 1.0,
+        **overrides,
+    }
+    return gateway_env(server, image, container_labels=labels, state_dir=str(state_dir), **values)
 
 
 def start_body(project: str = "p1", template: str = "node-basic") -> dict[str, Any]:

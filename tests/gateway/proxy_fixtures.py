@@ -47,20 +47,23 @@ class Upstream:
 def start_upstream(port: int | None = None, bind: str = "127.0.0.1") -> Upstream:
     """The Node test server (tests/fixtures/upstream.js) on `bind`, once it answers."""
     port = port or free_port()
-    process = subprocess.Popen(
-        ["node", str(ROOT / "tests/fixtures/upstream.js"), str(port), bind],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    script = str(ROOT / "tests/fixtures/upstream.js")
+    return spawn_upstream(["node", script, str(port), bind], port, "/headers", "node upstream")
+
+
+def spawn_upstream(argv: list[str], port: int, probe: str, what: str) -> Upstream:
+    """Runs `argv`, a server on 127.0.0.1:`port`, and returns once GET `probe` there answers
+    200 (within 10 s: `what` names it in the failure)."""
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     upstream = Upstream(port, process)
 
     def answers() -> bool:
         try:
-            return httpx.get(f"http://{upstream.address}/headers", timeout=1).status_code == 200
+            return httpx.get(f"http://{upstream.address}{probe}", timeout=1).status_code == 200
         except httpx.HTTPError:
             return False
 
-    wait_until(answers, 10, "node upstream")
+    wait_until(answers, 10, what)
     return upstream
 
 

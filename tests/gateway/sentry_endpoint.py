@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import threading
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -15,7 +14,7 @@ from typing import Any
 import pytest
 import sentry_sdk
 
-from tests.utils import wait_until
+from tests.utils import serving, wait_until
 
 
 @dataclass
@@ -108,16 +107,10 @@ def sentry_endpoint() -> Iterator[SentryEndpoint]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    endpoint = SentryEndpoint(server.server_address[1], received)
-    try:
-        yield endpoint
-    finally:
-        sentry_sdk.flush(timeout=5)
-        sentry_sdk.get_client().close()
-        sentry_sdk.init()  # back to a client that sends nothing
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with serving(ThreadingHTTPServer(("127.0.0.1", 0), Handler)) as server:
+        try:
+            yield SentryEndpoint(server.server_address[1], received)
+        finally:
+            sentry_sdk.flush(timeout=5)
+            sentry_sdk.get_client().close()
+            sentry_sdk.init()  # back to a client that sends nothing

@@ -42,7 +42,7 @@ from tests.gateway.controller_fixtures import (
     starter_for,
     wait_state,
 )
-from tests.utils import RedisServer, async_wait_until, settings_env, spawn_controller
+from tests.utils import RedisServer, async_wait_until, settings_env, spawn_controller, stop_process
 
 DOCKER_SOCKET = "/var/run/docker.sock"
 
@@ -83,12 +83,7 @@ def controllers(
     finally:
         for process in processes:
             if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(15)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+                stop_process(process)
         remove_labelled(case)
         for log_path in logs:
             print(f"--- {log_path.name}\n{log_path.read_text(errors='replace')[-3000:]}")

@@ -22,7 +22,15 @@ from gateway.observability.exposure import (
     is_loopback_host,
 )
 from shared.settings import Settings
-from tests.utils import ROOT, RedisServer, bridge_ip, free_port, settings_env, wait_until
+from tests.utils import (
+    ROOT,
+    RedisServer,
+    bridge_ip,
+    free_port,
+    settings_env,
+    stop_process,
+    wait_until,
+)
 
 BIN = Path(sys.executable).parent
 OWN = {
@@ -52,12 +60,7 @@ def started() -> Iterator[list[subprocess.Popen[bytes]]]:
     processes: list[subprocess.Popen[bytes]] = []
     yield processes
     for process in processes:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 def answers(process: subprocess.Popen[bytes], url: str) -> bool:

@@ -26,6 +26,16 @@ from tests.utils import RedisServer, free_port, run_gateway, settings_env, wait_
 __all__ = ["proxy_env", "upstream"]
 
 
+def assert_refused(client: httpx.Client, status: int, error: str, page_text: str) -> None:
+    """GET / is refused with `status`: a JSON `error` by default, a page holding `page_text`
+    for a browser (Accept: text/html)."""
+    response = client.get("/")
+    assert response.status_code == status
+    assert response.json()["error"] == error
+    page = client.get("/", headers={"accept": "text/html"})
+    assert page.status_code == status and page_text in page.text
+
+
 def test_token_becomes_a_cookie_for_this_host_only(proxy_env: ProxyEnv, upstream: Upstream) -> None:
     sid = proxy_env.session(upstream.address)
     with proxy_env.client(sid) as client:
@@ -51,11 +61,7 @@ def test_requests_without_a_valid_cookie_are_refused(
     a = proxy_env.session(upstream.address, user="alice")
     b = proxy_env.session(upstream.address, user="bob")
     with proxy_env.client(a) as anonymous:
-        response = anonymous.get("/")
-        assert response.status_code == 401
-        assert response.json()["error"] == "unauthorized"
-        page = anonymous.get("/", headers={"accept": "text/html"})
-        assert page.status_code == 401 and "<h1>" in page.text
+        assert_refused(anonymous, 401, "unauthorized", "<h1>")
     with proxy_env.login(a) as alice:
         cookie_a = alice.headers["cookie"].replace(f"pv_{a}=", f"pv_{b}=")
     with proxy_env.client(b) as client:
@@ -136,11 +142,7 @@ def test_large_bodies_stream_both_ways_without_memory_growth(
 def test_refused_upstream_is_502_json_or_page(proxy_env: ProxyEnv) -> None:
     sid = proxy_env.session(f"127.0.0.1:{free_port()}")
     with proxy_env.login(sid) as client:
-        response = client.get("/")
-        assert response.status_code == 502
-        assert response.json()["error"] == "upstream_refused"
-        page = client.get("/", headers={"accept": "text/html"})
-        assert page.status_code == 502 and "dev server is not answering" in page.text
+        assert_refused(client, 502, "upstream_refused", "dev server is not answering")
 
 
 def test_dev_server_killed_mid_request_ends_quickly(proxy_env: ProxyEnv) -> None:

@@ -41,6 +41,13 @@ def two_workers(redis_server: RedisServer, tls_files: TlsFiles) -> Iterator[Prox
         yield env
 
 
+@pytest.fixture
+def opened(two_workers: ProxyEnv, upstream: Upstream) -> tuple[ProxyEnv, str, str]:
+    """The two-worker gateway, a session on the upstream and its preview cookie."""
+    sid = two_workers.session(upstream.address)
+    return two_workers, sid, cookie_for(two_workers, sid)
+
+
 def fresh_get(env: ProxyEnv, sid: str, cookie: str, path: str = "/") -> httpx.Response:
     """One request on a new connection (so the kernel may hand it to either worker)."""
     with env.client(sid) as client:
@@ -49,11 +56,9 @@ def fresh_get(env: ProxyEnv, sid: str, cookie: str, path: str = "/") -> httpx.Re
 
 
 def test_previews_work_on_every_worker_and_route_changes_reach_all(
-    two_workers: ProxyEnv, upstream: Upstream
+    opened: tuple[ProxyEnv, str, str],
 ) -> None:
-    env = two_workers
-    sid = env.session(upstream.address)
-    cookie = cookie_for(env, sid)
+    env, sid, cookie = opened
     answers = [fresh_get(env, sid, cookie) for _ in range(30)]
     assert [a.status_code for a in answers] == [200] * 30
     assert {a.http_version for a in answers} == {"HTTP/2"}
@@ -74,11 +79,9 @@ def test_previews_work_on_every_worker_and_route_changes_reach_all(
 
 
 def test_a_dead_worker_is_replaced_and_the_other_keeps_serving(
-    two_workers: ProxyEnv, upstream: Upstream
+    opened: tuple[ProxyEnv, str, str],
 ) -> None:
-    env = two_workers
-    sid = env.session(upstream.address)
-    cookie = cookie_for(env, sid)
+    env, sid, cookie = opened
     before = workers_of(env.gateway.process.pid)
     os.kill(before[0], signal.SIGKILL)
     assert all(fresh_get(env, sid, cookie).status_code == 200 for _ in range(10))

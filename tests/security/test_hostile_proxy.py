@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,8 +16,8 @@ import httptools
 import httpx
 import pytest
 
-from tests.gateway.proxy_fixtures import ProxyEnv, Upstream, proxy_env
-from tests.utils import free_port, wait_until
+from tests.gateway.proxy_fixtures import ProxyEnv, Upstream, proxy_env, spawn_upstream
+from tests.utils import free_port
 
 __all__ = ["proxy_env"]
 
@@ -50,21 +49,12 @@ ABORTED = "HPE_INVALID_EOF_STATE"
 @pytest.fixture(scope="module")
 def recorder() -> Iterator[Upstream]:
     port = free_port()
-    process = subprocess.Popen(
-        ["node", "-e", RECORDER, str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    upstream = spawn_upstream(
+        ["node", "-e", RECORDER, str(port)], port, "/__seen", "recording upstream"
     )
-    upstream = Upstream(port, process)
-
-    def answers() -> bool:
-        try:
-            return httpx.get(f"http://{upstream.address}/__seen", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_until(answers, 10, "recording upstream")
     yield upstream
-    process.kill()
-    process.wait()
+    upstream.process.kill()
+    upstream.process.wait()
 
 
 def seen(upstream: Upstream) -> list[dict[str, Any]]:

@@ -11,7 +11,6 @@ and (the last test) the same file as the dev server of a real preview container.
 from __future__ import annotations
 
 import json
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -32,6 +31,7 @@ from tests.gateway.proxy_fixtures import (
     Upstream,
     proxy_gateway,
     rss_kib,
+    spawn_upstream,
     upstream,
 )
 from tests.gateway.test_api import tar_of, wait_ready
@@ -52,21 +52,10 @@ MAX_RSS_GROWTH_MIB = 12
 @pytest.fixture(scope="module")
 def hostile() -> Iterator[Upstream]:
     port = free_port()
-    process = subprocess.Popen(
-        ["node", str(HOSTILE), str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    server = Upstream(port, process)
-
-    def answers() -> bool:
-        try:
-            return httpx.get(f"http://{server.address}/", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_until(answers, 10, "hostile dev server")
+    server = spawn_upstream(["node", str(HOSTILE), str(port)], port, "/", "hostile dev server")
     yield server
-    process.kill()
-    process.wait()
+    server.process.kill()
+    server.process.wait()
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ tests check this checkout even when the image was built from an older one.
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets
 import shutil
@@ -29,11 +28,10 @@ from redis.asyncio import Redis
 from shared import keys
 from shared.acl import container_acl_rules
 from tests.supervisor.conftest import SupervisorProcess, b64
-from tests.utils import ROOT, free_port, wait_until
+from tests.utils import ROOT, TEST_IMAGE, free_port, wait_until
 
 pytestmark = pytest.mark.docker
 
-IMAGE = os.environ.get("PREVIEW_TEST_IMAGE", "preview-gateway/preview:latest")
 CAPABILITIES = ("CHOWN", "SETUID", "SETGID", "KILL", "DAC_OVERRIDE", "FOWNER")
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 MEMORY = 1 << 30
@@ -63,11 +61,11 @@ def sup_image() -> str:
     if (
         not shutil.which("docker")
         or subprocess.run(
-            ["docker", "image", "inspect", IMAGE], capture_output=True, check=False
+            ["docker", "image", "inspect", TEST_IMAGE], capture_output=True, check=False
         ).returncode
     ):
-        pytest.skip(f"needs Docker and the image {IMAGE} (scripts/build-image)")
-    return IMAGE
+        pytest.skip(f"needs Docker and the image {TEST_IMAGE} (scripts/build-image)")
+    return TEST_IMAGE
 
 
 @dataclass
