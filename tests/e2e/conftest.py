@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+from redis import Redis as SyncRedis
 
 from gateway.cli import mint_token
 from shared.settings import Settings
@@ -98,6 +99,10 @@ def run_stack(redis_server: RedisServer, test_image: str, **extra: Any) -> Itera
     values.update(extra)
     settings = Settings.from_env({}, **values)
     env = settings_env(**values)
+    # A stack is a deployment of its own: the previous module's containers were removed
+    # with its stack, so its records (a user's reserved containers among them) must go too.
+    with contextlib.closing(SyncRedis.from_url(redis_server.url)) as client:
+        client.flushall()
     try:
         with run_gateway(env, port=port) as gateway:
             yield Stack(gateway, settings)
