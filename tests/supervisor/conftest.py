@@ -28,7 +28,6 @@ from shared.messages import Command, CommandResult, Event, Heartbeat
 from tests.utils import ROOT, async_wait_until, free_port, wait_until
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
-APP_USER = "pvtestapp"
 # A second loopback address stands in for the container's eth0 (see portforward.py).
 EXTERNAL = "127.0.0.2"
 
@@ -87,23 +86,28 @@ async def sup_redis(sup_redis_server: SupRedis) -> AsyncIterator[Redis]:
         await client.aclose()
 
 
+@contextlib.contextmanager
+def temporary_user() -> Iterator[str]:
+    """A host user of this test run alone. A fixed name was shared by parallel runs on one
+    machine, and each run's supervisors kill every process of their app user, so runs
+    killed each other's dev servers."""
+    name = f"pvt{secrets.token_hex(6)}"
+    subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", name], check=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["pkill", "-KILL", "-U", name], check=False)
+        subprocess.run(["userdel", "--remove", name], check=False, capture_output=True)
+
+
 @pytest.fixture(scope="session")
 def sup_app_user() -> Iterator[str]:
     """A real unprivileged user when we are root (as in the container), else none."""
     if os.geteuid() != 0:
         yield ""
         return
-    created = False
-    try:
-        pwd.getpwnam(APP_USER)
-    except KeyError:
-        subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", APP_USER], check=True)
-        created = True
-    yield APP_USER
-    uid = pwd.getpwnam(APP_USER).pw_uid
-    subprocess.run(["pkill", "-KILL", "-U", str(uid)], check=False)
-    if created:
-        subprocess.run(["userdel", "--remove", APP_USER], check=False, capture_output=True)
+    with temporary_user() as name:
+        yield name
 
 
 def kill_user(name: str) -> None:

@@ -24,7 +24,7 @@ import pytest
 from shared.messages import CommandResult
 from supervisor.depcache import archive
 from supervisor.depcache.cachevolume import CacheVolume
-from tests.supervisor.conftest import SupervisorProcess, b64, make_dir
+from tests.supervisor.conftest import SupervisorProcess, b64, make_dir, temporary_user
 from tests.supervisor.test_daemon import get, prepare_args
 from tests.utils import async_wait_until
 
@@ -71,7 +71,6 @@ SERVER = (
     "${isNumber(5)}`)).listen(Number(process.env.PORT));\n"
 )
 ANSWER = "semver 1.3.0 true"
-SECOND_APP_USER = "pvtestapp2"
 
 
 def project_files() -> dict[str, str]:
@@ -205,16 +204,8 @@ def second_app_user(sup_app_user: str) -> Iterator[str]:
     if not sup_app_user:
         yield ""
         return
-    created = False
-    try:
-        pwd.getpwnam(SECOND_APP_USER)
-    except KeyError:
-        subprocess.run(["useradd", "--create-home", SECOND_APP_USER], check=True)
-        created = True
-    yield SECOND_APP_USER
-    subprocess.run(["pkill", "-KILL", "-U", SECOND_APP_USER], check=False)
-    if created:
-        subprocess.run(["userdel", "--remove", SECOND_APP_USER], check=False, capture_output=True)
+    with temporary_user() as name:
+        yield name
 
 
 async def test_two_starts_of_one_new_project_pack_it_once(
