@@ -116,7 +116,7 @@ def _tls_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
-def _host_name(url: str) -> str:
+def host_name(url: str) -> str:
     """A short, label-safe name for an engine URL."""
     if url.startswith("unix://"):
         return "local" if url == "unix:///var/run/docker.sock" else url.removeprefix("unix://")
@@ -128,7 +128,7 @@ class DockerHost:
 
     def __init__(self, url: str, settings: Settings, name: str | None = None) -> None:
         self.url = url
-        self.name = name or _host_name(url)
+        self.name = name or host_name(url)
         self.settings = settings
         ssl_context = _tls_context(settings) if url.startswith("tcp://") else None
         self._docker = aiodocker.Docker(url=url, ssl_context=ssl_context)

@@ -7,7 +7,6 @@ refused, so a controller that lost the lease stops acting at its next step.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import secrets
@@ -17,6 +16,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from shared import keys
+from shared.periodic import ticks
 from shared.redis_types import text
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ class LeaderLease:
     async def keep(self) -> None:
         """Claim and renew every third of the lease's lifetime, until cancelled."""
         failing = False
-        while True:
+        async for _ in ticks(self.ttl / 3, first_now=True):
             try:
                 await self.claim()
                 failing = False
@@ -77,7 +77,6 @@ class LeaderLease:
                 if not failing:
                     log.error("leader lease not renewed: %s", exc)
                 failing = True
-            await asyncio.sleep(self.ttl / 3)
 
     async def holder(self) -> str | None:
         value = await self._redis.get(keys.LEADER)

@@ -12,7 +12,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from gateway.containers.docker_runtime import _host_name
+from gateway.containers.docker_runtime import host_name
 from gateway.containers.placement import host_capacity, read_hosts
 from gateway.sessions.store import Session
 from shared import keys
@@ -24,7 +24,7 @@ MAX_SESSIONS = 5000  # operator views list at most this many live sessions
 
 def host_names(settings: Settings) -> list[str]:
     """The configured Docker hosts' names, as placement and the records use them."""
-    return [_host_name(url) for url in settings.docker_hosts]
+    return [host_name(url) for url in settings.docker_hosts]
 
 
 @dataclass

@@ -26,6 +26,7 @@ from gateway.observability.instruments import REDIS_ERRORS
 from gateway.observability.metrics import Collect, serve_metrics
 from gateway.observability.recorder import Recorder
 from gateway.observability.records import ERROR_OUTCOMES
+from shared.periodic import ticks
 from shared.redis_client import unreachable
 from shared.settings import Settings
 
@@ -50,9 +51,8 @@ class GatewayOps:
         self._task = background.forever(self._run(), "observability upkeep")
 
     async def _run(self) -> None:
-        while True:
+        async for _ in ticks(UPKEEP_INTERVAL, first_now=True):
             await self.upkeep()
-            await asyncio.sleep(UPKEEP_INTERVAL)
 
     async def upkeep(self) -> None:
         """Check Redis; replay the spool once it answers."""
