@@ -160,6 +160,12 @@ def share_views(client: str) -> str:
     return f"{PREFIX}share-views:{client}"
 
 
+def port_hops(label: str, grantee: str) -> str:
+    """Counter with a TTL (one minute): port-host cookies minted for one grantee (the
+    owner or a share) of one preview, bounding redirect loops when a browser keeps none."""
+    return f"{PREFIX}port-hops:{label}:{grantee}"
+
+
 # Published on ROUTE_CHANGES when a share is revoked: every gateway forgets it and closes
 # its viewers' WebSockets (a session id never starts with it: ids are base32).
 SHARE_CHANGE_PREFIX = "share:"

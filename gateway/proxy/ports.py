@@ -78,6 +78,17 @@ class PortTable:
 
     async def upstream(self, route: Route, port: int) -> str | None:
         """`address:port` of this open port of the route's session, else None."""
+        address, ports = await self._lookup(route)
+        if port not in ports or not address:
+            return None
+        return f"{address}:{port}"
+
+    async def open_ports(self, route: Route) -> frozenset[int]:
+        """The other ports of the route's session that the gateway serves now."""
+        address, ports = await self._lookup(route)
+        return ports if address else frozenset()
+
+    async def _lookup(self, route: Route) -> tuple[str, frozenset[int]]:
         now = time.monotonic()
         cached = self._entries.get(route.sid)
         if cached is None or cached[0] <= now or not route.container:
@@ -86,10 +97,7 @@ class PortTable:
             self._entries[route.sid] = cached
             if len(self._entries) > 50_000:
                 self._entries = {k: v for k, v in self._entries.items() if v[0] > now}
-        _, address, ports = cached
-        if port not in ports or not address:
-            return None
-        return f"{address}:{port}"
+        return cached[1], cached[2]
 
     async def _read(self, route: Route) -> tuple[str, frozenset[int]]:
         if not route.container:

@@ -34,6 +34,7 @@ from gateway.proxy import cookies
 from gateway.proxy.activity import Activity
 from gateway.proxy.clients import ClientResolver
 from gateway.proxy.pages import send_body
+from gateway.proxy.port_grants import HOP_PATH, Grantee, PortGrants
 from gateway.proxy.ports import PortTable, preflight_headers, sibling_preflight
 from gateway.proxy.preview_auth import (
     EXPIRED,
@@ -46,7 +47,14 @@ from gateway.proxy.proxy_http import proxy_http, wants_html
 from gateway.proxy.proxy_ws import RelayRegistry, WsLimits, proxy_ws
 from gateway.proxy.refusals import cut_short, refuse, refuse_resume
 from gateway.proxy.routes import Route, RouteCache
-from gateway.proxy.share_access import ENDED, VIEWER, ShareAccess, link_param, notice_page
+from gateway.proxy.share_access import (
+    ENDED,
+    VIEWER,
+    ShareAccess,
+    is_navigation,
+    link_param,
+    notice_page,
+)
 from gateway.proxy.shares import Share
 from gateway.proxy.starting import ReadyWaits, starting_page, status_json
 from gateway.proxy.upstream import UpstreamPool
@@ -82,6 +90,7 @@ class PreviewRouter:
         self.clients = ClientResolver(settings.trusted_proxies)
         self.auth = PreviewAuth(settings)
         self.shares = ShareAccess(settings, self.auth)
+        self.grants = PortGrants(settings, self.auth, self.shares)
         self.pool = UpstreamPool(head_timeout=settings.upstream_head_timeout)
         self.relays = RelayRegistry()
         self.limits = WsLimits(
@@ -163,6 +172,9 @@ class PreviewRouter:
         if not is_ws and sibling_preflight(self.hosts, where, scope):
             await send_body(send, 204, b"", b"text/plain", preflight_headers(scope))
             return
+        if not is_ws and scope["path"] == HOP_PATH and where.port is not None:
+            await self.port_hop(where, route, None, scope, send, html)  # the token's trade
+            return
         token = query_token(scope)
         if token is not None and not is_ws:
             await self.login(label, route, token, scope, send, html)
@@ -179,6 +191,10 @@ class PreviewRouter:
                 instruments.REDIS_ERRORS.inc()  # observability hook
                 await refuse(scope, send, 503, "unavailable", "state store unreachable", html)
                 return
+            if viewer is None and where.port is not None and is_navigation(scope):
+                # The main host's cookie may stand for this one (gateway/proxy/port_grants.py).
+                await send_body(send, 302, b"", b"text/plain", self.grants.to_main(where, scope))
+                return
             if viewer is None:
                 detail = "open this preview from its link (the token is missing or expired)"
                 if cookies.candidates(scope["headers"], label, VIEWER):
@@ -187,6 +203,10 @@ class PreviewRouter:
                 return
         if is_ws and not same_origin(scope):
             await refuse(scope, send, 403, "forbidden", "cross-origin WebSocket", False)
+            return
+        grantee = Grantee(route.user, viewer)
+        if scope["path"] == HOP_PATH and not is_ws:
+            await self.port_hop(where, route, grantee, scope, send, html)
             return
         if scope["path"] == STATUS_PATH and not is_ws:
             await status_json(self.state.redis, route, send)
@@ -223,6 +243,11 @@ class PreviewRouter:
             detail = route.error or f"the preview is {route.state}"
             await refuse(scope, send, 503, "not_ready", detail, html)
             return
+        if where.port is None and not is_ws:
+            hop = await self.first_hop(route, grantee, scope)
+            if hop is not None:
+                await send_body(send, 302, b"", b"text/plain", hop)
+                return
         address = route.address
         if where.port is not None:
             found = await self.port_address(route, where.port, scope, send, html)
@@ -273,6 +298,48 @@ class PreviewRouter:
             detail = f"nothing of this preview listens on port {port}"
             await refuse(scope, send, 404, "not_found", detail, html)
         return address
+
+    async def first_hop(
+        self, route: Route, grantee: Grantee, scope: Scope
+    ) -> list[tuple[bytes, bytes]] | None:
+        """A navigation's detour through the open ports this browser has no cookie for."""
+        assert self.ports is not None
+        try:
+            ports = await self.ports.open_ports(route)
+            return await self.grants.next_hop(self.state.redis, route.sid, grantee, ports, scope)
+        except (RedisError, OSError):
+            instruments.REDIS_ERRORS.inc()  # observability hook
+            return None  # the page itself; the ports' cookies can wait
+
+    async def port_hop(
+        self,
+        where: Destination,
+        route: Route,
+        grantee: Grantee | None,
+        scope: Scope,
+        send: Send,
+        html: bool,
+    ) -> None:
+        """`/__preview/hop`: on a port host, trade a token for its cookie; on the main
+        host, mint one for an authenticated browser (gateway/proxy/port_grants.py)."""
+        assert self.ports is not None
+        try:
+            if grantee is None:
+                hop = await self.grants.trade(self.state.redis, where, route.user, scope)
+            else:
+                ports = await self.ports.open_ports(route)
+                redis = self.state.redis
+                hop = await self.grants.mint(redis, where.sid, grantee, ports, scope)
+        except (RedisError, OSError):
+            instruments.REDIS_ERRORS.inc()  # observability hook
+            await refuse(scope, send, 503, "unavailable", "state store unreachable", html)
+            return
+        if hop.status == 302:
+            await send_body(send, 302, b"", b"text/plain", hop.headers)
+        elif hop.status == 401:
+            await self.fail(where.sid, scope, send, 401, hop.error, hop.detail, html)
+        else:
+            await refuse(scope, send, hop.status, hop.error, hop.detail, html)
 
     async def websocket(
         self, sid: str, address: str, scope: Scope, receive: Receive, send: Send, host: str

@@ -158,10 +158,8 @@ class ShareAccess:
             share.access,
             viewer or "-",
         )
-        value, ttl = shares.cookie_value(self.settings, label, share)
         https = self.auth.https(scope)
-        cookie = self.auth.set_cookie(cookies.cookie_name(label, https, VIEWER), value, ttl, scope)
-        headers = [(b"set-cookie", cookie.encode())]
+        headers = [(b"set-cookie", self.viewer_cookie(label, share, scope).encode())]
         notice = (
             share.access == "public"
             and is_navigation(scope)
@@ -176,6 +174,12 @@ class ShareAccess:
         if not notice:
             headers.append((b"location", location.encode("latin-1")))
         return Opened(200 if notice else 302, headers=headers, location=location, notice=notice)
+
+    def viewer_cookie(self, label: str, share: shares.Share, scope: Scope) -> str:
+        """The Set-Cookie value that makes this browser a viewer of `share` on one host."""
+        value, ttl = shares.cookie_value(self.settings, label, share)
+        name = cookies.cookie_name(label, self.auth.https(scope), VIEWER)
+        return self.auth.set_cookie(name, value, ttl, scope)
 
     # --- every later request ---------------------------------------------------------
 
