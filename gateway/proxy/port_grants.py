@@ -18,7 +18,8 @@ navigation (a page or a frame, never fetch(), scripts or WebSockets):
 
 A token is ``{nonce}.{signed}``: an HMAC over the port host's label, the nonce, the return
 kind and path, for a grantee (``owner:{user}`` or ``share:{id}``), valid for
-PREVIEW_PREVIEW_TOKEN_TTL and spent once in Redis like open_url's. It never holds a JWT;
+PREVIEW_PREVIEW_TOKEN_TTL; the grantee waits in Redis under the nonce, deleted when the
+token is traded (used once, on any replica). The URL holds no JWT, no share id;
 the return is a path on the preview's own main or port host, fixed by the token, never a
 URL from the query. Mints are counted per grantee and port host (``keys.port_hops``): a
 browser that keeps no cookie gets a 429 page, not an endless loop.
@@ -36,12 +37,12 @@ from redis.asyncio import Redis
 from gateway.asgi_types import Scope, header
 from gateway.proxy import cookies
 from gateway.proxy.preview_auth import PreviewAuth, same_host_location
-from gateway.proxy.preview_tokens import spend
 from gateway.proxy.share_access import GONE, ShareAccess, is_navigation
 from gateway.proxy.shares import Share, cookie_ttl
 from gateway.proxy.signed import sign, verify
 from gateway.proxy.vhosts import Destination
 from shared import keys
+from shared.redis_types import text
 from shared.settings import Settings
 
 HOP_PATH = "/__preview/hop"
@@ -55,8 +56,9 @@ HOPS_PER_WINDOW = 8
 MAX_MARKED = 64
 _NONCE = re.compile(r"[A-Za-z0-9_-]{16}")
 _BACK = ("main", "port")
-_NO_STORE = [(b"cache-control", b"no-store"), (b"referrer-policy", b"no-referrer")]
+_NO_STORE = [(b"referrer-policy", b"no-referrer")]  # send_body adds no-store
 NO_PORTS = "this share link does not include the preview's other ports"
+EXPIRED_HOP = "this link has expired, was used already or is for another host"
 LOOPING = "this browser keeps no cookie for the preview's port host (are cookies blocked?)"
 
 
@@ -90,27 +92,30 @@ def return_path(raw: str) -> str | None:
     return raw if all(33 <= ord(c) < 127 for c in raw) else None
 
 
-def hop_token(settings: Settings, label: str, grantee: str, back: str, path: str) -> str:
+async def hop_token(
+    redis: Redis, settings: Settings, label: str, grantee: str, back: str, path: str
+) -> str:
+    """A fresh token: the grantee is kept in Redis under the nonce (not in the URL), the
+    signature binds the nonce to the port host, the return kind and the path."""
     nonce = secrets.token_urlsafe(12)
-    signed = sign(
-        settings.signing_secret,
-        HOP_PURPOSE,
-        _bound(label, nonce, back, path),
-        grantee,
-        settings.preview_token_ttl,
-    )
-    return f"{nonce}.{signed}"
+    ttl = settings.preview_token_ttl
+    await redis.set(keys.port_hop(nonce), grantee.encode(), ex=ttl)
+    bound = _bound(label, nonce, back, path)
+    return f"{nonce}.{sign(settings.signing_secret, HOP_PURPOSE, bound, 'hop', ttl)}"
 
 
-def hop_grantee(
-    settings: Settings, label: str, token: str, back: str, path: str
-) -> tuple[str, str] | None:
-    """(grantee, nonce) of a genuine, unexpired token for this host, return and path."""
+async def hop_grantee(
+    redis: Redis, settings: Settings, label: str, token: str, back: str, path: str
+) -> str | None:
+    """The grantee of a genuine, unexpired, unused token for this host, return and path;
+    the token is spent."""
     nonce, _, signed = token.partition(".")
     if not _NONCE.fullmatch(nonce):
         return None
-    grantee = verify(settings.signing_secret, HOP_PURPOSE, _bound(label, nonce, back, path), signed)
-    return None if grantee is None else (grantee, nonce)
+    if verify(settings.signing_secret, HOP_PURPOSE, _bound(label, nonce, back, path), signed):
+        grantee = await redis.getdel(keys.port_hop(nonce))
+        return None if grantee is None else text(grantee)
+    return None
 
 
 def _bound(label: str, nonce: str, back: str, path: str) -> str:
@@ -153,7 +158,7 @@ class PortGrants:
         if await self._over(redis, label, grantee):
             return None  # the browser drops the cookies: the page, without the ports
         path = same_host_location(scope)
-        token = hop_token(self.settings, label, grantee.key, "main", path)
+        token = await hop_token(redis, self.settings, label, grantee.key, "main", path)
         query = urlencode({"t": token, "b": "main", "r": path})
         marked = ",".join(str(p) for p in sorted(granted | {missing[0]})[:MAX_MARKED])
         ttl = self._ttl(grantee)
@@ -200,7 +205,7 @@ class PortGrants:
         label = f"{sid}-{port}"
         if await self._over(redis, label, grantee):
             return Hop(429, "rate_limited", LOOPING)
-        token = hop_token(self.settings, label, grantee.key, "port", path)
+        token = await hop_token(redis, self.settings, label, grantee.key, "port", path)
         query = urlencode({"t": token, "b": "port", "r": path})
         location = self.url(scope, label, f"{HOP_PATH}?{query}")
         return Hop(302, headers=[(b"location", location.encode()), *_NO_STORE])
@@ -213,10 +218,10 @@ class PortGrants:
         back, path = asked.get("b", ""), return_path(asked.get("r", ""))
         if back not in _BACK or path is None:
             return Hop(400, "bad_request", "not a hop this gateway made")
-        found = hop_grantee(self.settings, where.label, asked.get("t", ""), back, path)
-        if found is None:
-            return Hop(401, "invalid_token", "this link has expired or is for another host")
-        grantee, nonce = found
+        token = asked.get("t", "")
+        grantee = await hop_grantee(redis, self.settings, where.label, token, back, path)
+        if grantee is None:
+            return Hop(401, "invalid_token", EXPIRED_HOP)
         kind, _, ident = grantee.partition(":")
         share: Share | None = None
         if kind == "share":
@@ -225,8 +230,6 @@ class PortGrants:
                 return Hop(404, "not_found", GONE)
         elif kind != "owner" or ident != owner:
             return Hop(401, "invalid_token", "this link is not for this preview's owner")
-        if not await spend(redis, self.settings, nonce):
-            return Hop(401, "invalid_token", "this link was used already")
         if share is not None:
             cookie = self.shares.viewer_cookie(where.label, share, scope)
         else:
