@@ -1,6 +1,7 @@
 """A full-stack project in Chromium: a real Vite app on the main port that fetches, with
 credentials, from its API server on port 3001 of the same container, through both of the
-gateway's hosts (`{id}` and `{id}-3001`). No port is published for 3001."""
+gateway's hosts (`{id}` and `{id}-3001`). No port is published for 3001, and the owner opens
+only the main preview's open_url: the port host's cookie comes by the gateway's redirect hop."""
 
 from __future__ import annotations
 
@@ -71,22 +72,36 @@ def test_vite_frontend_calls_its_api_on_another_port(stack: Stack, browser: Any)
         print(f"restart to port 3001 listed: {time.monotonic() - began:.1f}s")
         assert port["url"].startswith(f"http://{sid}-3001.preview.localhost:")
         open_url = alice.get(f"/v1/previews/{sid}").json()["open_url"]
+        assert open_url.startswith(f"http://{sid}.preview.localhost:")
 
         context = browser.new_context()
         page = context.new_page()
-        # The owner's app opens each host once (the port's own open_url), as it does the
-        # main one: each host gets its own cookie.
-        direct = page.goto(port["open_url"])
-        assert direct is not None and direct.status == 200
-        assert "hello from the API" in page.inner_text("body")
+        hops: list[str] = []
+        page.on("request", lambda r: hops.append(r.url) if "/__preview/hop" in r.url else None)
+        # The owner's app opens the main preview only: its navigation passes through the
+        # port host (gateway/proxy/port_grants.py), which gets its own cookie on the way.
         page.goto(open_url)
         page.wait_for_selector("#api:has-text('hello from the API')", timeout=60_000)
         text = page.inner_text("#api")
-        assert "via POST" in text, text  # a preflighted call went through
+        assert "via POST" in text, text  # a preflighted, credentialed call went through
         assert "pv_" not in text  # the API server never sees our cookies
-        names = {c["name"]: c["domain"] for c in context.cookies()}
-        assert names[f"pv_{sid}-3001"] == f"{sid}-3001.preview.localhost"
-        assert names[f"pv_{sid}"] == f"{sid}.preview.localhost"
+        assert page.url.startswith(f"http://{sid}.preview.localhost:")
+        assert "preview_token" not in page.url and "__preview" not in page.url
+        assert [h.split("?")[0].split("//")[1].split(".")[0] for h in hops] == [f"{sid}-3001"]
+        names = {c["name"]: c for c in context.cookies()}
+        port_cookie = names[f"pv_{sid}-3001"]
+        assert port_cookie["domain"] == f"{sid}-3001.preview.localhost"  # host-only
+        assert port_cookie["httpOnly"] and port_cookie["sameSite"] == "None"
+        assert names[f"pv_{sid}"]["domain"] == f"{sid}.preview.localhost"
+        # A reload needs no detour: the main host's mark lists the port.
+        hops.clear()
+        page.reload()
+        page.wait_for_selector("#api:has-text('hello from the API')", timeout=60_000)
+        assert hops == []
+        # The port host opened directly in a fresh tab of the same browser: its cookie.
+        direct = context.new_page().goto(port["url"])
+        assert direct is not None and direct.status == 200
+        assert "hello from the API" in direct.text()
 
         # Another browser without the port's cookie gets nothing from the port host.
         stranger = browser.new_context()
