@@ -22,12 +22,14 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.datastructures import State
 
-from gateway.asgi_types import Receive, Scope, Send
+from gateway.asgi_types import Message, Receive, Scope, Send
 from gateway.background import Background
 from gateway.observability import instruments
 from gateway.proxy import cookies
@@ -264,11 +266,12 @@ class PreviewRouter:
             await self.websocket(sid, address, scope, receive, send, host)
         else:
             began = time.monotonic()
-            try:
-                status = await proxy_http(
+
+            def relay(out: Send) -> Coroutine[Any, Any, int]:
+                return proxy_http(
                     scope,
                     receive,
-                    send,
+                    out,
                     self.pool,
                     address,
                     host.encode(),
@@ -276,6 +279,12 @@ class PreviewRouter:
                     self.settings.preview_scheme,
                     self.settings.compress,
                 )
+
+            try:
+                if viewer is not None:
+                    status = await self.viewer_http(viewer, sid, scope, send, relay)
+                else:
+                    status = await relay(send)
             except asyncio.CancelledError:
                 if self.relays.closing:  # cut at the drain deadline
                     await cut_short(scope, send, html)
@@ -401,6 +410,39 @@ class PreviewRouter:
             # Cancelled before the relay began (the handshake): refuse it.
             with contextlib.suppress(Exception):
                 await send({"type": "websocket.close", "code": 1008, "reason": ENDED})
+
+    async def viewer_http(
+        self,
+        share: Share,
+        sid: str,
+        scope: Scope,
+        send: Send,
+        relay: Callable[[Send], Coroutine[Any, Any, int]],
+    ) -> int:
+        """A share viewer's HTTP request, in a task the share's revocation or expiry, or
+        the preview's end, cancels as it does WebSockets: a response already streaming
+        (SSE, chunked) stops there (its connection or HTTP/2 stream is closed before the
+        body's end); one not begun yet is refused."""
+        begun = 0
+
+        async def tracked(message: Message) -> None:
+            nonlocal begun
+            if message["type"] == "http.response.start":
+                begun = int(message["status"])
+            await send(message)
+
+        task = asyncio.create_task(relay(tracked), name=f"share http {sid}")
+        self.shares.watch(share, sid, task)
+        try:
+            return await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # we were cancelled ourselves (the relay was with us)
+            if not begun:
+                await refuse(scope, send, 401, "unauthorized", ENDED, wants_html(scope))
+                return 401
+            return begun
 
     def changed(self, name: str) -> None:
         """A published change (gateway/proxy/routes.py): a revoked share ends its viewers'

@@ -19,6 +19,7 @@ import html
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import parse_qsl
 
 from redis.asyncio import Redis
@@ -108,7 +109,7 @@ class ShareAccess:
         self.auth = auth
         self.cache: shares.ShareCache | None = None
         # share id -> open relays of its viewers (task -> preview id)
-        self.sockets: dict[str, dict[asyncio.Task[None], str]] = {}
+        self.sockets: dict[str, dict[asyncio.Task[Any], str]] = {}
 
     def records(self, redis: Redis) -> shares.ShareCache:
         if self.cache is None:
@@ -202,9 +203,9 @@ class ShareAccess:
 
     # --- ending access ------------------------------------------------------------------
 
-    def watch(self, share: shares.Share, sid: str, task: asyncio.Task[None]) -> None:
-        """Close this viewer's WebSocket when the share expires (revocation and the
-        preview's end come through `revoked` and `preview_changed`)."""
+    def watch(self, share: shares.Share, sid: str, task: asyncio.Task[Any]) -> None:
+        """End this viewer's WebSocket or streaming response when the share expires
+        (revocation and the preview's end come through `revoked` and `preview_ended`)."""
         relays = self.sockets.setdefault(share.id, {})
         relays[task] = sid
         timer = asyncio.get_running_loop().call_later(
