@@ -20,12 +20,15 @@ import time
 from redis.asyncio import Redis
 
 from gateway.asgi_types import Scope, header
+from gateway.proxy.relay_dial import relay_address
 from gateway.proxy.routes import Route
 from gateway.proxy.vhosts import Destination, HostRules
 from shared import keys
 from shared.messages import Heartbeat
+from shared.redis_types import text
 
 PORTS_TTL = 1.0
+RELAY = "relay:"  # a cached address that is the container's port relay's published one
 
 
 def sibling_preflight(hosts: HostRules, where: Destination, scope: Scope) -> bool:
@@ -77,10 +80,13 @@ class PortTable:
         self._entries: dict[str, tuple[float, str, frozenset[int]]] = {}
 
     async def upstream(self, route: Route, port: int) -> str | None:
-        """`address:port` of this open port of the route's session, else None."""
+        """Where this open port of the route's session is reached: `address:port` at the
+        container's own address, or through its port relay; else None."""
         address, ports = await self._lookup(route)
         if port not in ports or not address:
             return None
+        if address.startswith(RELAY):
+            return relay_address(route.container, address[len(RELAY) :], port)
         return f"{address}:{port}"
 
     async def open_ports(self, route: Route) -> frozenset[int]:
@@ -102,9 +108,15 @@ class PortTable:
     async def _read(self, route: Route) -> tuple[str, frozenset[int]]:
         if not route.container:
             return "", frozenset()
-        heartbeat = Heartbeat.read(await self.redis.get(keys.heartbeat(route.container)))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.get(keys.heartbeat(route.container))
+            pipe.hget(keys.container(route.container), "relay")
+            beat, relay = await pipe.execute()
+        heartbeat = Heartbeat.read(beat)
         if heartbeat is None or heartbeat.session_id != route.sid:
             return "", frozenset()
+        if relay:  # not routed to the container's address: its relay's published port
+            return RELAY + text(relay), frozenset(heartbeat.ports)
         address = heartbeat.address or ""
         if not reachable_address(address):
             return "", frozenset()

@@ -48,6 +48,7 @@ from gateway.proxy.preview_auth import (
 from gateway.proxy.proxy_http import proxy_http, wants_html
 from gateway.proxy.proxy_ws import RelayRegistry, WsLimits, proxy_ws
 from gateway.proxy.refusals import cut_short, refuse, refuse_resume
+from gateway.proxy.relay_dial import RelayDialer
 from gateway.proxy.routes import Route, RouteCache
 from gateway.proxy.share_access import (
     ENDED,
@@ -93,7 +94,10 @@ class PreviewRouter:
         self.auth = PreviewAuth(settings)
         self.shares = ShareAccess(settings, self.auth)
         self.grants = PortGrants(settings, self.auth, self.shares)
-        self.pool = UpstreamPool(head_timeout=settings.upstream_head_timeout)
+        self.pool = UpstreamPool(
+            head_timeout=settings.upstream_head_timeout,
+            dialer=RelayDialer(settings.signing_secret),
+        )
         self.relays = RelayRegistry()
         self.limits = WsLimits(
             settings.ws_max_message_bytes, settings.ws_idle_timeout, settings.ws_max_lifetime
@@ -375,6 +379,7 @@ class PreviewRouter:
                 account,
                 on_activity=lambda: self.activity.touch(sid),
                 keep_idle=lambda: self.waking.sleeping(sid),
+                dialer=self.pool.dialer,
             )
         finally:
             account.close()
