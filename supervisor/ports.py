@@ -80,11 +80,13 @@ def user_ports(uid: int, exclude: set[int], limit: int) -> list[Listener]:
     return [by_port[p] for p in sorted(by_port)[: max(0, limit)]]
 
 
-def inside(bound: str) -> str:
-    """Where a server that bound `bound` is reached from inside the container."""
+def inside(bound: str) -> tuple[str, ...]:
+    """Where a server that bound `bound` is reached from inside the container, in the
+    order to try: `::` is dual-stack unless the server asked otherwise (Node's default),
+    and a container without IPv6 has no ::1."""
     if bound in ("0.0.0.0", ""):
-        return "127.0.0.1"
-    return "::1" if bound == "::" else bound
+        return ("127.0.0.1",)
+    return ("127.0.0.1", "::1") if bound == "::" else (bound,)
 
 
 class PortWatch:
@@ -97,7 +99,7 @@ class PortWatch:
         self.forwarders: dict[int, PortForwarder] = {}
         # The reported ports and where, in here, each one's server is reached (the port
         # relay's only targets: supervisor/relay.py).
-        self.targets: dict[int, str] = {}
+        self.targets: dict[int, tuple[str, ...]] = {}
 
     async def update(self, listeners: list[Listener]) -> list[int]:
         """The reachable ports among `listeners`, after starting or stopping relays."""

@@ -33,13 +33,13 @@ class PortRelay(PortForwarder):
     def __init__(
         self,
         secret: str,
-        targets: Callable[[], Mapping[int, str]],
+        targets: Callable[[], Mapping[int, tuple[str, ...]]],
         host: str = "0.0.0.0",
         port: int = relay.RELAY_PORT,
     ) -> None:
         super().__init__(host, port, "", 0)
         self.secret = secret
-        self.targets = targets  # reported port -> the address to connect to for it
+        self.targets = targets  # reported port -> the addresses to connect to for it
 
     async def open_upstream(
         self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter
@@ -51,18 +51,22 @@ class PortRelay(PortForwarder):
         except (TimeoutError, ValueError) as exc:  # ValueError: 64 KiB without a newline
             raise RelayRefused("no answer to the relay's challenge") from exc
         port = relay.check(self.secret, nonce, line) if len(line) <= relay.MAX_LINE else None
-        address = self.targets().get(port) if port is not None else None
-        if port is None or address is None or port == self.port:
+        addresses = self.targets().get(port, ()) if port is not None else ()
+        if port is None or not addresses or port == self.port:
             client_w.write(relay.REFUSED)
             log.info("relay refused a connection (port %s)", port if port else "unproven")
             raise RelayRefused("refused")
-        try:
-            upstream = await asyncio.open_connection(address, port)
-        except OSError:
-            client_w.write(relay.REFUSED)
-            raise
-        client_w.write(relay.OK)
-        return upstream
+        failure: OSError = RelayRefused("no address")
+        for address in addresses:
+            try:
+                upstream = await asyncio.open_connection(address, port)
+            except OSError as exc:
+                failure = exc
+                continue
+            client_w.write(relay.OK)
+            return upstream
+        client_w.write(relay.REFUSED)
+        raise failure
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(

@@ -48,8 +48,10 @@ def _answers(port: int) -> bool:
 
 
 @pytest.fixture
-async def relay_on(api_port: int) -> AsyncIterator[tuple[PortRelay, dict[int, str]]]:
-    targets = {api_port: "127.0.0.1"}
+async def relay_on(
+    api_port: int,
+) -> AsyncIterator[tuple[PortRelay, dict[int, tuple[str, ...]]]]:
+    targets = {api_port: ("::1", "127.0.0.1")}  # the first fails: the server is IPv4 only
     server = PortRelay(relay.container_secret(SIGNING, CID), lambda: targets, "127.0.0.1", 0)
     server.port = free_port()
     await server.start()
@@ -68,7 +70,7 @@ async def request(sock: object, path: str = "/x") -> bytes:
 
 
 async def test_a_gateway_with_the_secret_reaches_a_reported_port(
-    relay_on: tuple[PortRelay, dict[int, str]], api_port: int
+    relay_on: tuple[PortRelay, dict[int, tuple[str, ...]]], api_port: int
 ) -> None:
     server, _ = relay_on
     address = relay_address(CID, f"127.0.0.1:{server.port}", api_port)
@@ -79,7 +81,7 @@ async def test_a_gateway_with_the_secret_reaches_a_reported_port(
 
 
 async def test_hostile_connections_reach_nothing(
-    relay_on: tuple[PortRelay, dict[int, str]], api_port: int
+    relay_on: tuple[PortRelay, dict[int, tuple[str, ...]]], api_port: int
 ) -> None:
     server, targets = relay_on
     at = f"127.0.0.1:{server.port}"
@@ -91,7 +93,7 @@ async def test_hostile_connections_reach_nothing(
             await dialer.dial(target)
     # Ports the heartbeat does not report: a closed one, the supervisor's or the relay's own
     # (even were it listed), the dev server's main port.
-    targets[server.port] = "127.0.0.1"
+    targets[server.port] = ("127.0.0.1",)
     for port in (free_port(), server.port, 3000):
         target = parse(relay_address(CID, at, port))
         assert target is not None
