@@ -25,6 +25,25 @@ pytestmark = pytest.mark.slow
 __all__ = ["test_vite_frontend_calls_its_api_on_another_port"]
 
 
+# Run as `app` in the container: answer the relay's challenge with a made-up MAC for the
+# dev server's port, print what came back, then try to listen on the relay's port.
+USER_PROBE = """
+const net = require("node:net");
+const port = +process.argv[1];
+let got = "";
+const s = net.connect(port, "127.0.0.1");
+s.on("data", (d) => {
+  if (!got) s.write("3000 " + "0".repeat(64) + "\\n");
+  got += d;
+});
+s.on("close", () => {
+  console.log(JSON.stringify(got));
+  net.createServer().on("error", (e) => { console.log(e.code); process.exit(0); })
+    .listen(port, () => { console.log("BOUND"); process.exit(0); });
+});
+"""
+
+
 @pytest.fixture(scope="module")
 def stack(redis_server: RedisServer, test_image: str) -> Iterator[Stack]:
     with run_stack(redis_server, test_image, direct_upstream="off") as running:
@@ -50,4 +69,21 @@ def test_only_the_dev_port_and_the_relay_are_published(
         wanted = {f"{stack.settings.dev_port}/tcp", f"{RELAY_PORT}/tcp"}
         assert set(published) == wanted
         assert relay.endswith(":" + published[f"{RELAY_PORT}/tcp"][0]["HostPort"])
+        # The user's code: it can reach the relay, but without the secret gets only "NO";
+        # it cannot take the relay's port, nor read the secret from PID 1's environment.
+        probe = subprocess.run(
+            ["docker", "exec", "-u", "app", cid, "node", "-e", USER_PROBE, str(RELAY_PORT)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        lines = probe.stdout.splitlines()
+        assert lines[0].startswith('"PVRELAY1 ') and lines[0].endswith('\\nNO\\n"'), lines
+        assert lines[1] in ("EADDRINUSE", "EACCES"), lines
+        environ = subprocess.run(
+            ["docker", "exec", "-u", "app", cid, "cat", "/proc/1/environ"],
+            capture_output=True,
+            text=True,
+        )
+        assert environ.returncode != 0 and "PREVIEW_RELAY_SECRET" not in environ.stdout
         assert carol.delete(f"/v1/previews/{sid}").status_code == 204
