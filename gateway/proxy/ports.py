@@ -5,8 +5,9 @@ The supervisor lists the ports the user's processes listen on in its heartbeat
 serves ``{id}-{port}`` only for a port in the heartbeat of the container serving that very
 session: a port of another preview, one that closed, or any other number is a 404. No
 port is published on the Docker host for them: the gateway connects to the container's
-address, so it must be able to route to the containers' network (a Docker host on the
-gateway's machine, or a routed network between them).
+address when its engine is reached directly (gateway/containers/direct.py), else through
+the container's port relay, whose published address the container's record holds
+(``relay``; gateway/proxy/relay_dial.py, supervisor/relay.py).
 
 Read per route at most every PORTS_TTL seconds (a port that closes disappears within a
 heartbeat and this).
