@@ -33,10 +33,14 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlencode
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from gateway.asgi_types import Scope, header
+from gateway.observability import instruments
 from gateway.proxy import cookies
+from gateway.proxy.ports import PortTable
 from gateway.proxy.preview_auth import PreviewAuth, same_host_location
+from gateway.proxy.routes import Route
 from gateway.proxy.share_access import GONE, ShareAccess, is_navigation
 from gateway.proxy.shares import Share, cookie_ttl
 from gateway.proxy.signed import sign, verify
@@ -140,6 +144,41 @@ class PortGrants:
         rest = host.partition(".")[2]
         scheme = "https" if self.auth.https(scope) else "http"
         return f"{scheme}://{label}.{rest}{path}"
+
+    # --- the router's entry points ---------------------------------------------------
+
+    async def first_hop(
+        self, redis: Redis, ports: PortTable | None, route: Route, grantee: Grantee, scope: Scope
+    ) -> list[tuple[bytes, bytes]] | None:
+        """A main-host navigation's detour through an open port it has no cookie for."""
+        if ports is None or not is_navigation(scope):
+            return None
+        try:
+            found = await ports.open_ports(route)
+            return await self.next_hop(redis, route.sid, grantee, found, scope)
+        except (RedisError, OSError):
+            instruments.REDIS_ERRORS.inc()  # observability hook
+            return None  # the page itself; the ports' cookies can wait
+
+    async def hop(
+        self,
+        redis: Redis,
+        ports: PortTable,
+        where: Destination,
+        route: Route,
+        grantee: Grantee | None,
+        scope: Scope,
+    ) -> Hop:
+        """``/__preview/hop``: on a port host, trade a token for its cookie (`grantee`
+        None: the request has none yet); on the main host, mint one for `grantee`."""
+        try:
+            if grantee is None:
+                return await self.trade(redis, where, route.user, scope)
+            found = await ports.open_ports(route)
+            return await self.mint(redis, where.sid, grantee, found, scope)
+        except (RedisError, OSError):
+            instruments.REDIS_ERRORS.inc()  # observability hook
+            return Hop(503, "unavailable", "state store unreachable")
 
     # --- main host first --------------------------------------------------------------
 

@@ -22,14 +22,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from typing import Any
 
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.datastructures import State
 
-from gateway.asgi_types import Message, Receive, Scope, Send
+from gateway.asgi_types import Receive, Scope, Send
 from gateway.background import Background
 from gateway.observability import instruments
 from gateway.proxy import cookies
@@ -250,7 +250,7 @@ class PreviewRouter:
             await refuse(scope, send, 503, "not_ready", detail, html)
             return
         if where.port is None and not is_ws:
-            hop = await self.first_hop(route, grantee, scope)
+            hop = await self.grants.first_hop(self.state.redis, self.ports, route, grantee, scope)
             if hop is not None:
                 await send_body(send, 302, b"", b"text/plain", hop)
                 return
@@ -286,7 +286,7 @@ class PreviewRouter:
 
             try:
                 if viewer is not None:
-                    status = await self.viewer_http(viewer, sid, scope, send, relay)
+                    status = await self.shares.viewer_http(viewer, sid, scope, send, relay)
                 else:
                     status = await relay(send)
             except asyncio.CancelledError:
@@ -312,18 +312,6 @@ class PreviewRouter:
             await refuse(scope, send, 404, "not_found", detail, html)
         return address
 
-    async def first_hop(
-        self, route: Route, grantee: Grantee, scope: Scope
-    ) -> list[tuple[bytes, bytes]] | None:
-        """A navigation's detour through the open ports this browser has no cookie for."""
-        assert self.ports is not None
-        try:
-            ports = await self.ports.open_ports(route)
-            return await self.grants.next_hop(self.state.redis, route.sid, grantee, ports, scope)
-        except (RedisError, OSError):
-            instruments.REDIS_ERRORS.inc()  # observability hook
-            return None  # the page itself; the ports' cookies can wait
-
     async def port_hop(
         self,
         where: Destination,
@@ -336,17 +324,7 @@ class PreviewRouter:
         """`/__preview/hop`: on a port host, trade a token for its cookie; on the main
         host, mint one for an authenticated browser (gateway/proxy/port_grants.py)."""
         assert self.ports is not None
-        try:
-            if grantee is None:
-                hop = await self.grants.trade(self.state.redis, where, route.user, scope)
-            else:
-                ports = await self.ports.open_ports(route)
-                redis = self.state.redis
-                hop = await self.grants.mint(redis, where.sid, grantee, ports, scope)
-        except (RedisError, OSError):
-            instruments.REDIS_ERRORS.inc()  # observability hook
-            await refuse(scope, send, 503, "unavailable", "state store unreachable", html)
-            return
+        hop = await self.grants.hop(self.state.redis, self.ports, where, route, grantee, scope)
         if hop.status == 302:
             await send_body(send, 302, b"", b"text/plain", hop.headers)
         elif hop.status == 401:
@@ -415,39 +393,6 @@ class PreviewRouter:
             # Cancelled before the relay began (the handshake): refuse it.
             with contextlib.suppress(Exception):
                 await send({"type": "websocket.close", "code": 1008, "reason": ENDED})
-
-    async def viewer_http(
-        self,
-        share: Share,
-        sid: str,
-        scope: Scope,
-        send: Send,
-        relay: Callable[[Send], Coroutine[Any, Any, int]],
-    ) -> int:
-        """A share viewer's HTTP request, in a task the share's revocation or expiry, or
-        the preview's end, cancels as it does WebSockets: a response already streaming
-        (SSE, chunked) stops there (its connection or HTTP/2 stream is closed before the
-        body's end); one not begun yet is refused."""
-        begun = 0
-
-        async def tracked(message: Message) -> None:
-            nonlocal begun
-            if message["type"] == "http.response.start":
-                begun = int(message["status"])
-            await send(message)
-
-        task = asyncio.create_task(relay(tracked), name=f"share http {sid}")
-        self.shares.watch(share, sid, task)
-        try:
-            return await task
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise  # we were cancelled ourselves (the relay was with us)
-            if not begun:
-                await refuse(scope, send, 401, "unauthorized", ENDED, wants_html(scope))
-                return 401
-            return begun
 
     def changed(self, name: str) -> None:
         """A published change (gateway/proxy/routes.py): a revoked share ends its viewers'

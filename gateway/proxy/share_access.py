@@ -18,13 +18,14 @@ import asyncio
 import html
 import logging
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
 from redis.asyncio import Redis
 
-from gateway.asgi_types import Scope, header
+from gateway.asgi_types import Message, Scope, Send, header
 from gateway.proxy import cookies, shares
 from gateway.proxy.pages import page
 from gateway.proxy.preview_auth import (
@@ -35,6 +36,7 @@ from gateway.proxy.preview_auth import (
 )
 from gateway.proxy.preview_tokens import spend
 from gateway.proxy.proxy_http import wants_html
+from gateway.proxy.refusals import refuse
 from gateway.proxy.vhosts import Destination
 from shared import keys
 from shared.settings import Settings
@@ -202,6 +204,39 @@ class ShareAccess:
         return None
 
     # --- ending access ------------------------------------------------------------------
+
+    async def viewer_http(
+        self,
+        share: shares.Share,
+        sid: str,
+        scope: Scope,
+        send: Send,
+        relay: Callable[[Send], Coroutine[Any, Any, int]],
+    ) -> int:
+        """A share viewer's HTTP request, in a task the share's revocation or expiry, or
+        the preview's end, cancels as it does WebSockets: a response already streaming
+        (SSE, chunked) stops there (its connection or HTTP/2 stream is closed before the
+        body's end); one not begun yet is refused."""
+        begun = 0
+
+        async def tracked(message: Message) -> None:
+            nonlocal begun
+            if message["type"] == "http.response.start":
+                begun = int(message["status"])
+            await send(message)
+
+        task = asyncio.create_task(relay(tracked), name=f"share http {sid}")
+        self.watch(share, sid, task)
+        try:
+            return await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # we were cancelled ourselves (the relay was with us)
+            if not begun:
+                await refuse(scope, send, 401, "unauthorized", ENDED, wants_html(scope))
+                return 401
+            return begun
 
     def watch(self, share: shares.Share, sid: str, task: asyncio.Task[Any]) -> None:
         """End this viewer's WebSocket or streaming response when the share expires
