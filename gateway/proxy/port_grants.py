@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode
 
 from redis.asyncio import Redis
@@ -41,7 +41,7 @@ from gateway.proxy import cookies
 from gateway.proxy.ports import PortTable
 from gateway.proxy.preview_auth import PreviewAuth, same_host_location
 from gateway.proxy.routes import Route
-from gateway.proxy.share_access import GONE, ShareAccess, is_navigation
+from gateway.proxy.share_access import GONE, Opened, ShareAccess, is_navigation
 from gateway.proxy.shares import Share, cookie_ttl
 from gateway.proxy.signed import sign, verify
 from gateway.proxy.vhosts import Destination
@@ -78,14 +78,7 @@ class Grantee:
         return f"share:{self.share.id}" if self.share else f"owner:{self.owner}"
 
 
-@dataclass
-class Hop:
-    """A redirect (302 with `headers`) or a refusal (`status` >= 400)."""
-
-    status: int
-    error: str = ""
-    detail: str = ""
-    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+Hop = Opened  # the same outcome as opening a share link: a redirect or a refusal
 
 
 def return_path(raw: str) -> str | None:
