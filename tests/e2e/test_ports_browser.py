@@ -9,6 +9,7 @@ import json
 import time
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.e2e.conftest import Stack
@@ -43,33 +44,40 @@ fetch(api + "/hello", {method: "POST", credentials: "include",
 """
 
 
+def full_stack(client: httpx.Client, sid: str) -> dict[str, Any]:
+    """Turn a ready vite-vanilla preview into the full-stack project (Vite + the API on
+    3001); the API port's entry in the preview object once it is listed."""
+    package = {
+        "name": "full-stack",
+        "private": True,
+        "type": "module",
+        # The API in the background, then Vite (the gateway's flags go to the last).
+        "scripts": {"dev": "node api.js & true; vite"},
+        "devDependencies": {"vite": "^7.0.0"},
+    }
+    for path, body in (
+        ("api.js", API),
+        ("main.js", MAIN),
+        ("package.json", json.dumps(package)),
+    ):
+        assert client.put(f"/v1/previews/{sid}/files/{path}", content=body).status_code == 200
+    assert client.post(f"/v1/previews/{sid}/restart").status_code == 202
+
+    def api_port() -> list[dict[str, Any]]:
+        preview = client.get(f"/v1/previews/{sid}").json()
+        ports: list[dict[str, Any]] = preview["ports"]
+        return [p for p in ports if p["port"] == 3001] if preview["state"] == "ready" else []
+
+    began = time.monotonic()
+    [port] = wait_until(api_port, 120, "port 3001 in the preview object")
+    print(f"restart to port 3001 listed: {time.monotonic() - began:.1f}s")
+    return port
+
+
 def test_vite_frontend_calls_its_api_on_another_port(stack: Stack, browser: Any) -> None:
     with stack.api("alice") as alice:
         sid = stack.start_ready(alice, "ports-e2e", "vite-vanilla")
-        package = {
-            "name": "full-stack",
-            "private": True,
-            "type": "module",
-            # The API in the background, then Vite (the gateway's flags go to the last).
-            "scripts": {"dev": "node api.js & true; vite"},
-            "devDependencies": {"vite": "^7.0.0"},
-        }
-        for path, body in (
-            ("api.js", API),
-            ("main.js", MAIN),
-            ("package.json", json.dumps(package)),
-        ):
-            assert alice.put(f"/v1/previews/{sid}/files/{path}", content=body).status_code == 200
-        assert alice.post(f"/v1/previews/{sid}/restart").status_code == 202
-
-        def api_port() -> list[dict[str, Any]]:
-            preview = alice.get(f"/v1/previews/{sid}").json()
-            ports: list[dict[str, Any]] = preview["ports"]
-            return [p for p in ports if p["port"] == 3001] if preview["state"] == "ready" else []
-
-        began = time.monotonic()
-        [port] = wait_until(api_port, 120, "port 3001 in the preview object")
-        print(f"restart to port 3001 listed: {time.monotonic() - began:.1f}s")
+        port = full_stack(alice, sid)
         assert port["url"].startswith(f"http://{sid}-3001.preview.localhost:")
         open_url = alice.get(f"/v1/previews/{sid}").json()["open_url"]
         assert open_url.startswith(f"http://{sid}.preview.localhost:")
