@@ -160,6 +160,19 @@ def share_views(client: str) -> str:
     return f"{PREFIX}share-views:{client}"
 
 
+def port_hop(nonce: str) -> str:
+    """String with a TTL (the hop token's lifetime): whom a port-host hop token was minted
+    for (``owner:{user}`` or ``share:{id}``), kept here rather than in the URL (a share's
+    id is its capability); deleted when traded, so each token is used once."""
+    return f"{PREFIX}port-hop:{nonce}"
+
+
+def port_hops(label: str, grantee: str) -> str:
+    """Counter with a TTL (one minute): port-host cookies minted for one grantee (the
+    owner or a share) of one preview, bounding redirect loops when a browser keeps none."""
+    return f"{PREFIX}port-hops:{label}:{grantee}"
+
+
 # Published on ROUTE_CHANGES when a share is revoked: every gateway forgets it and closes
 # its viewers' WebSockets (a session id never starts with it: ids are base32).
 SHARE_CHANGE_PREFIX = "share:"

@@ -283,7 +283,8 @@ class Settings:
         "auto",
         "Proxy to a container's own address, not its published port (no docker-proxy in "
         "the path): auto = for engines on this machine when a probe reaches them; on = "
-        "any engine (routed, unique container networks); off = always the published port.",
+        "any engine (routed, unique container networks); off = always the published port "
+        "(a preview's other ports: through its container's port relay).",
     )
     dev_port: int = _setting(3000, "Dev-server port inside the container.", int)
     container_memory_mb: int = _setting(2048, "Memory limit per container, MiB.", int)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -70,6 +70,8 @@ class SupervisorConfig:
     # Only the preview image turns it on (its ENV): on a developer's or CI's host those
     # directories hold other people's files.
     restore_user_files: bool = False
+    # The port relay's secret (shared/relay.py); empty: no relay (a developer's machine).
+    relay_secret: str = field(default="", repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> SupervisorConfig:
@@ -120,6 +122,7 @@ class SupervisorConfig:
             cache_zstd_threads=int(number("CACHE_ZSTD_THREADS", 2)),
             container_disk_mb=int(number("CONTAINER_DISK_MB", 0)),
             restore_user_files=get("RESTORE_USER_FILES", "") == "1",
+            relay_secret=get("RELAY_SECRET", ""),
         )
         config.validate()
         return config

@@ -17,6 +17,7 @@ from supervisor.cgroup import CpuMeter, disk_total, tree_size
 from supervisor.context import Context
 from supervisor.diskquota import BtrfsQuota, DiskSample, statvfs_sample
 from supervisor.ports import PortWatch, user_ports
+from supervisor.relay import PortRelay
 
 log = logging.getLogger(__name__)
 
@@ -137,9 +138,17 @@ async def run(ctx: Context) -> None:
     config = ctx.config
     cpu, disk = CpuMeter(), DiskMeter(config.workspace, config.container_disk_mb > 0)
     watch = PortWatch(ctx.devserver.external_address)
+    relay = PortRelay(config.relay_secret, lambda: watch.targets) if config.relay_secret else None
     try:
+        if relay is not None:
+            try:
+                await relay.start()
+            except OSError as exc:  # the other ports then work only where routed directly
+                log.warning("port relay not started: %s", exc)
         await _beat(ctx, cpu, disk, watch)
     finally:
+        if relay is not None:
+            await relay.close()
         await watch.close()
 
 

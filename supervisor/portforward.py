@@ -26,7 +26,8 @@ def external_address() -> str:
         return "127.0.0.1"
 
 
-async def _relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def copy_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Copy one direction of a relayed connection until its end."""
     try:
         while chunk := await reader.read(CHUNK):
             writer.write(chunk)
@@ -62,16 +63,22 @@ class PortForwarder:
             self.target_port,
         )
 
+    async def open_upstream(
+        self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """The connection a client is relayed to (OSError: none, the client is closed)."""
+        return await asyncio.open_connection(self.target_host, self.target_port)
+
     async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._connections.add(task)
         upstream_w: asyncio.StreamWriter | None = None
         try:
-            upstream_r, upstream_w = await asyncio.open_connection(
-                self.target_host, self.target_port
+            upstream_r, upstream_w = await self.open_upstream(client_r, client_w)
+            await asyncio.gather(
+                copy_stream(client_r, upstream_w), copy_stream(upstream_r, client_w)
             )
-            await asyncio.gather(_relay(client_r, upstream_w), _relay(upstream_r, client_w))
         except OSError as exc:
             log.debug("forwarded connection ended: %s", exc)
         finally:

@@ -80,6 +80,15 @@ def user_ports(uid: int, exclude: set[int], limit: int) -> list[Listener]:
     return [by_port[p] for p in sorted(by_port)[: max(0, limit)]]
 
 
+def inside(bound: str) -> tuple[str, ...]:
+    """Where a server that bound `bound` is reached from inside the container, in the
+    order to try: `::` is dual-stack unless the server asked otherwise (Node's default),
+    and a container without IPv6 has no ::1."""
+    if bound in ("0.0.0.0", ""):
+        return ("127.0.0.1",)
+    return ("127.0.0.1", "::1") if bound == "::" else (bound,)
+
+
 class PortWatch:
     """The user's extra ports as the gateway can reach them: one bound to loopback only
     (``localhost`` in its config) is relayed from the container's address, as the main
@@ -88,6 +97,9 @@ class PortWatch:
     def __init__(self, external: str) -> None:
         self.external = external
         self.forwarders: dict[int, PortForwarder] = {}
+        # The reported ports and where, in here, each one's server is reached (the port
+        # relay's only targets: supervisor/relay.py).
+        self.targets: dict[int, tuple[str, ...]] = {}
 
     async def update(self, listeners: list[Listener]) -> list[int]:
         """The reachable ports among `listeners`, after starting or stopping relays."""
@@ -106,9 +118,12 @@ class PortWatch:
                     continue
                 self.forwarders[port] = forwarder
             reachable.append(port)
+        by_port = {x.port: x for x in listeners}
+        self.targets = {port: inside(by_port[port].address) for port in reachable}
         return sorted(reachable)
 
     async def close(self) -> None:
+        self.targets = {}
         for forwarder in self.forwarders.values():
             with contextlib.suppress(Exception):
                 await forwarder.close()

@@ -191,7 +191,9 @@ SCHEMAS: dict[str, Schema] = {
             "ports": {
                 "type": "array",
                 "description": "Other ports the preview's processes listen on, each served "
-                "at {id}-{port}.{PREVIEW_DOMAIN} with its own ~60 s open_url",
+                "at {id}-{port}.{PREVIEW_DOMAIN}. A browser that opened the main open_url "
+                "gets each port host's cookie by redirect hops on its next navigation "
+                "(/__preview/hop); a port's own ~60 s open_url opens it directly",
                 "items": {
                     "type": "object",
                     "required": ["port", "url", "protocol", "open_url"],

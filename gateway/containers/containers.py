@@ -200,6 +200,7 @@ class Containers(Releases):
                 "docker_id": info.docker_id,
                 "address": info.address or "",
                 "route": info.route,  # its own address or the published port (admin view)
+                "relay": info.relay or "",  # the other ports' way in when not routed directly
                 "state": "warming",
                 ACL_FIELD: password_digest(password),  # a restarted Redis needs it back
             },

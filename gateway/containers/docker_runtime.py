@@ -38,6 +38,7 @@ import aiohttp
 
 from gateway.containers import direct
 from gateway.containers.confinement import NETWORK, container_config, storage_problem
+from shared.relay import RELAY_PORT
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,7 @@ class ContainerInfo:
     published_port: int | None = None
     network_ip: str | None = None  # on our network (NETWORK)
     direct_address: str | None = None  # network_ip:dev_port, when the gateway reaches it
+    relay_published: str | None = None  # host:port of the port relay (shared/relay.py)
 
     @property
     def address(self) -> str | None:
@@ -103,9 +105,23 @@ class ContainerInfo:
         return f"{self.published_host or '127.0.0.1'}:{self.published_port}"
 
     @property
+    def relay(self) -> str | None:
+        """host:port of the port relay, the way to the user's other ports, when the
+        proxy does not reach the container's own address (else None: it connects there)."""
+        return None if self.direct_address else self.relay_published
+
+    @property
     def route(self) -> str:
         """How the proxy reaches it: "container" (its own address) or "published"."""
         return "container" if self.direct_address else "published"
+
+
+def _published(ports: list[dict[str, str]] | None) -> tuple[str | None, int | None]:
+    """(host, port) of a published container port as the gateway reaches it."""
+    if not ports:
+        return None, None
+    host = ports[0].get("HostIp")
+    return ("127.0.0.1" if host in ("0.0.0.0", "::", "") else host), int(ports[0]["HostPort"])
 
 
 def _tls_context(settings: Settings) -> ssl.SSLContext | None:
@@ -275,6 +291,11 @@ class DockerHost:
         await self._call("inspect cache volume", self.check_cache_volume())
         config = container_config(self.settings, spec, self.labels(spec), self.own_labels())
         config["HostConfig"]["NetworkMode"] = network
+        if self.direct is not True:  # the other ports go through the relay then
+            relay_port = f"{RELAY_PORT}/tcp"
+            config["ExposedPorts"][relay_port] = {}
+            binding = [{"HostIp": self.settings.publish_host, "HostPort": ""}]
+            config["HostConfig"]["PortBindings"][relay_port] = binding
         container = await self._call(
             "create container", self._docker.containers.create(config, name=spec.cid)
         )
@@ -320,13 +341,9 @@ class DockerHost:
         config = data.get("Config") or {}
         labels = config.get("Labels") or {}
         state = data.get("State") or {}
-        ports = ((data.get("NetworkSettings") or {}).get("Ports") or {}).get(
-            f"{self.settings.dev_port}/tcp"
-        ) or []
-        published_host = ports[0].get("HostIp") if ports else None
-        published_port = int(ports[0]["HostPort"]) if ports else None
-        if published_host in ("0.0.0.0", "::", ""):
-            published_host = "127.0.0.1"
+        bindings = (data.get("NetworkSettings") or {}).get("Ports") or {}
+        published_host, published_port = _published(bindings.get(f"{self.settings.dev_port}/tcp"))
+        relay_host, relay_port = _published(bindings.get(f"{RELAY_PORT}/tcp"))
         networks = (data.get("NetworkSettings") or {}).get("Networks") or {}
         network_ip = (networks.get(NETWORK) or {}).get("IPAddress") or None
         info = ContainerInfo(
@@ -340,6 +357,7 @@ class DockerHost:
             published_host=published_host,
             published_port=published_port,
             network_ip=network_ip,
+            relay_published=f"{relay_host}:{relay_port}" if relay_port else None,
         )
         return self._routed(info)
 

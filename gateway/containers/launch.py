@@ -14,6 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from gateway.containers.placement import HostState
 from shared.redis_client import supervisor_sentinel_env
+from shared.relay import container_secret
 from shared.settings import Settings
 
 
@@ -50,6 +51,8 @@ def supervisor_env(settings: Settings, cid: str, password: str) -> dict[str, str
         "PREVIEW_CONTAINER_DISK_MB": str(s.container_disk_mb),
         "PREVIEW_WARMUP_SECONDS": str(s.warmup_seconds),
         "PREVIEW_NEXT_TURBOPACK": "1" if s.next_turbopack else "",
+        # The port relay's (shared/relay.py): PREVIEW_* never reaches the user's processes.
+        "PREVIEW_RELAY_SECRET": container_secret(s.signing_secret, cid),
         **supervisor_sentinel_env(s),
     }
     if s.sentry_dsn:

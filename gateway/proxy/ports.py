@@ -5,8 +5,9 @@ The supervisor lists the ports the user's processes listen on in its heartbeat
 serves ``{id}-{port}`` only for a port in the heartbeat of the container serving that very
 session: a port of another preview, one that closed, or any other number is a 404. No
 port is published on the Docker host for them: the gateway connects to the container's
-address, so it must be able to route to the containers' network (a Docker host on the
-gateway's machine, or a routed network between them).
+address when its engine is reached directly (gateway/containers/direct.py), else through
+the container's port relay, whose published address the container's record holds
+(``relay``; gateway/proxy/relay_dial.py, supervisor/relay.py).
 
 Read per route at most every PORTS_TTL seconds (a port that closes disappears within a
 heartbeat and this).
@@ -20,12 +21,15 @@ import time
 from redis.asyncio import Redis
 
 from gateway.asgi_types import Scope, header
+from gateway.proxy.relay_dial import relay_address
 from gateway.proxy.routes import Route
 from gateway.proxy.vhosts import Destination, HostRules
 from shared import keys
 from shared.messages import Heartbeat
+from shared.redis_types import text
 
 PORTS_TTL = 1.0
+RELAY = "relay:"  # a cached address that is the container's port relay's published one
 
 
 def sibling_preflight(hosts: HostRules, where: Destination, scope: Scope) -> bool:
@@ -77,7 +81,21 @@ class PortTable:
         self._entries: dict[str, tuple[float, str, frozenset[int]]] = {}
 
     async def upstream(self, route: Route, port: int) -> str | None:
-        """`address:port` of this open port of the route's session, else None."""
+        """Where this open port of the route's session is reached: `address:port` at the
+        container's own address, or through its port relay; else None."""
+        address, ports = await self._lookup(route)
+        if port not in ports or not address:
+            return None
+        if address.startswith(RELAY):
+            return relay_address(route.container, address[len(RELAY) :], port)
+        return f"{address}:{port}"
+
+    async def open_ports(self, route: Route) -> frozenset[int]:
+        """The other ports of the route's session that the gateway serves now."""
+        address, ports = await self._lookup(route)
+        return ports if address else frozenset()
+
+    async def _lookup(self, route: Route) -> tuple[str, frozenset[int]]:
         now = time.monotonic()
         cached = self._entries.get(route.sid)
         if cached is None or cached[0] <= now or not route.container:
@@ -86,17 +104,20 @@ class PortTable:
             self._entries[route.sid] = cached
             if len(self._entries) > 50_000:
                 self._entries = {k: v for k, v in self._entries.items() if v[0] > now}
-        _, address, ports = cached
-        if port not in ports or not address:
-            return None
-        return f"{address}:{port}"
+        return cached[1], cached[2]
 
     async def _read(self, route: Route) -> tuple[str, frozenset[int]]:
         if not route.container:
             return "", frozenset()
-        heartbeat = Heartbeat.read(await self.redis.get(keys.heartbeat(route.container)))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.get(keys.heartbeat(route.container))
+            pipe.hget(keys.container(route.container), "relay")
+            beat, relay = await pipe.execute()
+        heartbeat = Heartbeat.read(beat)
         if heartbeat is None or heartbeat.session_id != route.sid:
             return "", frozenset()
+        if relay:  # not routed to the container's address: its relay's published port
+            return RELAY + text(relay), frozenset(heartbeat.ports)
         address = heartbeat.address or ""
         if not reachable_address(address):
             return "", frozenset()

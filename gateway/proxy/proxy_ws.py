@@ -30,7 +30,9 @@ from websockets.typing import Subprotocol
 
 from gateway.asgi_types import Receive, Scope, Send
 from gateway.observability import instruments
+from gateway.proxy import relay_dial
 from gateway.proxy.proxy_http import strip_cookie, target
+from gateway.proxy.relay_dial import RelayDialer
 from gateway.proxy.upstream import MAX_HEAD_BYTES, MAX_HEAD_LINES
 from gateway.proxy.ws_budget import Account, frame_size
 
@@ -123,9 +125,11 @@ async def proxy_ws(
     account: Account,
     on_activity: Callable[[], None] | None = None,
     keep_idle: Callable[[], Awaitable[bool]] | None = None,
+    dialer: RelayDialer | None = None,
 ) -> None:
     """Relay one WebSocket until either side closes; the bytes it holds count in `account`.
-    `keep_idle()` true at the idle timeout keeps the relay open (the preview sleeps)."""
+    `keep_idle()` true at the idle timeout keeps the relay open (the preview sleeps).
+    An address behind a port relay is reached through `dialer` (relay_dial.py)."""
     message = await receive()
     if message["type"] != "websocket.connect":
         return
@@ -144,11 +148,17 @@ async def proxy_ws(
     host, _, port = address.rpartition(":")
     uri = f"ws://{public_host}{target(scope).decode('latin-1')}"
     subprotocols = [Subprotocol(p) for p in scope.get("subprotocols", [])]
+    behind = relay_dial.parse(address)
     try:
+        if behind is None:
+            where: dict[str, Any] = {"host": host, "port": int(port)}
+        elif dialer is None:
+            raise OSError("no dialer for the port relay")
+        else:
+            where = {"sock": await dialer.dial(behind)}
         upstream = await connect(
             uri,
-            host=host,
-            port=int(port),
+            **where,
             subprotocols=subprotocols or None,
             additional_headers=headers,
             user_agent_header=None,

@@ -22,6 +22,8 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
@@ -34,6 +36,7 @@ from gateway.proxy import cookies
 from gateway.proxy.activity import Activity
 from gateway.proxy.clients import ClientResolver
 from gateway.proxy.pages import send_body
+from gateway.proxy.port_grants import HOP_PATH, Grantee, PortGrants
 from gateway.proxy.ports import PortTable, preflight_headers, sibling_preflight
 from gateway.proxy.preview_auth import (
     EXPIRED,
@@ -45,8 +48,16 @@ from gateway.proxy.preview_auth import (
 from gateway.proxy.proxy_http import proxy_http, wants_html
 from gateway.proxy.proxy_ws import RelayRegistry, WsLimits, proxy_ws
 from gateway.proxy.refusals import cut_short, refuse, refuse_resume
+from gateway.proxy.relay_dial import RelayDialer
 from gateway.proxy.routes import Route, RouteCache
-from gateway.proxy.share_access import ENDED, VIEWER, ShareAccess, link_param, notice_page
+from gateway.proxy.share_access import (
+    ENDED,
+    VIEWER,
+    ShareAccess,
+    is_navigation,
+    link_param,
+    notice_page,
+)
 from gateway.proxy.shares import Share
 from gateway.proxy.starting import ReadyWaits, starting_page, status_json
 from gateway.proxy.upstream import UpstreamPool
@@ -82,7 +93,11 @@ class PreviewRouter:
         self.clients = ClientResolver(settings.trusted_proxies)
         self.auth = PreviewAuth(settings)
         self.shares = ShareAccess(settings, self.auth)
-        self.pool = UpstreamPool(head_timeout=settings.upstream_head_timeout)
+        self.grants = PortGrants(settings, self.auth, self.shares)
+        self.pool = UpstreamPool(
+            head_timeout=settings.upstream_head_timeout,
+            dialer=RelayDialer(settings.signing_secret),
+        )
         self.relays = RelayRegistry()
         self.limits = WsLimits(
             settings.ws_max_message_bytes, settings.ws_idle_timeout, settings.ws_max_lifetime
@@ -163,6 +178,9 @@ class PreviewRouter:
         if not is_ws and sibling_preflight(self.hosts, where, scope):
             await send_body(send, 204, b"", b"text/plain", preflight_headers(scope))
             return
+        if not is_ws and scope["path"] == HOP_PATH and where.port is not None:
+            await self.port_hop(where, route, None, scope, send, html)  # the token's trade
+            return
         token = query_token(scope)
         if token is not None and not is_ws:
             await self.login(label, route, token, scope, send, html)
@@ -179,6 +197,10 @@ class PreviewRouter:
                 instruments.REDIS_ERRORS.inc()  # observability hook
                 await refuse(scope, send, 503, "unavailable", "state store unreachable", html)
                 return
+            if viewer is None and where.port is not None and is_navigation(scope):
+                # The main host's cookie may stand for this one (gateway/proxy/port_grants.py).
+                await send_body(send, 302, b"", b"text/plain", self.grants.to_main(where, scope))
+                return
             if viewer is None:
                 detail = "open this preview from its link (the token is missing or expired)"
                 if cookies.candidates(scope["headers"], label, VIEWER):
@@ -187,6 +209,10 @@ class PreviewRouter:
                 return
         if is_ws and not same_origin(scope):
             await refuse(scope, send, 403, "forbidden", "cross-origin WebSocket", False)
+            return
+        grantee = Grantee(route.user, viewer)
+        if scope["path"] == HOP_PATH and not is_ws:
+            await self.port_hop(where, route, grantee, scope, send, html)
             return
         if scope["path"] == STATUS_PATH and not is_ws:
             await status_json(self.state.redis, route, send)
@@ -223,6 +249,11 @@ class PreviewRouter:
             detail = route.error or f"the preview is {route.state}"
             await refuse(scope, send, 503, "not_ready", detail, html)
             return
+        if where.port is None and not is_ws:
+            hop = await self.grants.first_hop(self.state.redis, self.ports, route, grantee, scope)
+            if hop is not None:
+                await send_body(send, 302, b"", b"text/plain", hop)
+                return
         address = route.address
         if where.port is not None:
             found = await self.port_address(route, where.port, scope, send, html)
@@ -239,11 +270,12 @@ class PreviewRouter:
             await self.websocket(sid, address, scope, receive, send, host)
         else:
             began = time.monotonic()
-            try:
-                status = await proxy_http(
+
+            def relay(out: Send) -> Coroutine[Any, Any, int]:
+                return proxy_http(
                     scope,
                     receive,
-                    send,
+                    out,
                     self.pool,
                     address,
                     host.encode(),
@@ -251,6 +283,12 @@ class PreviewRouter:
                     self.settings.preview_scheme,
                     self.settings.compress,
                 )
+
+            try:
+                if viewer is not None:
+                    status = await self.shares.viewer_http(viewer, sid, scope, send, relay)
+                else:
+                    status = await relay(send)
             except asyncio.CancelledError:
                 if self.relays.closing:  # cut at the drain deadline
                     await cut_short(scope, send, html)
@@ -273,6 +311,26 @@ class PreviewRouter:
             detail = f"nothing of this preview listens on port {port}"
             await refuse(scope, send, 404, "not_found", detail, html)
         return address
+
+    async def port_hop(
+        self,
+        where: Destination,
+        route: Route,
+        grantee: Grantee | None,
+        scope: Scope,
+        send: Send,
+        html: bool,
+    ) -> None:
+        """`/__preview/hop`: on a port host, trade a token for its cookie; on the main
+        host, mint one for an authenticated browser (gateway/proxy/port_grants.py)."""
+        assert self.ports is not None
+        hop = await self.grants.hop(self.state.redis, self.ports, where, route, grantee, scope)
+        if hop.status == 302:
+            await send_body(send, 302, b"", b"text/plain", hop.headers)
+        elif hop.status == 401:
+            await self.fail(where.sid, scope, send, 401, hop.error, hop.detail, html)
+        else:
+            await refuse(scope, send, hop.status, hop.error, hop.detail, html)
 
     async def websocket(
         self, sid: str, address: str, scope: Scope, receive: Receive, send: Send, host: str
@@ -299,6 +357,7 @@ class PreviewRouter:
                 account,
                 on_activity=lambda: self.activity.touch(sid),
                 keep_idle=lambda: self.waking.sleeping(sid),
+                dialer=self.pool.dialer,
             )
         finally:
             account.close()

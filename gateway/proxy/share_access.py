@@ -18,12 +18,14 @@ import asyncio
 import html
 import logging
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import parse_qsl
 
 from redis.asyncio import Redis
 
-from gateway.asgi_types import Scope, header
+from gateway.asgi_types import Message, Scope, Send, header
 from gateway.proxy import cookies, shares
 from gateway.proxy.pages import page
 from gateway.proxy.preview_auth import (
@@ -34,6 +36,7 @@ from gateway.proxy.preview_auth import (
 )
 from gateway.proxy.preview_tokens import spend
 from gateway.proxy.proxy_http import wants_html
+from gateway.proxy.refusals import refuse
 from gateway.proxy.vhosts import Destination
 from shared import keys
 from shared.settings import Settings
@@ -108,7 +111,7 @@ class ShareAccess:
         self.auth = auth
         self.cache: shares.ShareCache | None = None
         # share id -> open relays of its viewers (task -> preview id)
-        self.sockets: dict[str, dict[asyncio.Task[None], str]] = {}
+        self.sockets: dict[str, dict[asyncio.Task[Any], str]] = {}
 
     def records(self, redis: Redis) -> shares.ShareCache:
         if self.cache is None:
@@ -158,10 +161,8 @@ class ShareAccess:
             share.access,
             viewer or "-",
         )
-        value, ttl = shares.cookie_value(self.settings, label, share)
         https = self.auth.https(scope)
-        cookie = self.auth.set_cookie(cookies.cookie_name(label, https, VIEWER), value, ttl, scope)
-        headers = [(b"set-cookie", cookie.encode())]
+        headers = [(b"set-cookie", self.viewer_cookie(label, share, scope).encode())]
         notice = (
             share.access == "public"
             and is_navigation(scope)
@@ -176,6 +177,12 @@ class ShareAccess:
         if not notice:
             headers.append((b"location", location.encode("latin-1")))
         return Opened(200 if notice else 302, headers=headers, location=location, notice=notice)
+
+    def viewer_cookie(self, label: str, share: shares.Share, scope: Scope) -> str:
+        """The Set-Cookie value that makes this browser a viewer of `share` on one host."""
+        value, ttl = shares.cookie_value(self.settings, label, share)
+        name = cookies.cookie_name(label, self.auth.https(scope), VIEWER)
+        return self.auth.set_cookie(name, value, ttl, scope)
 
     # --- every later request ---------------------------------------------------------
 
@@ -198,9 +205,42 @@ class ShareAccess:
 
     # --- ending access ------------------------------------------------------------------
 
-    def watch(self, share: shares.Share, sid: str, task: asyncio.Task[None]) -> None:
-        """Close this viewer's WebSocket when the share expires (revocation and the
-        preview's end come through `revoked` and `preview_changed`)."""
+    async def viewer_http(
+        self,
+        share: shares.Share,
+        sid: str,
+        scope: Scope,
+        send: Send,
+        relay: Callable[[Send], Coroutine[Any, Any, int]],
+    ) -> int:
+        """A share viewer's HTTP request, in a task the share's revocation or expiry, or
+        the preview's end, cancels as it does WebSockets: a response already streaming
+        (SSE, chunked) stops there (its connection or HTTP/2 stream is closed before the
+        body's end); one not begun yet is refused."""
+        begun = 0
+
+        async def tracked(message: Message) -> None:
+            nonlocal begun
+            if message["type"] == "http.response.start":
+                begun = int(message["status"])
+            await send(message)
+
+        task = asyncio.create_task(relay(tracked), name=f"share http {sid}")
+        self.watch(share, sid, task)
+        try:
+            return await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # we were cancelled ourselves (the relay was with us)
+            if not begun:
+                await refuse(scope, send, 401, "unauthorized", ENDED, wants_html(scope))
+                return 401
+            return begun
+
+    def watch(self, share: shares.Share, sid: str, task: asyncio.Task[Any]) -> None:
+        """End this viewer's WebSocket or streaming response when the share expires
+        (revocation and the preview's end come through `revoked` and `preview_ended`)."""
         relays = self.sockets.setdefault(share.id, {})
         relays[task] = sid
         timer = asyncio.get_running_loop().call_later(

@@ -127,8 +127,13 @@ class ShareCache:
 def cookie_value(settings: Settings, host_label: str, share: Share) -> tuple[str, int]:
     """(value, max-age): the share's id signed for this one host (``{id}`` or
     ``{id}-{port}``), living no longer than the share."""
-    ttl = max(1, min(settings.cookie_ttl, int(share.expires_at - time.time())))
+    ttl = cookie_ttl(settings, share)
     return sign(settings.signing_secret, COOKIE_PURPOSE, host_label, share.id, ttl), ttl
+
+
+def cookie_ttl(settings: Settings, share: Share) -> int:
+    """A viewer's cookie's lifetime: PREVIEW_COOKIE_TTL, never beyond the share's end."""
+    return max(1, min(settings.cookie_ttl, int(share.expires_at - time.time())))
 
 
 def cookie_share_id(settings: Settings, host_label: str, value: str) -> str | None:

@@ -27,6 +27,9 @@ from typing import cast
 
 import httptools
 
+from gateway.proxy import relay_dial
+from gateway.proxy.relay_dial import RelayDialer
+
 
 class UpstreamError(Exception):
     """The upstream could not be reached or broke the exchange."""
@@ -296,21 +299,30 @@ class UpstreamPool:
     """Idle keep-alive connections per upstream address ("host:port")."""
 
     def __init__(
-        self, max_idle_per_host: int = 64, connect_timeout: float = 5.0, head_timeout: float = 60.0
+        self,
+        max_idle_per_host: int = 64,
+        connect_timeout: float = 5.0,
+        head_timeout: float = 60.0,
+        dialer: RelayDialer | None = None,
     ) -> None:
         self.max_idle = max_idle_per_host
         self.connect_timeout = connect_timeout
         self.head_timeout = head_timeout
+        self.dialer = dialer  # for other ports behind a port relay (relay_dial.py)
         self._idle: dict[str, list[_Connection]] = {}
 
-    async def _connect(self, address: str) -> _Connection:
-        host, _, port = address.rpartition(":")
+    async def _open(self, address: str) -> tuple[asyncio.Transport, _Connection]:
         loop = asyncio.get_running_loop()
+        target = relay_dial.parse(address)
+        if target is not None and self.dialer is not None:
+            sock = await self.dialer.dial(target)
+            return await loop.create_connection(lambda: _Connection(address), sock=sock)
+        host, _, port = address.rpartition(":")
+        return await loop.create_connection(lambda: _Connection(address), host, int(port))
+
+    async def _connect(self, address: str) -> _Connection:
         try:
-            transport, conn = await asyncio.wait_for(
-                loop.create_connection(lambda: _Connection(address), host, int(port)),
-                self.connect_timeout,
-            )
+            transport, conn = await asyncio.wait_for(self._open(address), self.connect_timeout)
         # Messages without the address: they reach the client's error page (the caller
         # logs the address).
         except ConnectionRefusedError as exc:

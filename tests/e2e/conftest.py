@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ ARTIFACTS = Path(__file__).resolve().parent.parent.parent / ".state" / "test-art
 class Stack:
     gateway: GatewayProcess
     settings: Settings
+    env: dict[str, str] = field(default_factory=dict)  # another replica runs with it
 
     def token(self, user: str, admin: bool = False) -> str:
         return mint_token(self.settings, user, 600, admin)
@@ -105,7 +106,7 @@ def run_stack(redis_server: RedisServer, test_image: str, **extra: Any) -> Itera
         client.flushall()
     try:
         with run_gateway(env, port=port) as gateway:
-            yield Stack(gateway, settings)
+            yield Stack(gateway, settings, env)
     finally:
         remove_labelled_containers(f"{LABEL_TEST_RUN}={TEST_RUN}")
 

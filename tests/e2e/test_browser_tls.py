@@ -17,6 +17,7 @@ import pytest
 from playwright.sync_api import Error as PlaywrightError
 
 from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, Stack, run_stack
+from tests.e2e.test_ports_browser import full_stack
 from tests.gateway.proxy_fixtures import ProxyEnv, proxy_gateway
 from tests.gateway.tls_fixtures import TlsFiles, tls_files
 from tests.utils import ROOT, RedisServer, free_port, serving, wait_until
@@ -150,6 +151,36 @@ def test_vite_over_http2_hot_reloads_and_opens_in_a_cross_site_iframe(
             started = time.monotonic()
             assert alice.delete(f"/v1/previews/{sid}").status_code == 204
             print(f"preview stopped in {time.monotonic() - started:.1f}s")
+
+
+@pytest.mark.slow
+def test_a_full_stack_preview_in_a_cross_site_iframe_calls_its_api(
+    tls_stack: Stack, tls_browser: Any, embedder: Embedder
+) -> None:
+    """Another site embeds the owner's preview (its open_url only): the hops through the
+    API's port host happen inside the iframe, so that host's partitioned cookie is in the
+    embedding site's partition, where the frontend's credentialed fetch sends it."""
+    with tls_stack.api("bob") as bob:
+        sid = tls_stack.start_ready(bob, "ports-tls", "vite-vanilla")
+        try:
+            full_stack(bob, sid)
+            embedded = tls_browser.new_context()
+            outer = embedded.new_page()
+            embedder.frame_url = bob.get(f"/v1/previews/{sid}").json()["open_url"]
+            outer.goto(f"https://localhost:{embedder.server_address[1]}/")
+            api = outer.frame_locator("iframe").locator("#api:has-text('hello from the API')")
+            try:
+                api.wait_for(timeout=60_000)
+            except Exception:
+                frames = [(f.url, f.content()[:300]) for f in outer.frames]
+                raise AssertionError(f"iframe: {frames} {embedded.cookies()}") from None
+            assert "via POST" in api.inner_text()
+            names = {c["name"]: c for c in embedded.cookies()}
+            port_cookie = names[f"__Host-pv_{sid}-3001"]
+            assert port_cookie["secure"] and port_cookie["sameSite"] == "None"
+            embedded.close()
+        finally:
+            assert bob.delete(f"/v1/previews/{sid}").status_code == 204
 
 
 @pytest.fixture(scope="module")

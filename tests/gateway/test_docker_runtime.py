@@ -253,6 +253,10 @@ async def test_containers_on_this_machine_are_reached_at_their_own_address(
         assert info.published_port  # still published: the fallback stays available
         again = await docker_host.inspect(info.cid)
         assert again is not None and again.address == info.address
+        assert info.relay is None  # other ports: at the container's address too
+    # Once the engine is known to be reached directly, no relay port is published at all.
+    async with make_container(command=SERVE) as later:
+        assert later.relay_published is None and later.relay is None
 
 
 async def test_with_direct_off_the_published_port_is_the_route(
@@ -270,6 +274,9 @@ async def test_with_direct_off_the_published_port_is_the_route(
         )
         assert host.direct is False
         assert (info.route, info.address) == ("published", f"127.0.0.1:{info.published_port}")
+        # The other ports' one way in: the relay's published port, none per user port.
+        assert info.relay is not None and info.relay.startswith("127.0.0.1:")
+        assert info.relay != info.address
         assert (await answer(info.address)).startswith("dev server at")
     finally:
         await host.remove(cid)

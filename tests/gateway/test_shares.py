@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -300,3 +301,52 @@ async def test_websockets_close_on_revoke_and_on_stop(
         with pytest.raises(ConnectionClosed):
             await asyncio.wait_for(second.recv(), 1.0)
         assert second.close_code == 1001
+
+
+def cut_after(gw: GatewayProcess, sid: str, cookie: str, trigger: Callable[[], float]) -> float:
+    """Seconds from `trigger` (which returns when access ended, as unix time) to the end
+    of a viewer's endless Server-Sent Events response through `gw`."""
+    with (
+        host(gw, sid) as client,
+        client.stream("GET", "/stream", headers={"cookie": cookie}, timeout=5) as response,
+    ):
+        assert response.status_code == 200
+        chunks = response.iter_raw()
+        assert b"first" in next(chunks)
+        ended_at = trigger()
+        try:
+            for _ in chunks:  # ticks until the gateway cuts the response
+                assert time.time() < ended_at + 5, "the stream was not cut"
+        except httpx.RemoteProtocolError:
+            pass  # the connection closed before the body's end: what a cut looks like
+    return time.time() - ended_at
+
+
+def test_streaming_responses_end_on_every_replica(
+    start_gateway: GatewayFactory, sync_redis: SyncRedis, upstream: Upstream
+) -> None:
+    """A viewer's SSE response on replica B ends within a second of a revocation made on
+    replica A, of the share's expiry, and of the preview's stop."""
+    a = start_gateway(max_shares_per_preview=5)
+    b = start_gateway(max_shares_per_preview=5)
+    sid = ready_preview(sync_redis, upstream.address)
+    links = [share(a, sid) for _ in range(2)]
+    cookies = [viewer_cookie(opened(b, sid, f"preview_share={s['id']}")) for s in links]
+
+    def revoke() -> float:
+        with api(a) as alice:
+            assert alice.delete(f"/v1/previews/{sid}/shares/{links[0]['id']}").status_code == 204
+        return time.time()
+
+    assert cut_after(b, sid, cookies[0], revoke) < 1.0
+    short = Share("E" * 22, sid, "alice", "public", False, time.time(), time.time() + 1.5)
+    sync_redis.hset(keys.share(short.id), mapping=short.to_record())  # type: ignore[arg-type]
+    expiring = viewer_cookie(opened(b, sid, f"preview_share={short.id}"))
+    assert -0.1 < cut_after(b, sid, expiring, lambda: short.expires_at) < 1.0
+
+    def stop() -> float:
+        sync_redis.hset(keys.session(sid), "state", "stopping")
+        sync_redis.publish(keys.ROUTE_CHANGES, sid)
+        return time.time()
+
+    assert cut_after(b, sid, cookies[1], stop) < 1.0
