@@ -13,7 +13,7 @@ from typing import Any, NoReturn
 from shared import keys
 from shared.messages import Command
 from shared.redact import public_url
-from supervisor import buildcache, fence, hibernation, procs, sources, workspace
+from supervisor import buildcache, buildenv, fence, hibernation, procs, sources, workspace
 from supervisor.context import Context
 from supervisor.depcache import cache as depcache
 from supervisor.dependencies import InstallError, ensure_dependencies, resolve_tool
@@ -179,13 +179,14 @@ async def prepare(ctx: Context, command: Command) -> dict[str, Any]:
             result["build_cache"] = cached.state
             if cached.state == "restored":
                 lap("build_cache")
+            cache_env = await buildenv.environment(ctx, project.framework)
             version = installed_version(ctx.config.workspace, project.framework_package)
             result["framework_version"] = version or project.framework_version
             for kind, message in warnings_for(project.framework, result["framework_version"]):
                 await progress.warning(kind, message, framework=project.framework)
         phase = "devserver"
         dev_env = procs.child_environment(
-            ctx.base_env, ctx.user, {**user_env, **_QUIET, **project.env}
+            ctx.base_env, ctx.user, {**cache_env, **user_env, **_QUIET, **project.env}
         )
         spec = LaunchSpec(
             argv=resolve_tool(project.command, dev_env.get("PATH", "")),
