@@ -26,6 +26,7 @@ from supervisor.warmup import warm
 log = logging.getLogger(__name__)
 
 LOOPBACKS = ("127.0.0.1", "::1")
+PORT_POLL = 0.1  # seconds between tries while the dev server's port is still closed
 Outcome = Literal["ready", "exited", "timeout"]
 
 
@@ -335,7 +336,10 @@ class DevServer:
                     state = "compiling" if last.connected else "waiting for the port"
                     message = f"{state} ({waited:.0f}s)" + (f": {tail[0][:200]}" if tail else "")
                     await progress.report("devserver", percent, message)
-                await asyncio.wait([exited], timeout=min(delay, max(remaining, 0)))
+                # A closed port costs nothing to try again: poll it finely, so `ready`
+                # is not up to a backoff step (2 s) after the server starts listening.
+                pause = delay if last.connected else min(delay, PORT_POLL)
+                await asyncio.wait([exited], timeout=min(pause, max(remaining, 0)))
             raise AssertionError("unreachable")
         finally:
             if not exited.done():
