@@ -206,8 +206,10 @@ async def prepare(ctx: Context, command: Command) -> dict[str, Any]:
     ctx.session.dev_wanted = True
     started = await ctx.devserver.start(spec, session_id, progress)
     lap("devserver")
-    if started.warmup_ms is not None:  # part of "devserver", shown apart
-        result["timings_ms"]["warmup"] = started.warmup_ms
+    parts = {"boot": started.boot_ms, "answer": started.answer_ms, "warmup": started.warmup_ms}
+    for name, ms in parts.items():  # parts of "devserver", shown apart
+        if ms is not None:
+            result["timings_ms"][name] = ms
     result.update(port=exposure.port, forwarded=started.forwarded)
     if not started.ready:  # the dev server has reported its error event itself
         reason = started.reason or "the dev server did not start"
