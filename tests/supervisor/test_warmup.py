@@ -142,4 +142,11 @@ def test_references_only_same_origin_paths() -> None:
         b'import("http://other/z.js"); import(`/tmpl/${n}.js`);',
     )
     assert references("/src/deep/m.js", js) == ["/src/up.js", "/y.js"]
+    # A JSDoc type names a module that is not served (SvelteKit's client runtime).
+    jsdoc = Answer(
+        200,
+        "text/javascript",
+        b"/** @param {import('./types.js').Options} o */\nimport { a } from './a.js';",
+    )
+    assert references("/kit/client.js", jsdoc) == ["/kit/a.js"]
     assert references("/", Answer(200, "text/css", b'@import "/x.css";')) == []
