@@ -496,7 +496,8 @@ def report(runs: list[Run], args: argparse.Namespace) -> None:
     for r in runs:
         ref = hosts.get((r.app, HOST if r.case.startswith("cold") else HOST_AGAIN))
         ref = ref or hosts.get((r.app, HOST))
-        ratio = f"{r.total / ref.total:.1f}" if ref and ref is not r and ref.total else ""
+        hosted = r.case in (HOST, HOST_AGAIN)
+        ratio = f"{r.total / ref.total:.1f}" if ref and not hosted and ref.total else ""
         phases = ", ".join(f"{k} {v}" for k, v in r.timings.items() if k != "total")
         p50 = f"{statistics.median(r.hmr_ms):.0f}" if r.hmr_ms else ""
         lost = sum(math.isinf(ms) for ms in r.hmr_ms)
