@@ -355,11 +355,23 @@ class Cases:
         ready_s = time.monotonic() - began
         url = partial(self.view_url, ready)
         view_s, later_s, page = await first_view(self.browser, url, page_text(app))
-        result = Run(app, case, ready_s, view_s, ready.dependencies or "", ready.timings)
+        timings = await self.timings(ready)
+        result = Run(app, case, ready_s, view_s, ready.dependencies or "", timings)
         result.later_s = later_s
         result.cpus = sorted(limits)
-        say(f"{app} {case}: ready {ready_s:.1f}s + view {view_s:.2f}s {ready.timings}")
+        say(f"{app} {case}: ready {ready_s:.1f}s + view {view_s:.2f}s {timings}")
         return result, ready, page
+
+    async def timings(self, session: Session) -> dict[str, int]:
+        """The phases, from the prepare command's result: it may be folded in a moment
+        after the `ready` event (as a gateway reading the preview would)."""
+        previews = self.starter.previews
+        deadline = time.monotonic() + 10
+        while "devserver" not in session.timings and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            session = await previews.load(session.id) or session
+            await previews.refresh(session)
+        return session.timings
 
     async def cpu_limits(self, cid: str, seen: set[float]) -> None:
         """The cgroup's cpu.max as the container's supervisor reports it while it starts:
