@@ -2,32 +2,39 @@
 made here from the npm registry at pinned versions (the files create-* would write, cut
 to one page), started in preview containers and, as the reference, on the host.
 
-For each app:
+For each app (``--phases``, any of):
 
-- **cold**: an empty cache volume, a new pooled container (npm install);
-- **warm**: another user, a new pooled container, dependencies restored from the volume;
-- **same container**: the first user again, after a stop: its reserved container, its
-  node_modules kept and its build cache restored;
+- **cold**: an empty cache volume, a new pooled container (npm install); this first
+  start always runs, since the others need the dependency archive it leaves;
+- **warm**: another user, a new pooled container: dependencies restored from the volume,
+  no build cache (another user's is never restored);
+- **user**: the first user again in a new pooled container (her reserved one destroyed):
+  dependencies and her build cache restored from the volume;
+- **same**: the first user again after a stop: her reserved container, its node_modules
+  kept and its build cache restored;
 - each with its phases (acquire, files, dependencies, build cache, dev server, of which
-  warm-up) and the **first view** in Chromium after `ready` (navigation until the page's
-  text is visible; directly against the container's published port, not through the
-  gateway's proxy);
-- **HMR**: an edit written through the supervisor (as `PUT .../files/{path}` does) until
-  the new text is visible in that page, p50 of a few;
-- **host**: `npm run dev` on this machine (no container, all cores), start until the
-  entry route answers, first view, HMR by editing the file on disk.
+  boot, answer and warm-up), the cgroup's cpu.max seen while starting (the boost), the
+  load average, and the **first view** in Chromium after `ready`: through a running
+  gateway (``--view gateway``, the default: the open_url's sign-in, its redirect and the
+  proxy, as a user gets it) or straight from the container's port (``--view direct``);
+- **HMR** (``--hmr N`` edits, 0: none): an edit written through the supervisor (as
+  `PUT .../files/{path}` does) until the new text is visible in the last page, p50;
+- **host**: `npm run dev` on this machine (no container, all cores) from no build cache
+  (the cold reference), then again with the caches it left (the reference for the
+  others, as a developer's machine has them), HMR by editing the file on disk.
 
 The gateway's start path runs in process (Starter on the controller's clients, and the
 session tracker, which drops the startup CPU boost at `ready`), with the image's
 defaults: PREVIEW_START_CPUS 2 (this machine's cores), warm-up on. `--no-boost` and
-`--no-warmup` measure without them.
+`--no-warmup` measure without them. `--repeats N` runs the user and same phases N times.
 
 npm installs on the host (lockfiles, the host reference) are cached under
 /var/tmp/pv-bench-frameworks, so reruns reuse them. Every container carries the label
 ``preview-gateway.bench=frameworks-<run>``; they and the cache volumes are removed at the
 end. The machine this runs on is shared and loaded: compare figures within one run.
 
-    .venv/bin/python bench/bench_frameworks.py [--apps next15,vite-react] [--hmr 3]
+    .venv/bin/python bench/bench_frameworks.py [--apps next15,vite-react]
+        [--phases cold,warm,user,same] [--repeats 1] [--hmr 3] [--view gateway|direct]
         [--no-boost] [--no-warmup] [--skip-host] [--cold-only] [--label " (template image)"]
 
 PREVIEW_TEST_IMAGE picks the image (e.g. one built with scripts/build-image
@@ -48,7 +55,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -65,14 +74,26 @@ from bench.bench_depcache import (
     run,
     write_project,
 )
+from gateway.proxy.preview_tokens import open_token
+from gateway.sessions.start import Starter
 from gateway.sessions.store import Session
 from gateway.sessions.tracker import Tracker
+from shared.settings import Settings
 from supervisor.readiness import probe
 from tests.gateway.controller_fixtures import pooled, start, starter_for, wait_state
-from tests.utils import free_port, remove_labelled_volumes, start_redis
+from tests.utils import (
+    free_port,
+    remove_labelled_volumes,
+    run_gateway,
+    settings_env,
+    start_redis,
+)
 
 WORKDIR = Path("/var/tmp/pv-bench-frameworks")
 CHROMIUM = "/usr/bin/chromium"
+PHASES = ("cold", "warm", "user", "same")
+HOST, HOST_AGAIN = "host (npm run dev)", "host again (caches kept)"
+HOST_IDLE = 15.0  # seconds
 HMR_TIMEOUT = 30_000  # ms an edit may take to show before it counts as lost (inf)
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
 REACT = {"react": "19.3.1", "react-dom": "19.3.1"}
@@ -197,6 +218,8 @@ class Run:
     timings: dict[str, int] = field(default_factory=dict)
     hmr_ms: list[float] = field(default_factory=list)
     later_s: float = 0.0  # the next new visitor's view
+    cpus: list[float] = field(default_factory=list)  # cpu.max seen while starting
+    load: float = field(default_factory=lambda: os.getloadavg()[0])  # when it ended
 
     @property
     def total(self) -> float:
@@ -212,13 +235,42 @@ async def view(browser: Browser, url: str, text: str) -> tuple[float, Page]:
     return time.monotonic() - began, page
 
 
-async def first_view(browser: Browser, url: str, text: str) -> tuple[float, float, Page]:
-    """The first view and a later one (another new visitor): the warm-up's aim is the
-    first no slower than the later by more than 20 %."""
-    first, page = await view(browser, url, text)
-    later, other = await view(browser, url, text)
+async def first_view(
+    browser: Browser, url: Callable[[], str], text: str
+) -> tuple[float, float, Page]:
+    """The first view and a later one (another new visitor, a URL of its own): the
+    warm-up's aim is the first no slower than the later by more than 20 %."""
+    first, page = await view(browser, url(), text)
+    later, other = await view(browser, url(), text)
     await other.context.close()
     return first, later, page
+
+
+def direct_url(session: Session) -> str:
+    """The container's published port: no proxy, no sign-in."""
+    return f"http://{session.address}/"
+
+
+@contextlib.contextmanager
+def gateway(settings: Settings) -> Iterator[Callable[[Session], str]]:
+    """The gateway (a subprocess, as deployed) on the bench's Redis: each call of what it
+    yields is a session's ``open_url`` (a fresh single-use token, as the API mints it), so
+    Chromium signs in, is redirected and loads the page through the proxy."""
+    env = settings_env(
+        redis_url=settings.redis_url,
+        signing_secret=settings.signing_secret,
+        image=settings.image,
+        cache_volume=settings.cache_volume,
+        container_labels=settings.container_labels,
+        log_level="WARNING",
+    )
+    with run_gateway(env) as process:
+
+        def open_url(session: Session) -> str:
+            token = open_token(settings, session.id, session.user)
+            return f"http://{session.id}.preview.localhost:{process.port}/?preview_token={token}"
+
+        yield open_url
 
 
 async def hmr(page: Page, app: str, rounds: int, write: Any) -> list[float]:
@@ -244,7 +296,6 @@ async def containers(
 ) -> None:
     """Appends each case to ``runs`` as it ends (a later failure keeps the earlier ones)."""
     server = start_redis()
-    blob = project_blob(project)
     try:
         settings = pool.base_settings(
             server,
@@ -259,62 +310,126 @@ async def containers(
             idle_timeout=3600.0,
             start_cpus=1.0 if args.no_boost else 2.0,
             warmup_seconds=0.0 if args.no_warmup else 60.0,
+            signing_secret=secrets.token_urlsafe(32),
         )
-        async with pool.controlled(settings, server) as controller:
-            starter = starter_for(controller)
-            tracker = asyncio.create_task(Tracker(starter.previews, 0.5).run())
-            try:
-                redis, cs = controller.redis, controller.containers
-
-                async def full() -> bool:
-                    return len(await pooled(redis, cs)) >= settings.pool_max
-
-                async def one(user: str, case: str) -> tuple[Run, Session, Page]:
-                    await pool.seconds_until(full, 600, "the pool to fill", step=0.5)
-                    began = time.monotonic()
-                    session = await start(starter, user, app, {"type": "archive"})
-                    assert await starter.prepare_pending(session, blob)
-                    ready = await wait_state(starter.previews, session.id, "ready", timeout=900)
-                    ready_s = time.monotonic() - began
-                    view_s, later_s, page = await first_view(
-                        browser, f"http://{ready.address}/", page_text(app)
-                    )
-                    result = Run(
-                        app, case, ready_s, view_s, ready.dependencies or "", ready.timings
-                    )
-                    result.later_s = later_s
-                    say(f"{app} {case}: ready {ready_s:.1f}s + view {view_s:.2f}s {ready.timings}")
-                    return result, ready, page
-
-                cold, alice, page = await one("alice", f"cold{args.label}")
-                runs.append(cold)
-                await page.context.close()
-                if args.cold_only:
-                    return
-                await pool.seconds_until(
-                    lambda: _archived(cs, alice.container), 900, "the dependency archive", step=1
-                )
-                warm, _, page = await one("bob", "warm")
-                runs.append(warm)
-                await page.context.close()
-                await starter.previews.stop(alice)
-                await pool.seconds_until(
-                    lambda: _reserved(cs, alice.container), 180, "alice's container reserved"
-                )
-                again, session, page = await one("alice", "same container")
-                runs.append(again)
-
-                async def write(path: str, content: str) -> None:
-                    files = {path: base64.b64encode(content.encode()).decode()}
-                    await starter.previews.command(session, "write_files", {"files": files})
-
-                again.hmr_ms = await hmr(page, app, args.hmr, write)
-                await page.context.close()
-            finally:
-                tracker.cancel()
-                await asyncio.gather(tracker, return_exceptions=True)
+        with contextlib.ExitStack() as stack:
+            view_url: Callable[[Session], str] = (
+                direct_url if args.view == "direct" else stack.enter_context(gateway(settings))
+            )
+            async with pool.controlled(settings, server) as controller:
+                starter = starter_for(controller)
+                tracker = asyncio.create_task(Tracker(starter.previews, 0.5).run())
+                try:
+                    bench = Cases(app, project_blob(project), browser, starter, view_url)
+                    await bench.run(controller, settings, args, runs)
+                finally:
+                    tracker.cancel()
+                    await asyncio.gather(tracker, return_exceptions=True)
     finally:
         server.stop()
+
+
+@dataclass
+class Cases:
+    """One app's starts in containers, one case after another."""
+
+    app: str
+    blob: bytes
+    browser: Browser
+    starter: Starter
+    view_url: Callable[[Session], str]
+
+    async def one(self, user: str, case: str) -> tuple[Run, Session, Page]:
+        """Start ``user``'s preview of the app (a pooled container) until it is ready,
+        then its first view."""
+        starter, app = self.starter, self.app
+        began = time.monotonic()
+        session = await start(starter, user, app, {"type": "archive"})
+        limits: set[float] = set()
+        sampler = asyncio.create_task(self.cpu_limits(session.container, limits))
+        try:
+            assert await starter.prepare_pending(session, self.blob)
+            ready = await wait_state(starter.previews, session.id, "ready", timeout=900)
+        finally:
+            sampler.cancel()
+        ready_s = time.monotonic() - began
+        url = partial(self.view_url, ready)
+        view_s, later_s, page = await first_view(self.browser, url, page_text(app))
+        timings = await self.timings(ready)
+        result = Run(app, case, ready_s, view_s, ready.dependencies or "", timings)
+        result.later_s = later_s
+        result.cpus = sorted(limits)
+        say(f"{app} {case}: ready {ready_s:.1f}s + view {view_s:.2f}s {timings}")
+        return result, ready, page
+
+    async def timings(self, session: Session) -> dict[str, int]:
+        """The phases, from the prepare command's result: it may be folded in a moment
+        after the `ready` event (as a gateway reading the preview would)."""
+        previews = self.starter.previews
+        deadline = time.monotonic() + 10
+        while "devserver" not in session.timings and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            session = await previews.load(session.id) or session
+            await previews.refresh(session)
+        return session.timings
+
+    async def cpu_limits(self, cid: str, seen: set[float]) -> None:
+        """The cgroup's cpu.max as the container's supervisor reports it while it starts:
+        is the startup boost in effect during the compile?"""
+        while True:
+            heartbeat = await self.starter.previews.containers.heartbeat(cid)
+            if heartbeat is not None and heartbeat.cpu_limit:
+                seen.add(heartbeat.cpu_limit)
+            await asyncio.sleep(0.5)
+
+    async def run(
+        self, controller: Any, settings: Settings, args: argparse.Namespace, runs: list[Run]
+    ) -> None:
+        redis, cs, previews = controller.redis, controller.containers, self.starter.previews
+
+        async def full() -> bool:
+            return len(await pooled(redis, cs)) >= settings.pool_max
+
+        async def one(user: str, case: str) -> tuple[Run, Session, Page]:
+            await pool.seconds_until(full, 600, "the pool to fill", step=0.5)
+            return await self.one(user, case)
+
+        phases = args.phases
+        # The first start fills the cache volume (the other phases need its dependency
+        # archive), so it always runs; it is shown when asked for.
+        cold, alice, page = await one("alice", f"cold{args.label}")
+        shown = alice  # whose page is open (HMR edits it)
+        if "cold" in phases:
+            runs.append(cold)
+        if args.cold_only or phases <= {"cold"}:
+            await page.context.close()
+            return
+        first = alice.container
+        await pool.seconds_until(partial(_archived, cs, first), 900, "the dependency archive")
+        if "warm" in phases:
+            await page.context.close()
+            warm, shown, page = await one("bob", "warm (other user)")
+            runs.append(warm)
+        for case in [c for _ in range(args.repeats) for c in ("user", "same") if c in phases]:
+            await page.context.close()
+            await previews.stop(alice)
+            kept = alice.container
+            await pool.seconds_until(partial(_reserved, cs, kept), 180, "alice's reserved")
+            if case == "user":  # not her reserved container: a new one
+                assert await cs.reserved.take(kept)
+                await cs.destroy(kept, "bench: a new container")
+            name = "warm (same user)" if case == "user" else "same container"
+            result, alice, page = await one("alice", name)
+            runs.append(result)
+            shown = alice
+
+        async def write(path: str, content: str) -> None:
+            files = {path: base64.b64encode(content.encode()).decode()}
+            await previews.command(shown, "write_files", {"files": files})
+
+        if args.hmr:
+            runs[-1].hmr_ms = await hmr(page, self.app, args.hmr, write)
+        await page.context.close()
 
 
 async def _archived(cs: Any, cid: str) -> bool:
@@ -326,17 +441,27 @@ async def _reserved(cs: Any, cid: str) -> bool:
     return cid in await cs.reserved.all()
 
 
-async def host(app: str, project: Project, browser: Browser, rounds: int) -> Run:
-    """`npm run dev` on the host, as a developer would: start until the entry answers."""
+# A developer's machine keeps Next.js's Server Actions key in .next/cache; this one, like
+# a container, has /.dockerenv, where Next makes a new key every start and so never hits
+# its webpack cache (supervisor/buildenv.py). The host reference gets what a developer has.
+HOST_ENV = {
+    "NEXT_SERVER_ACTIONS_ENCRYPTION_KEY": base64.b64encode(b"bench-host" * 3 + b"..").decode()
+}
+
+
+async def host(app: str, project: Project, browser: Browser, rounds: int, again: bool) -> Run:
+    """`npm run dev` on the host, as a developer would: start until the entry answers;
+    from no build cache, or ``again`` with the one the previous run left."""
     port = free_port()
-    for cache in (".next", "node_modules/.vite", ".svelte-kit"):
-        run(["rm", "-rf", str(project.path / cache)])
+    if not again:
+        for cache in (".next", "node_modules/.vite", ".svelte-kit"):
+            run(["rm", "-rf", str(project.path / cache)])
     flags = ["-p", str(port)] if app.startswith("next") else ["--port", str(port), "--strictPort"]
     began = time.monotonic()
     process = subprocess.Popen(
         ["npm", "run", "dev", "--", *flags],
         cwd=project.path,
-        env=npm_env(WORKDIR),
+        env={**npm_env(WORKDIR), **HOST_ENV},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -347,7 +472,7 @@ async def host(app: str, project: Project, browser: Browser, rounds: int) -> Run
             await asyncio.sleep(0.1)
         ready_s = time.monotonic() - began
         view_s, later_s, page = await first_view(
-            browser, f"http://localhost:{port}/", page_text(app)
+            browser, lambda: f"http://localhost:{port}/", page_text(app)
         )
 
         async def write(rel: str, content: str) -> None:
@@ -355,12 +480,15 @@ async def host(app: str, project: Project, browser: Browser, rounds: int) -> Run
 
         samples = await hmr(page, app, rounds, write)
         await page.context.close()
+        if app.startswith("next"):  # Next writes its webpack cache when idle, as at a desk
+            await asyncio.sleep(HOST_IDLE)
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(10)
         (project.path / path).write_text(str(files[path]).replace("TEXT", page_text(app)))
-    say(f"{app} host: answers {ready_s:.1f}s + first view {view_s:.2f}s, HMR {samples}")
-    return Run(app, "host (npm run dev)", ready_s, view_s, later_s=later_s, hmr_ms=samples)
+    case = HOST_AGAIN if again else HOST
+    say(f"{app} {case}: answers {ready_s:.1f}s + first view {view_s:.2f}s, HMR {samples}")
+    return Run(app, case, ready_s, view_s, later_s=later_s, hmr_ms=samples)
 
 
 def report(runs: list[Run], args: argparse.Namespace) -> None:
@@ -370,22 +498,26 @@ def report(runs: list[Run], args: argparse.Namespace) -> None:
         f"this run; load average at the end {os.getloadavg()[0]:.1f})\n"
     )
     print(
-        "| app | case | start→ready s | first view s | later view s | total s | x host | deps "
-        "| phases ms | HMR p50 ms |"
+        "| app | case | start→ready s | first view s | later view s | total s | x host | load "
+        "| deps | cpu.max while starting | phases ms | HMR p50 ms |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    hosts = {r.app: r for r in runs if r.case.startswith("host")}
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    # Cold starts against the host's from nothing; the others against its second start,
+    # with the caches the first left (as a developer's machine has them).
+    hosts = {(r.app, r.case): r for r in runs if r.case in (HOST, HOST_AGAIN)}
     for r in runs:
-        ref = hosts.get(r.app)
-        ratio = f"{r.total / ref.total:.1f}" if ref and ref is not r and ref.total else ""
+        ref = hosts.get((r.app, HOST if r.case.startswith("cold") else HOST_AGAIN))
+        ref = ref or hosts.get((r.app, HOST))
+        hosted = r.case in (HOST, HOST_AGAIN)
+        ratio = f"{r.total / ref.total:.1f}" if ref and not hosted and ref.total else ""
         phases = ", ".join(f"{k} {v}" for k, v in r.timings.items() if k != "total")
         p50 = f"{statistics.median(r.hmr_ms):.0f}" if r.hmr_ms else ""
         lost = sum(math.isinf(ms) for ms in r.hmr_ms)
         p50 += f" ({lost} of {len(r.hmr_ms)} lost)" if lost else ""
         print(
             f"| {r.app} | {r.case} | {r.ready_s:.1f} | {r.view_s:.2f} | {r.later_s:.2f} "
-            f"| {r.total:.1f} | {ratio} "
-            f"| {r.dependencies} | {phases} | {p50} |"
+            f"| {r.total:.1f} | {ratio} | {r.load:.1f} "
+            f"| {r.dependencies} | {', '.join(f'{c:g}' for c in r.cpus)} | {phases} | {p50} |"
         )
 
 
@@ -399,7 +531,9 @@ async def main_async(args: argparse.Namespace) -> None:
                 project = prepared(app)
                 try:
                     if not args.skip_host:
-                        runs.append(await host(app, project, browser, args.hmr))
+                        runs.append(await host(app, project, browser, args.hmr, again=False))
+                        if args.phases - {"cold"}:
+                            runs.append(await host(app, project, browser, 0, again=True))
                     await containers(app, project, browser, args, runs)
                 except Exception as exc:  # one app failing must not lose the others' figures
                     say(f"{app}: failed: {exc!r}")
@@ -412,7 +546,22 @@ async def main_async(args: argparse.Namespace) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--apps", default=",".join(APPS))
-    parser.add_argument("--hmr", type=int, default=3)
+    parser.add_argument("--hmr", type=int, default=3, help="HMR edits (0: none)")
+    parser.add_argument(
+        "--phases",
+        default=",".join(PHASES),
+        help="cold (empty cache volume), warm (another user, a new container: dependencies "
+        "restored), user (the same user, a new container: dependencies and build cache "
+        "restored), same (the same user's reserved container); the first start always runs",
+    )
+    parser.add_argument("--repeats", type=int, default=1, help="times the user and same phases run")
+    parser.add_argument(
+        "--view",
+        choices=("gateway", "direct"),
+        default="gateway",
+        help="first view through a running gateway (as users get it) or straight from the "
+        "container's published port",
+    )
     parser.add_argument("--no-boost", action="store_true")
     parser.add_argument("--no-warmup", action="store_true")
     parser.add_argument("--skip-host", action="store_true")
@@ -421,6 +570,9 @@ def main() -> int:
     )
     parser.add_argument("--label", default="", help="appended to the case names")
     args = parser.parse_args()
+    args.phases = set(args.phases.split(","))
+    if args.phases - set(PHASES):
+        parser.error(f"--phases: one or more of {', '.join(PHASES)}")
     pool.RUN = f"frameworks-{secrets.token_hex(4)}"
     pool.LABEL = f"{pool.LABEL_KEY}={pool.RUN}"
     with contextlib.suppress(KeyboardInterrupt):

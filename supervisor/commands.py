@@ -18,7 +18,8 @@ meanwhile. Args:
     ready_timeout: seconds (default 180).
   result: {state: "ready", dependencies: restored|installed|skipped, framework,
     framework_version, package_manager, command, port, forwarded, node_modules_key,
-    timings_ms: {files, dependencies, devserver}}; on failure also {state, phase, reason,
+    timings_ms: {files, dependencies, build_cache?, devserver, and as parts of devserver
+    boot, answer, warmup}}; on failure also {state, phase, reason,
     detail: [log lines]}.
 ``write_files`` — {files: {path: base64}} or {blob: true, mode: merge|replace}
   (tar, optionally gzip or zstd; replace keeps node_modules). Paths leaving the workspace

@@ -26,6 +26,7 @@ from supervisor.warmup import warm
 log = logging.getLogger(__name__)
 
 LOOPBACKS = ("127.0.0.1", "::1")
+PORT_POLL = 0.1  # seconds between tries while the dev server's port is still closed
 Outcome = Literal["ready", "exited", "timeout"]
 
 
@@ -60,6 +61,10 @@ class StartResult:
     detail: list[str] = field(default_factory=list)
     forwarded: bool = False
     warmup_ms: int | None = None
+    # Parts of the start, ms: spawn → the port accepts (the dev server's own boot), then
+    # → the entry route's first answer (Next.js compiles it then).
+    boot_ms: int | None = None
+    answer_ms: int | None = None
 
 
 class DevServer:
@@ -92,6 +97,7 @@ class DevServer:
         self._task: asyncio.Task[None] | None = None
         self._forwarder: PortForwarder | None = None
         self._crashes: deque[float] = deque()
+        self._connected_at: float | None = None  # this run's first connection (monotonic)
         self._lock = asyncio.Lock()
 
     @property
@@ -243,7 +249,10 @@ class DevServer:
         assert process.stdout is not None
         reader = asyncio.create_task(pump(process.stdout, self.logs.append))
         try:
+            spawned = time.monotonic()
+            self._connected_at = None
             outcome, last = await self._wait_ready(process, spec, progress)
+            answered = time.monotonic()
             warmup_ms = None
             if outcome == "ready" and spec.warmup:
                 warmup_ms = await self._warm_up(spec, progress)
@@ -256,8 +265,15 @@ class DevServer:
                     self.session_id,
                     {"port": spec.port, "forwarded": bool(self._forwarder)},
                 )
+                connected = self._connected_at or answered
                 settle(
-                    StartResult(True, forwarded=self._forwarder is not None, warmup_ms=warmup_ms)
+                    StartResult(
+                        True,
+                        forwarded=self._forwarder is not None,
+                        warmup_ms=warmup_ms,
+                        boot_ms=int((connected - spawned) * 1000),
+                        answer_ms=int((answered - connected) * 1000),
+                    )
                 )
             lines = self._lines_since(first_line)
             if outcome == "timeout":
@@ -324,7 +340,10 @@ class DevServer:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     return "timeout", last
+                tried = time.monotonic()
                 last = await self._probe(spec, min(remaining, 30.0))
+                if last.connected and self._connected_at is None:
+                    self._connected_at = tried
                 if last.ready:
                     return "ready", last
                 if progress is not None:
@@ -335,7 +354,10 @@ class DevServer:
                     state = "compiling" if last.connected else "waiting for the port"
                     message = f"{state} ({waited:.0f}s)" + (f": {tail[0][:200]}" if tail else "")
                     await progress.report("devserver", percent, message)
-                await asyncio.wait([exited], timeout=min(delay, max(remaining, 0)))
+                # A closed port costs nothing to try again: poll it finely, so `ready`
+                # is not up to a backoff step (2 s) after the server starts listening.
+                pause = delay if last.connected else min(delay, PORT_POLL)
+                await asyncio.wait([exited], timeout=min(pause, max(remaining, 0)))
             raise AssertionError("unreachable")
         finally:
             if not exited.done():

@@ -13,7 +13,7 @@ from typing import Any, NoReturn
 from shared import keys
 from shared.messages import Command
 from shared.redact import public_url
-from supervisor import buildcache, fence, hibernation, procs, sources, workspace
+from supervisor import buildcache, buildenv, fence, hibernation, procs, sources, workspace
 from supervisor.context import Context
 from supervisor.depcache import cache as depcache
 from supervisor.dependencies import InstallError, ensure_dependencies, resolve_tool
@@ -179,13 +179,14 @@ async def prepare(ctx: Context, command: Command) -> dict[str, Any]:
             result["build_cache"] = cached.state
             if cached.state == "restored":
                 lap("build_cache")
+            cache_env = await buildenv.environment(ctx, project.framework)
             version = installed_version(ctx.config.workspace, project.framework_package)
             result["framework_version"] = version or project.framework_version
             for kind, message in warnings_for(project.framework, result["framework_version"]):
                 await progress.warning(kind, message, framework=project.framework)
         phase = "devserver"
         dev_env = procs.child_environment(
-            ctx.base_env, ctx.user, {**user_env, **_QUIET, **project.env}
+            ctx.base_env, ctx.user, {**cache_env, **user_env, **_QUIET, **project.env}
         )
         spec = LaunchSpec(
             argv=resolve_tool(project.command, dev_env.get("PATH", "")),
@@ -205,8 +206,10 @@ async def prepare(ctx: Context, command: Command) -> dict[str, Any]:
     ctx.session.dev_wanted = True
     started = await ctx.devserver.start(spec, session_id, progress)
     lap("devserver")
-    if started.warmup_ms is not None:  # part of "devserver", shown apart
-        result["timings_ms"]["warmup"] = started.warmup_ms
+    parts = {"boot": started.boot_ms, "answer": started.answer_ms, "warmup": started.warmup_ms}
+    for name, ms in parts.items():  # parts of "devserver", shown apart
+        if ms is not None:
+            result["timings_ms"][name] = ms
     result.update(port=exposure.port, forwarded=started.forwarded)
     if not started.ready:  # the dev server has reported its error event itself
         reason = started.reason or "the dev server did not start"

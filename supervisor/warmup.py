@@ -44,6 +44,10 @@ _IMPORT = re.compile(
     r"""(?:\bimport\s*(?:[\w*{}\s,$]+?\s*from\s*)?|\bexport\s*[\w*{}\s,$]+?\s*from\s*)["']([^"']+)["']"""
     r"""|\bimport\s*\(\s*["']([^"'$`]+)["']\s*\)"""
 )
+# Block comments: JSDoc types name modules as `import('./types.js')` (SvelteKit's client
+# runtime does, for files that exist only as .d.ts): loading them is a 404 each, and a
+# "failed" line in the user's log.
+_BLOCK_COMMENT = re.compile(r"/\*.*?\*/", re.S)
 
 
 @dataclass
@@ -100,7 +104,8 @@ def references(path: str, answer: Answer) -> list[str]:
     if "javascript" not in answer.content_type and "html" not in answer.content_type:
         return []
     # Inline module scripts import too (SvelteKit's entry page starts its client that way).
-    found = [static or dynamic for static, dynamic in _IMPORT.findall(text)]
+    code = _BLOCK_COMMENT.sub(" ", text)
+    found = [static or dynamic for static, dynamic in _IMPORT.findall(code)]
     if "html" in answer.content_type:
         found = _SCRIPT.findall(text) + _PRELOAD.findall(text) + found
     out = []

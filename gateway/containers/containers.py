@@ -95,7 +95,9 @@ class Containers(Releases):
         self.runtime = runtime
         self.counters = counters
         self.placement = Placement(settings, redis, runtime)
-        self.gate = CreateGate(redis, settings.host_create_concurrency, background)
+        self.gate = CreateGate(
+            redis, settings.host_create_concurrency, background, settings.container_cpus
+        )
         self.reserved = ReservedPool(settings, redis)
         self.boost = Boost(settings, redis, runtime, self.placement)
         self._acquire = redis.register_script(pool_scripts.ACQUIRE)

@@ -6,19 +6,22 @@ ready (a hostile user's project must not keep it)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 from typing import Any
 
 import httpx
 from redis import Redis as SyncRedis
+from redis.asyncio import Redis
 
+from gateway.containers.create_gate import CreateGate
 from shared import keys
 from shared.messages import Heartbeat
 from tests.gateway.api_helpers import bearer
 from tests.gateway.conftest import GatewayFactory
 from tests.gateway.test_api import get, tar_of, wait_ready
-from tests.utils import GatewayProcess, wait_until
+from tests.utils import GatewayProcess, RedisServer, wait_until
 
 SERVER = 'require("http").createServer((q, s) => s.end("up")).listen(+process.env.PORT);'
 
@@ -131,3 +134,33 @@ def test_no_boost_beyond_the_hosts_free_cpu(
     assert not sync_redis.hexists(keys.host_boosts(host), cid)
     upload(gw, sid, "node server.js", {"server.js": SERVER})
     wait_ready(gw, sid)
+
+
+def test_a_boosted_start_holds_a_creation_place(
+    start_gateway: GatewayFactory, sync_redis: SyncRedis, redis_server: RedisServer
+) -> None:
+    """Fair when many start at once: while a real start runs boosted (one container's
+    worth of extra CPU), the creation cap of 2 leaves one place, for a start, not for a
+    pool refill; once it is ready and its boost dropped, refills create again."""
+    gw, sid, cid, host = boosted_start(start_gateway, sync_redis, host_create_concurrency=2)
+
+    async def enter(*tries: tuple[str, bool]) -> list[bool]:
+        client = Redis.from_url(redis_server.url)
+        gate = CreateGate(client, cap=2, container_cpus=1.0)
+        try:
+            entered = [await gate.try_enter(host, token, start) for token, start in tries]
+            for token, _ in tries:
+                await gate.leave(host, token)
+            return entered
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(enter(("refill", False), ("start-a", True), ("start-b", True))) == [
+        False,
+        True,
+        False,
+    ]
+    upload(gw, sid, "node server.js", {"server.js": SERVER})
+    wait_ready(gw, sid)
+    wait_until(lambda: not sync_redis.hexists(keys.host_boosts(host), cid), 10, "boost dropped")
+    assert asyncio.run(enter(("refill", False))) == [True]

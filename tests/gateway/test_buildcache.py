@@ -44,6 +44,11 @@ def found_at_boot(cid: str) -> object:
     return json.loads(container_file(cid, "build-cache.json"))["found"]
 
 
+def key_at_boot(cid: str) -> object:
+    """Next.js's Server Actions key, which salts its webpack cache (supervisor/buildenv.py)."""
+    return json.loads(container_file(cid, "build-cache.json"))["key"]
+
+
 def stop(gw: GatewayProcess, sid: str, user: str, client: SyncRedis, cid: str) -> None:
     assert httpx.delete(f"{gw.url}/v1/previews/{sid}", headers=bearer(user)).status_code == 204
     # Released: reset (which packs the build cache) and reserved for its user.
@@ -66,12 +71,14 @@ def test_build_cache_back_for_the_same_user_and_project_only(
     assert "build_cache" not in ready["timings"]  # type: ignore[operator]
     cid, _ = container_of(sync_redis, sid)
     assert found_at_boot(cid) is None
+    key = key_at_boot(cid)
     stop(gw, sid, "alice", sync_redis, cid)
 
     sid2, ready2 = start_next(gw, "alice", "alice-2")
     cid2, _ = container_of(sync_redis, sid2)
     assert "build_cache" in ready2["timings"]  # type: ignore[operator]
     assert found_at_boot(cid2) == "alice-1"
+    assert key_at_boot(cid2) == key  # Next's webpack cache would match its version
 
     # Another user, same project name, same host and cache volume: never alice's cache.
     sid3, ready3 = start_next(gw, "mallory", "mallory-1")
@@ -79,3 +86,4 @@ def test_build_cache_back_for_the_same_user_and_project_only(
     assert cid3 != cid2
     assert "build_cache" not in ready3["timings"]  # type: ignore[operator]
     assert found_at_boot(cid3) is None
+    assert key_at_boot(cid3) not in (key, None)

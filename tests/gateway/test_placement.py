@@ -97,6 +97,28 @@ async def test_gate_lets_starts_go_first(redis: Redis) -> None:
     assert await redis.zcard(keys.host_starts_waiting("h")) == 0
 
 
+async def test_boosted_starts_hold_creation_places(redis: Redis) -> None:
+    """Each container's worth of startup boost under way is a place taken (as placement
+    counts it); an expired boost is not; a start with no creation under way always goes."""
+    gate = CreateGate(redis, cap=3, container_cpus=0.5)
+    expiry = time.time() + 60
+    # 1.0 extra CPU = two containers' worth of 0.5: one place is left, kept for a start.
+    await redis.hset(keys.host_boosts("h"), mapping={"c1": f"1.00|{expiry}"})
+    await redis.hset(keys.host_boosts("h"), mapping={"c0": f"9.00|{time.time() - 1}"})
+    assert not await gate.try_enter("h", "refill-a", start=False)
+    assert await gate.try_enter("h", "start-a", start=True)
+    assert not await gate.try_enter("h", "start-b", start=True)  # 1 + 2 places: full
+    await gate.leave("h", "start-b")  # it gave up waiting
+    # More boosted than the cap: a start still goes when nothing else is being created.
+    await redis.hset(keys.host_boosts("h"), mapping={"c2": f"2.00|{expiry}"})
+    await gate.leave("h", "start-a")
+    assert await gate.try_enter("h", "start-c", start=True)
+    await gate.leave("h", "start-c")
+    await redis.delete(keys.host_boosts("h"))  # the starts are ready: boosts dropped
+    assert await gate.try_enter("h", "refill-a", start=False)
+    assert await gate.try_enter("h", "refill-b", start=False)
+
+
 async def test_a_refill_storm_does_not_starve_a_start(redis: Redis) -> None:
     """Eight refills queue for two places; a start arriving later gets in after at most
     one creation finishes, before every refill still waiting."""

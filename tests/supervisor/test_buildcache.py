@@ -7,7 +7,11 @@ fresh build and a start that still succeeds."""
 
 from __future__ import annotations
 
+import base64
 import json
+import os
+import pwd
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +24,8 @@ SERVER = """
 const fs = require("fs"), http = require("http");
 let found = null;
 try { found = fs.readFileSync(".next/cache/compiled.txt", "utf8"); } catch (e) {}
-fs.writeFileSync("build-cache.json", JSON.stringify({found}));
+const key = process.env.NEXT_SERVER_ACTIONS_ENCRYPTION_KEY || null;
+fs.writeFileSync("build-cache.json", JSON.stringify({found, key}));
 fs.mkdirSync(".next/cache/webpack", {recursive: true});
 fs.writeFileSync(".next/cache/compiled.txt", process.env.MARK || "unmarked");
 fs.writeFileSync(".next/cache/webpack/0.pack", "x".repeat(200000));
@@ -42,6 +47,14 @@ def next_project(sup: SupervisorProcess, mark: str) -> None:
 def found_at_boot(sup: SupervisorProcess) -> str | None:
     found: str | None = json.loads((sup.workspace / "build-cache.json").read_text())["found"]
     return found
+
+
+def key_at_boot(sup: SupervisorProcess) -> str:
+    """The Server Actions key the dev server was given (Next salts its webpack cache's
+    version with it: supervisor/buildenv.py)."""
+    key: str = json.loads((sup.workspace / "build-cache.json").read_text())["key"]
+    assert len(base64.b64decode(key, validate=True)) == 32
+    return key
 
 
 def archive_of(sup: SupervisorProcess, owner: str, project: str) -> Path:
@@ -71,6 +84,7 @@ async def test_same_user_and_project_get_their_build_cache_back(sup_factory: Any
     sup: SupervisorProcess = sup_factory()
     first = await start(sup, "s1", "alice", "first")
     assert first["build_cache"] == "none" and found_at_boot(sup) is None
+    key = key_at_boot(sup)
     assert (await reset(sup))["build_cache"] == "packed"
     assert not (sup.workspace / ".next").exists()  # reset emptied the workspace
     assert archive_of(sup, "alice", "p1").is_file()
@@ -79,11 +93,50 @@ async def test_same_user_and_project_get_their_build_cache_back(sup_factory: Any
     assert second["build_cache"] == "restored"
     assert "build_cache" in second["timings_ms"]
     assert found_at_boot(sup) == "first"  # what the first start compiled
+    assert key_at_boot(sup) == key  # so Next's webpack cache matches its version
 
     # Another user's start on this host, even of a project with the same name: never.
     await reset(sup)
     other = await start(sup, "s3", "mallory", "mallory")
     assert other["build_cache"] == "none" and found_at_boot(sup) is None
+    assert key_at_boot(sup) != key
+
+
+async def test_the_kept_key_is_never_read_through_a_link(sup_factory: Any) -> None:
+    """User code plants the key file as a symlink to a root-only file that holds a valid
+    key (a secret of ours, say): the dev server never gets that file's content, and the
+    file is not written through the link either."""
+    sup: SupervisorProcess = sup_factory()
+    secret = base64.b64encode(secrets.token_bytes(32)).decode()
+    target = sup.workspace.parent / f"pv-root-only-{secrets.token_hex(4)}"
+    target.write_text(secret)
+    target.chmod(0o600)
+    try:
+        cache = sup.workspace / ".next" / "cache"
+        cache.mkdir(parents=True)
+        app = sup.env.get("PREVIEW_APP_USER")
+        if app:
+            entry = pwd.getpwnam(app)
+            for path in (cache.parent, cache):
+                os.chown(path, entry.pw_uid, entry.pw_gid)
+        (cache / "preview-server-actions-key").symlink_to(target)
+        await start(sup, "s1", "eve", "eve")
+        assert key_at_boot(sup) != secret
+        assert target.read_text() == secret
+    finally:
+        target.unlink()
+
+
+async def test_the_projects_own_key_wins(sup_factory: Any) -> None:
+    sup: SupervisorProcess = sup_factory()
+    own = base64.b64encode(b"k" * 32).decode()
+    next_project(sup, "own")
+    args = prepare_args(session_id="s1", project_id="p1", owner="alice")
+    result = await sup.send(
+        "prepare", {**args, "env": {"NEXT_SERVER_ACTIONS_ENCRYPTION_KEY": own}}, timeout=180
+    )
+    assert result.ok, result
+    assert key_at_boot(sup) == own
 
 
 async def test_a_corrupt_build_cache_means_a_fresh_build(sup_factory: Any) -> None:

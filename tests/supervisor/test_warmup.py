@@ -87,7 +87,9 @@ async def test_ready_after_the_entry_module_graph_was_loaded(sup_factory: Any) -
     slow_at = max(ms for ms, path in made if path == "/src/slow.js") / 1000
     assert ready.ts >= slow_at + 0.9  # it answered a second later, and only then: ready
     assert result.result["timings_ms"]["warmup"] >= 900
-    assert result.result["timings_ms"]["devserver"] >= result.result["timings_ms"]["warmup"]
+    timings = result.result["timings_ms"]
+    assert timings["devserver"] >= timings["boot"] + timings["answer"] + timings["warmup"]
+    assert timings["boot"] >= 0 and timings["answer"] >= 0
 
 
 async def test_a_failing_module_does_not_fail_the_start(sup_factory: Any) -> None:
@@ -142,4 +144,40 @@ def test_references_only_same_origin_paths() -> None:
         b'import("http://other/z.js"); import(`/tmpl/${n}.js`);',
     )
     assert references("/src/deep/m.js", js) == ["/src/up.js", "/y.js"]
+    # A JSDoc type names a module that is not served (SvelteKit's client runtime).
+    jsdoc = Answer(
+        200,
+        "text/javascript",
+        b"/** @param {import('./types.js').Options} o */\nimport { a } from './a.js';",
+    )
+    assert references("/kit/client.js", jsdoc) == ["/kit/a.js"]
     assert references("/", Answer(200, "text/css", b'@import "/x.css";')) == []
+
+
+# Boots for 1.5 s before it listens, then compiles its entry for 1 s (as Next.js does on
+# the first request); writes down when it started listening.
+LATE_SERVER = """
+const fs = require("fs"), http = require("http");
+let compiled = false;
+setTimeout(() => http.createServer((q, s) => {
+  const wait = compiled ? 0 : 1000;
+  compiled = true;
+  setTimeout(() => s.end("<p>hi</p>"), wait);
+}).listen(+process.env.PORT, () => fs.writeFileSync("listening", String(Date.now()))), 1500);
+"""
+
+
+async def test_boot_and_answer_timed_and_the_port_tried_often(sup_factory: Any) -> None:
+    """`boot` is until the port accepts, `answer` until the entry route answered; ready
+    follows the port opening closely (tried every 100 ms, not on a 2 s backoff)."""
+    sup: SupervisorProcess = sup_factory()
+    node_project(sup, LATE_SERVER)
+    result = await sup.send("prepare", prepare_args())
+    assert result.ok, (result, sup.log()[-2000:])
+    timings = result.result["timings_ms"]
+    assert 1400 <= timings["boot"] < 2500, timings
+    assert 900 <= timings["answer"] < 2000, timings
+    ready = await wait_for_event(sup, "ready")
+    listening = int((sup.workspace / "listening").read_text()) / 1000
+    # 1 s of compile, the warm-up of one page: well under a backoff step more.
+    assert ready.ts - listening < 1.0 + 0.6, (ready.ts, listening)
