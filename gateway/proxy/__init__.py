@@ -5,8 +5,8 @@ who may see a preview (``preview_auth``, ``preview_tokens``, ``signed``, ``cooki
 ``clients``), the route cache (``routes``: session id → owner, state, dev-server address,
 kept current by published changes), waking a sleeping preview (``waking``: a command to
 its supervisor over Redis), the HTTP and WebSocket relays (``proxy_http``, ``proxy_ws``)
-over a lean upstream client (``upstream``), per-client WebSocket byte budgets
-(``ws_budget``) and the pages a person sees in the iframe (``pages``, ``starting``).
+over a lean upstream client (``upstream``), WebSockets' per-client caps and byte budgets
+(``sockets``, ``ws_budget``) and the pages a person sees in the iframe (``pages``, ``starting``).
 
 May import: ``shared``, the top-level ``gateway`` helpers (``asgi_types``, ``errors``,
 ``background``) and ``gateway.observability`` (metrics only). Never Docker, sessions, the

@@ -13,13 +13,13 @@ one resumes it through the app's ``resumer`` hook (the control plane's, which th
 does not import) and is then answered like one to a starting preview.
 
 The request's decision path is here; refusals (gateway/proxy/refusals.py), activity marks
-(gateway/proxy/activity.py) and readiness waits (gateway/proxy/starting.py) are not.
+(gateway/proxy/activity.py), readiness waits (gateway/proxy/starting.py) and WebSocket
+relays with their per-client caps (gateway/proxy/sockets.py) are not.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Coroutine
@@ -46,7 +46,6 @@ from gateway.proxy.preview_auth import (
     same_origin,
 )
 from gateway.proxy.proxy_http import proxy_http, wants_html
-from gateway.proxy.proxy_ws import RelayRegistry, WsLimits, proxy_ws
 from gateway.proxy.refusals import cut_short, refuse, refuse_resume
 from gateway.proxy.relay_dial import RelayDialer
 from gateway.proxy.routes import Route, RouteCache
@@ -59,11 +58,11 @@ from gateway.proxy.share_access import (
     notice_page,
 )
 from gateway.proxy.shares import Share
+from gateway.proxy.sockets import PreviewSockets, cookie_name
 from gateway.proxy.starting import ReadyWaits, starting_page, status_json
 from gateway.proxy.upstream import UpstreamPool
 from gateway.proxy.vhosts import Destination, HostRules, public_host
 from gateway.proxy.waking import Waking
-from gateway.proxy.ws_budget import Budgets
 from shared import keys
 from shared.settings import Settings
 from shared.states import STARTING_STATES
@@ -76,11 +75,6 @@ WAKE_ATTEMPTS = 3
 SHUTDOWN_DEADLINE = 2.0
 STATUS_PATH = "/__preview/status"
 TOO_MANY_FAILURES = "too many failed attempts; retry in {retry} s"
-
-
-def cookie_name(sid: str) -> str:
-    """The name the dev server's Cookie header is cleaned of (with every other of ours)."""
-    return f"pv_{sid}"
 
 
 class PreviewRouter:
@@ -98,18 +92,14 @@ class PreviewRouter:
             head_timeout=settings.upstream_head_timeout,
             dialer=RelayDialer(settings.signing_secret),
         )
-        self.relays = RelayRegistry()
-        self.limits = WsLimits(
-            settings.ws_max_message_bytes, settings.ws_idle_timeout, settings.ws_max_lifetime
-        )
         self.routes: RouteCache | None = None
         self.waking: Waking
         self.ready: ReadyWaits
         self.ports: PortTable | None = None
-        self._ws_per_client: dict[str, int] = {}
-        self.ws_budgets = Budgets(settings.ws_buffer_per_client)
         self.background = Background()  # readiness waits, activity writes, route listener
         self.activity = Activity(lambda: self.state.redis, self.background)
+        self.sockets = PreviewSockets(settings, self.activity, self.shares, self.pool.dialer)
+        self.relays = self.sockets.relays
 
     # --- dispatch -----------------------------------------------------------------------
 
@@ -264,10 +254,14 @@ class PreviewRouter:
         # The dev server sees the preview's canonical host, the one its allowed-hosts
         # were configured with at prepare, never the client's spelling of it.
         host = public_host(self.settings, label)
-        if is_ws and viewer is not None:
-            await self.viewer_websocket(viewer, sid, address, scope, receive, send, host)
-        elif is_ws:
-            await self.websocket(sid, address, scope, receive, send, host)
+        if is_ws:
+            keep_idle = lambda: self.waking.sleeping(sid)  # noqa: E731
+            if viewer is not None:
+                await self.sockets.viewer_relay(
+                    viewer, sid, address, host, keep_idle, scope, receive, send
+                )
+            else:
+                await self.sockets.relay(sid, address, host, keep_idle, scope, receive, send)
         else:
             began = time.monotonic()
 
@@ -331,68 +325,6 @@ class PreviewRouter:
             await self.fail(where.sid, scope, send, 401, hop.error, hop.detail, html)
         else:
             await refuse(scope, send, hop.status, hop.error, hop.detail, html)
-
-    async def websocket(
-        self, sid: str, address: str, scope: Scope, receive: Receive, send: Send, host: str
-    ) -> None:
-        client = client_address(scope)
-        if self._ws_per_client.get(client, 0) >= self.settings.ws_max_per_client:
-            instruments.RATE_LIMITED.labels("websockets_per_client").inc()  # observability hook
-            await send({"type": "websocket.close", "code": 1008, "reason": "too many WebSockets"})
-            return
-        self._ws_per_client[client] = self._ws_per_client.get(client, 0) + 1
-        account = self.ws_budgets.account(client)
-        instruments.WEBSOCKETS.inc()  # observability hook (and the decrement below)
-        instruments.WEBSOCKETS_OPEN.inc()
-        try:
-            await proxy_ws(
-                scope,
-                receive,
-                send,
-                address,
-                host,
-                cookie_name(sid).encode(),
-                self.limits,
-                self.relays,
-                account,
-                on_activity=lambda: self.activity.touch(sid),
-                keep_idle=lambda: self.waking.sleeping(sid),
-                dialer=self.pool.dialer,
-            )
-        finally:
-            account.close()
-            instruments.WEBSOCKETS_OPEN.dec()
-            left = self._ws_per_client[client] - 1
-            if left:
-                self._ws_per_client[client] = left
-            else:
-                del self._ws_per_client[client]
-
-    async def viewer_websocket(
-        self,
-        share: Share,
-        sid: str,
-        address: str,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        host: str,
-    ) -> None:
-        """A share viewer's WebSocket, in a task of its own that the share's revocation or
-        expiry, or the preview's end, cancels (the relay then closes with 1008 or 1001)."""
-        relay = asyncio.create_task(
-            self.websocket(sid, address, scope, receive, send, host), name=f"share ws {sid}"
-        )
-        self.shares.watch(share, sid, relay)
-        try:
-            await relay
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise  # we were cancelled ourselves (the relay was with us)
-            # Cancelled before the relay began (the handshake): refuse it.
-            with contextlib.suppress(Exception):
-                await send({"type": "websocket.close", "code": 1008, "reason": ENDED})
 
     def changed(self, name: str) -> None:
         """A published change (gateway/proxy/routes.py): a revoked share ends its viewers'
