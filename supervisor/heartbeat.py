@@ -145,10 +145,16 @@ async def run(ctx: Context) -> None:
 
 async def _beat(ctx: Context, cpu: CpuMeter, disk: DiskMeter, watch: PortWatch) -> None:
     failing = False
+    ports: list[int] = []
     async for _ in ticks(ctx.config.heartbeat_interval, first_now=True):
         try:
-            ports = await extra_ports(ctx, watch)
-            await publish(ctx, sample(ctx, cpu, await disk.read(ctx), ports))
+            # While the dev server is frozen nothing of it can open a port or write a
+            # file: the last scan and disk sample still hold, and a sleeping preview's
+            # container costs only this beat (the reaper and the controller need it).
+            if ctx.devserver.state != "sleeping":
+                ports = await extra_ports(ctx, watch)
+                await disk.read(ctx)
+            await publish(ctx, sample(ctx, cpu, disk.sample, ports))
         except (RedisError, OSError) as exc:
             if not failing:
                 log.warning("heartbeat not written: %s", exc)

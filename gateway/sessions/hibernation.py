@@ -276,6 +276,8 @@ class Hibernator:
                 "the host holding this preview's saved workspace has no container for it; "
                 "try again shortly, or start the preview again",
             )
+        # As a start's (start.py): the visitor waits on this dev server's start too.
+        await self.previews.containers.boost.grant(assigned.host, assigned.cid)
         source: dict[str, Any] = {
             "type": "hibernated",
             "archive": str(archive.get("name") or ""),
