@@ -316,8 +316,7 @@ def report_resume(
     print("  phases, ms (p50): " + ", ".join(names))
     for case, found_phases in phases.items():
         cells = [
-            f"{statistics.median(found_phases[p]):.0f}" if p in found_phases else "-"
-            for p in names
+            f"{statistics.median(found_phases[p]):.0f}" if p in found_phases else "-" for p in names
         ]
         print(f"  {case:<11}: " + " | ".join(cells))
     resumed, fresh = statistics.median(found["resumed"]), statistics.median(found["fresh start"])
