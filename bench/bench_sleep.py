@@ -55,6 +55,7 @@ OVERRIDES = {
     "heartbeat_ttl": 15.0,
     "signing_secret": "bench-sleep-signing",
     "max_concurrent_per_user": 50,
+    "host_cpu_overcommit": 16.0,  # ten idle Next.js previews on a 2-core machine
 }
 # The resume's phases as the preview's timings name them, in order.
 PHASES = ("acquire", "files", "dependencies", "build_cache", "devserver", "warmup")
