@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 READ_BLOCK_MS = 5000
 # While the dev server sleeps, each idle return of the blocking read is most of what its
 # supervisor costs: fewer of them (a command still arrives at once).
-ASLEEP_READ_BLOCK_MS = 12000
+ASLEEP_READ_BLOCK_MS = 10000  # still well under the socket timeout below
 
 
 def connect(config: SupervisorConfig) -> Redis:
@@ -53,7 +53,7 @@ def connect(config: SupervisorConfig) -> Redis:
         "socket_connect_timeout": 5,
         # Longer than XREADGROUP's BLOCK (redis-py 8 defaults to 5 s, which would cut
         # every idle blocking read short with a TimeoutError).
-        "socket_timeout": ASLEEP_READ_BLOCK_MS / 1000 + 10,
+        "socket_timeout": READ_BLOCK_MS / 1000 + 10,
     }
     if "driver_info" in inspect.signature(Redis.__init__).parameters:
         options["driver_info"] = None
