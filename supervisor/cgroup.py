@@ -95,6 +95,20 @@ class Cgroup:
             return self._v2()
         return CgroupSample(None, 0, host_memory_total(self.meminfo), 0)
 
+    def cpu_usage_ns(self) -> int | None:
+        """Only the CPU time used (one file): a sleeping preview's heartbeat, whose memory
+        and limits cannot change while its dev server is frozen."""
+        if self.version == 1:
+            cpu_dir = next(
+                (self.root / d for d in ("cpuacct", "cpu,cpuacct") if (self.root / d).is_dir()),
+                self.root / "cpuacct",
+            )
+            return _int(cpu_dir / "cpuacct.usage")
+        if self.version == 2:
+            usec = _flat_keyed(self.root / "cpu.stat").get("usage_usec")
+            return usec * 1000 if usec is not None else None
+        return None
+
     def _limit(self, raw: int | None) -> int:
         host = host_memory_total(self.meminfo)
         if raw is None or raw >= _UNLIMITED:
@@ -103,10 +117,6 @@ class Cgroup:
 
     def _v1(self) -> CgroupSample:
         mem = self.root / "memory"
-        cpu_dir = next(
-            (self.root / d for d in ("cpuacct", "cpu,cpuacct") if (self.root / d).is_dir()),
-            self.root / "cpuacct",
-        )
         usage = _int(mem / "memory.usage_in_bytes") or 0
         stat = _flat_keyed(mem / "memory.stat")
         inactive = stat.get("total_inactive_file", stat.get("inactive_file", 0))
@@ -117,7 +127,7 @@ class Cgroup:
         )
         return CgroupSample(
             cpu_limit=quota / period if quota and quota > 0 and period else None,
-            cpu_usage_ns=_int(cpu_dir / "cpuacct.usage"),
+            cpu_usage_ns=self.cpu_usage_ns(),
             memory_used=max(usage - inactive, 0),
             memory_limit=self._limit(_int(mem / "memory.limit_in_bytes")),
             oom_kills=oom,
@@ -128,10 +138,9 @@ class Cgroup:
         inactive = _flat_keyed(self.root / "memory.stat").get("inactive_file", 0)
         raw_max = _read(self.root / "memory.max")
         limit = None if raw_max in (None, "max") else int(raw_max)
-        cpu_usec = _flat_keyed(self.root / "cpu.stat").get("usage_usec")
         return CgroupSample(
             cpu_limit=cpu_max(_read(self.root / "cpu.max")),
-            cpu_usage_ns=cpu_usec * 1000 if cpu_usec is not None else None,
+            cpu_usage_ns=self.cpu_usage_ns(),
             memory_used=max(usage - inactive, 0),
             memory_limit=self._limit(limit),
             oom_kills=_flat_keyed(self.root / "memory.events").get("oom_kill", 0),

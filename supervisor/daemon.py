@@ -40,6 +40,9 @@ from supervisor.readiness import backoff
 log = logging.getLogger(__name__)
 
 READ_BLOCK_MS = 5000
+# While the dev server sleeps, each idle return of the blocking read is most of what its
+# supervisor costs: fewer of them (a command still arrives at once).
+ASLEEP_READ_BLOCK_MS = 10000  # still well under the socket timeout below
 
 
 def connect(config: SupervisorConfig) -> Redis:
@@ -205,7 +208,7 @@ class Supervisor:
                 self.cid,
                 {self.stream: last if pending else ">"},
                 count=20,
-                block=None if pending else READ_BLOCK_MS,
+                block=None if pending else self._block_ms(),
             )
             entries = _entries(reply)
             for entry_id, fields in entries:
@@ -213,6 +216,10 @@ class Supervisor:
                 last = _text(entry_id)
             if not pending or not entries:
                 return
+
+    def _block_ms(self) -> int:
+        asleep = self.ctx.devserver.state == "sleeping"
+        return ASLEEP_READ_BLOCK_MS if asleep else READ_BLOCK_MS
 
     async def _dispatch(self, entry_id: str, fields: dict[Any, Any] | None) -> None:
         if not fields:  # a pending entry whose data was trimmed from the stream

@@ -334,7 +334,9 @@ class DevServer:
         exited = asyncio.ensure_future(process.wait())
         last = ProbeResult(None, False)
         try:
-            for delay in backoff():
+            # A visitor may be waiting on this (a resume): a refused connect costs
+            # nothing, a connected probe waits for the answer, so look often.
+            for delay in backoff(first=0.05, factor=1.5, cap=0.25):
                 if exited.done():
                     return "exited", last
                 remaining = deadline - loop.time()

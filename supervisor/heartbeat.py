@@ -4,6 +4,7 @@ are) and to a capped stream for history, in one transaction."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ from redis.exceptions import RedisError
 from shared import keys
 from shared.messages import Heartbeat
 from shared.periodic import ticks
-from supervisor.cgroup import CpuMeter, disk_total, tree_size
+from supervisor.cgroup import CgroupSample, CpuMeter, disk_total, tree_size
 from supervisor.context import Context
 from supervisor.diskquota import BtrfsQuota, DiskSample, statvfs_sample
 from supervisor.ports import PortWatch, user_ports
@@ -92,9 +93,13 @@ async def extra_ports(ctx: Context, watch: PortWatch) -> list[int]:
 
 
 def sample(
-    ctx: Context, cpu: CpuMeter, disk: DiskSample, ports: list[int] | None = None
+    ctx: Context,
+    cpu: CpuMeter,
+    disk: DiskSample,
+    ports: list[int] | None = None,
+    cg: CgroupSample | None = None,
 ) -> Heartbeat:
-    cg = ctx.cgroup.sample()
+    cg = cg or ctx.cgroup.sample()
     now = time.time()
     dev = ctx.devserver
     return Heartbeat(
@@ -154,10 +159,21 @@ async def run(ctx: Context) -> None:
 
 async def _beat(ctx: Context, cpu: CpuMeter, disk: DiskMeter, watch: PortWatch) -> None:
     failing = False
+    ports: list[int] = []
+    cg: CgroupSample | None = None
     async for _ in ticks(ctx.config.heartbeat_interval, first_now=True):
         try:
-            ports = await extra_ports(ctx, watch)
-            await publish(ctx, sample(ctx, cpu, await disk.read(ctx), ports))
+            # While the dev server is frozen nothing of it can open a port, write a file
+            # or change its memory: the last scan and samples still hold, and a sleeping
+            # preview's container costs only this beat (the reaper and the controller
+            # need it) and one read of its CPU time.
+            if ctx.devserver.state != "sleeping" or cg is None:
+                ports = await extra_ports(ctx, watch)
+                await disk.read(ctx)
+                cg = ctx.cgroup.sample()
+            else:
+                cg = dataclasses.replace(cg, cpu_usage_ns=ctx.cgroup.cpu_usage_ns())
+            await publish(ctx, sample(ctx, cpu, disk.sample, ports, cg))
         except (RedisError, OSError) as exc:
             if not failing:
                 log.warning("heartbeat not written: %s", exc)

@@ -14,7 +14,6 @@ from redis.exceptions import RedisError
 
 from shared import keys
 from shared.messages import LOG_LINES
-from shared.periodic import ticks
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +36,16 @@ class LogBuffer:
     def __init__(self, maxlen: int = LOG_LINES) -> None:
         self._lines: deque[str] = deque(maxlen=maxlen)
         self.version = 0
+        self.on_change: Callable[[], None] | None = None  # publish_snapshots' wake-up
 
     def append(self, line: str) -> None:
         self._lines.append(clean(line))
+        self._changed()
+
+    def _changed(self) -> None:
         self.version += 1
+        if self.on_change is not None:
+            self.on_change()
 
     def tail(self, n: int) -> list[str]:
         if n <= 0:
@@ -49,7 +54,7 @@ class LogBuffer:
 
     def clear(self) -> None:
         self._lines.clear()
-        self.version += 1
+        self._changed()
 
 
 async def pump(stream: asyncio.StreamReader, on_line: Callable[[str], None]) -> None:
@@ -74,16 +79,33 @@ async def pump(stream: asyncio.StreamReader, on_line: Callable[[str], None]) -> 
 async def publish_snapshots(
     redis: Redis, cid: str, buffer: LogBuffer, interval: float = 1.0
 ) -> None:
-    """Refresh ``keys.logs(cid)`` at most once per ``interval`` while lines arrive."""
+    """Refresh ``keys.logs(cid)`` at most once per ``interval`` while lines arrive. Woken
+    by the buffer, not by a timer: a quiet (or frozen) dev server costs no wake-ups."""
+    loop = asyncio.get_running_loop()
+    changed = asyncio.Event()
+
+    def wake() -> None:
+        # Lines may come from worker threads (to_thread): the event belongs to the loop.
+        if not changed.is_set():
+            loop.call_soon_threadsafe(changed.set)
+
+    buffer.on_change = wake
     published = buffer.version
-    async for _ in ticks(interval):
-        if buffer.version == published:
-            continue
-        version = buffer.version
-        try:
-            await redis.set(
-                keys.logs(cid), "\n".join(buffer.tail(SNAPSHOT_LINES)), ex=keys.LOGS_TTL
-            )
-            published = version
-        except RedisError as exc:
-            log.warning("logs snapshot not written: %s", exc)
+    try:
+        while True:
+            await changed.wait()
+            changed.clear()
+            if buffer.version == published:
+                continue
+            version = buffer.version
+            try:
+                await redis.set(
+                    keys.logs(cid), "\n".join(buffer.tail(SNAPSHOT_LINES)), ex=keys.LOGS_TTL
+                )
+                published = version
+            except RedisError as exc:
+                log.warning("logs snapshot not written: %s", exc)
+                changed.set()  # the lines are still to publish
+            await asyncio.sleep(interval)  # at most one write per interval
+    finally:
+        buffer.on_change = None

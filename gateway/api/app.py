@@ -32,6 +32,7 @@ from gateway.observability.costs import CostMeter
 from gateway.observability.instruments import DOCKER_ERRORS, RATE_LIMITED, REDIS_ERRORS
 from gateway.observability.ops import GatewayOps
 from gateway.observability.sentry_setup import SentryUser, init_sentry
+from gateway.sessions.following import Follower
 from gateway.sessions.hibernation import Hibernator
 from gateway.sessions.previews import Previews
 from gateway.sessions.sleeping import Sleeper
@@ -76,6 +77,8 @@ def create_app(settings: Settings) -> Starlette:
         state.sleeper = Sleeper(state.previews)
         state.hibernator = Hibernator(state.previews, state.starter, state.sleeper)
         state.resumer = state.hibernator  # the proxy's hook (gateway/proxy/waking.py)
+        # The proxy's hook for requests held on a starting preview (proxy/starting.py).
+        state.follower = Follower(state.previews, state.blocking_redis)
         state.starter.make_room = state.hibernator.hibernate_lru
         state.rate_limits = RateLimits(settings)
         tracker = Tracker(state.previews, interval=1.0)

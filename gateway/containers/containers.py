@@ -76,6 +76,10 @@ def affinity(user: str, project_id: str | None) -> str:
     return hashlib.sha256(f"{user}\x00{project_id}".encode()).hexdigest()[:32]
 
 
+class HostGone(ContainerError):
+    """The one host a container must come from is not there any more (or is down)."""
+
+
 class Containers(Releases):
     """Launch, pool, command (``CommandChannel``) and release (``Releases``) preview
     containers."""
@@ -279,10 +283,11 @@ class Containers(Releases):
     async def pool_size(self) -> int:
         return int(await self.redis.llen(keys.pool(await self.image_id())))
 
-    async def pop_pooled(self, user: str, owner: str = "") -> Assigned | None:
+    async def pop_pooled(self, user: str, owner: str = "", host: str = "") -> Assigned | None:
         """Take a warm container atomically: one of `user`'s reserved ones (that of the
         project of affinity key `owner` first), else a never-used one of the general
-        pool; None when there is neither. One Redis round trip, no Docker call."""
+        pool, on `host` only if given; None when there is neither. One Redis round trip,
+        no Docker call."""
         now = time.time()
         popped = await self._acquire(
             keys=[
@@ -303,6 +308,7 @@ class Containers(Releases):
                 repr(now - self.settings.pool_scale_window),
                 keys.POOL_DEMAND_MAX,
                 user,
+                host,
             ],
         )
         if popped is None:
@@ -310,20 +316,30 @@ class Containers(Releases):
         cid, host, address, how = (text(v) for v in popped)
         return Assigned(cid, host, address, from_pool=True, reserved=how == "reserved")
 
-    async def acquire(self, user: str, owner: str = "") -> Assigned:
+    async def acquire(self, user: str, owner: str = "", host: str = "") -> Assigned:
         """A warm container for `user` (see ``pop_pooled``), or a new one when there is
         none. When the hosts are full, another user's reserved container is destroyed to
-        make room: reserved ones only save a reset user a start, a fresh start needs one."""
-        pooled = await self.pop_pooled(user, owner)
+        make room: reserved ones only save a reset user a start, a fresh start needs one.
+        With `host` (a resume: its archive is there), only there: HostGone when that host
+        is no longer configured or is down, ContainerError when it is full."""
+        pooled = await self.pop_pooled(user, owner, host)
         if pooled is not None:
             return pooled
+        if host:
+            found = {s.name: s for s in await self.placement.states()}.get(host)
+            if found is None or not found.up:
+                raise HostGone(f"host {host} is {'down' if found else 'gone'}")
+            if found.drained:  # being emptied: no new container there
+                raise ContainerError(f"host {host} is drained")
         log.info("pool empty: creating a container for a start")  # alerted as pool_depleted
         try:
             try:
-                info = await self.launch(role="session")
+                info = await self.launch(self.runtime.get(host) if host else None, "session")
             except (DockerRuntimeError, ContainerError) as exc:
-                if not await self.hosts_full() or not await self.evict_reserved(
-                    1, f"room for a start: {exc}"
+                if (
+                    host
+                    or not await self.hosts_full()
+                    or not await self.evict_reserved(1, f"room for a start: {exc}")
                 ):
                     raise
                 info = await self.launch(role="session")

@@ -18,12 +18,14 @@ them; their keys come from ``shared/keys.py`` (passed in, with placeholders).
 # container record, heartbeat and pool keys with "{cid}"/"{image}" placeholders (built by
 # shared/keys.py); ARGV[5] = now; ARGV[6] = this caller's image id if the first key is
 # unset; ARGV[7] = a demand token; ARGV[8] = forget demand before this time; ARGV[9] =
-# demand entries kept at most; ARGV[10] = the user.
+# demand entries kept at most; ARGV[10] = the user; ARGV[11] = only a container on this
+# host ('' for any: a resume must be where its hibernation archive is).
 # -> nil | {cid, host, address, "reserved"|"pool"}
 ACQUIRE = """
 local function key(template, name, value) return (string.gsub(template, name, value)) end
 local image = redis.call('GET', KEYS[1]) or ARGV[6]
 local function alive(cid) return redis.call('EXISTS', key(ARGV[3], '{cid}', cid)) == 1 end
+local function here(host) return ARGV[11] == '' or host == ARGV[11] end
 local function take(cid, how)
   local ctr = key(ARGV[2], '{cid}', cid)
   redis.call('HSET', ctr, 'state', 'assigned', 'assigned_at', ARGV[5], 'user', ARGV[10])
@@ -34,8 +36,10 @@ local reserved = redis.call('ZRANGEBYSCORE', KEYS[4], '(' .. ARGV[5], '+inf')
 local mine, newest = nil, nil
 for i = #reserved, 1, -1 do
   local cid = reserved[i]
-  local found = redis.call('HMGET', key(ARGV[2], '{cid}', cid), 'state', 'user', 'image', 'project')
-  if found[1] == 'reserved' and found[2] == ARGV[10] and found[3] == image and alive(cid) then
+  local found = redis.call('HMGET', key(ARGV[2], '{cid}', cid), 'state', 'user', 'image', 'project',
+    'host')
+  if found[1] == 'reserved' and found[2] == ARGV[10] and found[3] == image and here(found[5])
+    and alive(cid) then
     newest = newest or cid
     if ARGV[1] ~= '' and found[4] == ARGV[1] then
       mine = cid
@@ -61,8 +65,9 @@ local pool = key(ARGV[4], '{image}', image)
 local entries = redis.call('LRANGE', pool, 0, -1)
 for i = #entries, 1, -1 do
   local cid = entries[i]
-  local used = redis.call('HMGET', key(ARGV[2], '{cid}', cid), 'user', 'served')
-  if alive(cid) and (not used[1] or used[1] == '') and (not used[2] or used[2] == '0') then
+  local used = redis.call('HMGET', key(ARGV[2], '{cid}', cid), 'user', 'served', 'host')
+  if here(used[3]) and alive(cid) and (not used[1] or used[1] == '')
+    and (not used[2] or used[2] == '0') then
     chosen = cid
     break
   end

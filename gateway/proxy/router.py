@@ -124,7 +124,9 @@ class PreviewRouter:
             self.routes = RouteCache(self.state.redis, self.changed)
             self.routes.start(self.background)
             self.waking = Waking(self.settings, self.state, self.routes, self.background)
-            self.ready = ReadyWaits(self.routes, self.background, self.settings.hold_timeout)
+            self.ready = ReadyWaits(
+                self.routes, self.background, self.settings.hold_timeout, self.state
+            )
             self.ports = PortTable(self.state.redis)
         await self.serve(where, scope, receive, send)
 
@@ -205,7 +207,7 @@ class PreviewRouter:
             await self.port_hop(where, route, grantee, scope, send, html)
             return
         if scope["path"] == STATUS_PATH and not is_ws:
-            await status_json(self.state.redis, route, send)
+            await status_json(self.state.redis, await self.ready.current(route), send)
             return
         for _ in range(WAKE_ATTEMPTS):  # put to sleep again meanwhile: wake it again
             if route.state != "sleeping":

@@ -7,9 +7,11 @@ once the preview is ready, so the iframe never flashes a 502.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import html
 import json
 import time
+from typing import Any, Protocol
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -79,14 +81,27 @@ async def status_json(redis: Redis, route: Route, send: Send) -> None:
     await send_body(send, 200, body, b"application/json", [])
 
 
-class ReadyWaits:
-    """Requests that wait for a starting preview: one poller per preview (with backoff, up
-    to PREVIEW_HOLD_TIMEOUT), however many requests wait on it."""
+class Follower(Protocol):
+    """The control plane's hook (gateway/sessions/following.py, which this package does
+    not import): returns once the preview left its starting states, or at ``timeout``."""
 
-    def __init__(self, routes: RouteCache, background: Background, hold_timeout: float) -> None:
+    async def until_started(self, sid: str, timeout: float) -> None: ...
+
+
+class ReadyWaits:
+    """Requests that wait for a starting preview: one waiter per preview (up to
+    PREVIEW_HOLD_TIMEOUT), however many requests wait on it. It follows the preview's
+    events through the app's ``follower`` hook, so the first byte comes as soon as the dev
+    server is ready; without the hook (or when it gives up early) it polls the record with
+    a backoff."""
+
+    def __init__(
+        self, routes: RouteCache, background: Background, hold_timeout: float, state: Any = None
+    ) -> None:
         self._routes = routes
         self._background = background
         self._hold_timeout = hold_timeout
+        self._state = state
         self._waits: dict[str, asyncio.Task[Route | None]] = {}
 
     async def wait(self, sid: str) -> Route | None:
@@ -97,13 +112,31 @@ class ReadyWaits:
             task.add_done_callback(lambda _: self._waits.pop(sid, None))
         return await asyncio.shield(task)
 
+    async def current(self, route: Route) -> Route:
+        """The route with the preview's events folded just now (the starting page's status
+        feed: it reloads at ``ready``, not a tracker pass later)."""
+        follower: Follower | None = getattr(self._state, "follower", None)
+        if route.state not in STARTING_STATES or follower is None:
+            return route
+        with contextlib.suppress(RedisError, OSError):
+            await follower.until_started(route.sid, 0)
+            self._routes.invalidate(route.sid)
+            return await self._routes.get(route.sid) or route
+        return route
+
     async def _poll(self, sid: str) -> Route | None:
         deadline = time.monotonic() + self._hold_timeout
         delay = 0.1
         while True:
             self._routes.invalidate(sid)
             route = await self._routes.get(sid)
-            if route is None or route.state not in STARTING_STATES or time.monotonic() > deadline:
+            remaining = deadline - time.monotonic()
+            if route is None or route.state not in STARTING_STATES or remaining <= 0:
                 return route
+            follower: Follower | None = getattr(self._state, "follower", None)
+            if follower is not None:
+                with contextlib.suppress(RedisError, OSError):  # then the polling below
+                    await follower.until_started(sid, remaining)
+                    continue
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 1.0)

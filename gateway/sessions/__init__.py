@@ -4,7 +4,8 @@ Owns the session records and the scripts that move them along (``store``), concu
 previews per user as leased slots (``slots``), the one path that takes a slot and a
 container (``start``), finding, refreshing, commanding and stopping previews
 (``previews``), putting them to sleep (``sleeping``), hibernating and resuming them
-(``hibernation``), the one cleanup of an ended session, whichever way it ended
+(``hibernation``), following a starting preview's events for a request held on it
+(``following``), the one cleanup of an ended session, whichever way it ended
 (``teardown``), how the controller ends sessions (``endings``) and keeping live
 sessions' records current (``tracker``).
 

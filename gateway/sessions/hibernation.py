@@ -21,7 +21,7 @@ import logging
 import time
 from typing import Any
 
-from gateway.containers.containers import ContainerError, affinity
+from gateway.containers.containers import ContainerError, HostGone, affinity
 from gateway.containers.docker_runtime import DockerRuntimeError
 from gateway.errors import ApiError
 from gateway.observability import instruments
@@ -264,18 +264,21 @@ class Hibernator:
     async def _restore(self, session: Session, began: float) -> None:
         archive = session.archive or {}
         owner = affinity(session.user, session.project_id)
-        assigned = await self.previews.containers.acquire(session.user, owner)
-        if archive.get("host") and assigned.host != archive.get("host"):
-            self.previews.background.spawn(
-                self.previews.containers.release(assigned.cid, session.user, owner),
-                f"release {assigned.cid}",
+        try:
+            # Where the archive is: its pooled container, else a new one there.
+            assigned = await self.previews.containers.acquire(
+                session.user, owner, str(archive.get("host") or "")
             )
+        except HostGone as exc:
+            log.warning("resume sid=%s: the archive's %s", session.id, exc.reason)
             raise ApiError(
                 503,
                 "archive_host_unavailable",
-                "the host holding this preview's saved workspace has no container for it; "
-                "try again shortly, or start the preview again",
-            )
+                "the host holding this preview's saved workspace is gone or unreachable: "
+                "start the preview again (from its project), or try again later",
+            ) from None
+        # As a start's (start.py): the visitor waits on this dev server's start too.
+        await self.previews.containers.boost.grant(assigned.host, assigned.cid)
         source: dict[str, Any] = {
             "type": "hibernated",
             "archive": str(archive.get("name") or ""),

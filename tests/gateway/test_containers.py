@@ -12,7 +12,7 @@ import pytest_asyncio
 from redis.asyncio import Redis
 from redis.exceptions import NoPermissionError
 
-from gateway.containers.containers import Containers, affinity
+from gateway.containers.containers import Containers, HostGone, affinity
 from gateway.containers.docker_runtime import DockerRuntime
 from gateway.containers.launch import supervisor_redis_url
 from shared import keys
@@ -169,6 +169,44 @@ async def test_a_container_never_serves_two_users(containers: Containers, redis:
     await containers.forget("pvc-a-late")
     await containers.forget("pvc-bob")
     assert not await redis.exists(keys.RESERVED, keys.user_reserved("alice"))
+
+
+async def test_a_resume_takes_a_container_only_on_its_archives_host(
+    containers: Containers, redis: Redis
+) -> None:
+    """A hibernation archive is on one host: a resume takes the project's reserved
+    container or a pooled one there, never one elsewhere; a host that is gone is said so
+    (HostGone) before anything is created anywhere."""
+    image = await containers.image_id()
+    owner = affinity("alice", "shop")
+    await fake_reserved(redis, image, "pvc-shop-there", "alice", owner)  # host "local"
+    await fake_pooled(redis, image, "pvc-pool-other")
+    await redis.hset(keys.container("pvc-pool-other"), "host", "elsewhere")
+    await fake_reserved(redis, image, "pvc-shop-other", "alice", owner)
+    await redis.hset(keys.container("pvc-shop-other"), "host", "elsewhere")
+    await fake_pooled(redis, image, "pvc-pool-here")
+    local = containers.runtime.default.name
+    await redis.hset(keys.container("pvc-pool-here"), "host", local)
+    await redis.hset(keys.container("pvc-shop-there"), "host", local)
+
+    mine = await containers.pop_pooled("alice", owner, local)
+    assert mine is not None and (mine.cid, mine.reserved) == ("pvc-shop-there", True)
+    pooled = await containers.pop_pooled("alice", owner, local)  # the other is elsewhere
+    assert pooled is not None and pooled.cid == "pvc-pool-here"
+    assert await containers.pop_pooled("alice", owner, local) is None
+    assert await containers.pop_pooled("bob", "", "nowhere") is None
+    with pytest.raises(HostGone):
+        await containers.acquire("alice", owner, "tcp://203.0.113.9:2375")
+    assert await redis.zrange(keys.user_reserved("alice"), 0, -1) == [b"pvc-shop-other"]
+    assert await redis.lrange(keys.pool(image), 0, -1) == [b"pvc-pool-other"]
+    assert {c.decode() for c in await redis.smembers(keys.CONTAINERS)} <= {
+        "pvc-shop-there",
+        "pvc-pool-other",
+        "pvc-shop-other",
+        "pvc-pool-here",
+    }  # nothing launched
+    for cid in ("pvc-shop-there", "pvc-pool-other", "pvc-shop-other", "pvc-pool-here"):
+        await containers.forget(cid)
 
 
 async def test_release_reserves_for_its_user_and_destroy_leaves_nothing(

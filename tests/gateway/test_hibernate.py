@@ -7,6 +7,7 @@ resume with a clear reason, and nothing hangs."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from typing import Any
 
@@ -137,8 +138,21 @@ def test_limits_with_sleeping_and_hibernated_previews(
         assert browser.get("/", headers=HTML).status_code == 200  # the starting page
         wait_until(lambda: state(gw, first) == "ready", 120, "the resumed preview ready")
         assert browser.get("/").status_code == 200
-    # Hibernated again, then deleted: gone from the list and the index.
-    assert api(gw, "POST", f"/v1/previews/{first}/hibernate").status_code == 202
+        # Hibernated again, its archive's host then gone (a host taken out of the
+        # configuration): the resume says so, as JSON and as a page, takes no container
+        # anywhere else, and the preview stays hibernated.
+        assert api(gw, "POST", f"/v1/previews/{first}/hibernate").status_code == 202
+        record = json.loads(sync_redis.hget(keys.session(first), "archive") or b"{}")
+        gone_host = json.dumps({**record, "host": "tcp://192.0.2.1:2375"})
+        sync_redis.hset(keys.session(first), "archive", gone_host)
+        gone = api(gw, "POST", f"/v1/previews/{first}/wake")
+        assert gone.status_code == 503 and gone.json()["error"] == "archive_host_unavailable"
+        assert "start the preview again" in gone.json()["detail"]
+        page = browser.get("/", headers=HTML)
+        assert page.status_code == 503 and "start the preview again" in page.text
+    assert state(gw, first) == "hibernated"
+    assert sync_redis.zcard(keys.user_slots("alice")) == 0  # the slot given back
+    # Deleted: gone from the list and the index.
     assert api(gw, "DELETE", f"/v1/previews/{first}").status_code == 204
     assert api(gw, "GET", "/v1/previews").json()["previews"] == []
     assert sync_redis.zcard(keys.user_hibernated("alice")) == 0

@@ -76,6 +76,13 @@ async def test_sleep_freezes_every_process_and_wake_thaws(sup_factory: Any) -> N
     seen = hb.ts
     later = await sup.wait_heartbeat(state="sleeping", where=lambda h: h.ts > seen)
     assert later.session_id == "s1"
+    # A cheap beat (only the CPU time read again), still a whole one for its readers.
+    assert (later.memory_used, later.memory_limit, later.port) == (
+        hb.memory_used,
+        hb.memory_limit,
+        hb.port,
+    )
+    assert later.memory_limit > 0
     with pytest.raises((TimeoutError, urllib.error.URLError)):
         await asyncio.to_thread(get_quick, sup)
 
