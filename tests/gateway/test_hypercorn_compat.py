@@ -2,17 +2,19 @@
 
 The close codes, close grace and unread-body patches are pinned by test_proxy_ws.py,
 test_shutdown.py and test_proxy_http.py; this file pins the release of client-closed
-connections.
+connections and the one send per response.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 
 from tests.utils import run_gateway, settings_env, start_redis, wait_until
 
 CONNECTIONS = 300
+REQUESTS = 100
 REQUEST = b"GET /healthz HTTP/1.1\r\nHost: gateway\r\n\r\n"
 
 
@@ -70,5 +72,31 @@ def test_connections_the_client_closes_release_their_fds_promptly() -> None:
                 assert keep_alive_request(live) == b'{"status":"ok"}'
             finally:
                 live.close()
+    finally:
+        redis.stop()
+
+
+def write_calls(pid: int) -> int:
+    """The write system calls `pid` made so far (sends on its sockets among them)."""
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("syscw:"):
+            return int(line.split()[1])
+    raise AssertionError("no syscw in /proc/pid/io")
+
+
+def test_a_response_goes_out_in_one_send() -> None:
+    """Hypercorn wrote the head and the body on their own (two sends per response, a
+    third of the proxy's CPU on loopback): what one turn of the loop writes is one send."""
+    redis = start_redis(bind_bridge=False)
+    try:
+        with run_gateway(settings_env(redis_url=redis.url)) as gateway:
+            pid = gateway.process.pid
+            with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+                keep_alive_request(sock)  # the lifespan's and the first request's writes
+                before = write_calls(pid)
+                for _ in range(REQUESTS):
+                    assert keep_alive_request(sock) == b'{"status":"ok"}'
+                per_request = (write_calls(pid) - before) / REQUESTS
+            assert per_request < 1.2, per_request
     finally:
         redis.stop()
