@@ -23,13 +23,12 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import signal
+import socket
 import time
 from collections.abc import Callable
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from types import FrameType
-
-import socket
 
 from hypercorn.config import Config, Sockets
 
