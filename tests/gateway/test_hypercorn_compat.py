@@ -11,6 +11,10 @@ import os
 import socket
 from pathlib import Path
 
+import priority
+import pytest
+
+from gateway.hypercorn_compat import RoundRobin
 from tests.utils import run_gateway, settings_env, start_redis, wait_until
 
 CONNECTIONS = 300
@@ -100,3 +104,26 @@ def test_a_response_goes_out_in_one_send() -> None:
             assert per_request < 1.2, per_request
     finally:
         redis.stop()
+
+
+def test_http2_streams_take_turns_without_a_priority_tree() -> None:
+    """What hypercorn's send task asks of its scheduler: streams with data take turns;
+    blocked ones are skipped; unknown ones are refused as the priority tree refuses them."""
+    turns = RoundRobin()
+    for stream_id in (1, 3, 5):
+        turns.insert_stream(stream_id)
+    with pytest.raises(priority.DuplicateStreamError):
+        turns.insert_stream(3)
+    assert [next(turns) for _ in range(4)] == [1, 3, 5, 1]
+    turns.block(3)
+    assert [next(turns) for _ in range(3)] == [5, 1, 5]
+    turns.unblock(3)
+    turns.remove_stream(5)
+    assert [next(turns) for _ in range(3)] == [1, 3, 1]
+    turns.block(1)
+    turns.block(3)
+    with pytest.raises(priority.DeadlockError):
+        next(turns)
+    for refused in (turns.block, turns.unblock, turns.remove_stream, turns.reprioritize):
+        with pytest.raises(priority.MissingStreamError):
+            refused(7)
