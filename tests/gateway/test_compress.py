@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 import zstandard
 
-from gateway.proxy.compress import compressible
+from gateway.proxy.compress import ZSTD_WINDOW_LOG, compressible
 from tests.gateway.proxy_fixtures import ProxyEnv, Upstream, proxy_env, proxy_gateway, upstream
 from tests.utils import RedisServer
 
@@ -57,6 +57,28 @@ def test_text_is_compressed_for_clients_that_accept_it(
     )
     assert plain == expected_module(200)
     assert len(body) < len(plain) / 10
+
+
+def test_a_whole_module_is_one_frame_of_its_size_and_a_stream_has_a_small_window(
+    compressing: ProxyEnv, upstream: Upstream
+) -> None:
+    """A module the dev server sends whole is compressed in one call: the zstd frame
+    states its size (the browser's decoder needs no more); a streamed one has a window
+    of ZSTD_WINDOW_LOG at most, not zstd's megabytes for a stream of unknown size."""
+    sid = compressing.session(upstream.address)
+    _, headers, whole = raw_get(compressing, sid, "/module.js?kb=8&whole=1", "zstd")
+    assert headers["content-encoding"] == "zstd"
+    assert zstandard.ZstdDecompressor().decompress(whole) == expected_module(8)
+    assert zstandard.get_frame_parameters(whole).content_size == len(expected_module(8))
+    _, headers, streamed = raw_get(compressing, sid, "/module.js?kb=300", "zstd")
+    assert headers["content-encoding"] == "zstd"
+    params = zstandard.get_frame_parameters(streamed)
+    assert params.window_size <= 1 << ZSTD_WINDOW_LOG
+    plain = zstandard.ZstdDecompressor().decompressobj().decompress(streamed)
+    assert plain == expected_module(300)
+    _, headers, gzipped = raw_get(compressing, sid, "/module.js?kb=8&whole=1", "gzip")
+    assert headers["content-encoding"] == "gzip"
+    assert gzip.decompress(gzipped) == expected_module(8)
 
 
 @pytest.mark.parametrize(
