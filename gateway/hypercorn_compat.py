@@ -37,12 +37,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import h2.exceptions
-import priority
 from hypercorn.asyncio import tcp_server
 from hypercorn.events import Event, RawData, Updated
 from hypercorn.protocol import h2 as h2_protocol
 from hypercorn.protocol import http_stream, ws_stream
 from hypercorn.protocol.events import StreamClosed
+from priority import priority
 from wsproto.events import CloseConnection
 from wsproto.events import Event as WSEvent
 

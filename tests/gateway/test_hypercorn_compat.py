@@ -11,8 +11,8 @@ import os
 import socket
 from pathlib import Path
 
-import priority
 import pytest
+from priority import priority
 
 from gateway.hypercorn_compat import RoundRobin
 from tests.utils import run_gateway, settings_env, start_redis, wait_until
