@@ -1,6 +1,6 @@
-"""PREVIEW_COMPRESS: uncompressed text from the dev server is compressed for clients that
-accept it (zstd, else gzip), streamed; never an encoded body, an event stream, a HEAD,
-or for a client that does not ask."""
+"""PREVIEW_COMPRESS (on by default): uncompressed text from the dev server is compressed for
+clients that accept it (zstd, else gzip), streamed; never an encoded body, an event
+stream, a HEAD, or for a client that does not ask."""
 
 from __future__ import annotations
 
@@ -104,9 +104,15 @@ def test_left_as_the_dev_server_sent_it(
         assert gzip.decompress(body) == b"compressed body"
 
 
-def test_off_by_default(proxy_env: ProxyEnv, upstream: Upstream) -> None:
+def test_on_by_default_and_off_when_set_to_0(
+    redis_server: RedisServer, proxy_env: ProxyEnv, upstream: Upstream
+) -> None:
     sid = proxy_env.session(upstream.address)
-    status, headers, body = raw_get(proxy_env, sid, "/module.js?kb=4", "gzip, zstd")
+    status, headers, _ = raw_get(proxy_env, sid, "/module.js?kb=4", "gzip, zstd")
+    assert status == 200 and headers["content-encoding"] == "zstd"
+    with proxy_gateway(redis_server, compress=False) as plain:
+        sid = plain.session(upstream.address)
+        status, headers, body = raw_get(plain, sid, "/module.js?kb=4", "gzip, zstd")
     assert status == 200 and "content-encoding" not in headers
     assert body == expected_module(4)
 
