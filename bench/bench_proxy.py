@@ -187,18 +187,18 @@ def preview_container(image: str) -> Iterator[tuple[str, str, int]]:
         check=True,
     ).stdout.strip()
     try:
-        ip = subprocess.run(
+        ip, pid = subprocess.run(
             [
                 "docker",
                 "inspect",
                 "-f",
-                "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+                "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}} {{.State.Pid}}",
                 cid,
             ],
             capture_output=True,
             text=True,
             check=True,
-        ).stdout.strip()
+        ).stdout.split()
         port = (
             subprocess.run(
                 ["docker", "port", cid, "3000/tcp"], capture_output=True, text=True, check=True
@@ -206,12 +206,6 @@ def preview_container(image: str) -> Iterator[tuple[str, str, int]]:
             .stdout.split()[0]
             .rsplit(":", 1)[1]
         )
-        pid = subprocess.run(
-            ["docker", "inspect", "-f", "{{.State.Pid}}", cid],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
         wait_http(f"http://{ip}:3000/x.js")
         yield f"{ip}:3000", f"127.0.0.1:{port}", int(pid)
     finally:
