@@ -8,11 +8,13 @@ connection, and 2,000 concurrent WebSockets with echo traffic through one gatewa
 
 Then through a real preview container (the preview image running the same upstream):
 its own address, its Docker-published port (docker-proxy), and the gateway to either,
-with PREVIEW_WORKERS 1 and 2 against hypercorn's hello with 1 and 2 workers (wrk -t2).
-The machine is shared with other engineers' work and has 2 cores that wrk shares too:
-read the ratios of one run.
+with PREVIEW_WORKERS 1 and 2 against hypercorn's hello with 1 and 2 workers (wrk -t2),
+all up at once and measured in turns (medians of --repeats), with the CPU each part spends
+per request. The machine is shared with other engineers' work and has 2 cores that wrk
+shares too: read the ratios of one run.
 
     .venv/bin/python bench/bench_proxy.py [--seconds 6] [--sockets 2000] [--image ...]
+    .venv/bin/python bench/bench_proxy.py --only-container [--repeats 3] [--baseline-tree DIR]
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import httpx
@@ -291,7 +293,9 @@ class Row:
     busy: float  # the whole machine's cores busy, in cores
 
 
-def container_section(image: str, redis_url: str, seconds: int, tree: Path | None) -> None:
+def container_section(
+    image: str, redis_url: str, seconds: int, tree: Path | None, repeats: int
+) -> None:
     """Throughput through a real preview container, with the CPU each part spends per
     request: the gateway's own, the dev server's, wrk's, and how busy the machine was."""
 
@@ -323,10 +327,13 @@ def container_section(image: str, redis_url: str, seconds: int, tree: Path | Non
             (busy1 - busy0) / (total1 - total0) * cores,
         )
 
-    rows: dict[str, Row] = {}
+    # Every server up at once and measured in turns, `repeats` times: the machine's other
+    # work comes and goes, and a median of turns compares paths under the same spells.
+    servers: dict[str, tuple[str, dict[str, str] | None, int]] = {}
+    samples: dict[str, list[Row]] = {}
     with preview_container(image) as (own, published, node), contextlib.ExitStack() as stack:
-        rows["container, own address"] = run(own)
-        rows["container, published port (docker-proxy)"] = run(published)
+        servers["container, own address"] = (own, None, 0)
+        servers["container, published port (docker-proxy)"] = (published, None, 0)
         hypercorn = [PY, "-m", "hypercorn", "--worker-class", "uvloop"]
         for workers in (1, 2):
             port = free_port()
@@ -335,21 +342,34 @@ def container_section(image: str, redis_url: str, seconds: int, tree: Path | Non
                 process([*hypercorn, *w, "-b", f"127.0.0.1:{port}", "hello:app"], cwd=ANCHORS)
             )
             wait_http(f"http://127.0.0.1:{port}/x.js")
-            rows[f"hello on hypercorn, {workers} worker(s)"] = run(
-                f"127.0.0.1:{port}", server=hello.pid
+            servers[f"hello on hypercorn, {workers} worker(s)"] = (
+                f"127.0.0.1:{port}",
+                None,
+                hello.pid,
             )
         routes = {"benchown": own, "benchpub": published}
         trees = {"gateway": ROOT, **({"baseline gateway": tree} if tree else {})}
         for label, source in trees.items():
             for workers in (1, 2):
-                with bench_gateway(redis_url, routes, workers, tree=source) as (port, h, gw):
-                    at = f"127.0.0.1:{port}"
-                    name = f"{label} -> own address, {workers} worker(s)"
-                    rows[name] = run(at, h["benchown"], gw.pid)
-                    if workers == 1 and label == "gateway":
-                        rows["gateway -> published port, 1 worker"] = run(at, h["benchpub"], gw.pid)
+                port, opened, gw = stack.enter_context(
+                    bench_gateway(redis_url, routes, workers, tree=source)
+                )
+                at = f"127.0.0.1:{port}"
+                name = f"{label} -> own address, {workers} worker(s)"
+                servers[name] = (at, opened["benchown"], gw.pid)
+                if workers == 1 and label == "gateway":
+                    published_row = (at, opened["benchpub"], gw.pid)
+                    servers["gateway -> published port, 1 worker"] = published_row
+        for _ in range(repeats):
+            for name, (at, headers, pid) in servers.items():
+                samples.setdefault(name, []).append(run(at, headers, pid))
+    rows = {
+        name: Row(*(statistics.median(getattr(r, f.name) for r in runs) for f in fields(Row)))
+        for name, runs in samples.items()
+    }
     print(
-        f"\nThrough a preview container: wrk -t2 -c32 -d{seconds}s, 2 KiB module, one run; "
+        f"\nThrough a preview container: wrk -t2 -c32 -d{seconds}s, 2 KiB module, median of "
+        f"{repeats} turns; "
         "CPU µs per request of the server measured, of the dev server and of wrk, and the "
         f"cores busy meanwhile (of {os.cpu_count()}, others' work included)"
     )
@@ -387,6 +407,9 @@ def main() -> None:
     )
     parser.add_argument("--only-container", action="store_true", help="just that section")
     parser.add_argument(
+        "--repeats", type=int, default=3, help="turns of the container section (medians)"
+    )
+    parser.add_argument(
         "--baseline-tree",
         type=Path,
         help="another checkout (e.g. `git archive main | tar -x -C /tmp/base`): its gateway "
@@ -397,7 +420,7 @@ def main() -> None:
         need("wrk", "wrk")
         redis = start_redis(bind_bridge=False)
         try:
-            container_section(args.image, redis.url, args.seconds, args.baseline_tree)
+            container_section(args.image, redis.url, args.seconds, args.baseline_tree, args.repeats)
         finally:
             redis.stop()
         return
