@@ -1,4 +1,4 @@
-"""Six fixes to hypercorn's internals, applied once at start-up; the proxy and shutdown
+"""Seven fixes to hypercorn's internals, applied once at start-up; the proxy and shutdown
 tests pin the behaviour, so an upgrade that changes these internals fails loudly.
 
 - Hypercorn answers a client's close frame itself and then tells the application only 1000
@@ -28,6 +28,10 @@ tests pin the behaviour, so an upgrade that changes these internals fails loudly
   What a connection is given to write in one turn of the event loop now goes out in one
   send at the end of that turn; past WRITE_HIGH bytes it is written at once and drained,
   so a client that does not read still holds the writer back as before.
+- The keep-alive timer was a task, cancelled and awaited as each request began and made
+  anew as each ended (with asyncio.wait_for's inner task: four tasks per request). It is
+  a timer handle now; the server's shutdown fires the armed ones at once, as the task
+  returned when hypercorn's `terminated` event was set.
 """
 
 from __future__ import annotations
@@ -37,7 +41,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import h2.exceptions
-from hypercorn.asyncio import tcp_server
+from hypercorn.asyncio import tcp_server, worker_context
+from hypercorn.asyncio.worker_context import EventWrapper
 from hypercorn.events import Event, RawData, Updated
 from hypercorn.protocol import h2 as h2_protocol
 from hypercorn.protocol import http_stream, ws_stream
@@ -59,6 +64,80 @@ def install() -> None:
     _install_release_on_eof()
     _install_ignore_priorities()
     _install_write_coalescing()
+    _install_idle_timer()
+
+
+class _Terminated(EventWrapper):
+    """A worker's `terminated` event that also fires the idle connections' timers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.idle: set[IdleTimer] = set()
+
+    async def set(self) -> None:
+        await super().set()
+        for timer in list(self.idle):
+            timer.fire()
+
+
+class IdleTimer:
+    """hypercorn's TCPServer.idle_task (restart, stop) as a timer handle: when it fires
+    the connection is closed, as hypercorn's `_idle_timeout` closed it."""
+
+    def __init__(self, server: Any) -> None:
+        self._server = server
+        self._handle: asyncio.TimerHandle | None = None
+
+    def _armed(self) -> set[IdleTimer]:
+        return getattr(self._server.context.terminated, "idle", set())
+
+    async def restart(self, task_group: Any = None, action: Any = None) -> None:
+        self._cancel()
+        if self._server.context.terminated.is_set():
+            self.fire()
+            return
+        delay = self._server.config.keep_alive_timeout
+        self._handle = asyncio.get_running_loop().call_later(delay, self.fire)
+        self._armed().add(self)
+
+    async def stop(self) -> None:
+        self._cancel()
+
+    def _cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+            self._armed().discard(self)
+
+    def fire(self) -> None:
+        self._cancel()
+        task = asyncio.get_running_loop().create_task(self._server._initiate_server_close())
+        _closing.add(task)  # a strong reference until it is done
+        task.add_done_callback(_closing.discard)
+
+
+_closing: set[asyncio.Task[None]] = set()
+
+
+def _install_idle_timer() -> None:
+    server_cls: Any = tcp_server.TCPServer
+    if getattr(server_cls, "_preview_gateway_idle_timer", False):
+        return
+    original_server_init = server_cls.__init__
+    context_cls: Any = worker_context.WorkerContext
+    original_context_init = context_cls.__init__
+
+    def server_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original_server_init(self, *args, **kwargs)
+        self.idle_task = IdleTimer(self)
+
+    def context_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original_context_init(self, *args, **kwargs)
+        self.terminated = _Terminated()
+
+    server_cls.__init__ = server_init
+    context_cls.__init__ = context_init
+    server_cls._preview_gateway_idle_timer = True
 
 
 def _flush_pending(server: Any) -> None:

@@ -7,15 +7,20 @@ connections and the one send per response.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypercorn.config import Config
 from priority import priority
 
+from gateway import hypercorn_compat
 from gateway.hypercorn_compat import RoundRobin
-from tests.utils import run_gateway, settings_env, start_redis, wait_until
+from gateway.server.serve import serve
+from tests.utils import free_port, run_gateway, settings_env, start_redis, wait_until
 
 CONNECTIONS = 300
 REQUESTS = 100
@@ -127,3 +132,56 @@ def test_http2_streams_take_turns_without_a_priority_tree() -> None:
     for refused in (turns.block, turns.unblock, turns.remove_stream, turns.reprioritize):
         with pytest.raises(priority.MissingStreamError):
             refused(7)
+
+
+async def test_idle_keep_alive_connections_close_on_time_and_at_shutdown() -> None:
+    """The keep-alive timer (a timer handle, not a task per request) still closes a
+    connection idle for keep_alive_timeout, and every idle one when the server stops."""
+    hypercorn_compat.install()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        headers = [(b"content-length", b"2")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    config = Config()
+    config.bind = [f"127.0.0.1:{free_port()}"]
+    config.keep_alive_timeout = 0.5
+    stop = asyncio.Event()
+    server = asyncio.create_task(serve(app, config, config.create_sockets(), stop.wait))
+    host, port = config.bind[0].rsplit(":", 1)
+
+    async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        async with asyncio.timeout(10):  # the listener is up once the lifespan started
+            while True:
+                try:
+                    return await asyncio.open_connection(host, int(port))
+                except ConnectionRefusedError:
+                    await asyncio.sleep(0.05)
+
+    async def request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await reader.readuntil(b"ok")).startswith(b"HTTP/1.1 200")
+
+    try:
+        reader, writer = await connect()
+        for _ in range(20):  # the timer restarted after each response
+            await request(reader, writer)
+        began = asyncio.get_running_loop().time()
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by the server
+        assert asyncio.get_running_loop().time() - began >= 0.4
+        writer.close()
+        config.keep_alive_timeout = 60
+        reader, writer = await connect()
+        await request(reader, writer)
+        stop.set()
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed at shutdown
+        writer.close()
+    finally:
+        stop.set()
+        await asyncio.wait_for(server, 10)
