@@ -307,7 +307,7 @@ class UpstreamPool:
     page's modules closed the rest after it and opened them again for the next load."""
 
     def __init__(
-        self, max_idle_per_host: int = 256, connect_timeout: float = 5.0, head_timeout: float = 60.0
+        self, max_idle_per_host: int = 100, connect_timeout: float = 5.0, head_timeout: float = 60.0
     ) -> None:
         self.max_idle = max_idle_per_host
         self.connect_timeout = connect_timeout

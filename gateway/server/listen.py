@@ -33,11 +33,11 @@ MAX_REQUEST_HEAD = 64 * 1024  # bytes; what hypercorn reads at once
 TLS_HANDSHAKE = 0x16  # the first byte of every TLS record that opens a connection
 FIRST_BYTE_TIMEOUT = 10.0  # a connection that sends nothing is not waited for longer
 PLAIN_HTTP_DETAIL = "this port speaks HTTPS (TLS): use an https:// URL"
-# Streams one HTTP/2 connection may have open (hypercorn: 100, nginx: 128). A dev server's
-# module graph asks for hundreds at once (Vite: every import of the modules just parsed);
-# past the limit the browser queues them a round trip each. Each open stream holds an
-# upstream connection and at most 256 KiB of its body (gateway/proxy/upstream.py).
-H2_MAX_STREAMS = 256
+# Streams one HTTP/2 connection may have open: hypercorn's 100 (nginx: 128). 256 was
+# tried and not kept: no faster at 40 ms RTT in bench_pageload, and more unfinished loads
+# on the loaded machine. Each open stream holds an upstream connection and at most
+# 256 KiB of its body (gateway/proxy/upstream.py).
+H2_MAX_STREAMS = 100
 
 
 def hypercorn_config(settings: Settings) -> Config:
