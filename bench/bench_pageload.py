@@ -142,9 +142,10 @@ def ensure_vite(workdir: Path) -> None:
 
 @contextlib.contextmanager
 def gateway(
-    redis_url: str, tls: TlsFiles, up_port: int, compress: bool = False
+    redis_url: str, tls: TlsFiles, up_port: int, compress: bool = False, tree: Path = ROOT
 ) -> Iterator[dict[str, Target]]:
-    """A gateway whose one preview is the Vite server: {"h1"|"h2": target}."""
+    """A gateway whose one preview is the Vite server: {"h1"|"h2": target}; run from the
+    source `tree` (another checkout: the baseline of a before/after run)."""
     plain, secure = free_port(), free_port()
     secret = "bench-pageload-secret"
     env = {
@@ -163,7 +164,8 @@ def gateway(
         keys.session(sid),
         mapping={"id": sid, "user": "bench", "state": "ready", "address": f"127.0.0.1:{up_port}"},
     )
-    with process([sys.executable, "-m", "gateway"], env=env, cwd=ROOT) as proc:
+    env["PYTHONPATH"] = str(tree)
+    with process([sys.executable, "-m", "gateway"], env=env, cwd=tree) as proc:
         wait_http(f"http://127.0.0.1:{plain}/healthz")
         settings = Settings.from_env({}, signing_secret=secret)
 
@@ -236,6 +238,17 @@ def main() -> None:
     parser.add_argument(
         "--shared-network", action="store_true", help="stay in this network namespace"
     )
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated words: only the paths whose name holds one (e.g. 'HTTP/2')",
+    )
+    parser.add_argument(
+        "--baseline-tree",
+        type=Path,
+        help="another checkout (e.g. `git worktree add /tmp/base main`): its gateway too, "
+        "for before/after figures in one run",
+    )
     args = parser.parse_args()
     need("nginx", "nginx-light")
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -285,6 +298,21 @@ def main() -> None:
             "gateway, HTTP/1.1": gw["h1"],
             "gateway, HTTP/2 + TLS": gw["h2"],
             "gateway, HTTP/2 + TLS, compressed": gz["h2"],
+        }
+        if args.baseline_tree:
+            base = stack.enter_context(gateway(redis.url, tls, vite, tree=args.baseline_tree))
+            based = stack.enter_context(
+                gateway(redis.url, tls, vite, compress=True, tree=args.baseline_tree)
+            )
+            targets["baseline gateway, HTTP/2 + TLS"] = base["h2"]
+            targets["baseline gateway, HTTP/2 + TLS, compressed"] = based["h2"]
+        words = [w.strip() for w in args.only.split(",") if w.strip()]
+        # The two references every ratio needs always run.
+        keep = ("dev server direct, HTTP/1.1", "nginx, HTTP/2 + TLS")
+        targets = {
+            name: target
+            for name, target in targets.items()
+            if name in keep or not words or any(w in name for w in words)
         }
         p = stack.enter_context(sync_playwright())
         trust = f"--ignore-certificate-errors-spki-list={tls.spki()}"

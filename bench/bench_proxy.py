@@ -8,11 +8,13 @@ connection, and 2,000 concurrent WebSockets with echo traffic through one gatewa
 
 Then through a real preview container (the preview image running the same upstream):
 its own address, its Docker-published port (docker-proxy), and the gateway to either,
-with PREVIEW_WORKERS 1 and 2 against hypercorn's hello with 1 and 2 workers (wrk -t2).
-The machine is shared with other engineers' work and has 2 cores that wrk shares too:
-read the ratios of one run.
+with PREVIEW_WORKERS 1 and 2 against hypercorn's hello with 1 and 2 workers (wrk -t2),
+all up at once and measured in turns (medians of --repeats), with the CPU each part spends
+per request. The machine is shared with other engineers' work and has 2 cores that wrk
+shares too: read the ratios of one run.
 
     .venv/bin/python bench/bench_proxy.py [--seconds 6] [--sockets 2000] [--image ...]
+    .venv/bin/python bench/bench_proxy.py --only-container [--repeats 3] [--baseline-tree DIR]
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import contextlib
 import os
 import random
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -30,6 +33,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import httpx
@@ -156,8 +160,9 @@ def rss_mib(pid: int) -> float:
 
 
 @contextlib.contextmanager
-def preview_container(image: str) -> Iterator[tuple[str, str]]:
-    """The anchors' upstream in a preview container: (its own address, published)."""
+def preview_container(image: str) -> Iterator[tuple[str, str, int]]:
+    """The anchors' upstream in a preview container: (its own address, published, the
+    node process's pid on this host, for its CPU)."""
     label = f"preview-gateway.bench=proxy-{os.getpid()}"
     cid = subprocess.run(
         [
@@ -184,18 +189,18 @@ def preview_container(image: str) -> Iterator[tuple[str, str]]:
         check=True,
     ).stdout.strip()
     try:
-        ip = subprocess.run(
+        ip, pid = subprocess.run(
             [
                 "docker",
                 "inspect",
                 "-f",
-                "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+                "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}} {{.State.Pid}}",
                 cid,
             ],
             capture_output=True,
             text=True,
             check=True,
-        ).stdout.strip()
+        ).stdout.split()
         port = (
             subprocess.run(
                 ["docker", "port", cid, "3000/tcp"], capture_output=True, text=True, check=True
@@ -204,17 +209,22 @@ def preview_container(image: str) -> Iterator[tuple[str, str]]:
             .rsplit(":", 1)[1]
         )
         wait_http(f"http://{ip}:3000/x.js")
-        yield f"{ip}:3000", f"127.0.0.1:{port}"
+        yield f"{ip}:3000", f"127.0.0.1:{port}", int(pid)
     finally:
         subprocess.run(["docker", "rm", "-f", cid], capture_output=True, check=False)
 
 
 @contextlib.contextmanager
 def bench_gateway(
-    redis_url: str, routes: dict[str, str], workers: int, extra: dict[str, str] | None = None
+    redis_url: str,
+    routes: dict[str, str],
+    workers: int,
+    extra: dict[str, str] | None = None,
+    tree: Path = ROOT,
 ) -> Iterator[tuple[int, dict[str, dict[str, str]], subprocess.Popen[bytes]]]:
     """A gateway (PREVIEW_WORKERS=`workers`) with one ready preview per `routes` entry
-    (sid → upstream address): (port, sid → the headers that open it, its process)."""
+    (sid → upstream address): (port, sid → the headers that open it, its process); run
+    from the source `tree` (another checkout: a baseline in the same run)."""
     port, secret = free_port(), "bench-secret"
     env = {
         "PREVIEW_REDIS_URL": redis_url,
@@ -222,6 +232,7 @@ def bench_gateway(
         "PREVIEW_BIND": f"127.0.0.1:{port}",
         "PREVIEW_LOG_LEVEL": "WARNING",
         "PREVIEW_WORKERS": str(workers),
+        "PYTHONPATH": str(tree),
         **(extra or {}),
     }
     client = redis_sync.Redis.from_url(redis_url)
@@ -231,7 +242,7 @@ def bench_gateway(
             mapping={"id": sid, "user": "bench", "state": "ready", "address": address},
         )
     client.close()
-    with process([PY, "-m", "gateway"], env=env, cwd=ROOT) as proc:
+    with process([PY, "-m", "gateway"], env=env, cwd=tree) as proc:
         wait_http(f"http://127.0.0.1:{port}/healthz")
         settings = Settings.from_env({}, signing_secret=secret)
         headers = {}
@@ -247,54 +258,141 @@ def bench_gateway(
         yield port, headers, proc
 
 
-def container_section(image: str, redis_url: str, seconds: int) -> None:
-    def run(address: str, headers: dict[str, str] | None = None) -> float:
+def cpu_of(pids: list[int]) -> float:
+    """CPU seconds (user + system) of these processes and their threads so far."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def family(pid: int) -> list[int]:
+    """`pid` and its children (a gateway's or hypercorn's workers)."""
+    found = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) jiffies of every core since boot."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]
+    return sum(values) - idle, sum(values)
+
+
+@dataclass
+class Row:
+    rps: float
+    server_us: float  # CPU µs per request of the server measured (gateway, hello...)
+    upstream_us: float  # of the dev server (node in the container)
+    wrk_us: float
+    busy: float  # the whole machine's cores busy, in cores
+
+
+def container_section(
+    image: str, redis_url: str, seconds: int, tree: Path | None, repeats: int
+) -> None:
+    """Throughput through a real preview container, with the CPU each part spends per
+    request: the gateway's own, the dev server's, wrk's, and how busy the machine was."""
+
+    def run(address: str, headers: dict[str, str] | None = None, server: int = 0) -> Row:
         args = ["wrk", "-t2", "-c32", f"-d{seconds}s"]
         for name, value in (headers or {}).items():
             args += ["-H", f"{name}: {value}"]
+        servers = family(server) if server else []
+        before = (cpu_of(servers), cpu_of([node]), resource.getrusage(resource.RUSAGE_CHILDREN))
+        busy0, total0 = machine_busy()
         out = subprocess.run(
             [*args, f"http://{address}/x.js"], capture_output=True, text=True, check=True
         ).stdout
+        busy1, total1 = machine_busy()
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
         if "Non-2xx" in out:
             raise SystemExit(f"non-2xx answers from {address}:\n{out}")
         found = re.search(r"Requests/sec:\s+([\d.]+)", out)
         assert found, out
-        return float(found.group(1))
+        rps = float(found.group(1))
+        requests = rps * seconds
+        wrk_cpu = after.ru_utime + after.ru_stime - before[2].ru_utime - before[2].ru_stime
+        cores = os.cpu_count() or 1
+        return Row(
+            rps,
+            (cpu_of(servers) - before[0]) / requests * 1e6,
+            (cpu_of([node]) - before[1]) / requests * 1e6,
+            wrk_cpu / requests * 1e6,
+            (busy1 - busy0) / (total1 - total0) * cores,
+        )
 
-    rows: dict[str, float] = {}
-    with preview_container(image) as (own, published), contextlib.ExitStack() as stack:
-        rows["container, own address"] = run(own)
-        rows["container, published port (docker-proxy)"] = run(published)
+    # Every server up at once and measured in turns, `repeats` times: the machine's other
+    # work comes and goes, and a median of turns compares paths under the same spells.
+    servers: dict[str, tuple[str, dict[str, str] | None, int]] = {}
+    samples: dict[str, list[Row]] = {}
+    with preview_container(image) as (own, published, node), contextlib.ExitStack() as stack:
+        servers["container, own address"] = (own, None, 0)
+        servers["container, published port (docker-proxy)"] = (published, None, 0)
         hypercorn = [PY, "-m", "hypercorn", "--worker-class", "uvloop"]
         for workers in (1, 2):
             port = free_port()
             w = ["-w", str(workers)] if workers > 1 else ["-w", "0"]
-            stack.enter_context(
+            hello = stack.enter_context(
                 process([*hypercorn, *w, "-b", f"127.0.0.1:{port}", "hello:app"], cwd=ANCHORS)
             )
             wait_http(f"http://127.0.0.1:{port}/x.js")
-            rows[f"hello on hypercorn, {workers} worker(s)"] = run(f"127.0.0.1:{port}")
+            servers[f"hello on hypercorn, {workers} worker(s)"] = (
+                f"127.0.0.1:{port}",
+                None,
+                hello.pid,
+            )
         routes = {"benchown": own, "benchpub": published}
-        for workers in (1, 2):
-            with bench_gateway(redis_url, routes, workers) as (port, headers, _):
+        trees = {"gateway": ROOT, **({"baseline gateway": tree} if tree else {})}
+        for label, source in trees.items():
+            for workers in (1, 2):
+                port, opened, gw = stack.enter_context(
+                    bench_gateway(redis_url, routes, workers, tree=source)
+                )
                 at = f"127.0.0.1:{port}"
-                rows[f"gateway -> own address, {workers} worker(s)"] = run(at, headers["benchown"])
-                if workers == 1:
-                    rows["gateway -> published port, 1 worker"] = run(at, headers["benchpub"])
-    print(f"\nThrough a preview container: wrk -t2 -c32 -d{seconds}s, 2 KiB module, one run")
-    print("| path | req/s |\n|---|---|")
-    for name, rps in rows.items():
-        print(f"| {name} | {rps:,.0f} |")
-    one, two = (
-        rows["gateway -> own address, 1 worker(s)"],
-        rows["gateway -> own address, 2 worker(s)"],
-    )
-    h1, h2 = rows["hello on hypercorn, 1 worker(s)"], rows["hello on hypercorn, 2 worker(s)"]
+                name = f"{label} -> own address, {workers} worker(s)"
+                servers[name] = (at, opened["benchown"], gw.pid)
+                if workers == 1 and label == "gateway":
+                    published_row = (at, opened["benchpub"], gw.pid)
+                    servers["gateway -> published port, 1 worker"] = published_row
+        for _ in range(repeats):
+            for name, (at, headers, pid) in servers.items():
+                samples.setdefault(name, []).append(run(at, headers, pid))
+    rows = {
+        name: Row(*(statistics.median(getattr(r, f.name) for r in runs) for f in fields(Row)))
+        for name, runs in samples.items()
+    }
     print(
-        f"\ngateway / hello per worker: 1 worker {one / h1:.2f}, 2 workers {two / h2:.2f} "
-        f"(target >= 0.8); 1 -> 2 workers: gateway {two / one:.2f}x, hello {h2 / h1:.2f}x; "
-        f"own address / published port through the gateway "
-        f"{one / rows['gateway -> published port, 1 worker']:.2f}x"
+        f"\nThrough a preview container: wrk -t2 -c32 -d{seconds}s, 2 KiB module, median of "
+        f"{repeats} turns; "
+        "CPU µs per request of the server measured, of the dev server and of wrk, and the "
+        f"cores busy meanwhile (of {os.cpu_count()}, others' work included)"
+    )
+    print("| path | req/s | server µs | dev server µs | wrk µs | cores busy |")
+    print("|---|---|---|---|---|---|")
+    for name, r in rows.items():
+        print(
+            f"| {name} | {r.rps:,.0f} | {r.server_us:.0f} | {r.upstream_us:.0f} "
+            f"| {r.wrk_us:.0f} | {r.busy:.2f} |"
+        )
+    for label in trees:
+        one = rows[f"{label} -> own address, 1 worker(s)"].rps
+        two = rows[f"{label} -> own address, 2 worker(s)"].rps
+        h1 = rows["hello on hypercorn, 1 worker(s)"].rps
+        h2 = rows["hello on hypercorn, 2 worker(s)"].rps
+        print(
+            f"\n{label} / hello: 1 worker {one / h1:.2f}, 2 workers {two / h2:.2f} "
+            f"(target >= 0.8); 1 -> 2 workers: {label} {two / one:.2f}x, hello {h2 / h1:.2f}x"
+        )
+    direct = rows["gateway -> own address, 1 worker(s)"].rps
+    print(
+        "own address / published port through the gateway "
+        f"{direct / rows['gateway -> published port, 1 worker'].rps:.2f}x"
     )
 
 
@@ -308,12 +406,21 @@ def main() -> None:
         help="the preview image for the container section",
     )
     parser.add_argument("--only-container", action="store_true", help="just that section")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="turns of the container section (medians)"
+    )
+    parser.add_argument(
+        "--baseline-tree",
+        type=Path,
+        help="another checkout (e.g. `git archive main | tar -x -C /tmp/base`): its gateway "
+        "too in the container section, for before/after figures in one run",
+    )
     args = parser.parse_args()
     if args.only_container:
         need("wrk", "wrk")
         redis = start_redis(bind_bridge=False)
         try:
-            container_section(args.image, redis.url, args.seconds)
+            container_section(args.image, redis.url, args.seconds, args.baseline_tree, args.repeats)
         finally:
             redis.stop()
         return

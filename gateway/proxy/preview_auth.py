@@ -10,6 +10,7 @@ moving window), so a hostile client meets the same limit on both.
 
 from __future__ import annotations
 
+import time
 from typing import Protocol
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
@@ -32,6 +33,12 @@ _LOCATION_SAFE = "/%:@!$&'()*+,;=-._~"
 # Query parameters that carry a way in (the owner's token, a share link, a signed-in
 # viewer's token): dropped from every redirect after they were traded for a cookie.
 CREDENTIAL_PARAMS = frozenset({"preview_token", "preview_share", "share_token"})
+# Cookie headers checked already (a page's hundreds of modules carry the same one): each
+# remembered with the user its valid cookie is for, until that cookie expires or at most
+# VERIFIED_FOR seconds. Only valid ones, only short headers, at most VERIFIED_MAX of them.
+VERIFIED_FOR = 60.0
+VERIFIED_MAX = 10_000
+VERIFIED_HEADER_MAX = 4096  # bytes of Cookie headers a remembered check may hold
 
 
 def same_host_location(scope: Scope) -> str:
@@ -68,6 +75,7 @@ class FailureLimits(Protocol):
 class PreviewAuth:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self._verified: dict[tuple[str, tuple[bytes, ...]], tuple[str, float]] = {}
 
     async def token_user(self, redis: Redis, sid: str, token: str) -> tuple[str | None, str]:
         """(user, "") for a genuine, unused token, which is now spent; else (None, why).
@@ -83,10 +91,21 @@ class PreviewAuth:
         """Any of the request's cookies named as this preview's is valid for `user`: junk
         of the same name planted by another page (it comes first when older) never hides
         the real one."""
-        return any(
-            verify(self.settings.signing_secret, COOKIE_PURPOSE, sid, value) == user
-            for value in cookies.candidates(scope["headers"], sid)
-        )
+        raw = tuple(bytes(v) for k, v in scope["headers"] if k == b"cookie")
+        key = (sid, raw)
+        now = time.time()
+        known = self._verified.get(key)
+        if known is not None and known[0] == user and known[1] > now:
+            return True
+        for value in cookies.candidates(scope["headers"], sid):
+            if verify(self.settings.signing_secret, COOKIE_PURPOSE, sid, value) == user:
+                if sum(map(len, raw)) <= VERIFIED_HEADER_MAX:
+                    if len(self._verified) >= VERIFIED_MAX:
+                        self._verified.clear()
+                    expires = int(value.split(".")[1])  # verified: the signed expiry
+                    self._verified[key] = (user, min(expires, now + VERIFIED_FOR))
+                return True
+        return False
 
     def redirect_headers(
         self, sid: str, user: str | None, scope: Scope

@@ -52,6 +52,9 @@ class UpstreamBadResponse(UpstreamError):
 MAX_HEAD_BYTES = 64 * 1024
 MAX_HEAD_LINES = 100
 _QUEUE_HIGH = 16  # body chunks buffered before reading from the upstream pauses
+# ... or bytes: a socket read may be 256 KiB, and an HTTP/2 client holds up to
+# H2_MAX_STREAMS responses per connection (gateway/server/listen.py) that it may not read.
+_QUEUE_BYTES = 256 * 1024
 _EOF = b""
 
 
@@ -69,6 +72,7 @@ class _Connection(asyncio.Protocol):
         self._head: asyncio.Future[tuple[int, list[tuple[bytes, bytes]]]] | None = None
         self._headers: list[tuple[bytes, bytes]] = []
         self._body: collections.deque[bytes] = collections.deque()
+        self._queued = 0  # bytes in _body
         self._body_ready = asyncio.Event()
         self._done = False
         self._error: Exception | None = None
@@ -179,8 +183,10 @@ class _Connection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         self._progress = True
         self._body.append(body)
+        self._queued += len(body)
         self._body_ready.set()
-        if len(self._body) >= _QUEUE_HIGH and not self._paused and self.transport:
+        full = len(self._body) >= _QUEUE_HIGH or self._queued >= _QUEUE_BYTES
+        if full and not self._paused and self.transport:
             self._paused = True
             self.transport.pause_reading()
 
@@ -212,6 +218,7 @@ class _Connection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self._headers = []
         self._body.clear()
+        self._queued = 0
         self._body_ready.clear()
         self._done = False
         self._error = None
@@ -235,7 +242,9 @@ class _Connection(asyncio.Protocol):
         while True:
             while self._body:
                 chunk = self._body.popleft()
-                if self._paused and len(self._body) < _QUEUE_HIGH // 2 and self.transport:
+                self._queued -= len(chunk)
+                low = len(self._body) < _QUEUE_HIGH // 2 and self._queued < _QUEUE_BYTES // 2
+                if self._paused and low and self.transport:
                     self._paused = False
                     self.transport.resume_reading()
                 yield chunk
@@ -296,11 +305,13 @@ class UpstreamResponse:
 
 
 class UpstreamPool:
-    """Idle keep-alive connections per upstream address ("host:port")."""
+    """Idle keep-alive connections per upstream address ("host:port"). As many are kept
+    as one HTTP/2 page may ask for at once (H2_MAX_STREAMS): with fewer, each burst of a
+    page's modules closed the rest after it and opened them again for the next load."""
 
     def __init__(
         self,
-        max_idle_per_host: int = 64,
+        max_idle_per_host: int = 100,
         connect_timeout: float = 5.0,
         head_timeout: float = 60.0,
         dialer: RelayDialer | None = None,

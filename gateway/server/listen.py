@@ -33,6 +33,11 @@ MAX_REQUEST_HEAD = 64 * 1024  # bytes; what hypercorn reads at once
 TLS_HANDSHAKE = 0x16  # the first byte of every TLS record that opens a connection
 FIRST_BYTE_TIMEOUT = 10.0  # a connection that sends nothing is not waited for longer
 PLAIN_HTTP_DETAIL = "this port speaks HTTPS (TLS): use an https:// URL"
+# Streams one HTTP/2 connection may have open: hypercorn's 100 (nginx: 128). 256 was
+# tried and not kept: no faster at 40 ms RTT in bench_pageload, and more unfinished loads
+# on the loaded machine. Each open stream holds an upstream connection and at most
+# 256 KiB of its body (gateway/proxy/upstream.py).
+H2_MAX_STREAMS = 100
 
 
 def hypercorn_config(settings: Settings) -> Config:
@@ -53,6 +58,7 @@ def hypercorn_config(settings: Settings) -> Config:
     # are always read; one that stays incomplete past 64 KiB is refused (so surely one
     # over 128 KiB: h11 checks only what it could not parse yet).
     config.h11_max_incomplete_size = MAX_REQUEST_HEAD
+    config.h2_max_concurrent_streams = H2_MAX_STREAMS
     config.workers = settings.workers  # SO_REUSEPORT on the sockets when more than one
     if settings.tls_cert:
         # Hypercorn binds `bind` with TLS and `insecure_bind` without when a certificate

@@ -1,6 +1,6 @@
-"""PREVIEW_COMPRESS: uncompressed text from the dev server is compressed for clients that
-accept it (zstd, else gzip), streamed; never an encoded body, an event stream, a HEAD,
-or for a client that does not ask."""
+"""PREVIEW_COMPRESS (on by default): uncompressed text from the dev server is compressed for
+clients that accept it (zstd, else gzip), streamed; never an encoded body, an event
+stream, a HEAD, or for a client that does not ask."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 import zstandard
 
-from gateway.proxy.compress import compressible
+from gateway.proxy.compress import ZSTD_WINDOW_LOG, compressible
 from tests.gateway.proxy_fixtures import ProxyEnv, Upstream, proxy_env, proxy_gateway, upstream
 from tests.utils import RedisServer
 
@@ -59,6 +59,28 @@ def test_text_is_compressed_for_clients_that_accept_it(
     assert len(body) < len(plain) / 10
 
 
+def test_a_whole_module_is_one_frame_of_its_size_and_a_stream_has_a_small_window(
+    compressing: ProxyEnv, upstream: Upstream
+) -> None:
+    """A module the dev server sends whole is compressed in one call: the zstd frame
+    states its size (the browser's decoder needs no more); a streamed one has a window
+    of ZSTD_WINDOW_LOG at most, not zstd's megabytes for a stream of unknown size."""
+    sid = compressing.session(upstream.address)
+    _, headers, whole = raw_get(compressing, sid, "/module.js?kb=8&whole=1", "zstd")
+    assert headers["content-encoding"] == "zstd"
+    assert zstandard.ZstdDecompressor().decompress(whole) == expected_module(8)
+    assert zstandard.get_frame_parameters(whole).content_size == len(expected_module(8))
+    _, headers, streamed = raw_get(compressing, sid, "/module.js?kb=300", "zstd")
+    assert headers["content-encoding"] == "zstd"
+    params = zstandard.get_frame_parameters(streamed)
+    assert params.window_size <= 1 << ZSTD_WINDOW_LOG
+    plain = zstandard.ZstdDecompressor().decompressobj().decompress(streamed)
+    assert plain == expected_module(300)
+    _, headers, gzipped = raw_get(compressing, sid, "/module.js?kb=8&whole=1", "gzip")
+    assert headers["content-encoding"] == "gzip"
+    assert gzip.decompress(gzipped) == expected_module(8)
+
+
 @pytest.mark.parametrize(
     ("path", "accept", "method"),
     [
@@ -82,9 +104,15 @@ def test_left_as_the_dev_server_sent_it(
         assert gzip.decompress(body) == b"compressed body"
 
 
-def test_off_by_default(proxy_env: ProxyEnv, upstream: Upstream) -> None:
+def test_on_by_default_and_off_when_set_to_0(
+    redis_server: RedisServer, proxy_env: ProxyEnv, upstream: Upstream
+) -> None:
     sid = proxy_env.session(upstream.address)
-    status, headers, body = raw_get(proxy_env, sid, "/module.js?kb=4", "gzip, zstd")
+    status, headers, _ = raw_get(proxy_env, sid, "/module.js?kb=4", "gzip, zstd")
+    assert status == 200 and headers["content-encoding"] == "zstd"
+    with proxy_gateway(redis_server, compress=False) as plain:
+        sid = plain.session(upstream.address)
+        status, headers, body = raw_get(plain, sid, "/module.js?kb=4", "gzip, zstd")
     assert status == 200 and "content-encoding" not in headers
     assert body == expected_module(4)
 

@@ -2,17 +2,28 @@
 
 The close codes, close grace and unread-body patches are pinned by test_proxy_ws.py,
 test_shutdown.py and test_proxy_http.py; this file pins the release of client-closed
-connections.
+connections and the one send per response.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
+from pathlib import Path
+from typing import Any
 
-from tests.utils import run_gateway, settings_env, start_redis, wait_until
+import pytest
+from hypercorn.config import Config
+from priority import priority
+
+from gateway import hypercorn_compat
+from gateway.hypercorn_compat import RoundRobin
+from gateway.server.serve import serve
+from tests.utils import free_port, run_gateway, settings_env, start_redis, wait_until
 
 CONNECTIONS = 300
+REQUESTS = 100
 REQUEST = b"GET /healthz HTTP/1.1\r\nHost: gateway\r\n\r\n"
 
 
@@ -72,3 +83,105 @@ def test_connections_the_client_closes_release_their_fds_promptly() -> None:
                 live.close()
     finally:
         redis.stop()
+
+
+def write_calls(pid: int) -> int:
+    """The write system calls `pid` made so far (sends on its sockets among them)."""
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("syscw:"):
+            return int(line.split()[1])
+    raise AssertionError("no syscw in /proc/pid/io")
+
+
+def test_a_response_goes_out_in_one_send() -> None:
+    """Hypercorn wrote the head and the body on their own (two sends per response, a
+    third of the proxy's CPU on loopback): what one turn of the loop writes is one send."""
+    redis = start_redis(bind_bridge=False)
+    try:
+        with run_gateway(settings_env(redis_url=redis.url)) as gateway:
+            pid = gateway.process.pid
+            with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+                keep_alive_request(sock)  # the lifespan's and the first request's writes
+                before = write_calls(pid)
+                for _ in range(REQUESTS):
+                    assert keep_alive_request(sock) == b'{"status":"ok"}'
+                per_request = (write_calls(pid) - before) / REQUESTS
+            assert per_request < 1.2, per_request
+    finally:
+        redis.stop()
+
+
+def test_http2_streams_take_turns_without_a_priority_tree() -> None:
+    """What hypercorn's send task asks of its scheduler: streams with data take turns;
+    blocked ones are skipped; unknown ones are refused as the priority tree refuses them."""
+    turns = RoundRobin()
+    for stream_id in (1, 3, 5):
+        turns.insert_stream(stream_id)
+    with pytest.raises(priority.DuplicateStreamError):
+        turns.insert_stream(3)
+    assert [next(turns) for _ in range(4)] == [1, 3, 5, 1]
+    turns.block(3)
+    assert [next(turns) for _ in range(3)] == [5, 1, 5]
+    turns.unblock(3)
+    turns.remove_stream(5)
+    assert [next(turns) for _ in range(3)] == [1, 3, 1]
+    turns.block(1)
+    turns.block(3)
+    with pytest.raises(priority.DeadlockError):
+        next(turns)
+    for refused in (turns.block, turns.unblock, turns.remove_stream, turns.reprioritize):
+        with pytest.raises(priority.MissingStreamError):
+            refused(7)
+
+
+async def test_idle_keep_alive_connections_close_on_time_and_at_shutdown() -> None:
+    """The keep-alive timer (a timer handle, not a task per request) still closes a
+    connection idle for keep_alive_timeout, and every idle one when the server stops."""
+    hypercorn_compat.install()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        headers = [(b"content-length", b"2")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    config = Config()
+    config.bind = [f"127.0.0.1:{free_port()}"]
+    config.keep_alive_timeout = 0.5
+    stop = asyncio.Event()
+    server = asyncio.create_task(serve(app, config, config.create_sockets(), stop.wait))
+    host, port = config.bind[0].rsplit(":", 1)
+
+    async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        async with asyncio.timeout(10):  # the listener is up once the lifespan started
+            while True:
+                try:
+                    return await asyncio.open_connection(host, int(port))
+                except ConnectionRefusedError:
+                    await asyncio.sleep(0.05)
+
+    async def request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await reader.readuntil(b"ok")).startswith(b"HTTP/1.1 200")
+
+    try:
+        reader, writer = await connect()
+        for _ in range(20):  # the timer restarted after each response
+            await request(reader, writer)
+        began = asyncio.get_running_loop().time()
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by the server
+        assert asyncio.get_running_loop().time() - began >= 0.4
+        writer.close()
+        config.keep_alive_timeout = 60
+        reader, writer = await connect()
+        await request(reader, writer)
+        stop.set()
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed at shutdown
+        writer.close()
+    finally:
+        stop.set()
+        await asyncio.wait_for(server, 10)

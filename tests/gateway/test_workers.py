@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from tests.gateway.tls_fixtures import TlsFiles, tls_files
 from tests.utils import RedisServer, wait_until
 
 __all__ = ["tls_files", "upstream"]
+CONNECTIONS = 24
 
 
 def workers_of(pid: int) -> list[int]:
@@ -76,6 +78,30 @@ def test_previews_work_on_every_worker_and_route_changes_reach_all(
         10,
         "every worker sees the stop",
     )
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_connections_are_spread_over_the_workers(opened: tuple[ProxyEnv, str, str]) -> None:
+    """Each worker has a SO_REUSEPORT socket of its own: the kernel spreads a burst of
+    connections over them (with one shared socket, one worker could take them all)."""
+    env, _, _ = opened
+    workers = workers_of(env.gateway.process.pid)
+    before = {pid: open_fds(pid) for pid in workers}
+    address = ("127.0.0.1", env.gateway.port)
+    held = [socket.create_connection(address, timeout=10) for _ in range(CONNECTIONS)]
+    try:
+        for sock in held:  # each accepted and answered: the worker holds it now
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: gateway\r\n\r\n")
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+        gained = [open_fds(pid) - before[pid] for pid in workers]
+        # 2 ** -(CONNECTIONS - 1) that a fair spread gives one worker none.
+        assert all(n > 0 for n in gained), gained
+    finally:
+        for sock in held:
+            sock.close()
 
 
 def test_a_dead_worker_is_replaced_and_the_other_keeps_serving(
