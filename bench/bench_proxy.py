@@ -1,6 +1,6 @@
 """Proxy speed, everything in one run on loopback (issue: preview data plane).
 
-Workload (../shared/anchors): GET of a 2 KiB JavaScript module from a node upstream, wrk
+Workload (bench/anchors/): GET of a 2 KiB JavaScript module from a node upstream, wrk
 -t1 -c32 -d6s. Side by side: the upstream direct, nginx, Starlette "hello" on hypercorn
 (hypercorn's own ceiling), the naive Starlette+httpx proxy, and our gateway as the Procfile
 runs it (auth cookie, routing, the lean upstream client). Then added latency at one
