@@ -46,6 +46,10 @@ def fast(settings: Settings, **overrides: Any) -> Settings:
         "host_down_after": 0.5,
         "orphan_interval": 3600.0,  # tests sweep explicitly
         "container_cpus": 0.5,
+        # No startup boost: these tests run no session tracker, which drops a boost at
+        # ready, so a boost would last its whole PREVIEW_START_BOOST_SECONDS and, counted
+        # by the creation gate, hold the pool's refills back that long.
+        "start_cpus": 0.5,
         **overrides,
     }
     return dataclasses.replace(settings, **values)
