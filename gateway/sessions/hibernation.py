@@ -31,6 +31,7 @@ from gateway.sessions.sleeping import Sleeper
 from gateway.sessions.start import Starter, StartRequest
 from gateway.sessions.store import Session
 from shared import keys
+from shared.lifecycle import lua_note, remember
 from shared.redis_types import text
 from shared.states import session_state_of_record
 
@@ -38,9 +39,10 @@ log = logging.getLogger(__name__)
 
 HIBERNATE_TIMEOUT = 300.0
 
-# KEYS: session, SESSIONS, user hibernated, route changes.
+# KEYS: session, SESSIONS, user hibernated, route changes, lifecycle, HIBERNATED.
 # ARGV: sid, container, archive JSON, window end, ttl, now.
-_HIBERNATED = """
+_HIBERNATED = (
+    """
 local found = redis.call('HMGET', KEYS[1], 'state', 'container')
 if found[1] ~= 'sleeping' or found[2] ~= ARGV[2] then return 0 end
 redis.call('HSET', KEYS[1], 'state', 'hibernated', 'archive', ARGV[3], 'container', '',
@@ -49,13 +51,17 @@ redis.call('EXPIRE', KEYS[1], ARGV[5])
 redis.call('SREM', KEYS[2], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
 redis.call('EXPIREAT', KEYS[3], math.ceil(tonumber(ARGV[4])))
+redis.call('ZADD', KEYS[6], ARGV[4], ARGV[1])
 redis.call('PUBLISH', KEYS[4], ARGV[1])
-return 1
 """
-# KEYS: session, slots, user_project, SESSIONS, user hibernated, route changes.
-# ARGV: sid, now, lease expiry, limit, user_project ttl.
+    + lua_note("KEYS[5]", "'hibernated'", "ARGV[6]")
+    + "return 1\n"
+)
+# KEYS: session, slots, user_project, SESSIONS, user hibernated, route changes, lifecycle,
+# HIBERNATED. ARGV: sid, now, lease expiry, limit, user_project ttl.
 # -> {'ok'} | {'full', sid...} | {'hot', sid} | {state}
-_RESUME = """
+_RESUME = (
+    """
 local state = redis.call('HGET', KEYS[1], 'state')
 if state ~= 'hibernated' then return {state or 'gone'} end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[2])
@@ -76,20 +82,28 @@ redis.call('HSET', KEYS[1], 'state', 'resuming', 'updated_at', ARGV[2], 'error',
 redis.call('PERSIST', KEYS[1])
 redis.call('SADD', KEYS[4], ARGV[1])
 redis.call('ZREM', KEYS[5], ARGV[1])
+redis.call('ZREM', KEYS[8], ARGV[1])
 redis.call('PUBLISH', KEYS[6], ARGV[1])
-return {'ok'}
 """
-# KEYS: session, SESSIONS, user hibernated, route changes. ARGV: sid, window end, ttl.
+    + lua_note("KEYS[7]", "'resuming'", "ARGV[2]")
+    + "return {'ok'}\n"
+)
+# KEYS: session, SESSIONS, user hibernated, route changes, lifecycle, HIBERNATED.
+# ARGV: sid, window end, ttl, now.
 # A resume that got no container: hibernated again, for the rest of its window.
-_UNDO = """
+_UNDO = (
+    """
 if redis.call('HGET', KEYS[1], 'state') ~= 'resuming' then return 0 end
 redis.call('HSET', KEYS[1], 'state', 'hibernated', 'container', '', 'address', '')
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('SREM', KEYS[2], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+redis.call('ZADD', KEYS[6], ARGV[2], ARGV[1])
 redis.call('PUBLISH', KEYS[4], ARGV[1])
-return 1
 """
+    + lua_note("KEYS[5]", "'hibernated'", "ARGV[4]")
+    + "return 1\n"
+)
 # KEYS: session, route changes. ARGV: field/value pairs. Only while it is resuming.
 _ATTACH = """
 if redis.call('HGET', KEYS[1], 'state') ~= 'resuming' then return 0 end
@@ -151,6 +165,8 @@ class Hibernator:
                 keys.SESSIONS,
                 keys.user_hibernated(session.user),
                 keys.ROUTE_CHANGES,
+                keys.lifecycle(session.id),
+                keys.HIBERNATED,
             ],
             args=[
                 session.id,
@@ -216,6 +232,8 @@ class Hibernator:
                 keys.SESSIONS,
                 keys.user_hibernated(session.user),
                 keys.ROUTE_CHANGES,
+                keys.lifecycle(session.id),
+                keys.HIBERNATED,
             ],
             args=[
                 session.id,
@@ -259,6 +277,11 @@ class Hibernator:
                 headers={"Retry-After": "5"},
             ) from None
         instruments.RESUMES.labels(trigger).inc()  # observability hook
+        await remember(
+            self.redis,
+            keys.RECENT_RESUMES,
+            {"session": session.id, "user": session.user, "trigger": trigger, "at": now},
+        )
         log.info("preview resuming sid=%s user=%s trigger=%s", session.id, session.user, trigger)
 
     async def _restore(self, session: Session, began: float) -> None:
@@ -318,8 +341,10 @@ class Hibernator:
                 keys.SESSIONS,
                 keys.user_hibernated(session.user),
                 keys.ROUTE_CHANGES,
+                keys.lifecycle(session.id),
+                keys.HIBERNATED,
             ],
-            args=[session.id, repr(time.time() + ttl), ttl],
+            args=[session.id, repr(time.time() + ttl), ttl, repr(time.time())],
         )
         session.state = "hibernated"
 

@@ -1,0 +1,132 @@
+"""A preview's later life as its owner's IDE hears it: ``GET .../events?follow=1`` through a
+real gateway, Redis and container stays open after ``ready`` and sends each sleep, wake,
+hibernation and resume (``resuming`` then ``ready``), and ``stopped`` last; a reconnect
+with ``Last-Event-ID`` resumes after the last change it saw; another user's id is a 404.
+The admin overview counts the sleeping and hibernated previews and lists the wakes (with
+their latency) and the resumes."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import httpx
+from redis import Redis as SyncRedis
+
+from shared import keys
+from tests.gateway.api_helpers import bearer, start_body
+from tests.gateway.conftest import GatewayFactory
+from tests.gateway.test_api import wait_ready
+from tests.gateway.test_events import parse
+from tests.gateway.test_sleep import SIGNING, api
+from tests.utils import GatewayProcess, wait_until
+
+
+class Follower:
+    """One ``follow`` stream read on a thread; ``events`` grows as frames arrive."""
+
+    def __init__(self, gw: GatewayProcess, sid: str, last_id: str | None = None) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.status = 0
+        self.ended = threading.Event()
+        headers = bearer()
+        if last_id is not None:
+            headers["Last-Event-ID"] = last_id
+        url = f"{gw.url}/v1/previews/{sid}/events?follow=1"
+        self.thread = threading.Thread(target=self._read, args=(url, headers), daemon=True)
+        self.thread.start()
+
+    def _read(self, url: str, headers: dict[str, str]) -> None:
+        try:
+            with httpx.stream("GET", url, headers=headers, timeout=300) as response:
+                self.status = response.status_code
+                buffer = ""
+                for chunk in response.iter_text():
+                    buffer += chunk
+                    done, _, buffer = buffer.rpartition("\n\n")
+                    if done:
+                        self.events.extend(parse(done + "\n\n"))
+        finally:
+            self.ended.set()
+
+    def names(self) -> list[str]:
+        return [e["event"] for e in self.events]
+
+    def saw(self, *names: str) -> list[str]:
+        """Wait until the stream's last events are ``names``; all it sent so far."""
+        n = len(names)
+        wait_until(lambda: tuple(self.names()[-n:]) == names, 120, f"events {names}")
+        return self.names()
+
+
+def overview(gw: GatewayProcess) -> dict[str, Any]:
+    found = httpx.get(f"{gw.url}/v1/admin/overview", headers=bearer("ops", scope="admin"))
+    assert found.status_code == 200, found.text
+    lifecycle: dict[str, Any] = found.json()["lifecycle"]
+    return lifecycle
+
+
+def test_follow_hears_sleep_wake_hibernate_resume_and_stop(
+    start_gateway: GatewayFactory, sync_redis: SyncRedis
+) -> None:
+    gw = start_gateway(signing_secret=SIGNING)
+    created = api(gw, "POST", "/v1/previews", json=start_body("followed"))
+    assert created.status_code == 202, created.text
+    sid = created.json()["id"]
+    wait_ready(gw, sid, timeout=120)
+
+    # Another user's id is no id, following or not.
+    for query in ("?follow=1", ""):
+        assert api(gw, "GET", f"/v1/previews/{sid}/events{query}", "bob").status_code == 404
+    assert api(gw, "GET", f"/v1/previews/{sid}/events?follow=yes").status_code == 422
+
+    follower = Follower(gw, sid)
+    # The start's events first, as without `follow`, ending in ready; the stream stays open.
+    assert follower.saw("ready")[0] in ("progress", "warning", "ready")
+    assert not follower.ended.is_set() and follower.status == 200
+
+    assert api(gw, "POST", f"/v1/previews/{sid}/sleep").status_code == 202
+    follower.saw("ready", "sleeping")
+    assert overview(gw)["sleeping"] == 1
+    assert api(gw, "POST", f"/v1/previews/{sid}/wake").status_code == 202
+    follower.saw("sleeping", "ready")
+    wakes = wait_until(lambda: overview(gw)["recent_wakes"], 10, "the wake listed")
+    assert wakes[0]["session"] == sid and wakes[0]["ms"] >= 0 and wakes[0]["trigger"]
+
+    assert api(gw, "POST", f"/v1/previews/{sid}/hibernate").status_code == 202
+    follower.saw("sleeping", "ready", "sleeping", "hibernated")
+    hibernated_id = follower.events[-1]["id"]
+    assert hibernated_id.startswith("L")
+    now = overview(gw)
+    assert (now["sleeping"], now["hibernated"]) == (0, 1)
+    assert sync_redis.zscore(keys.HIBERNATED, sid) is not None
+    # A follower that comes now is told the state at once (there is no container to relay).
+    late = Follower(gw, sid)
+    assert late.saw("hibernated") == ["hibernated"]
+
+    assert api(gw, "POST", f"/v1/previews/{sid}/wake").status_code == 202
+    follower.saw("hibernated", "resuming", "ready")
+    now = overview(gw)
+    assert now["hibernated"] == 0 and now["recent_resumes"][0]["session"] == sid
+    assert sync_redis.zscore(keys.HIBERNATED, sid) is None
+
+    # A follower that lost its connection after `hibernated` hears the rest again.
+    again = Follower(gw, sid, last_id=hibernated_id)
+    again.saw("resuming", "ready")
+    late.saw("hibernated", "resuming", "ready")
+    assert api(gw, "DELETE", f"/v1/previews/{sid}").status_code == 204
+    for each in (follower, again, late):
+        each.saw("stopped")
+        assert each.ended.wait(30), "the stream ended with the preview"
+    # What the first follower heard, in order, each once.
+    lifecycle = [n for n in follower.names() if n not in ("progress", "warning")]
+    assert lifecycle == [
+        "ready",
+        "sleeping",
+        "ready",
+        "sleeping",
+        "hibernated",
+        "resuming",
+        "ready",
+        "stopped",
+    ]
