@@ -49,6 +49,7 @@ AWAKE = (
 local found = redis.call('HMGET', KEYS[1], 'state', 'container')
 if found[1] ~= 'sleeping' or found[2] ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'state', 'ready', 'updated_at', ARGV[2])
+redis.call('HINCRBY', KEYS[1], 'wakes', 1)
 redis.call('PUBLISH', KEYS[2], redis.call('HGET', KEYS[1], 'id'))
 """
     + lua_note("KEYS[3]", "'ready'", "ARGV[2]")

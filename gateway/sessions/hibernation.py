@@ -16,6 +16,7 @@ owner key (one user's one project) and the session, and only the gateway names i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -78,7 +79,7 @@ redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 redis.call('EXPIREAT', KEYS[2], math.ceil(tonumber(ARGV[3])))
 redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[5])
 redis.call('HSET', KEYS[1], 'state', 'resuming', 'updated_at', ARGV[2], 'error', '',
-  'created_at', ARGV[2], 'timings', '{}')
+  'created_at', ARGV[2], 'timings', '{}', 'sleeps', 0, 'wakes', 0)
 redis.call('PERSIST', KEYS[1])
 redis.call('SADD', KEYS[4], ARGV[1])
 redis.call('ZREM', KEYS[5], ARGV[1])
@@ -150,6 +151,7 @@ class Hibernator:
         result = (
             await self.previews.command(session, "hibernate", args, timeout=HIBERNATE_TIMEOUT)
         ).result
+        period = dataclasses.replace(session)  # as it was: the records name its period
         archive = {
             "name": args["archive"],
             "sha256": str(result.get("sha256") or ""),
@@ -191,7 +193,7 @@ class Hibernator:
         )
         instruments.HIBERNATIONS.labels(trigger).inc()  # observability hook
         if self.previews.records is not None:  # the container's part of it ends here
-            await self.previews.records.stopped(session, "hibernated", trigger)
+            await self.previews.records.stopped(period, "hibernated", trigger)
         log.info(
             "preview hibernated sid=%s user=%s trigger=%s bytes=%d ms=%d",
             session.id,

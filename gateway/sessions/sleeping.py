@@ -39,6 +39,7 @@ if not found[1] then return 'gone' end
 if found[1] ~= 'ready' then return found[1] end
 if found[2] ~= ARGV[2] then return 'moved' end
 redis.call('HSET', KEYS[1], 'state', 'sleeping', 'updated_at', ARGV[5])
+redis.call('HINCRBY', KEYS[1], 'sleeps', 1)
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'command', ARGV[3])
 redis.call('PUBLISH', KEYS[3], ARGV[1])
 """
@@ -85,6 +86,7 @@ class Sleeper:
         if outcome != "sent":
             raise not_found()
         session.state = "sleeping"
+        session.sleeps += 1  # as the script counted it: this copy may end in a record
         try:
             result = await self.previews.containers.result(cid, command.id, SLEEP_TIMEOUT)
         except ContainerError as exc:

@@ -123,10 +123,13 @@ class Session:
     pending: str = ""  # archive source: the prepare args (JSON) waiting for the files
     # Hibernated (or resuming): {"name", "sha256", "host", "bytes"} of its packed workspace.
     archive: dict[str, Any] | None = None
-    # Counted in the record by HINCRBY (share links made, share links opened), never
-    # written back by `to_record`, so a stale copy cannot reset them.
+    # Counted in the record by HINCRBY (share links made, share links opened; times it
+    # went to sleep and woke since it started or resumed), never written back by
+    # `to_record`, so a stale copy cannot reset them.
     shares: int = 0
     share_views: int = 0
+    sleeps: int = 0
+    wakes: int = 0
 
     @classmethod
     def from_record(cls, record: dict[str, str]) -> Session:
@@ -155,6 +158,8 @@ class Session:
             archive=archive if isinstance(archive, dict) else None,
             shares=int(_float(record.get("shares", "0"))),
             share_views=int(_float(record.get("share_views", "0"))),
+            sleeps=int(_float(record.get("sleeps", "0"))),
+            wakes=int(_float(record.get("wakes", "0"))),
         )
 
     def to_record(self) -> dict[str, str]:

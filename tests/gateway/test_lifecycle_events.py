@@ -3,7 +3,8 @@ real gateway, Redis and container stays open after ``ready`` and sends each slee
 hibernation and resume (``resuming`` then ``ready``), and ``stopped`` last; a reconnect
 with ``Last-Event-ID`` resumes after the last change it saw; another user's id is a 404.
 The admin overview counts the sleeping and hibernated previews and lists the wakes (with
-their latency) and the resumes."""
+their latency) and the resumes; the records keep each period (start or resume to
+hibernation or stop) with its sleeps and wakes."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 import httpx
 from redis import Redis as SyncRedis
 
+from gateway.observability.records import Record
 from shared import keys
 from tests.gateway.api_helpers import bearer, start_body
 from tests.gateway.conftest import GatewayFactory
@@ -118,6 +120,20 @@ def test_follow_hears_sleep_wake_hibernate_resume_and_stop(
     for each in (follower, again, late):
         each.saw("stopped")
         assert each.ended.wait(30), "the stream ended with the preview"
+    # The records keep each period: the start (one sleep, one wake) up to its hibernation,
+    # the resume up to the stop; the hibernation is the first period's end.
+    def stored() -> dict[str, Record]:
+        raw = sync_redis.hgetall(keys.RECORDS_DATA)
+        return {k.decode(): Record.from_json(v) for k, v in raw.items()}
+
+    found = wait_until(lambda: len(stored()) == 4 and stored(), 10, "four records")
+    first_stop = found[f"{sid}:stop"]
+    assert found[f"{sid}:start"].outcome == "ready"
+    assert (first_stop.outcome, first_stop.sleeps, first_stop.wakes) == ("hibernated", 2, 1)
+    resume = next(r for r in found.values() if r.kind == "resume")
+    last_stop = found[resume.id.replace(":resume:", ":stop:")]
+    assert resume.outcome == "ready" and resume.created_at > first_stop.created_at
+    assert (last_stop.outcome, last_stop.sleeps, last_stop.wakes) == ("user", 0, 0)
     # What the first follower heard, in order, each once.
     lifecycle = [n for n in follower.names() if n not in ("progress", "warning")]
     assert lifecycle == [
