@@ -120,6 +120,7 @@ def test_follow_hears_sleep_wake_hibernate_resume_and_stop(
     for each in (follower, again, late):
         each.saw("stopped")
         assert each.ended.wait(30), "the stream ended with the preview"
+
     # The records keep each period: the start (one sleep, one wake) up to its hibernation,
     # the resume up to the stop; the hibernation is the first period's end.
     def stored() -> dict[str, Record]:
