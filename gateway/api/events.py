@@ -138,6 +138,10 @@ class Followers:
                 self.open.pop(user, None)
 
 
+def _fields(raw: Any) -> dict[str, str]:
+    return {text(k): text(v) for k, v in raw.items()}
+
+
 async def follow(
     redis: Redis,
     sid: str,
@@ -155,7 +159,7 @@ async def follow(
         reply: Any = await redis.xread({stream: cursor}, count=50, block=block)
         for raw_id, fields in reply[0][1] if reply else []:
             cursor = text(raw_id)
-            entry = {text(k): text(v) for k, v in fields.items()}
+            entry = _fields(fields)
             state = entry.get("state", "")
             if state not in LIFECYCLE_STATES or state == last:
                 continue
@@ -189,6 +193,9 @@ async def followed(
     last = ""
     if not replay:
         yield b"retry: 2000\n\n"
+        # The state the client last heard: a repeat of it is not news.
+        seen: Any = await redis.xrange(keys.lifecycle(session.id), since, since, count=1)
+        last = _fields(seen[0][1]).get("state", "") if seen else ""
     elif session.state in ("sleeping", "hibernated") or not session.container:
         yield b"retry: 2000\n\n"
         last = session.state

@@ -16,7 +16,7 @@ from redis import Redis as SyncRedis
 
 from gateway.observability.records import Record
 from shared import keys
-from tests.gateway.api_helpers import bearer, start_body
+from tests.gateway.api_helpers import add_event, bearer, fake_session, start_body
 from tests.gateway.conftest import GatewayFactory
 from tests.gateway.test_api import wait_ready
 from tests.gateway.test_events import parse
@@ -59,6 +59,79 @@ class Follower:
         n = len(names)
         wait_until(lambda: tuple(self.names()[-n:]) == names, 120, f"events {names}")
         return self.names()
+
+
+def note(redis: SyncRedis, sid: str, state: str) -> str:
+    """A state change as the scripts making it write it."""
+    raw = redis.xadd(keys.lifecycle(sid), {"state": state, "at": "1.5"})
+    return f"L{raw.decode()}"
+
+
+def test_follow_relays_state_changes_once_and_resumes_after_them(
+    gateway: GatewayProcess, sync_redis: SyncRedis
+) -> None:
+    session = fake_session(sync_redis)
+    sid, cid = session.id, session.container
+    add_event(sync_redis, cid, "progress", sid, step="files", percent=100)
+    add_event(sync_redis, cid, "ready", sid, port=3000)
+    follower = Follower(gateway, sid)
+    follower.saw("progress", "ready")
+    note(sync_redis, sid, "ready")  # the fold's copy of the start's ready: not sent again
+    asleep = note(sync_redis, sid, "sleeping")
+    note(sync_redis, sid, "sleeping")
+    note(sync_redis, sid, "no-such-state")  # nothing a client should act on
+    note(sync_redis, sid, "ready")
+    follower.saw("progress", "ready", "sleeping", "ready")
+    assert follower.events[2]["id"] == asleep
+    assert follower.events[2]["data"] == '{"state":"sleeping","at":1.5}'
+    # A reconnect after `sleeping` hears what followed it, not the start again.
+    again = Follower(gateway, sid, last_id=asleep)
+    again.saw("ready")
+    note(sync_redis, sid, "stopped")
+    for each in (follower, again):
+        each.saw("stopped")
+        assert each.ended.wait(10), "the stream ended with the preview"
+    assert again.names() == ["ready", "stopped"]
+    bad = httpx.get(
+        f"{gateway.url}/v1/previews/{sid}/events?follow=1",
+        headers={**bearer(), "Last-Event-ID": "Lnope"},
+    )
+    assert bad.status_code == 400 and bad.json()["error"] == "bad_request"
+
+
+def test_follow_streams_are_capped_per_user(gateway: GatewayProcess, sync_redis: SyncRedis) -> None:
+    """Each holds a blocking Redis read for the preview's life: a user opening them by the
+    hundred gets a 429 past the cap, and another user is not affected."""
+    mine, theirs = fake_session(sync_redis), fake_session(sync_redis, user="bob")
+    add_event(sync_redis, mine.container, "ready", mine.id, port=3000)
+    open_ = [Follower(gateway, mine.id) for _ in range(10)]
+    for each in open_:
+        each.saw("ready")
+    refused = httpx.get(f"{gateway.url}/v1/previews/{mine.id}/events?follow=1", headers=bearer())
+    assert refused.status_code == 429 and refused.json()["error"] == "too_many_streams"
+    # Without `follow` (a start's progress, which ends) nothing changes.
+    plain = httpx.get(f"{gateway.url}/v1/previews/{mine.id}/events", headers=bearer())
+    assert plain.status_code == 200
+    add_event(sync_redis, theirs.container, "ready", theirs.id, port=3000)
+    bobs = httpx.stream(
+        "GET", f"{gateway.url}/v1/previews/{theirs.id}/events?follow=1", headers=bearer("bob")
+    )
+    with bobs as response:
+        assert response.status_code == 200
+    note(sync_redis, mine.id, "stopped")
+    for each in open_:
+        assert each.ended.wait(10)
+    wait_until(
+        lambda: (
+            httpx.get(
+                f"{gateway.url}/v1/previews/{mine.id}/events?follow=1",
+                headers={**bearer(), "Last-Event-ID": "L0-0"},
+            ).status_code
+            == 200
+        ),
+        10,
+        "a follow stream free again",
+    )
 
 
 def overview(gw: GatewayProcess) -> dict[str, Any]:
