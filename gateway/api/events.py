@@ -57,6 +57,19 @@ def frame(stream_id: str, kind: str, data: dict[str, object]) -> bytes:
     return f"id: {stream_id}\nevent: {kind}\ndata: {payload}\n\n".encode()
 
 
+def _until_ping(last_write: float) -> int:
+    """Milliseconds a read may block before the next ``: ping`` is due."""
+    return max(1, int((PING_INTERVAL - (time.monotonic() - last_write)) * 1000))
+
+
+async def _quiet(last_write: float, alive: Callable[[], Awaitable[bool]]) -> bool | None:
+    """Whether a ping is due after nothing was sent since ``last_write``; None when the
+    preview is gone meanwhile (the stream ends)."""
+    if time.monotonic() - last_write < PING_INTERVAL:
+        return False
+    return True if await alive() else None
+
+
 async def relay(
     redis: Redis,
     session: Session,
@@ -71,11 +84,7 @@ async def relay(
     yield b"retry: 2000\n\n"
     last_write = time.monotonic()
     while True:
-        block = (
-            None
-            if finished
-            else max(1, int((PING_INTERVAL - (time.monotonic() - last_write)) * 1000))
-        )
+        block = None if finished else _until_ping(last_write)
         reply: Any = await redis.xread({stream: cursor}, count=200, block=block)
         entries: list[Any] = reply[0][1] if reply else []
         if entries:
@@ -88,9 +97,10 @@ async def relay(
                 return
         if finished and not entries:
             return
-        if time.monotonic() - last_write >= PING_INTERVAL:
-            if not await alive():
-                return
+        quiet = await _quiet(last_write, alive)
+        if quiet is None:
+            return
+        if quiet:
             yield b": ping\n\n"
             last_write = time.monotonic()
 
@@ -155,28 +165,32 @@ async def follow(
     stream = keys.lifecycle(sid)
     last_write = time.monotonic()
     while True:
-        block = max(1, int((PING_INTERVAL - (time.monotonic() - last_write)) * 1000))
-        reply: Any = await redis.xread({stream: cursor}, count=50, block=block)
+        reply: Any = await redis.xread({stream: cursor}, count=50, block=_until_ping(last_write))
         for raw_id, fields in reply[0][1] if reply else []:
             cursor = text(raw_id)
-            entry = _fields(fields)
-            state = entry.get("state", "")
-            if state not in LIFECYCLE_STATES or state == last:
-                continue
-            last = state
-            try:
-                at = float(entry.get("at") or 0)
-            except ValueError:
-                at = 0.0
-            yield frame(f"L{cursor}", state, {"state": state, "at": at})
-            last_write = time.monotonic()
+            state, at = _change(_fields(fields), last)
+            if state:
+                last, last_write = state, time.monotonic()
+                yield frame(f"L{cursor}", state, {"state": state, "at": at})
             if state in ENDS:
                 return
-        if time.monotonic() - last_write >= PING_INTERVAL:
-            if not await alive():
-                return
+        if (quiet := await _quiet(last_write, alive)) is None:
+            return
+        if quiet:
             yield b": ping\n\n"
             last_write = time.monotonic()
+
+
+def _change(entry: dict[str, str], last: str) -> tuple[str, float]:
+    """A lifecycle entry's news: its state and time, or "" when it is none (a state no
+    client knows, or the one it heard last)."""
+    state = entry.get("state", "")
+    if state not in LIFECYCLE_STATES or state == last:
+        return "", 0.0
+    try:
+        return state, float(entry.get("at") or 0)
+    except ValueError:
+        return state, 0.0
 
 
 async def followed(
