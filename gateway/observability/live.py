@@ -149,17 +149,24 @@ async def transitions(redis: Redis, now: float) -> dict[str, Any]:
     """Sleep, hibernation and resume at a glance: how many previews are hibernated now (the
     global index, whose entries past their resume window are dropped here) and the recent
     wakes (with how long each took) and resumes, newest first."""
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.zremrangebyscore(keys.HIBERNATED, "-inf", now)
-        pipe.zcard(keys.HIBERNATED)
+    async with redis.pipeline(transaction=False) as pipe:
         pipe.lrange(keys.RECENT_WAKES, 0, -1)
         pipe.lrange(keys.RECENT_RESUMES, 0, -1)
-        _, hibernated, wakes, resumes = await pipe.execute()
+        wakes, resumes = await pipe.execute()
     return {
-        "hibernated": int(hibernated),
+        "hibernated": await hibernated(redis, now),
         "recent_wakes": _items(wakes),
         "recent_resumes": _items(resumes),
     }
+
+
+async def hibernated(redis: Redis, now: float) -> int:
+    """Previews hibernated now (their resume window not over), from the global index."""
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.zremrangebyscore(keys.HIBERNATED, "-inf", now)
+        pipe.zcard(keys.HIBERNATED)
+        _, count = await pipe.execute()
+    return int(count)
 
 
 def _items(raw: list[Any]) -> list[dict[str, Any]]:

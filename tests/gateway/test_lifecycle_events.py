@@ -175,6 +175,8 @@ def test_follow_hears_sleep_wake_hibernate_resume_and_stop(
     now = overview(gw)
     assert (now["sleeping"], now["hibernated"]) == (0, 1)
     assert sync_redis.zscore(keys.HIBERNATED, sid) is not None
+    scraped = httpx.get(f"{gw.url}/metrics", timeout=10).text
+    assert 'preview_sessions{state="hibernated"} 1' in scraped
     # A follower that comes now is told the state at once (there is no container to relay).
     late = Follower(gw, sid)
     assert late.saw("hibernated") == ["hibernated"]
