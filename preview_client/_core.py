@@ -174,6 +174,7 @@ class Waiter:
         self.deadline = time.monotonic() + timeout
         self.timeout = timeout
         self.last_id: str | None = None
+        self.follow = False  # `?follow=1`: the preview's state changes after its start
         self.outcome: Event | None = None
         self.decoder = SSEDecoder()
         self.failures = 0  # consecutive connections that brought nothing new

@@ -51,7 +51,9 @@ class Preview:
 @dataclass(frozen=True)
 class Event:
     """One Server-Sent Event of a start: `progress` ({step, percent, message,
-    elapsed_ms}), `warning`, `ready` or `error` ({reason, detail})."""
+    elapsed_ms}), `warning`, `ready` or `error` ({reason, detail}); when followed, a state
+    change after it: `sleeping`, `ready`, `hibernated`, `resuming`, `failed`, `stopped`
+    ({state, at})."""
 
     id: str
     type: str

@@ -167,10 +167,14 @@ class PreviewClient:
 
     # --- progress -----------------------------------------------------------------------
 
-    def events(self, preview_id: str, last_event_id: str | None = None) -> Iterator[Event]:
-        """The start's events over one connection (it ends after `ready` or `error`)."""
+    def events(
+        self, preview_id: str, last_event_id: str | None = None, follow: bool = False
+    ) -> Iterator[Event]:
+        """The start's events over one connection (it ends after `ready` or `error`);
+        `follow`: then each later state change (`sleeping`, `ready`, `hibernated`,
+        `resuming`), until `failed` or `stopped` ends it."""
         waiter = _core.Waiter(preview_id, None, float("inf"))
-        waiter.last_id = last_event_id
+        waiter.last_id, waiter.follow = last_event_id, follow
         with self._stream(preview_id, waiter) as response:
             for line in response.iter_lines():
                 event = waiter.decoder.feed(line)
@@ -271,7 +275,8 @@ class _Stream:
         headers = {**_core.headers(self.client.token), **self.waiter.request_headers()}
         timeout = httpx.Timeout(30.0, read=_core.EVENTS_READ_TIMEOUT)
         path = _core.preview_path(self.preview_id, "/events")
-        request = http.build_request("GET", path, headers=headers, timeout=timeout)
+        params = {"follow": "1"} if self.waiter.follow else None
+        request = http.build_request("GET", path, headers=headers, params=params, timeout=timeout)
         self.response = http.send(request, stream=True)
         if self.response.status_code >= 400:
             self.response.read()

@@ -129,6 +129,25 @@ def user_hibernated(user: str) -> str:
     return f"{PREFIX}u:{user}:hibernated"
 
 
+def lifecycle(sid: str) -> str:
+    """Stream of the preview's state changes after its start (fields ``state``, ``at``):
+    sleeping, ready (woken or resumed), hibernated, resuming, failed, stopped. Written by
+    the scripts that make those changes, read by ``GET .../events?follow=1``. Capped at
+    LIFECYCLE_MAXLEN, expires LIFECYCLE_TTL after its last entry (LIFECYCLE_ENDED_TTL
+    after ``stopped``)."""
+    return f"{PREFIX}s:{sid}:lifecycle"
+
+
+# Sorted set session id -> end of its resume window (unix s): every hibernated preview, for
+# the dashboard's count (entries past their window are dropped when it is read).
+HIBERNATED = f"{PREFIX}hibernated"
+# Lists of JSON, newest first, capped at RECENT_TRANSITIONS: the dashboard's recent wakes
+# ({"session", "trigger", "at", "ms"}) and resumes ({"session", "user", "trigger", "at"}).
+RECENT_WAKES = f"{PREFIX}recent:wakes"
+RECENT_RESUMES = f"{PREFIX}recent:resumes"
+RECENT_TRANSITIONS = 20
+
+
 def auth_failures(sid: str, client: str) -> str:
     """The failed-authentication limiter's key (under RATE_LIMIT_PREFIX, one moving window
     per rule) for one preview and one client address: strangers' failures on the same
@@ -206,6 +225,9 @@ TRACKER_LOCK = f"{PREFIX}tracker"  # one gateway per tick folds events and renew
 TRACKER_LOCK_TTL_MS = 800  # under the 1 s tick: whoever comes first takes the next one
 USER_PROJECT_TTL = 86400  # a hot-start pointer outlives no session by more than this
 STOPPED_SESSION_TTL = 600  # a stopped session's record, until its container is released
+LIFECYCLE_MAXLEN = 64  # a preview's last state changes; a follower is never that far behind
+LIFECYCLE_TTL = 8 * 24 * 3600  # beyond any resume window a hibernated preview may have
+LIFECYCLE_ENDED_TTL = 60  # after `stopped`: followers that reconnect still read the end
 
 # --- supervisor ------------------------------------------------------------------------
 

@@ -72,7 +72,8 @@ async def admin_records_csv(request: Request, user: User) -> Response:
 
 @guarded("reads", admin=True)
 async def admin_overview(request: Request, user: User) -> Response:
-    """Live sessions, the pool, the hosts with their load and the recent failures."""
+    """Live sessions, sleeping and hibernated previews with the recent wakes and resumes,
+    the pool, the hosts with their load and the recent failures."""
     settings = request.app.state.settings
     redis = request.app.state.redis
     sessions = await live_sessions(redis, live.MAX_SESSIONS)
@@ -85,6 +86,7 @@ async def admin_overview(request: Request, user: User) -> Response:
     for session in sessions:
         by_state[session.state] = by_state.get(session.state, 0) + 1
     listed = sessions[-LISTED_SESSIONS:]
+    lifecycle = await live.transitions(redis, now)
     routes = await _routes(redis, [s.container for s in listed])
     return JSONResponse(
         {
@@ -111,6 +113,8 @@ async def admin_overview(request: Request, user: User) -> Response:
                     for s, route in zip(listed, routes, strict=True)
                 ],
             },
+            # Asleep previews are live sessions (by_state); hibernated ones are not.
+            "lifecycle": {"sleeping": by_state.get("sleeping", 0), **lifecycle},
             "pool": pool.summary(),
             "hosts": [
                 {

@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.api import admin, auth, dashboard, endpoints, shares
+from gateway.api.events import Followers
 from gateway.api.health import healthz, readyz
 from gateway.api.openapi import openapi_document
 from gateway.api.ratelimit import RateLimited, RateLimits
@@ -123,6 +124,7 @@ def create_app(settings: Settings) -> Starlette:
     )
     app.state.settings = settings
     app.state.authenticator = authenticator
+    app.state.followers = Followers()
     return app
 
 

@@ -15,7 +15,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.api.auth import User, authenticate
-from gateway.api.events import relay, sse_response, start_cursor
+from gateway.api.events import (
+    Followers,
+    followed,
+    lifecycle_now,
+    relay,
+    resumed_lifecycle,
+    sse_response,
+    start_cursor,
+)
 from gateway.api.ratelimit import RateLimits, client_key
 from gateway.api.validation import (
     json_body,
@@ -119,9 +127,17 @@ async def stop_preview(request: Request, user: User) -> Response:
 async def preview_events(request: Request, user: User) -> Response:
     previews = _previews(request)
     session = await _owned(request, user)
-    cursor = start_cursor(session, request.headers.get("last-event-id"))
+    follows = query_choice(request, "follow", "0", ("0", "1")) == "1"
+    last_id = request.headers.get("last-event-id")
+    blocking = request.app.state.blocking_redis
+    # A follower reconnecting after a state change resumes in the lifecycle stream.
+    resumed = resumed_lifecycle(last_id) if follows else None
+    cursor = start_cursor(session, None if resumed else last_id)
+    since = resumed or (await lifecycle_now(blocking, session.id) if follows else "")
     await previews.refresh(session)
-    if not session.container:
+    # Asleep or hibernated, a follower is told the state; otherwise it waits for a container.
+    idle = follows and session.state in ("sleeping", "hibernated", "resuming")
+    if not session.container and not idle:
         raise ApiError(409, "not_ready", "the preview has no container yet; retry shortly")
 
     async def alive() -> bool:
@@ -130,9 +146,13 @@ async def preview_events(request: Request, user: User) -> Response:
         current = await previews.load(session.id)
         return current is not None and current.state not in ("stopping", "failed")
 
-    finished = session.state in ("ready", "failed")
-    body = relay(request.app.state.blocking_redis, session, cursor, alive, finished)
-    return sse_response(body)
+    if not follows:
+        finished = session.state in ("ready", "failed")
+        return sse_response(relay(blocking, session, cursor, alive, finished))
+    followers: Followers = request.app.state.followers
+    followers.take(user.id)
+    body = followed(blocking, session, cursor, since, alive, replay=resumed is None)
+    return sse_response(followers.held(user.id, body))
 
 
 @guarded("reads")

@@ -71,20 +71,30 @@ def openapi_document(settings: Settings) -> Schema:
         "parameters": [PREVIEW_ID],
         "get": op(
             "Progress as Server-Sent Events (progress, warning, ready, error); "
-            "ends after ready or error",
+            "ends after ready or error. With follow=1 it stays open and sends each later "
+            "state change (sleeping, ready, hibernated, resuming, failed, stopped; data "
+            '{"state","at"}) until the preview fails or stops',
             {
                 "200": {
-                    "description": "id: stream id (send it back as Last-Event-ID to resume)",
+                    "description": "id: stream id, or L<stream id> for a state change "
+                    "(send it back as Last-Event-ID to resume)",
                     "content": {"text/event-stream": {"schema": {"type": "string"}}},
                 },
-                **errors("400", "404", "409"),
+                **errors("400", "404", "409", "422"),
             },
             parameters=[
                 {
+                    "name": "follow",
+                    "in": "query",
+                    "schema": {"enum": ["0", "1"], "default": "0"},
+                    "description": "1: keep the stream open for the preview's state changes "
+                    "(at most 10 such streams per user and gateway: 429 beyond)",
+                },
+                {
                     "name": "Last-Event-ID",
                     "in": "header",
-                    "schema": {"type": "string", "pattern": r"^\d+-\d+$"},
-                }
+                    "schema": {"type": "string", "pattern": r"^L?\d+-\d+$"},
+                },
             ],
         ),
     }

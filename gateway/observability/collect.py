@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter as Tally
 
 from redis.asyncio import Redis
@@ -56,7 +57,11 @@ async def state_families(redis: Redis, settings: Settings) -> list[Family]:
     found = [
         Family("preview_redis_up", "1 when Redis answered this scrape.", "gauge"),
         Family("preview_sessions_active", "Live preview sessions.", "gauge"),
-        Family("preview_sessions", "Live preview sessions by state.", "gauge"),
+        Family(
+            "preview_sessions",
+            "Live preview sessions by state, and the hibernated previews.",
+            "gauge",
+        ),
         Family(
             "preview_pool_size",
             "Warm containers that never ran user code (the general pool), per Docker host.",
@@ -85,6 +90,8 @@ async def state_families(redis: Redis, settings: Settings) -> list[Family]:
     host_up, drained, capacity, containers, on_host, records = found[7:]
     up.add(1)
     active.add(len(sessions))
+    # Hibernated previews are not live sessions (no slot, no container): counted apart.
+    by_state["hibernated"] = await live.hibernated(redis, time.time())
     for state, count in sorted(by_state.items()):
         states.add(count, state=state)
     target.add(pool.target)

@@ -6,6 +6,7 @@ a scrape.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -142,3 +143,39 @@ async def drain(redis: Redis, name: str, on: bool = True) -> bool:
     if on:
         return bool(await redis.sadd(keys.DRAINED_HOSTS, name))
     return bool(await redis.srem(keys.DRAINED_HOSTS, name))
+
+
+async def transitions(redis: Redis, now: float) -> dict[str, Any]:
+    """Sleep, hibernation and resume at a glance: how many previews are hibernated now (the
+    global index, whose entries past their resume window are dropped here) and the recent
+    wakes (with how long each took) and resumes, newest first."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.lrange(keys.RECENT_WAKES, 0, -1)
+        pipe.lrange(keys.RECENT_RESUMES, 0, -1)
+        wakes, resumes = await pipe.execute()
+    return {
+        "hibernated": await hibernated(redis, now),
+        "recent_wakes": _items(wakes),
+        "recent_resumes": _items(resumes),
+    }
+
+
+async def hibernated(redis: Redis, now: float) -> int:
+    """Previews hibernated now (their resume window not over), from the global index."""
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.zremrangebyscore(keys.HIBERNATED, "-inf", now)
+        pipe.zcard(keys.HIBERNATED)
+        _, count = await pipe.execute()
+    return int(count)
+
+
+def _items(raw: list[Any]) -> list[dict[str, Any]]:
+    found = []
+    for item in raw:
+        try:
+            value = json.loads(text(item))
+        except ValueError:
+            continue  # not ours: shown as nothing rather than failing the page
+        if isinstance(value, dict):
+            found.append(value)
+    return found

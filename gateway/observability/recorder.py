@@ -31,7 +31,14 @@ from gateway.observability.instruments import (
     STOPS,
 )
 from gateway.observability.record_store import RecordStore
-from gateway.observability.records import PHASES, Record, start_outcome, start_record, stop_record
+from gateway.observability.records import (
+    PHASES,
+    Record,
+    record_id,
+    start_outcome,
+    start_record,
+    stop_record,
+)
 from gateway.observability.spool import Spool
 from gateway.sessions.store import Session
 from shared.settings import Settings
@@ -64,7 +71,7 @@ class Recorder:
     async def start_seen(self, session: Session, result_known: bool) -> None:
         """After a refresh: record the start once it ended (ready or failed) and its phase
         timings are in (or RESULT_GRACE passed without them)."""
-        if session.state not in TERMINAL or f"{session.id}:start" in self._written:
+        if session.state not in TERMINAL or record_id(session, "start") in self._written:
             return
         if not result_known and time.time() - session.updated_at < RESULT_GRACE:
             return
@@ -87,9 +94,12 @@ class Recorder:
 
     async def stopped(self, session: Session, code: str = "user", reason: str = "") -> None:
         """The session was stopped (`code`: user, idle, max_lifetime, failed...). Also
-        closes its start record if none was written yet (cancelled while starting)."""
+        closes its start record if none was written yet (cancelled while starting). A
+        hibernated preview's period was closed by its hibernation: nothing to add."""
+        if session.state == "hibernated":
+            return
         found = []
-        if f"{session.id}:start" not in self._written:
+        if record_id(session, "start") not in self._written:
             found.append(self._start(session, start_outcome(session)))
         found.append(stop_record(session, code, reason))
         self._remember(found[-1].id)
@@ -99,7 +109,7 @@ class Recorder:
         """The controller failed the session (`code`: heartbeat_lost, host_down...). A start
         still under way failed with it; the stop record says why it ended."""
         found = []
-        if f"{session.id}:start" not in self._written:
+        if record_id(session, "start") not in self._written:
             outcome = "ready" if session.state == "ready" else "failed"
             found.append(self._start(session, outcome, reason if outcome == "failed" else ""))
         found.append(stop_record(session, code, reason))

@@ -3,7 +3,12 @@ stop (how long the preview lived). The team's data for deciding what to optimise
 
 A record's id is derived from its session (``{sid}:start``, ``{sid}:stop``), so writing
 the same record twice — two gateways folding the same events, a spool replayed after a
-crash — stores it once.
+crash — stores it once. A preview that hibernated lives in periods, each from its start or
+resume (its ``created_at``) to its hibernation or stop: from its first hibernation on, ids
+carry the period's start in ms (``{sid}:stop:{ms}``, ``{sid}:resume:{ms}``), so each
+period keeps its own records. A hibernation is a stop record with outcome ``hibernated``;
+a resume's start is a record of kind ``resume`` (not in the start statistics: no new
+container was prepared from scratch); stop records count the sleeps and wakes.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ MAX_DETAIL = 500
 @dataclass(frozen=True)
 class Record:
     id: str
-    kind: str  # "start" | "stop"
+    kind: str  # "start" | "resume" | "stop"
     ts: float  # when the start finished / the preview stopped (unix seconds)
     sid: str
     user: str
@@ -44,6 +49,8 @@ class Record:
     duration: float = 0.0  # stop: seconds the preview lived
     shares: int = 0  # stop: share links its owner made
     share_views: int = 0  # stop: times a share link of it was opened
+    sleeps: int = 0  # stop: times it went to sleep in this period
+    wakes: int = 0  # stop: times it was woken in this period
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)
@@ -64,15 +71,24 @@ def _detail(error: dict[str, Any] | None) -> str:
     return redact(str(detail))[-MAX_DETAIL:]
 
 
+def record_id(session: Session, kind: str) -> str:
+    """``kind`` "start" or "stop": the id of that record of the session's current period."""
+    if not session.archive:  # never hibernated: one period, the ids as they always were
+        return f"{session.id}:{kind}"
+    name = "resume" if kind == "start" else kind
+    return f"{session.id}:{name}:{round(session.created_at * 1000)}"
+
+
 def start_record(
     session: Session, outcome: str, reason: str = "", now: float | None = None
 ) -> Record:
     """The start record of `session` as it stands now."""
     error = session.error or {}
     timings = {k: int(v) for k, v in session.timings.items() if k in PHASES}
+    rid = record_id(session, "start")
     return Record(
-        id=f"{session.id}:start",
-        kind="start",
+        id=rid,
+        kind=rid.split(":")[1],
         ts=now if now is not None else time.time(),
         sid=session.id,
         user=session.user,
@@ -93,7 +109,7 @@ def start_record(
 def stop_record(session: Session, code: str, reason: str = "", now: float | None = None) -> Record:
     now = now if now is not None else time.time()
     return Record(
-        id=f"{session.id}:stop",
+        id=record_id(session, "stop"),
         kind="stop",
         ts=now,
         sid=session.id,
@@ -109,6 +125,8 @@ def stop_record(session: Session, code: str, reason: str = "", now: float | None
         duration=max(0.0, now - session.created_at) if session.created_at else 0.0,
         shares=session.shares,
         share_views=session.share_views,
+        sleeps=session.sleeps,
+        wakes=session.wakes,
     )
 
 

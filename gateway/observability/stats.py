@@ -38,6 +38,8 @@ CSV_COLUMNS = (
     "duration_s",
     "shares",
     "share_views",
+    "sleeps",
+    "wakes",
 )
 
 
@@ -142,6 +144,10 @@ def stats(records: Iterable[Record], days: float, now: float | None = None) -> d
         **summarize(starts),
         "stops": len(stops),
         "stop_reasons": _counts(r.outcome for r in stops),
+        # A hibernated preview's later periods begin with a resume, not a start.
+        "resumes": sum(1 for r in found if r.kind == "resume"),
+        "sleeps": sum(r.sleeps for r in stops),
+        "wakes": sum(r.wakes for r in stops),
         "session_seconds": {
             "p50": percentile(lived, 50),
             "p95": percentile(lived, 95),
@@ -184,7 +190,7 @@ def csv_rows(records: Iterable[Record]) -> str:
         duration = round(r.duration, 1) if r.kind == "stop" else ""
         row: list[object] = [r.id, r.kind, when, r.sid, r.user, r.project, r.host, r.container]
         row += [r.outcome, r.reason, pool, r.dependencies, *timings, duration]
-        row += [r.shares, r.share_views] if r.kind == "stop" else ["", ""]
+        row += [r.shares, r.share_views, r.sleeps, r.wakes] if r.kind == "stop" else [""] * 4
         rows.append([_cell(v) for v in row])
     return _csv_rows(rows)
 

@@ -25,6 +25,7 @@ from gateway.errors import ApiError
 from gateway.observability import instruments
 from gateway.proxy.routes import Route, RouteCache
 from shared import keys
+from shared.lifecycle import lua_note, remember
 from shared.messages import Command, CommandResult, MessageError
 from shared.redis_types import text
 from shared.settings import Settings
@@ -41,14 +42,19 @@ if found[2] ~= ARGV[1] then return 'moved' end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'command', ARGV[2])
 return 'sent'
 """
-# KEYS: session, route-changes channel. ARGV: container, now. sleeping -> ready, once.
-AWAKE = """
+# KEYS: session, route-changes channel, lifecycle stream. ARGV: container, now.
+# sleeping -> ready, once.
+AWAKE = (
+    """
 local found = redis.call('HMGET', KEYS[1], 'state', 'container')
 if found[1] ~= 'sleeping' or found[2] ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'state', 'ready', 'updated_at', ARGV[2])
+redis.call('HINCRBY', KEYS[1], 'wakes', 1)
 redis.call('PUBLISH', KEYS[2], redis.call('HGET', KEYS[1], 'id'))
-return 1
 """
+    + lua_note("KEYS[3]", "'ready'", "ARGV[2]")
+    + "return 1\n"
+)
 
 
 class WakeError(Exception):
@@ -63,7 +69,10 @@ async def awake(redis: Redis, sid: str, cid: str) -> bool:
     """Mark a sleeping session ready again (True when this call did it)."""
     script = redis.register_script(AWAKE)
     return bool(
-        await script(keys=[keys.session(sid), keys.ROUTE_CHANGES], args=[cid, repr(time.time())])
+        await script(
+            keys=[keys.session(sid), keys.ROUTE_CHANGES, keys.lifecycle(sid)],
+            args=[cid, repr(time.time())],
+        )
     )
 
 
@@ -91,10 +100,16 @@ async def wake(redis: Redis, sid: str, cid: str, timeout: float, trigger: str) -
         raise WakeError("the preview's container answered the wake with nonsense") from None
     if not result.ok:
         raise WakeError(result.error or "the preview could not be woken")
-    await awake(redis, sid, cid)
+    moved = await awake(redis, sid, cid)
     seconds = time.monotonic() - began
     instruments.WAKES.labels(trigger).inc()  # observability hook
     instruments.WAKE_LATENCY.observe(seconds)
+    if moved:  # the dashboard's recent wakes: once per wake, by whoever moved the record
+        await remember(
+            redis,
+            keys.RECENT_WAKES,
+            {"session": sid, "trigger": trigger, "at": time.time(), "ms": round(seconds * 1000)},
+        )
     log.info("preview woken sid=%s trigger=%s ms=%.1f", sid, trigger, seconds * 1000)
     return True
 

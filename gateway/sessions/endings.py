@@ -84,7 +84,8 @@ class Endings:
                 break
             args = [current.cursor, "state", "failed", "error", error]
             args += ["updated_at", repr(time.time())]
-            if await self._advance(keys=[keys.session(session.id), keys.ROUTE_CHANGES], args=args):
+            where = [keys.session(session.id), keys.ROUTE_CHANGES, keys.lifecycle(session.id)]
+            if await self._advance(keys=where, args=args):
                 written = True
                 break
         await teardown.clear(self.redis, session, keep_record=True)

@@ -16,6 +16,7 @@ owner key (one user's one project) and the session, and only the gateway names i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -31,6 +32,7 @@ from gateway.sessions.sleeping import Sleeper
 from gateway.sessions.start import Starter, StartRequest
 from gateway.sessions.store import Session
 from shared import keys
+from shared.lifecycle import lua_note, remember
 from shared.redis_types import text
 from shared.states import session_state_of_record
 
@@ -38,9 +40,10 @@ log = logging.getLogger(__name__)
 
 HIBERNATE_TIMEOUT = 300.0
 
-# KEYS: session, SESSIONS, user hibernated, route changes.
+# KEYS: session, SESSIONS, user hibernated, route changes, lifecycle, HIBERNATED.
 # ARGV: sid, container, archive JSON, window end, ttl, now.
-_HIBERNATED = """
+_HIBERNATED = (
+    """
 local found = redis.call('HMGET', KEYS[1], 'state', 'container')
 if found[1] ~= 'sleeping' or found[2] ~= ARGV[2] then return 0 end
 redis.call('HSET', KEYS[1], 'state', 'hibernated', 'archive', ARGV[3], 'container', '',
@@ -49,13 +52,17 @@ redis.call('EXPIRE', KEYS[1], ARGV[5])
 redis.call('SREM', KEYS[2], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
 redis.call('EXPIREAT', KEYS[3], math.ceil(tonumber(ARGV[4])))
+redis.call('ZADD', KEYS[6], ARGV[4], ARGV[1])
 redis.call('PUBLISH', KEYS[4], ARGV[1])
-return 1
 """
-# KEYS: session, slots, user_project, SESSIONS, user hibernated, route changes.
-# ARGV: sid, now, lease expiry, limit, user_project ttl.
+    + lua_note("KEYS[5]", "'hibernated'", "ARGV[6]")
+    + "return 1\n"
+)
+# KEYS: session, slots, user_project, SESSIONS, user hibernated, route changes, lifecycle,
+# HIBERNATED. ARGV: sid, now, lease expiry, limit, user_project ttl.
 # -> {'ok'} | {'full', sid...} | {'hot', sid} | {state}
-_RESUME = """
+_RESUME = (
+    """
 local state = redis.call('HGET', KEYS[1], 'state')
 if state ~= 'hibernated' then return {state or 'gone'} end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[2])
@@ -72,24 +79,32 @@ redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 redis.call('EXPIREAT', KEYS[2], math.ceil(tonumber(ARGV[3])))
 redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[5])
 redis.call('HSET', KEYS[1], 'state', 'resuming', 'updated_at', ARGV[2], 'error', '',
-  'created_at', ARGV[2], 'timings', '{}')
+  'created_at', ARGV[2], 'timings', '{}', 'sleeps', 0, 'wakes', 0)
 redis.call('PERSIST', KEYS[1])
 redis.call('SADD', KEYS[4], ARGV[1])
 redis.call('ZREM', KEYS[5], ARGV[1])
+redis.call('ZREM', KEYS[8], ARGV[1])
 redis.call('PUBLISH', KEYS[6], ARGV[1])
-return {'ok'}
 """
-# KEYS: session, SESSIONS, user hibernated, route changes. ARGV: sid, window end, ttl.
+    + lua_note("KEYS[7]", "'resuming'", "ARGV[2]")
+    + "return {'ok'}\n"
+)
+# KEYS: session, SESSIONS, user hibernated, route changes, lifecycle, HIBERNATED.
+# ARGV: sid, window end, ttl, now.
 # A resume that got no container: hibernated again, for the rest of its window.
-_UNDO = """
+_UNDO = (
+    """
 if redis.call('HGET', KEYS[1], 'state') ~= 'resuming' then return 0 end
 redis.call('HSET', KEYS[1], 'state', 'hibernated', 'container', '', 'address', '')
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('SREM', KEYS[2], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+redis.call('ZADD', KEYS[6], ARGV[2], ARGV[1])
 redis.call('PUBLISH', KEYS[4], ARGV[1])
-return 1
 """
+    + lua_note("KEYS[5]", "'hibernated'", "ARGV[4]")
+    + "return 1\n"
+)
 # KEYS: session, route changes. ARGV: field/value pairs. Only while it is resuming.
 _ATTACH = """
 if redis.call('HGET', KEYS[1], 'state') ~= 'resuming' then return 0 end
@@ -136,6 +151,7 @@ class Hibernator:
         result = (
             await self.previews.command(session, "hibernate", args, timeout=HIBERNATE_TIMEOUT)
         ).result
+        period = dataclasses.replace(session)  # as it was: the records name its period
         archive = {
             "name": args["archive"],
             "sha256": str(result.get("sha256") or ""),
@@ -151,6 +167,8 @@ class Hibernator:
                 keys.SESSIONS,
                 keys.user_hibernated(session.user),
                 keys.ROUTE_CHANGES,
+                keys.lifecycle(session.id),
+                keys.HIBERNATED,
             ],
             args=[
                 session.id,
@@ -175,7 +193,7 @@ class Hibernator:
         )
         instruments.HIBERNATIONS.labels(trigger).inc()  # observability hook
         if self.previews.records is not None:  # the container's part of it ends here
-            await self.previews.records.stopped(session, "hibernated", trigger)
+            await self.previews.records.stopped(period, "hibernated", trigger)
         log.info(
             "preview hibernated sid=%s user=%s trigger=%s bytes=%d ms=%d",
             session.id,
@@ -216,6 +234,8 @@ class Hibernator:
                 keys.SESSIONS,
                 keys.user_hibernated(session.user),
                 keys.ROUTE_CHANGES,
+                keys.lifecycle(session.id),
+                keys.HIBERNATED,
             ],
             args=[
                 session.id,
@@ -259,6 +279,11 @@ class Hibernator:
                 headers={"Retry-After": "5"},
             ) from None
         instruments.RESUMES.labels(trigger).inc()  # observability hook
+        await remember(
+            self.redis,
+            keys.RECENT_RESUMES,
+            {"session": session.id, "user": session.user, "trigger": trigger, "at": now},
+        )
         log.info("preview resuming sid=%s user=%s trigger=%s", session.id, session.user, trigger)
 
     async def _restore(self, session: Session, began: float) -> None:
@@ -318,8 +343,10 @@ class Hibernator:
                 keys.SESSIONS,
                 keys.user_hibernated(session.user),
                 keys.ROUTE_CHANGES,
+                keys.lifecycle(session.id),
+                keys.HIBERNATED,
             ],
-            args=[session.id, repr(time.time() + ttl), ttl],
+            args=[session.id, repr(time.time() + ttl), ttl, repr(time.time())],
         )
         session.state = "hibernated"
 

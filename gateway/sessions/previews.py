@@ -163,7 +163,8 @@ class Previews:
         if changes or entries:
             pairs = [item for pair in changes.items() for item in pair]
             await self._advance(
-                keys=[keys.session(session.id), keys.ROUTE_CHANGES], args=[last, *pairs]
+                keys=[keys.session(session.id), keys.ROUTE_CHANGES, keys.lifecycle(session.id)],
+                args=[last, *pairs],
             )
             session.events_seen = last
         if self.records is not None:

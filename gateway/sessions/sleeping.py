@@ -21,6 +21,7 @@ from gateway.proxy.waking import awake
 from gateway.sessions.previews import Previews, not_found
 from gateway.sessions.store import Session
 from shared import keys
+from shared.lifecycle import lua_note
 from shared.messages import Command
 from shared.redis_types import text
 
@@ -29,18 +30,22 @@ log = logging.getLogger(__name__)
 SLEEP_TIMEOUT = 15.0
 STARTING = frozenset({"assigned", "preparing", "starting"})
 
-# KEYS: session, commands stream, route-changes channel.
+# KEYS: session, commands stream, route-changes channel, lifecycle stream.
 # ARGV: sid, container, command JSON, stream maxlen, now. -> 'sent' or the state found.
-_SLEEP = """
+_SLEEP = (
+    """
 local found = redis.call('HMGET', KEYS[1], 'state', 'container')
 if not found[1] then return 'gone' end
 if found[1] ~= 'ready' then return found[1] end
 if found[2] ~= ARGV[2] then return 'moved' end
 redis.call('HSET', KEYS[1], 'state', 'sleeping', 'updated_at', ARGV[5])
+redis.call('HINCRBY', KEYS[1], 'sleeps', 1)
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'command', ARGV[3])
 redis.call('PUBLISH', KEYS[3], ARGV[1])
-return 'sent'
 """
+    + lua_note("KEYS[4]", "'sleeping'", "ARGV[5]")
+    + "return 'sent'\n"
+)
 
 
 class Sleeper:
@@ -56,7 +61,12 @@ class Sleeper:
         command = Command("sleep", {}, session_id=session.id)
         outcome = text(
             await self._sleep(
-                keys=[keys.session(session.id), keys.commands(cid), keys.ROUTE_CHANGES],
+                keys=[
+                    keys.session(session.id),
+                    keys.commands(cid),
+                    keys.ROUTE_CHANGES,
+                    keys.lifecycle(session.id),
+                ],
                 args=[
                     session.id,
                     cid,
@@ -76,6 +86,7 @@ class Sleeper:
         if outcome != "sent":
             raise not_found()
         session.state = "sleeping"
+        session.sleeps += 1  # as the script counted it: this copy may end in a record
         try:
             result = await self.previews.containers.result(cid, command.id, SLEEP_TIMEOUT)
         except ContainerError as exc:

@@ -25,6 +25,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from shared import keys
+from shared.lifecycle import lua_note
 from shared.messages import Event, MessageError
 from shared.redis_types import record, text
 from shared.states import SessionState, session_state_of_record
@@ -34,11 +35,13 @@ DEPENDENCIES = ("restored", "installed", "skipped")
 STARTING_STEPS = frozenset({"devserver", "dev_server", "dev-server", "server", "start", "starting"})
 LIVE_BATCH = 500  # records read per pipelined round trip by live_sessions
 
-# KEYS: session, route-changes channel. ARGV[1] = stream id folded up to, then field/value
-# pairs. Writes only when the record exists, is not stopping and the id is not behind what
-# was folded before (equal: heartbeat-derived changes), never into or out of `sleeping`
-# (but to `failed`); tells the proxies it changed.
-ADVANCE = """
+# KEYS: session, route-changes channel, lifecycle stream. ARGV[1] = stream id folded up
+# to, then field/value pairs. Writes only when the record exists, is not stopping and the id
+# is not behind what was folded before (equal: heartbeat-derived changes), never into or
+# out of `sleeping` (but to `failed`); tells the proxies it changed, and the preview's
+# followers when it turned ready (a start or a resume done) or failed.
+ADVANCE = (
+    """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state or state == 'stopping' then return 0 end
 local function parse(id)
@@ -51,6 +54,7 @@ local ms, seq = parse(ARGV[1])
 local seen_ms, seen_seq = parse(seen)
 if ms < seen_ms or (ms == seen_ms and seq < seen_seq) then return 0 end
 local fields = {'events_seen', ARGV[1]}
+local changed = nil
 for i = 2, #ARGV, 2 do
   -- Only the sleep and wake scripts move a session into or out of 'sleeping' (to ready),
   -- and only a resume out of 'hibernated': a state folded from a snapshot read before
@@ -61,12 +65,20 @@ for i = 2, #ARGV, 2 do
   if not stale then
     table.insert(fields, ARGV[i])
     table.insert(fields, ARGV[i + 1])
+    if ARGV[i] == 'state' and ARGV[i + 1] ~= state and
+      (ARGV[i + 1] == 'ready' or ARGV[i + 1] == 'failed') then
+      changed = ARGV[i + 1]
+    end
   end
 end
 redis.call('HSET', KEYS[1], unpack(fields))
 if #ARGV > 1 then redis.call('PUBLISH', KEYS[2], redis.call('HGET', KEYS[1], 'id')) end
-return 1
+if changed then
+  local now = redis.call('TIME')
 """
+    + lua_note("KEYS[3]", "changed", "now[1] .. '.' .. string.format('%06d', now[2])")
+    + "end\nreturn 1\n"
+)
 
 
 def new_id() -> str:
@@ -111,10 +123,13 @@ class Session:
     pending: str = ""  # archive source: the prepare args (JSON) waiting for the files
     # Hibernated (or resuming): {"name", "sha256", "host", "bytes"} of its packed workspace.
     archive: dict[str, Any] | None = None
-    # Counted in the record by HINCRBY (share links made, share links opened), never
-    # written back by `to_record`, so a stale copy cannot reset them.
+    # Counted in the record by HINCRBY (share links made, share links opened; times it
+    # went to sleep and woke since it started or resumed), never written back by
+    # `to_record`, so a stale copy cannot reset them.
     shares: int = 0
     share_views: int = 0
+    sleeps: int = 0
+    wakes: int = 0
 
     @classmethod
     def from_record(cls, record: dict[str, str]) -> Session:
@@ -143,6 +158,8 @@ class Session:
             archive=archive if isinstance(archive, dict) else None,
             shares=int(_float(record.get("shares", "0"))),
             share_views=int(_float(record.get("share_views", "0"))),
+            sleeps=int(_float(record.get("sleeps", "0"))),
+            wakes=int(_float(record.get("wakes", "0"))),
         )
 
     def to_record(self) -> dict[str, str]:

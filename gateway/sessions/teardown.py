@@ -7,6 +7,8 @@ cleaned here are the same for all, so that no path leaves one behind.
 
 from __future__ import annotations
 
+import time
+
 from redis.asyncio import Redis
 
 from gateway.sessions import slots
@@ -24,6 +26,16 @@ async def clear(redis: Redis, session: Session, keep_record: bool = False) -> No
         pipe.srem(keys.SESSIONS, session.id)
         pipe.delete(keys.activity(session.id), keys.requested(session.id))
         pipe.zrem(keys.user_hibernated(session.user), session.id)
+        pipe.zrem(keys.HIBERNATED, session.id)
+        # Its followers' end: they read it and close (a reconnect within the TTL too).
+        lifecycle = keys.lifecycle(session.id)
+        pipe.xadd(
+            lifecycle,
+            {"state": "stopped", "at": repr(time.time())},
+            maxlen=keys.LIFECYCLE_MAXLEN,
+            approximate=True,
+        )
+        pipe.expire(lifecycle, keys.LIFECYCLE_ENDED_TTL)
         if keep_record:
             pipe.expire(keys.session(session.id), keys.STOPPED_SESSION_TTL)
         else:

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from redis import Redis as SyncRedis
 
 from preview_client import (
     STEPS,
@@ -26,8 +27,9 @@ from preview_client import (
     Preview,
     PreviewClient,
 )
+from shared import keys
 from tests.client.relay import Relay
-from tests.gateway.api_helpers import SECRET, token
+from tests.gateway.api_helpers import SECRET, add_event, fake_session, token
 from tests.utils import ROOT, GatewayProcess
 
 SERVER_JS = """
@@ -74,9 +76,9 @@ class Blocking:
         method = getattr(self.client, name)
         return lambda *args, **kwargs: self.loop.run_until_complete(method(*args, **kwargs))
 
-    def events(self, *args: Any) -> list[Event]:
+    def events(self, *args: Any, **kwargs: Any) -> list[Event]:
         async def collect() -> list[Event]:
-            return [event async for event in self.client.events(*args)]
+            return [event async for event in self.client.events(*args, **kwargs)]
 
         return self.loop.run_until_complete(collect())
 
@@ -179,6 +181,18 @@ def test_whole_surface(make_client: Any, gateway: GatewayProcess, tmp_path: Path
     assert alice.list() == []
     with pytest.raises(NotFoundError):
         alice.stop(mine.id)
+
+
+def test_events_followed_past_ready(make_client: Any, sync_redis: SyncRedis) -> None:
+    """`events(follow=True)`: the preview's later state changes, until it stops; from a
+    state change's id on (as after a cut connection), not the start again."""
+    session = fake_session(sync_redis)
+    add_event(sync_redis, session.container, "ready", session.id, port=3000)
+    states = ("sleeping", "ready", "hibernated", "resuming", "ready", "stopped")
+    ids = [sync_redis.xadd(keys.lifecycle(session.id), {"state": s, "at": "2.5"}) for s in states]
+    seen = list(make_client().events(session.id, f"L{ids[0].decode()}", follow=True))
+    assert [e.type for e in seen] == list(states[1:])
+    assert seen[0].data == {"state": "ready", "at": 2.5} and seen[0].id == f"L{ids[1].decode()}"
 
 
 @pytest.mark.parametrize("kind", ["sync", "async"])

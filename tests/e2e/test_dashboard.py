@@ -80,6 +80,8 @@ def test_dashboard_shows_live_state_and_charts(
                 15,
                 "the start record of the live preview",
             )
+            for action in ("sleep", "wake"):  # a wake for the dashboard to list
+                assert dana.post(f"/v1/previews/{sid}/{action}").status_code == 202
             check_dashboard(stack, browser, sid)
         finally:
             dana.delete(f"/v1/previews/{sid}")
@@ -123,6 +125,10 @@ def check_dashboard(stack: Stack, browser: Any, sid: str) -> None:
         assert sid in page.locator("#sessions").inner_text()
         assert "local" in page.locator("#hosts").inner_text()
         assert page.inner_text("#k-sessions").strip().isdigit()
+        asleep, _, hibernated = page.inner_text("#k-asleep").partition(" / ")
+        assert asleep.strip().isdigit() and hibernated.strip().isdigit()
+        wakes = page.locator("#wakes").inner_text()
+        assert sid in wakes and " ms" in wakes
         assert "%" in page.inner_text("#k-success")
 
         with page.expect_download() as download:

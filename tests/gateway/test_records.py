@@ -281,6 +281,20 @@ def test_stop_record_fields() -> None:
     assert Record.from_json(r.to_json()) == r
 
 
+def test_a_hibernated_preview_keeps_one_record_per_period() -> None:
+    s = session()
+    assert stop_record(s, "hibernated").id == f"{s.id}:stop"  # the first period: as ever
+    s.archive = {"name": "a", "sha256": "b", "host": "local"}  # hibernated, then resumed
+    s.sleeps, s.wakes = 3, 2
+    start, stop = start_record(s, "ready"), stop_record(s, "user")
+    ms = round(s.created_at * 1000)
+    assert (start.id, start.kind) == (f"{s.id}:resume:{ms}", "resume")
+    assert (stop.id, stop.kind, stop.sleeps, stop.wakes) == (f"{s.id}:stop:{ms}", "stop", 3, 2)
+    summary = stats([start, stop], days=1)
+    assert (summary["starts"], summary["resumes"]) == (0, 1)  # a resume is not a start
+    assert (summary["sleeps"], summary["wakes"]) == (3, 2)
+
+
 async def test_a_session_failed_by_the_controller(redis: Redis, tmp_path: Path) -> None:
     recorder = Recorder(Settings.from_env({}, state_dir=str(tmp_path)), redis)
     try:

@@ -77,21 +77,27 @@ async def test_folding_never_moves_a_session_into_or_out_of_sleep(redis: Redis) 
     advance = redis.register_script(ADVANCE)
     sid = new_id()
     key = keys.session(sid)
+    where = [key, keys.ROUTE_CHANGES, keys.lifecycle(sid)]
     await redis.hset(key, mapping={"id": sid, "state": "sleeping", "events_from": "1-0"})
     try:
         args = ["2-0", "state", "ready", "error", ""]
-        assert await advance(keys=[key, keys.ROUTE_CHANGES], args=args)
+        assert await advance(keys=where, args=args)
         assert await redis.hget(key, "state") == b"sleeping"
         assert await redis.hget(key, "events_seen") == b"2-0"  # the rest is written
         await redis.hset(key, "state", "ready")
-        assert await advance(keys=[key, keys.ROUTE_CHANGES], args=["3-0", "state", "sleeping"])
+        assert await advance(keys=where, args=["3-0", "state", "sleeping"])
         assert await redis.hget(key, "state") == b"ready"
+        assert await redis.xlen(keys.lifecycle(sid)) == 0  # no change: nothing to follow
         # Failing a sleeping session is allowed (the reaper's and endings' path).
         await redis.hset(key, "state", "sleeping")
-        assert await advance(keys=[key, keys.ROUTE_CHANGES], args=["4-0", "state", "failed"])
+        assert await advance(keys=where, args=["4-0", "state", "failed"])
         assert await redis.hget(key, "state") == b"failed"
+        notes: Any = await redis.xrange(keys.lifecycle(sid))
+        assert [n[b"state"] for _, n in notes] == [b"failed"]  # its followers hear it
+        assert float(notes[0][1][b"at"]) > 0
+        assert 0 < await redis.ttl(keys.lifecycle(sid)) <= keys.LIFECYCLE_TTL
     finally:
-        await redis.delete(key)
+        await redis.delete(key, keys.lifecycle(sid))
 
 
 async def test_all_live_sessions_are_read_in_batches_oldest_first(redis: Redis) -> None:

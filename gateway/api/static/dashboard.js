@@ -128,6 +128,21 @@
     const o = await (await api("/v1/admin/overview")).json();
     $("k-sessions").textContent = o.sessions.active;
     $("k-states").textContent = Object.entries(o.sessions.by_state).map(([k, v]) => v + " " + k).join(", ");
+    const lc = o.lifecycle;
+    $("k-asleep").textContent = lc.sleeping + " / " + lc.hibernated;
+    $("k-asleep-sub").textContent = lc.recent_wakes.length + " recent wakes · " + lc.recent_resumes.length + " recent resumes";
+    fill("wakes", lc.recent_wakes, (row, w) => {
+      cell(row, when(w.at));
+      cell(row, w.session);
+      cell(row, w.trigger);
+      cell(row, w.ms + " ms");
+    });
+    fill("resumes", lc.recent_resumes, (row, r) => {
+      cell(row, when(r.at));
+      cell(row, r.session);
+      cell(row, r.user);
+      cell(row, r.trigger);
+    });
     $("k-pool").textContent = o.pool.pooled + " / " + o.pool.target;
     $("k-pool-sub").textContent = "warm / target · " + o.pool.reserved + " kept for their last user · " +
       o.pool.hits + " hits, " + o.pool.reserved_hits + " reserved hits, " + o.pool.misses + " misses";
