@@ -53,6 +53,7 @@ OVERRIDES = {
     "container_memory_mb": 1024,  # a Next.js dev server
     "heartbeat_interval": 5.0,  # the production defaults: what a sleeping preview costs
     "heartbeat_ttl": 15.0,
+    "sleep_heartbeat_interval": 30.0,
     "signing_secret": "bench-sleep-signing",
     "max_concurrent_per_user": 50,
     "host_cpu_overcommit": 16.0,  # ten idle Next.js previews on a 2-core machine

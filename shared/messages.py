@@ -55,6 +55,17 @@ def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in data.items() if k in names}
 
 
+# A sleeping supervisor beats only every PREVIEW_SLEEP_HEARTBEAT_INTERVAL (each wake-up is
+# most of what a frozen preview costs); its heartbeat key lives this many of those beats,
+# so a container that died asleep is taken for dead within that time.
+SLEEPING_TTL_BEATS = 3
+
+
+def sleeping_heartbeat_ttl(sleep_interval: float, awake_ttl: float) -> float:
+    """The heartbeat TTL of a sleeping supervisor (never shorter than an awake one's)."""
+    return max(SLEEPING_TTL_BEATS * sleep_interval, awake_ttl)
+
+
 @dataclass
 class Heartbeat:
     """What a supervisor reports every heartbeat interval."""

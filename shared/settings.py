@@ -18,6 +18,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared.messages import sleeping_heartbeat_ttl
+
 HOST_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 # A deployment's name goes into Docker labels, volume and container names: a DNS label.
 DEPLOYMENT_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?")
@@ -329,6 +331,14 @@ class Settings:
     # --- supervisor ---------------------------------------------------------------------
     heartbeat_interval: float = _setting(5.0, "Supervisor heartbeat interval, seconds.", float)
     heartbeat_ttl: float = _setting(15.0, "Heartbeat key TTL, seconds.", float)
+    sleep_heartbeat_interval: float = _setting(
+        30.0,
+        "Heartbeat interval of a sleeping preview's supervisor, seconds (its key lives 3 "
+        "intervals, so a container that dies asleep is declared dead within that). Fewer "
+        "wake-ups are most of what keeps a sleeping preview's CPU near zero; a wake, "
+        "hibernate or stop still reaches it at once.",
+        float,
+    )
     # --- pool and reaper ----------------------------------------------------------------
     pool_min: int = _setting(2, "Warm containers kept at least, per image.", int)
     pool_max: int = _setting(5, "Warm containers kept at most, per image.", int)
@@ -518,6 +528,16 @@ class Settings:
             else:
                 object.__setattr__(self, "preview_port", 8080)
 
+    @property
+    def sleep_heartbeat_ttl(self) -> float:
+        """How long a sleeping supervisor's heartbeat lives (it says it beats that rarely)."""
+        return sleeping_heartbeat_ttl(self.sleep_heartbeat_interval, self.heartbeat_ttl)
+
+    def heartbeat_limit(self, state: str) -> float:
+        """How old a heartbeat reporting dev-server `state` may be before its container is
+        taken for dead."""
+        return self.sleep_heartbeat_ttl if state == "sleeping" else self.heartbeat_ttl
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Build settings from ``PREVIEW_*`` variables; keyword overrides win (tests)."""
@@ -556,6 +576,10 @@ class Settings:
             raise SettingsError("need 0 <= PREVIEW_POOL_MIN <= PREVIEW_POOL_MAX")
         if self.heartbeat_ttl <= self.heartbeat_interval:
             raise SettingsError("PREVIEW_HEARTBEAT_TTL must exceed PREVIEW_HEARTBEAT_INTERVAL")
+        if self.sleep_heartbeat_interval < self.heartbeat_interval:
+            raise SettingsError(
+                "PREVIEW_SLEEP_HEARTBEAT_INTERVAL must be at least PREVIEW_HEARTBEAT_INTERVAL"
+            )
         if self.pool_affinity_ttl < 0:
             raise SettingsError("PREVIEW_POOL_AFFINITY_TTL must not be negative")
         if not self.docker_hosts:

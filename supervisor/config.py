@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from shared.messages import sleeping_heartbeat_ttl
+
 ENV_PREFIX = "PREVIEW_"
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -34,6 +36,9 @@ class SupervisorConfig:
     sentinel_user: str = ""
     heartbeat_interval: float = 5.0
     heartbeat_ttl: float = 15.0
+    # While the dev server sleeps (PREVIEW_SLEEP_HEARTBEAT_INTERVAL): beats and idle
+    # command reads this far apart, the key living SLEEPING_TTL_BEATS of them.
+    sleep_heartbeat_interval: float = 30.0
     dev_port: int = 3000
     max_ports: int = 8  # the user's extra listening ports reported at most
     workspace: Path = Path("/workspace")
@@ -73,6 +78,10 @@ class SupervisorConfig:
     # The port relay's secret (shared/relay.py); empty: no relay (a developer's machine).
     relay_secret: str = field(default="", repr=False)
 
+    @property
+    def sleep_heartbeat_ttl(self) -> float:
+        return sleeping_heartbeat_ttl(self.sleep_heartbeat_interval, self.heartbeat_ttl)
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> SupervisorConfig:
         env = os.environ if environ is None else environ
@@ -101,6 +110,7 @@ class SupervisorConfig:
             sentinel_user=get("SUPERVISOR_SENTINEL_USER", ""),
             heartbeat_interval=number("HEARTBEAT_INTERVAL", 5.0),
             heartbeat_ttl=number("HEARTBEAT_TTL", 15.0),
+            sleep_heartbeat_interval=number("SLEEP_HEARTBEAT_INTERVAL", 30.0),
             dev_port=int(number("DEV_PORT", 3000)),
             max_ports=int(number("MAX_PORTS", 8)),
             workspace=Path(get("WORKSPACE", "/workspace")),
@@ -134,6 +144,10 @@ class SupervisorConfig:
             raise ConfigError(f"{ENV_PREFIX}HEARTBEAT_INTERVAL must be positive")
         if self.heartbeat_ttl <= self.heartbeat_interval:
             raise ConfigError(f"{ENV_PREFIX}HEARTBEAT_TTL must exceed the interval")
+        if self.sleep_heartbeat_interval < self.heartbeat_interval:
+            raise ConfigError(
+                f"{ENV_PREFIX}SLEEP_HEARTBEAT_INTERVAL must be at least HEARTBEAT_INTERVAL"
+            )
         if not 0 < self.dev_port < 65536:
             raise ConfigError(f"{ENV_PREFIX}DEV_PORT must be a TCP port")
         if self.restart_limit < 0:

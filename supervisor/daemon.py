@@ -40,9 +40,13 @@ from supervisor.readiness import backoff
 log = logging.getLogger(__name__)
 
 READ_BLOCK_MS = 5000
-# While the dev server sleeps, each idle return of the blocking read is most of what its
-# supervisor costs: fewer of them (a command still arrives at once).
-ASLEEP_READ_BLOCK_MS = 10000  # still well under the socket timeout below
+# While the dev server sleeps, each idle return of the blocking read is, with the
+# heartbeat, most of what its supervisor costs: it blocks a whole sleeping heartbeat
+# interval (PREVIEW_SLEEP_HEARTBEAT_INTERVAL); a command still arrives at once.
+
+
+def asleep_block_ms(config: SupervisorConfig) -> int:
+    return max(READ_BLOCK_MS, int(config.sleep_heartbeat_interval * 1000))
 
 
 def connect(config: SupervisorConfig) -> Redis:
@@ -51,9 +55,9 @@ def connect(config: SupervisorConfig) -> Redis:
     options: dict[str, Any] = {
         "client_name": config.container_id,
         "socket_connect_timeout": 5,
-        # Longer than XREADGROUP's BLOCK (redis-py 8 defaults to 5 s, which would cut
-        # every idle blocking read short with a TimeoutError).
-        "socket_timeout": READ_BLOCK_MS / 1000 + 10,
+        # Longer than XREADGROUP's longest BLOCK (redis-py 8 defaults to 5 s, which would
+        # cut every idle blocking read short with a TimeoutError).
+        "socket_timeout": asleep_block_ms(config) / 1000 + 10,
     }
     if "driver_info" in inspect.signature(Redis.__init__).parameters:
         options["driver_info"] = None
@@ -219,7 +223,7 @@ class Supervisor:
 
     def _block_ms(self) -> int:
         asleep = self.ctx.devserver.state == "sleeping"
-        return ASLEEP_READ_BLOCK_MS if asleep else READ_BLOCK_MS
+        return asleep_block_ms(self.config) if asleep else READ_BLOCK_MS
 
     async def _dispatch(self, entry_id: str, fields: dict[Any, Any] | None) -> None:
         if not fields:  # a pending entry whose data was trimmed from the stream

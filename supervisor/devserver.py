@@ -99,6 +99,8 @@ class DevServer:
         self._crashes: deque[float] = deque()
         self._connected_at: float | None = None  # this run's first connection (monotonic)
         self._lock = asyncio.Lock()
+        # Set when it falls asleep or wakes: the heartbeat changes its pace at once.
+        self.sleep_changed = asyncio.Event()
 
     @property
     def pid(self) -> int | None:
@@ -110,6 +112,8 @@ class DevServer:
         return self.spec.port if self.spec is not None and self.pid is not None else None
 
     def set_state(self, state: DevState, error: str | None = None) -> None:
+        if (state == "sleeping") != (self.state == "sleeping"):
+            self.sleep_changed.set()
         self.state = state
         if error is not None:
             self.last_error = error

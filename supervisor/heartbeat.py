@@ -1,9 +1,12 @@
 """The heartbeat: every interval a ``Heartbeat`` goes to a key with a TTL (gone when we
-are) and to a capped stream for history, in one transaction."""
+are) and to a capped stream for history, in one transaction. While the dev server sleeps
+the interval is PREVIEW_SLEEP_HEARTBEAT_INTERVAL and the TTL three of those (the reaper
+judges a sleeping heartbeat's age by that TTL too); falling asleep or waking beats at once."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -13,7 +16,7 @@ from redis.exceptions import RedisError
 
 from shared import keys
 from shared.messages import Heartbeat
-from shared.periodic import ticks
+from shared.periodic import next_due
 from supervisor.cgroup import CgroupSample, CpuMeter, disk_total, tree_size
 from supervisor.context import Context
 from supervisor.diskquota import BtrfsQuota, DiskSample, statvfs_sample
@@ -124,11 +127,12 @@ def sample(
     )
 
 
-async def publish(ctx: Context, heartbeat: Heartbeat) -> None:
+async def publish(ctx: Context, heartbeat: Heartbeat, ttl: float) -> None:
     cid = ctx.config.container_id
     payload = heartbeat.to_json()
+    px = int(ttl * 1000)
     async with ctx.redis.pipeline(transaction=True) as pipe:
-        pipe.set(keys.heartbeat(cid), payload, px=int(ctx.config.heartbeat_ttl * 1000))
+        pipe.set(keys.heartbeat(cid), payload, px=px)
         pipe.xadd(
             keys.heartbeat_history(cid),
             {keys.HEARTBEAT_HISTORY_FIELD: payload},
@@ -158,30 +162,56 @@ async def run(ctx: Context) -> None:
 
 
 async def _beat(ctx: Context, cpu: CpuMeter, disk: DiskMeter, watch: PortWatch) -> None:
+    config = ctx.config
     failing = False
     ports: list[int] = []
     cg: CgroupSample | None = None
-    async for _ in ticks(ctx.config.heartbeat_interval, first_now=True):
+    loop = asyncio.get_running_loop()
+    changed = ctx.devserver.sleep_changed
+    due = loop.time()
+    while True:
+        await _until(changed, due - loop.time())
+        if changed.is_set():
+            # Fell asleep or woke: beat now, so the key's TTL and the state it reports
+            # follow at once (a woken preview beats at the normal pace from here on).
+            changed.clear()
+            due = loop.time()
+        asleep = ctx.devserver.state == "sleeping"
         try:
             # While the dev server is frozen nothing of it can open a port, write a file
             # or change its memory: the last scan and samples still hold, and a sleeping
             # preview's container costs only this beat (the reaper and the controller
             # need it) and one read of its CPU time.
-            if ctx.devserver.state != "sleeping" or cg is None:
+            if not asleep or cg is None:
                 ports = await extra_ports(ctx, watch)
                 await disk.read(ctx)
                 cg = ctx.cgroup.sample()
             else:
                 cg = dataclasses.replace(cg, cpu_usage_ns=ctx.cgroup.cpu_usage_ns())
-            await publish(ctx, sample(ctx, cpu, disk.sample, ports, cg))
+            ttl = config.sleep_heartbeat_ttl if asleep else config.heartbeat_ttl
+            await publish(ctx, sample(ctx, cpu, disk.sample, ports, cg), ttl)
+            if failing:
+                log.info("heartbeat written again")
+            failing = False
         except (RedisError, OSError) as exc:
             if not failing:
                 log.warning("heartbeat not written: %s", exc)
             failing = True
-            continue
-        if failing:
-            log.info("heartbeat written again")
-        failing = False
+        # Each beat while asleep is most of what a frozen preview costs: few of them. A
+        # failed one is tried again at the normal pace (after an outage the reaper waits
+        # only about two normal TTLs for heartbeats to come back).
+        slow = asleep and not failing
+        interval = config.sleep_heartbeat_interval if slow else config.heartbeat_interval
+        due = next_due(due, loop.time(), interval)
+
+
+async def _until(event: asyncio.Event, delay: float) -> None:
+    """Wait `delay` seconds, or less if `event` is set."""
+    if delay <= 0 or event.is_set():
+        return
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(delay):
+            await event.wait()
 
 
 async def clear(ctx: Context) -> None:

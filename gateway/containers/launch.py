@@ -43,6 +43,7 @@ def supervisor_env(settings: Settings, cid: str, password: str) -> dict[str, str
         "PREVIEW_SUPERVISOR_REDIS_URL": supervisor_redis_url(s, cid, password),
         "PREVIEW_HEARTBEAT_INTERVAL": str(s.heartbeat_interval),
         "PREVIEW_HEARTBEAT_TTL": str(s.heartbeat_ttl),
+        "PREVIEW_SLEEP_HEARTBEAT_INTERVAL": str(s.sleep_heartbeat_interval),
         "PREVIEW_DEV_PORT": str(s.dev_port),
         "PREVIEW_MAX_PORTS": str(s.max_ports),
         "PREVIEW_CACHE_MAX_BYTES": str(s.cache_max_bytes),

@@ -138,7 +138,8 @@ class Reaper:
             if silence is None:
                 return False
             silent, last = silence
-            detail = f"no heartbeat for {silent:.0f}s (limit {s.heartbeat_ttl:.0f}s)"
+            limit = s.heartbeat_limit(last.state if last is not None else "")
+            detail = f"no heartbeat for {silent:.0f}s (limit {limit:.0f}s)"
             if last is not None and last.memory_used > MEMORY_LIMIT * last.memory_limit > 0:
                 # A container thrashing at its memory limit starves its supervisor too.
                 detail += (
@@ -210,12 +211,15 @@ class Reaper:
         self, cid: str, found: dict[str, str], now: float
     ) -> tuple[float, Heartbeat | None] | None:
         """Seconds since the container's last heartbeat, and that heartbeat, when that is
-        past the TTL (None while it may still be starting up or only just missed one)."""
+        past its TTL (None while it may still be starting up or only just missed one). A
+        sleeping supervisor beats rarely and says so: its beat lives the longer TTL (after
+        a failover the key may be gone while the replicated history still holds it)."""
         last: Any = await self.redis.xrevrange(keys.heartbeat_history(cid), count=1)
         if last:
             beat = Heartbeat.read(last[0][1].get(keys.HEARTBEAT_HISTORY_FIELD.encode()))
             last_ts = beat.ts if beat is not None else 0.0
-            if now - last_ts > self.settings.heartbeat_ttl:
+            limit = self.settings.heartbeat_limit(beat.state if beat is not None else "")
+            if now - last_ts > limit:
                 return now - last_ts, beat
             return None
         created = _float(found.get("created_at"))

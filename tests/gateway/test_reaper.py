@@ -280,3 +280,39 @@ async def test_orphans_both_ways(
     # Its user's code may have run: kept for that user only.
     assert await redis.hget(keys.container(stuck.cid), "state") == b"reserved"
     assert await redis.zscore(keys.user_reserved("dave"), stuck.cid) is not None
+
+
+async def test_a_sleeping_heartbeat_is_judged_by_its_longer_ttl(
+    settings: Settings, redis: Redis, make_controller: ControllerFactory
+) -> None:
+    # Awake beats live 4 s; a sleeping supervisor beats every 4 s, its beats living 12 s.
+    # Key gone (expired, or lost in a failover), history left: the last beat's state says
+    # which limit applies.
+    s = fast(settings, sleep_heartbeat_interval=4.0)
+    assert (s.heartbeat_ttl, s.sleep_heartbeat_ttl) == (4.0, 12.0)
+    controller = make_controller(s)
+
+    async def trusted() -> bool:  # a Redis only just started: missing beats are no news
+        await controller.reaper.outage.check()
+        return controller.reaper.outage.heartbeats_trusted
+
+    await async_wait_until(trusted, 3 * s.heartbeat_ttl, "heartbeats to be trusted")
+    sessions = {}
+    for name, state, age in [
+        ("pvc-dozing", "sleeping", 6.0),  # past the awake TTL only: alive
+        ("pvc-dead-awake", "ready", 6.0),
+        ("pvc-dead-asleep", "sleeping", 13.0),
+    ]:
+        session = await fake_session(redis, name, user=name, state=state)
+        last = Heartbeat(name, time.time() - age, session.id, state)  # type: ignore[arg-type]
+        entry = {keys.HEARTBEAT_HISTORY_FIELD: last.to_json()}
+        await redis.xadd(keys.heartbeat_history(name), entry)  # type: ignore[arg-type]
+        sessions[name] = session
+    assert await controller.reaper.tick() == 2
+    states = {name: (await load(redis, sess.id)) for name, sess in sessions.items()}
+    assert states["pvc-dozing"] is not None and states["pvc-dozing"].state == "sleeping"
+    for name in ("pvc-dead-awake", "pvc-dead-asleep"):
+        current = states[name]
+        assert current is not None and current.state == "failed", (name, current)
+        assert current.error is not None and "no heartbeat" in current.error["detail"]
+    assert "limit 12s" in states["pvc-dead-asleep"].error["detail"]  # type: ignore[index,union-attr]

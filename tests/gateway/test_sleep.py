@@ -7,6 +7,8 @@ controller failover."""
 from __future__ import annotations
 
 import asyncio
+import itertools
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -209,6 +211,57 @@ async def test_reaper_sleeps_an_unused_preview_and_keeps_it_across_failover(
         await Sleeper(starter.previews).sleep(again, "api")
         assert again.state == "sleeping"
         await starter.previews.stop(again)
+
+
+@pytest.mark.slow
+async def test_asleep_it_beats_rarely_is_kept_and_is_declared_dead_within_its_ttl(
+    make_controller: ControllerFactory, redis: Redis, settings: Settings
+) -> None:
+    # Awake: beats every 1 s living 4 s. Asleep: every 4 s living 12 s.
+    quick = fast(settings, sleep_heartbeat_interval=4.0)
+    controller = make_controller(quick)
+    async with running(controller):
+        starter = starter_for(controller)
+        session = await start(starter, "alice", "rare-beats")
+        ready = await wait_state(starter.previews, session.id, "ready", 120)
+        cid = ready.container
+        await Sleeper(starter.previews).sleep(ready, "api")
+        history: list[Heartbeat] = []
+
+        async def asleep_beats(n: int) -> list[Heartbeat] | None:
+            # What the gateways' tracker does each second: renews the slot while it beats.
+            await starter.previews.refresh(ready)
+            current = await starter.previews.load(session.id)
+            assert current is not None and current.state == "sleeping", current
+            assert await redis.exists(keys.heartbeat(cid))
+            entries = await redis.xrange(keys.heartbeat_history(cid))
+            beats = [Heartbeat.read(f[keys.HEARTBEAT_HISTORY_FIELD.encode()]) for _, f in entries]
+            history[:] = [b for b in beats if b is not None and b.state == "sleeping"]
+            return history if len(history) >= n else None
+
+        await async_wait_until(lambda: asleep_beats(1), 10, "a sleeping heartbeat")
+        assert 4000 < await redis.pttl(keys.heartbeat(cid)) <= 12000
+        lease = await redis.zscore(keys.user_slots("alice"), session.id)
+        # Longer than the awake TTL: beats 4 s apart, neither reaped nor its slot lapsed.
+        await async_wait_until(lambda: asleep_beats(3), 20, "three sleeping heartbeats")
+        gaps = [b.ts - a.ts for a, b in itertools.pairwise(history)]
+        assert all(3.5 < gap < 6.5 for gap in gaps), gaps
+        assert (await redis.zscore(keys.user_slots("alice"), session.id) or 0) > (lease or 0)
+
+        # Dead while asleep: declared so once its sleeping TTL ran out, not before.
+        subprocess.run(["docker", "kill", cid], check=True, capture_output=True)
+        last = Heartbeat.read(await redis.get(keys.heartbeat(cid)))
+        assert last is not None and last.state == "sleeping"
+
+        async def failed() -> Session | None:
+            current = await starter.previews.load(session.id)
+            return current if current is not None and current.state == "failed" else None
+
+        dead = await async_wait_until(failed, quick.sleep_heartbeat_ttl + 10, "heartbeat_lost")
+        silent = time.time() - last.ts
+        print(f"declared dead {silent:.1f}s after its last sleeping beat (TTL 12 s)")
+        assert quick.heartbeat_ttl < silent <= quick.sleep_heartbeat_ttl + 6, silent
+        assert dead.error is not None and "limit 12s" in dead.error["detail"]
 
 
 # A dev server with a WebSocket echo (no dependencies): it answers pings, echoes frames.

@@ -258,6 +258,7 @@ async def sup_factory(
             "PREVIEW_SUPERVISOR_REDIS_URL": sup_redis_server.url,
             "PREVIEW_HEARTBEAT_INTERVAL": "0.5",
             "PREVIEW_HEARTBEAT_TTL": "3",
+            "PREVIEW_SLEEP_HEARTBEAT_INTERVAL": "1",
             "PREVIEW_DEV_PORT": str(port),
             "PREVIEW_WORKSPACE": str(workspace),
             "PREVIEW_CACHE_DIR": str(cache),

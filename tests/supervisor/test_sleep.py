@@ -7,6 +7,7 @@ the same host for the same owner only, refused when damaged or gone."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import shutil
 import time
@@ -16,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from shared.messages import WRONG_SESSION
+from shared import keys
+from shared.messages import WRONG_SESSION, Heartbeat
 from supervisor import freeze
 from tests.supervisor.conftest import SupervisorProcess, make_dir
 from tests.supervisor.test_daemon import get, node_project, prepare_args
@@ -108,6 +110,69 @@ def get_quick(sup: SupervisorProcess) -> str:
 
     with urllib.request.urlopen(f"http://{EXTERNAL}:{sup.port}/", timeout=1) as response:
         return str(response.read().decode())
+
+
+async def sleeping_beats(sup: SupervisorProcess) -> list[Heartbeat]:
+    """The heartbeats written so far that report the dev server asleep, oldest first."""
+    entries = await sup.redis.xrange(keys.heartbeat_history(sup.cid))
+    beats = [Heartbeat.read(fields[keys.HEARTBEAT_HISTORY_FIELD.encode()]) for _, fields in entries]
+    return [hb for hb in beats if hb is not None and hb.state == "sleeping"]
+
+
+async def test_asleep_it_beats_rarely_with_a_long_ttl_and_wakes_at_once(
+    sup_factory: Any,
+) -> None:
+    # Awake: a beat every 0.5 s living 3 s. Asleep: every 4 s, living 12 s.
+    sup: SupervisorProcess = sup_factory(PREVIEW_SLEEP_HEARTBEAT_INTERVAL="4")
+    await ready_busy(sup)
+    assert 0 < await sup.redis.pttl(keys.heartbeat(sup.cid)) <= 3000
+
+    asked = time.time()
+    assert (await sup.send("sleep")).ok
+    # Falling asleep beats at once (not a whole sleeping interval later) with the long TTL.
+    first = await sup.wait_heartbeat(timeout=3, state="sleeping")
+    assert first.ts - asked < 2, first.ts - asked
+    assert 3000 < await sup.redis.pttl(keys.heartbeat(sup.cid)) <= 12000
+
+    # Over a span longer than the awake TTL: few beats, 4 s apart, the key never gone.
+    async def beats(n: int) -> list[Heartbeat] | None:
+        found = await sleeping_beats(sup)
+        assert await sup.redis.exists(keys.heartbeat(sup.cid))
+        return found if len(found) >= n else None
+
+    found = await async_wait_until(lambda: beats(3), 15, "three sleeping beats")
+    gaps = [b.ts - a.ts for a, b in itertools.pairwise(found)]
+    assert all(3.5 < gap < 6 for gap in gaps), gaps
+    assert found[-1].ts - found[0].ts > 3  # longer than the awake TTL, still alive
+
+    # A command reaches it at once though its idle read blocks 4 s; its first awake beat
+    # follows at once too, with the awake TTL again.
+    began = time.monotonic()
+    woke = await sup.send("wake")
+    assert woke.ok and woke.result["woke"] is True
+    took = time.monotonic() - began
+    print(f"wake command round trip while asleep: {took * 1000:.1f} ms")
+    assert took < 3, took
+    awake = await sup.wait_heartbeat(timeout=2, state="ready")
+    assert awake.ts - found[-1].ts < 6
+    assert 0 < await sup.redis.pttl(keys.heartbeat(sup.cid)) <= 3000
+
+
+async def test_a_killed_sleeping_supervisor_goes_silent_within_its_sleeping_ttl(
+    sup_factory: Any,
+) -> None:
+    sup: SupervisorProcess = sup_factory(PREVIEW_SLEEP_HEARTBEAT_INTERVAL="2")
+    await ready_busy(sup)
+    assert (await sup.send("sleep")).ok
+    await sup.wait_heartbeat(state="sleeping")
+    sup.kill9()
+    killed = time.monotonic()
+
+    async def gone() -> bool:
+        return not await sup.redis.exists(keys.heartbeat(sup.cid))
+
+    await async_wait_until(gone, 10, "the heartbeat key to expire")
+    assert time.monotonic() - killed <= 6.5  # 3 sleeping intervals
 
 
 async def test_restart_and_stop_work_on_a_sleeping_dev_server(sup_factory: Any) -> None:
