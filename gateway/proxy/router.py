@@ -258,12 +258,11 @@ class PreviewRouter:
         host = public_host(self.settings, label)
         if is_ws:
             keep_idle = lambda: self.waking.sleeping(sid)  # noqa: E731
+            socket = self.sockets.relay(sid, address, host, keep_idle, scope, receive, send)
             if viewer is not None:
-                await self.sockets.viewer_relay(
-                    viewer, sid, address, host, keep_idle, scope, receive, send
-                )
+                await self.sockets.watched(viewer, sid, socket, send)
             else:
-                await self.sockets.relay(sid, address, host, keep_idle, scope, receive, send)
+                await socket
         else:
             began = time.monotonic()
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 from gateway.asgi_types import Receive, Scope, Send
 from gateway.observability import instruments
@@ -90,26 +91,16 @@ class PreviewSockets:
             else:
                 del self._per_client[client]
 
-    async def viewer_relay(
-        self,
-        share: Share,
-        sid: str,
-        address: str,
-        host: str,
-        keep_idle: Callable[[], Awaitable[bool]],
-        scope: Scope,
-        receive: Receive,
-        send: Send,
+    async def watched(
+        self, share: Share, sid: str, relay: Coroutine[Any, Any, None], send: Send
     ) -> None:
-        """A share viewer's WebSocket, in a task of its own that the share's revocation or
-        expiry, or the preview's end, cancels (the relay then closes with 1008 or 1001)."""
-        relay = asyncio.create_task(
-            self.relay(sid, address, host, keep_idle, scope, receive, send),
-            name=f"share ws {sid}",
-        )
-        self.shares.watch(share, sid, relay)
+        """A share viewer's WebSocket `relay`, in a task of its own that the share's
+        revocation or expiry, or the preview's end, cancels (it then closes with 1008 or
+        1001)."""
+        task = asyncio.create_task(relay, name=f"share ws {sid}")
+        self.shares.watch(share, sid, task)
         try:
-            await relay
+            await task
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if current is not None and current.cancelling():
