@@ -17,6 +17,11 @@ For each app (``--phases``, any of):
   load average, and the **first view** in Chromium after `ready`: through a running
   gateway (``--view gateway``, the default: the open_url's sign-in, its redirect and the
   proxy, as a user gets it) or straight from the container's port (``--view direct``);
+- through the gateway, also what a user who opened the preview at once sees (``--no-watch``
+  skips it): a page opened on the open_url right after the start request shows the
+  starting page and reloads itself at ``ready``: start → app visible in that page, and its
+  lag behind ``ready`` (the starting page's status feed; the first view above is a new
+  visitor after ``ready`` and does not see it);
 - **HMR** (``--hmr N`` edits, 0: none): an edit written through the supervisor (as
   `PUT .../files/{path}` does) until the new text is visible in the last page, p50;
 - **host**: `npm run dev` on this machine (no container, all cores) from no build cache
@@ -35,7 +40,8 @@ end. The machine this runs on is shared and loaded: compare figures within one r
 
     .venv/bin/python bench/bench_frameworks.py [--apps next15,vite-react]
         [--phases cold,warm,user,same] [--repeats 1] [--hmr 3] [--view gateway|direct]
-        [--no-boost] [--no-warmup] [--skip-host] [--cold-only] [--label " (template image)"]
+        [--no-boost] [--no-warmup] [--no-watch] [--skip-host] [--cold-only]
+        [--label " (template image)"]
 
 PREVIEW_TEST_IMAGE picks the image (e.g. one built with scripts/build-image
 --template-deps, with --cold-only: what the baked npm store saves a cold install).
@@ -218,6 +224,9 @@ class Run:
     timings: dict[str, int] = field(default_factory=dict)
     hmr_ms: list[float] = field(default_factory=list)
     later_s: float = 0.0  # the next new visitor's view
+    watched_s: float = math.nan  # start → app visible in a page opened at the start
+    lag_s: float = math.nan  # ... after `ready` (the starting page's reload)
+    reload_s: float = math.nan  # `ready` → that page's reload (its status feed)
     cpus: list[float] = field(default_factory=list)  # cpu.max seen while starting
     load: float = field(default_factory=lambda: os.getloadavg()[0])  # when it ended
 
@@ -276,11 +285,12 @@ def gateway(settings: Settings) -> Iterator[Callable[[Session], str]]:
 async def hmr(page: Page, app: str, rounds: int, write: Any) -> list[float]:
     """Edit the page's text `rounds` times; ms until each edit is visible."""
     files, path = APPS[app]
-    samples = []
+    samples, written = [], []
     for n in range(1, rounds + 1):
         content = str(files[path]).replace("TEXT", page_text(app, n))
         began = time.monotonic()
         await write(path, content)
+        written.append(round((time.monotonic() - began) * 1000))
         try:
             await page.wait_for_selector(f"text={page_text(app, n)}", timeout=HMR_TIMEOUT)
         except PlaywrightTimeout:
@@ -288,6 +298,9 @@ async def hmr(page: Page, app: str, rounds: int, write: Any) -> list[float]:
             samples.append(math.inf)
             continue
         samples.append((time.monotonic() - began) * 1000)
+    # The write's share (for containers: the command's round trip until the supervisor
+    # acknowledged the file written); the rest is the watcher, the compile and the browser.
+    say(f"{app}: HMR ms {[round(ms) for ms in samples]}, of which the write {written}")
     return samples
 
 
@@ -320,7 +333,8 @@ async def containers(
                 starter = starter_for(controller)
                 tracker = asyncio.create_task(Tracker(starter.previews, 0.5).run())
                 try:
-                    bench = Cases(app, project_blob(project), browser, starter, view_url)
+                    watch = args.view == "gateway" and not args.no_watch
+                    bench = Cases(app, project_blob(project), browser, starter, view_url, watch)
                     await bench.run(controller, settings, args, runs)
                 finally:
                     tracker.cancel()
@@ -338,6 +352,28 @@ class Cases:
     browser: Browser
     starter: Starter
     view_url: Callable[[Session], str]
+    watch: bool = False
+
+    async def watched(self, url: str, began: float) -> tuple[float, float]:
+        """A user who opened the preview at once: seconds from the start request until
+        the starting page reloads itself (its status feed saw ``ready``; NaN if the app
+        showed at once), and until the app's text is visible."""
+        page = await (await self.browser.new_context()).new_page()
+        text = page_text(self.app)
+        reloads: list[float] = []
+
+        def navigated(request: Any) -> None:
+            if request.is_navigation_request():
+                reloads.append(time.monotonic() - began)
+
+        try:
+            await page.goto(url, wait_until="commit", timeout=300_000)
+            await page.locator("#title").or_(page.get_by_text(text)).first.wait_for(timeout=300_000)
+            page.on("request", navigated)
+            await page.wait_for_selector(f"text={text}", timeout=900_000)
+            return (reloads[0] if reloads else math.nan), time.monotonic() - began
+        finally:
+            await page.context.close()
 
     async def one(self, user: str, case: str) -> tuple[Run, Session, Page]:
         """Start ``user``'s preview of the app (a pooled container) until it is ready,
@@ -345,21 +381,35 @@ class Cases:
         starter, app = self.starter, self.app
         began = time.monotonic()
         session = await start(starter, user, app, {"type": "archive"})
+        watcher = (
+            asyncio.create_task(self.watched(self.view_url(session), began)) if self.watch else None
+        )
         limits: set[float] = set()
         sampler = asyncio.create_task(self.cpu_limits(session.container, limits))
         try:
             assert await starter.prepare_pending(session, self.blob)
             ready = await wait_state(starter.previews, session.id, "ready", timeout=900)
+        except BaseException:
+            if watcher is not None:
+                watcher.cancel()
+            raise
         finally:
             sampler.cancel()
         ready_s = time.monotonic() - began
+        reload, watched = (await watcher) if watcher is not None else (math.nan, math.nan)
         url = partial(self.view_url, ready)
         view_s, later_s, page = await first_view(self.browser, url, page_text(app))
         timings = await self.timings(ready)
         result = Run(app, case, ready_s, view_s, ready.dependencies or "", timings)
         result.later_s = later_s
+        result.watched_s, result.lag_s = watched, watched - ready_s
+        result.reload_s = reload - ready_s
         result.cpus = sorted(limits)
-        say(f"{app} {case}: ready {ready_s:.1f}s + view {view_s:.2f}s {timings}")
+        say(
+            f"{app} {case}: ready {ready_s:.1f}s + view {view_s:.2f}s; page open from the "
+            f"start: app at {watched:.2f}s (ready + {watched - ready_s:.2f}s, reloaded at "
+            f"ready + {reload - ready_s:.2f}s) {timings}"
+        )
         return result, ready, page
 
     async def timings(self, session: Session) -> dict[str, int]:
@@ -498,10 +548,11 @@ def report(runs: list[Run], args: argparse.Namespace) -> None:
         f"this run; load average at the end {os.getloadavg()[0]:.1f})\n"
     )
     print(
-        "| app | case | start→ready s | first view s | later view s | total s | x host | load "
+        "| app | case | start→ready s | first view s | later view s | total s | x host "
+        "| page open at start: app s | its lag after ready s | of which until reload s | load "
         "| deps | cpu.max while starting | phases ms | HMR p50 ms |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     # Cold starts against the host's from nothing; the others against its second start,
     # with the caches the first left (as a developer's machine has them).
     hosts = {(r.app, r.case): r for r in runs if r.case in (HOST, HOST_AGAIN)}
@@ -516,9 +567,14 @@ def report(runs: list[Run], args: argparse.Namespace) -> None:
         p50 += f" ({lost} of {len(r.hmr_ms)} lost)" if lost else ""
         print(
             f"| {r.app} | {r.case} | {r.ready_s:.1f} | {r.view_s:.2f} | {r.later_s:.2f} "
-            f"| {r.total:.1f} | {ratio} | {r.load:.1f} "
+            f"| {r.total:.1f} | {ratio} | {_maybe(r.watched_s)} | {_maybe(r.lag_s)} "
+            f"| {_maybe(r.reload_s)} | {r.load:.1f} "
             f"| {r.dependencies} | {', '.join(f'{c:g}' for c in r.cpus)} | {phases} | {p50} |"
         )
+
+
+def _maybe(seconds: float) -> str:
+    return "" if math.isnan(seconds) else f"{seconds:.2f}"
 
 
 async def main_async(args: argparse.Namespace) -> None:
@@ -564,6 +620,11 @@ def main() -> int:
     )
     parser.add_argument("--no-boost", action="store_true")
     parser.add_argument("--no-warmup", action="store_true")
+    parser.add_argument(
+        "--no-watch",
+        action="store_true",
+        help="no page opened at the start request (the starting page's reload at ready)",
+    )
     parser.add_argument("--skip-host", action="store_true")
     parser.add_argument(
         "--cold-only", action="store_true", help="only the cold start (e.g. a template image)"

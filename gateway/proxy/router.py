@@ -207,7 +207,7 @@ class PreviewRouter:
             await self.port_hop(where, route, grantee, scope, send, html)
             return
         if scope["path"] == STATUS_PATH and not is_ws:
-            await status_json(self.state.redis, await self.ready.current(route), send)
+            await status_json(self.state.redis, self.ready, route, scope, send)
             return
         for _ in range(WAKE_ATTEMPTS):  # put to sleep again meanwhile: wake it again
             if route.state != "sleeping":

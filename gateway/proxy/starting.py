@@ -1,22 +1,28 @@
 """The "starting" page a browser sees until the dev server is ready, and its status feed.
 
-The page polls ``/__preview/status`` on its own host (same cookie) and reloads itself
-once the preview is ready, so the iframe never flashes a 502.
+The page asks ``/__preview/status`` on its own host (same cookie) and reloads itself
+once the preview is ready, so the iframe never flashes a 502. The call is a bounded
+long-poll: the page sends back the ``version`` of what it shows (``?seen=``) and, while
+that is still current, the answer is held until the preview's next event or STATUS_HOLD
+(one follower per preview however many pages wait: ``ReadyWaits.news``), so the page
+reloads at ``ready``, not at its next poll up to 0.8 s later.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import html
 import json
 import time
 from typing import Any, Protocol
+from urllib.parse import parse_qs
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from gateway.asgi_types import Send
+from gateway.asgi_types import Scope, Send
 from gateway.background import Background
 from gateway.proxy.pages import page, send_body
 from gateway.proxy.routes import Route, RouteCache
@@ -24,10 +30,17 @@ from shared import keys
 from shared.messages import Event, MessageError
 from shared.states import STARTING_STATES
 
+STATUS_HOLD = 10.0  # seconds a status call is held at most while nothing changes
+_SEEN_MAX = 32  # characters of a ``seen`` version (longer: not one of ours, not held)
+
+# Asked again at once after a change (the server holds the next call), else no sooner than
+# 0.8 s after the last ask: a gateway that does not hold (or an error) is polled as before.
 _SCRIPT = """
 <script>
-(function poll(){
-  fetch('/__preview/status',{credentials:'include',cache:'no-store'}).then(function(r){
+(function poll(seen){
+  var began = Date.now();
+  fetch('/__preview/status?seen=' + encodeURIComponent(seen),
+        {credentials:'include',cache:'no-store'}).then(function(r){
     return r.json();
   }).then(function(s){
     if (s.state === 'ready') { location.reload(); return; }
@@ -36,9 +49,10 @@ _SCRIPT = """
     document.getElementById('bar').style.width = (p.percent || 0) + '%';
     if (s.state === 'failed') { document.getElementById('title').textContent =
       'The preview could not start'; return; }
-    setTimeout(poll, 800);
-  }).catch(function(){ setTimeout(poll, 2000); });
-})();
+    var wait = s.version !== seen ? 100 : Math.max(0, 800 - (Date.now() - began));
+    setTimeout(function(){ poll(s.version || ''); }, wait);
+  }).catch(function(){ setTimeout(function(){ poll(''); }, 2000); });
+})('');
 </script>
 """
 
@@ -70,15 +84,38 @@ async def last_progress(redis: Redis, route: Route) -> dict[str, object] | None:
     return None
 
 
-async def status_json(redis: Redis, route: Route, send: Send) -> None:
+async def _status(redis: Redis, route: Route) -> dict[str, object]:
     try:
         progress = await last_progress(redis, route)
     except (RedisError, OSError):
         progress = None
-    body = json.dumps(
-        {"state": route.state, "error": route.error or None, "progress": progress}
-    ).encode()
-    await send_body(send, 200, body, b"application/json", [])
+    status: dict[str, object] = {
+        "state": route.state,
+        "error": route.error or None,
+        "progress": progress,
+    }
+    shown = json.dumps(status, sort_keys=True).encode()
+    status["version"] = hashlib.blake2s(shown, digest_size=8).hexdigest()
+    return status
+
+
+def _seen(scope: Scope) -> str | None:
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    seen = query.get("seen", [""])[0]
+    return seen if 0 < len(seen) <= _SEEN_MAX else None
+
+
+async def status_json(
+    redis: Redis, waits: ReadyWaits, route: Route, scope: Scope, send: Send
+) -> None:
+    """The starting page's feed: answered at once when it differs from what the page
+    shows (``seen``), else held until the preview's next event or STATUS_HOLD."""
+    route = await waits.current(route)
+    status = await _status(redis, route)
+    if status["version"] == _seen(scope) and route.state in STARTING_STATES:
+        route = await waits.news(route, STATUS_HOLD)
+        status = await _status(redis, route)
+    await send_body(send, 200, json.dumps(status).encode(), b"application/json", [])
 
 
 class Follower(Protocol):
@@ -86,6 +123,8 @@ class Follower(Protocol):
     not import): returns once the preview left its starting states, or at ``timeout``."""
 
     async def until_started(self, sid: str, timeout: float) -> None: ...
+
+    async def until_news(self, sid: str, timeout: float) -> None: ...
 
 
 class ReadyWaits:
@@ -103,6 +142,7 @@ class ReadyWaits:
         self._hold_timeout = hold_timeout
         self._state = state
         self._waits: dict[str, asyncio.Task[Route | None]] = {}
+        self._news: dict[str, asyncio.Task[Route | None]] = {}
 
     async def wait(self, sid: str) -> Route | None:
         task = self._waits.get(sid)
@@ -123,6 +163,33 @@ class ReadyWaits:
             self._routes.invalidate(route.sid)
             return await self._routes.get(route.sid) or route
         return route
+
+    async def news(self, route: Route, window: float) -> Route:
+        """The route at the preview's next event, once it left its starting states, or
+        after ``window``: one follower per preview shared by every call meanwhile (a page
+        left open costs a held request, not a Redis reader of its own). Without the hook:
+        the route as it is, at once (the page then polls)."""
+        follower: Follower | None = getattr(self._state, "follower", None)
+        if follower is None:
+            return route
+        sid = route.sid
+        task = self._news.get(sid)
+        if task is None:
+            task = self._background.spawn(self._next(follower, sid, window), f"news {sid}")
+            self._news[sid] = task
+            task.add_done_callback(lambda _: self._news.pop(sid, None))
+        # wait(), not shield(): a shutdown that cancels the follower answers the page.
+        await asyncio.wait({task}, timeout=window + 1.0)
+        if task.done() and not task.cancelled() and task.exception() is None:
+            return task.result() or route
+        return route
+
+    async def _next(self, follower: Follower, sid: str, window: float) -> Route | None:
+        with contextlib.suppress(RedisError, OSError):
+            await follower.until_news(sid, window)
+            self._routes.invalidate(sid)
+            return await self._routes.get(sid)
+        return None
 
     async def _poll(self, sid: str) -> Route | None:
         deadline = time.monotonic() + self._hold_timeout

@@ -6,7 +6,9 @@ with a backoff up to a second: together up to two seconds between the dev server
 ``ready`` and the first byte. A held request instead has its preview's events read with a
 blocking XREAD on its container's stream and folded at once (``Previews.refresh``, which
 publishes the route change every gateway listens to). One such reader per preview and
-gateway (the proxy's ``ReadyWaits`` shares it between the requests waiting).
+gateway (the proxy's ``ReadyWaits`` shares it between the requests waiting). The starting
+page's status call is held the same way (``until_news``: the next event, not only the end),
+so the page reloads at ``ready`` instead of at its next poll.
 """
 
 from __future__ import annotations
@@ -32,14 +34,26 @@ class Follower:
         self.blocking = blocking_redis
 
     async def until_started(self, sid: str, timeout: float) -> None:
+        await self._follow(sid, timeout, news=False)
+
+    async def until_news(self, sid: str, timeout: float) -> None:
+        """Returns once the preview has a new event (folded: a step's progress, its
+        ``ready``), left its starting states, or ``timeout`` passed."""
+        await self._follow(sid, timeout, news=True)
+
+    async def _follow(self, sid: str, timeout: float, news: bool) -> None:
         deadline = time.monotonic() + timeout
+        woken = False
         while True:
             session = await self.previews.load(sid)
             if session is None or session.state not in STARTING_STATES:
                 return
             if session.container:
+                cursor = session.cursor
                 await self.previews.refresh(session)  # what arrived before we listened
                 if session.state not in STARTING_STATES:
+                    return
+                if news and (woken or session.cursor != cursor):
                     return
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -48,6 +62,8 @@ class Follower:
                 await asyncio.sleep(min(remaining, 0.1))
                 continue
             block = max(1, int(min(remaining, BLOCK) * 1000))
-            await self.blocking.xread(
-                {keys.events(session.container): session.cursor}, count=1, block=block
+            woken = bool(
+                await self.blocking.xread(
+                    {keys.events(session.container): session.cursor}, count=1, block=block
+                )
             )

@@ -6,6 +6,7 @@ in these tests, so without the hook nothing would ever fold the ``ready``."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from types import SimpleNamespace
 from typing import Any, cast
@@ -14,7 +15,7 @@ from redis.asyncio import Redis
 
 from gateway.background import Background
 from gateway.proxy.routes import RouteCache
-from gateway.proxy.starting import ReadyWaits
+from gateway.proxy.starting import ReadyWaits, status_json
 from gateway.sessions.following import Follower
 from gateway.sessions.previews import Previews
 from gateway.sessions.store import Session
@@ -100,4 +101,60 @@ async def test_a_failed_start_ends_the_wait_too(redis: Redis) -> None:
         await asyncio.wait_for(follower.until_started("s3", HOLD), 1.0)
     finally:
         waiting.cancel()
+        await background.close(1.0)
+
+
+async def status(
+    redis: Redis, waits: ReadyWaits, sid: str, seen: str | None = None
+) -> tuple[dict[str, Any], float]:
+    """One call of the starting page's status feed: its JSON and how long it took."""
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    route = await waits._routes.get(sid)
+    assert route is not None
+    query = f"seen={seen}".encode() if seen is not None else b""
+    began = time.monotonic()
+    await status_json(redis, waits, route, {"query_string": query}, send)
+    return json.loads(sent[-1]["body"]), time.monotonic() - began
+
+
+async def test_the_status_feed_is_held_until_the_preview_moves(redis: Redis) -> None:
+    """The starting page reloads at ``ready``, not at its next poll; pages left open
+    share one follower per preview, and what is not one of our versions is not held."""
+    settings = Settings.from_env({}, redis_url="redis://unused")
+    background = Background()
+    previews = Previews(settings, redis, cast(Any, None), background)
+    waits = ReadyWaits(
+        RouteCache(redis), background, HOLD, SimpleNamespace(follower=Follower(previews, redis))
+    )
+    try:
+        await starting(redis, "s4", "starting")
+        first, took = await status(redis, waits, "s4")
+        assert first["state"] == "starting" and took < 1.0 and first["version"]
+        for seen in ("", "x" * 33, "stale"):  # not what the page shows: at once
+            assert (await status(redis, waits, "s4", seen))[1] < 1.0
+        pages = [
+            asyncio.create_task(status(redis, waits, "s4", first["version"])) for _ in range(20)
+        ]
+        done, _ = await asyncio.wait(pages, timeout=0.5)
+        assert not done, "answered while nothing changed"
+        assert len(background.tasks) == 1  # one follower for the twenty pages
+        await redis.xadd(keys.events("pvc-follow"), event("progress", "s4", percent=40))
+        moved = await asyncio.wait_for(asyncio.gather(*pages), 2.0)
+        assert {s["progress"]["percent"] for s, _ in moved} == {40}
+        held = asyncio.create_task(status(redis, waits, "s4", moved[0][0]["version"]))
+        began = time.monotonic()
+        await redis.xadd(keys.events("pvc-follow"), event("ready", "s4", port=3000))
+        ready, _ = await asyncio.wait_for(held, 2.0)
+        assert ready["state"] == "ready" and time.monotonic() - began < 1.0
+        assert ready["version"] != moved[0][0]["version"]
+        # Without the hook (a gateway built without the control plane): never held.
+        bare = ReadyWaits(RouteCache(redis), background, HOLD)
+        await starting(redis, "s5", "starting")
+        plain, _ = await status(redis, bare, "s5")
+        assert (await status(redis, bare, "s5", plain["version"]))[1] < 1.0
+    finally:
         await background.close(1.0)
