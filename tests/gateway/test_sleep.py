@@ -149,7 +149,8 @@ def test_sleep_and_wake_across_replicas(
 
 def _timed(client: httpx.Client) -> tuple[float, httpx.Response]:
     began = time.monotonic()
-    with client.stream("GET", "/") as response:
+    # Raw bytes, so uncompressed: the gateway compresses text for clients that accept it.
+    with client.stream("GET", "/", headers={"accept-encoding": "identity"}) as response:
         chunks = response.iter_raw()
         body = next(chunks, b"")  # the first byte
         elapsed = time.monotonic() - began
