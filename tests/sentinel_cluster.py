@@ -18,6 +18,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from redis import Redis as SyncRedis
 from redis.sentinel import Sentinel as SyncSentinel
@@ -106,10 +107,34 @@ class SentinelCluster:
         """SIGKILL the master (no SHUTDOWN: what a crash or a lost machine does)."""
         port = self.master_port()
         assert port is not None, "no master to kill"
+        self.wait_replicated(port)
         node = self.node(port)
         node.process.kill()
         node.process.wait()
         return node
+
+    def wait_replicated(self, master: int, timeout: float = 30) -> None:
+        """Until a replica has everything the master wrote. Replication is asynchronous:
+        right after the cluster starts (a full sync waits out repl-diskless-sync-delay) a
+        replica may hold nothing yet, and a failover then would lose what the test made
+        before it, which is not what the tests are about."""
+
+        def replication() -> dict[str, Any]:
+            with SyncRedis(port=master, password=self.password, socket_timeout=2) as probe:
+                return dict(probe.info("replication"))
+
+        # The sentinels keep writing to the master, so its offset never stands still:
+        # wait for a replica to acknowledge the offset of now.
+        target = int(replication().get("master_repl_offset", 0))
+
+        def caught_up() -> bool:
+            replicas = [v for k, v in replication().items() if k.startswith("slave")]
+            return any(
+                isinstance(r, dict) and r.get("state") == "online" and int(r["offset"]) >= target
+                for r in replicas
+            )
+
+        wait_until(caught_up, timeout, "a replica to catch up with the master")
 
     def wait_new_master(self, old: int, timeout: float = 60) -> int:
         """The port of the master that replaced ``old``, once it takes writes."""
