@@ -201,6 +201,13 @@ def load_once(browser: Any, target: Target, rtt: float, mbps: float) -> tuple[fl
         page = context.new_page()
         cdp = context.new_cdp_session(page)
         cdp.send("Network.enable")
+        # Requests not finished, and whether their response head reached the page: what
+        # tells an unfinished load held back by the server from one held by the browser.
+        pending: dict[str, bool] = {}
+        cdp.on("Network.requestWillBeSent", lambda e: pending.setdefault(e["requestId"], False))
+        cdp.on("Network.responseReceived", lambda e: pending.__setitem__(e["requestId"], True))
+        cdp.on("Network.loadingFinished", lambda e: pending.pop(e["requestId"], None))
+        cdp.on("Network.loadingFailed", lambda e: pending.pop(e["requestId"], None))
         rate = mbps * 1e6 / 8 if rtt and mbps else -1
         cdp.send(
             "Network.emulateNetworkConditions",
@@ -216,7 +223,13 @@ def load_once(browser: Any, target: Target, rtt: float, mbps: float) -> tuple[fl
             page.goto(target.url, wait_until="load", timeout=LOAD_TIMEOUT)
             page.wait_for_function("window.__ready !== undefined", timeout=LOAD_TIMEOUT)
         except PlaywrightError as exc:
-            print(f"load of {target.url} did not finish: {exc}".splitlines()[0], file=sys.stderr)
+            heads = sum(pending.values())
+            print(
+                f"load of {target.url} at {rtt:g} ms RTT did not finish: "
+                f"{len(pending)} requests pending, {heads} of them with their response head; "
+                + str(exc).splitlines()[0],
+                file=sys.stderr,
+            )
             return float("nan"), 0, 0.0
         cpu = cpu_seconds(target.pid) - cpu
         ready: float = page.evaluate("window.__ready")
@@ -333,8 +346,8 @@ def main() -> None:
         done = [sample for sample in results[(name, rtt)] if not math.isnan(sample[0])]
         return statistics.median(sample[index] for sample in done) if done else math.nan
 
-    def unfinished(name: str) -> int:
-        return sum(math.isnan(s[0]) for rtt in rtts for s in results[(name, rtt)])
+    def unfinished(name: str) -> str:
+        return " + ".join(str(sum(math.isnan(s[0]) for s in results[(name, rtt)])) for rtt in rtts)
 
     rtts = (0.0, args.rtt)
     direct = {rtt: median("dev server direct, HTTP/1.1", rtt) for rtt in rtts}
@@ -347,7 +360,7 @@ def main() -> None:
     )
     print(
         f"| path | 0 ms | vs direct | {link} | vs direct | vs nginx h2 | KiB | gateway CPU ms "
-        "| unfinished |"
+        "| unfinished (0 ms + RTT) |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for name, target in targets.items():

@@ -2,7 +2,7 @@
 
 The close codes, close grace and unread-body patches are pinned by test_proxy_ws.py,
 test_shutdown.py and test_proxy_http.py; this file pins the release of client-closed
-connections and the one send per response.
+connections, the one send per response, and HTTP/2 flow control under the round robin.
 """
 
 from __future__ import annotations
@@ -13,6 +13,10 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import h2.config
+import h2.connection
+import h2.events
+import h2.settings
 import pytest
 from hypercorn.config import Config
 from priority import priority
@@ -20,7 +24,10 @@ from priority import priority
 from gateway import hypercorn_compat
 from gateway.hypercorn_compat import RoundRobin
 from gateway.server.serve import serve
+from tests.gateway.tls_fixtures import TlsFiles, tls_files
 from tests.utils import free_port, run_gateway, settings_env, start_redis, wait_until
+
+__all__ = ["tls_files"]  # the fixture, for the flow-control test
 
 CONNECTIONS = 300
 REQUESTS = 100
@@ -185,3 +192,84 @@ async def test_idle_keep_alive_connections_close_on_time_and_at_shutdown() -> No
     finally:
         stop.set()
         await asyncio.wait_for(server, 10)
+
+
+STREAMS = 100  # hypercorn's h2_max_concurrent_streams, as a 400-module page asks
+BODY = 100_000  # each response several times the client's windows below
+WINDOW = 1024  # the client's stream window: every response waits on WINDOW_UPDATEs
+
+
+async def test_http2_flow_control_over_many_streams_finishes(tls_files: TlsFiles) -> None:
+    """Issue 18's suspect: our round robin and batched sends over hypercorn's flow control.
+    A client with a tiny stream window (and the 64 KiB connection window it grants only as
+    it reads) gets 100 concurrent large responses over TLS: every one must complete, each
+    byte sent only once the client has opened its window."""
+    hypercorn_compat.install()
+    chunk = b"x" * 20_000
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            return
+        length = str(BODY).encode()
+        headers = [(b"content-length", length)]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        for i in range(BODY // len(chunk)):
+            more = i < BODY // len(chunk) - 1
+            await send({"type": "http.response.body", "body": chunk, "more_body": more})
+
+    config = Config()
+    config.bind = [f"127.0.0.1:{free_port()}"]
+    config.certfile, config.keyfile = str(tls_files.cert), str(tls_files.key)
+    config.alpn_protocols = ["h2"]
+    sockets = config.create_sockets()
+    (listener,) = sockets.secure_sockets
+    listener.listen()  # connections queue on it before hypercorn's loop starts
+    stop = asyncio.Event()
+    server = asyncio.create_task(serve(app, config, sockets, stop.wait))
+    try:
+        reader, writer = await asyncio.open_connection(
+            sock=socket.create_connection(listener.getsockname()),
+            ssl=tls_files.context(("h2",)),
+            server_hostname="x.preview.localhost",
+        )
+        client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        client.local_settings = h2.settings.Settings(
+            client=True, initial_values={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: WINDOW}
+        )
+        client.initiate_connection()
+        streams = []
+        for _ in range(STREAMS):
+            stream_id = client.get_next_available_stream_id()
+            headers = [(":method", "GET"), (":path", f"/{stream_id}"), (":scheme", "https")]
+            client.send_headers(stream_id, [*headers, (":authority", "x")], end_stream=True)
+            streams.append(stream_id)
+        writer.write(client.data_to_send())
+        received = dict.fromkeys(streams, 0)
+        ended: set[int] = set()
+        frames: list[int] = []
+
+        async def read_all() -> None:
+            while len(ended) < STREAMS:
+                data = await reader.read(65536)
+                assert data, "the server closed the connection"
+                for event in client.receive_data(data):
+                    if isinstance(event, h2.events.DataReceived):
+                        assert len(event.data) <= WINDOW  # the window was respected
+                        received[event.stream_id] += len(event.data)
+                        frames.append(len(event.data))
+                        client.acknowledge_received_data(
+                            event.flow_controlled_length, event.stream_id
+                        )
+                    if isinstance(event, h2.events.StreamEnded):
+                        ended.add(event.stream_id)
+                    assert not isinstance(event, h2.events.StreamReset), event
+                writer.write(client.data_to_send())
+
+        await asyncio.wait_for(read_all(), 60)
+        assert received == dict.fromkeys(streams, BODY)
+        assert len(frames) >= STREAMS * BODY // WINDOW  # the window path was taken
+        writer.close()
+    finally:
+        stop.set()
+        await asyncio.wait_for(server, 10)
+        listener.close()
