@@ -12,6 +12,8 @@ from redis.asyncio import Redis
 
 from gateway.containers.containers import affinity
 from gateway.observability.counters import COUNTERS
+from gateway.sessions.previews import Previews
+from gateway.sessions.store import Session
 from shared import keys
 from shared.messages import Heartbeat
 from shared.settings import Settings
@@ -78,6 +80,17 @@ async def test_killed_container_fails_its_session_within_two_ttl(
         assert await pooled(redis, containers) and cid not in await pooled(redis, containers)
 
 
+async def ready_prepared(previews: Previews, sid: str) -> Session:
+    """Ready, with the prepare command's result folded in: the dev server can answer (and
+    the session turn ready) a moment before that result is read."""
+
+    async def prepared() -> Session | None:
+        session = await wait_state(previews, sid, "ready", timeout=120)
+        return session if session.dependencies else None
+
+    return await async_wait_until(prepared, 30, "the prepare result with ready")
+
+
 async def test_idle_session_is_kept_for_its_user_and_returns_with_node_modules(
     settings: Settings, redis: Redis, make_controller: ControllerFactory
 ) -> None:
@@ -88,7 +101,7 @@ async def test_idle_session_is_kept_for_its_user_and_returns_with_node_modules(
         await async_wait_until(lambda: pooled(redis, containers), 60, "the pool to fill")
         session = await start(starter, "bob", "kept", {"type": "archive"})
         assert await starter.prepare_pending(session, archive)
-        ready = await wait_state(starter.previews, session.id, "ready", timeout=120)
+        ready = await ready_prepared(starter.previews, session.id)
         assert ready.dependencies == "installed"
         cid = ready.container
         stopped = COUNTERS.get("session_stopped", "idle")
@@ -105,7 +118,7 @@ async def test_idle_session_is_kept_for_its_user_and_returns_with_node_modules(
         again = await start(starter, "bob", "kept", {"type": "archive"})
         assert again.container == cid and again.from_pool
         assert await starter.prepare_pending(again, archive)
-        reused = await wait_state(starter.previews, again.id, "ready", timeout=120)
+        reused = await ready_prepared(starter.previews, again.id)
         assert reused.dependencies == "skipped"  # node_modules were kept by the reset
         code, out = await containers.runtime.default.exec(
             cid, ["cat", "/workspace/node_modules/dep/index.js"]
