@@ -174,12 +174,18 @@ def test_building_the_image_prunes_only_this_checkouts_tags(tmp_path: Path) -> N
     if subprocess.run(["docker", "image", "inspect", current], capture_output=True).returncode:
         pytest.skip(f"needs the image {current} (scripts/build-image)")
     ours, theirs = f"{current}-ours-{tmp_path.name}", f"{current}-theirs-{tmp_path.name}"
+    in_use = f"{current}-used-{tmp_path.name}"
     state = tmp_path / "state"
     state.mkdir()
-    (state / "images-built").write_text(f"{ours}\n")
+    (state / "images-built").write_text(f"{ours}\n{in_use}\n")
+    containers = [f"prune-{tmp_path.name}-current", f"prune-{tmp_path.name}-used"]
     try:
-        _docker("tag", current, ours)
-        _docker("tag", current, theirs)
+        for ref in (ours, theirs, in_use):
+            _docker("tag", current, ref)
+        # A container of the current image (as a pool keeps) shares the old tags' image ID:
+        # it must not keep them. One created from an old tag by name keeps that tag.
+        _docker("create", "--name", containers[0], current)
+        _docker("create", "--name", containers[1], in_use)
         subprocess.run(
             [build],
             env={**os.environ, "PREVIEW_STATE_DIR": str(state)},
@@ -189,8 +195,10 @@ def test_building_the_image_prunes_only_this_checkouts_tags(tmp_path: Path) -> N
         tags = set(_docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}").split())
         assert theirs in tags, "another checkout's tag was pruned"
         assert ours not in tags, "this checkout's old tag was kept"
+        assert in_use in tags, "a tag a container was created from was pruned"
         assert current in tags
-        assert (state / "images-built").read_text().split() == [current]
+        assert (state / "images-built").read_text().split() == [in_use, current]
     finally:
-        for ref in (ours, theirs):
+        subprocess.run(["docker", "rm", "-f", *containers], capture_output=True)
+        for ref in (ours, theirs, in_use):
             subprocess.run(["docker", "rmi", ref], capture_output=True)
