@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
 import shutil
 import threading
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,9 +39,16 @@ from supervisor.depcache.cachekey import SHARED, CacheKey, KeyUnavailable, Toolc
 from supervisor.depcache.cachevolume import CacheVolume
 from supervisor.depcache.npmstore import NpmStore, Scratch, locked_tarballs
 from supervisor.depcache.pack import NotCacheable, PackCancelled, Packer, Snapshot, take_snapshot
-from supervisor.depcache.restore import RestoreCancelled, restore_tree
+from supervisor.depcache.restore import (
+    WRITERS,
+    RestoreCancelled,
+    Restored,
+    restore_tree,
+    staged,
+)
 from supervisor.depcache.tarstream import BadArchive
 from supervisor.depcache.threads import cancellable, in_thread
+from supervisor.depcache.trees import CloneUnsupported, clone_tree
 from supervisor.detect import Project
 from supervisor.events import Progress
 
@@ -48,6 +56,7 @@ log = logging.getLogger(__name__)
 
 PACK_LOCK_WAIT = 900.0  # another container packing the same key: wait, then find it there
 TAINT_MARKER = "user-code-ran"
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass
@@ -71,6 +80,8 @@ class ArchiveCache:
         self._stopping = threading.Event()
         self._volume: CacheVolume | None = None
         self._unusable: str | None = None if config.cache_max_bytes > 0 else "turned off"
+        # Whether node_modules trees can be cloned here (``trees``): None until tried.
+        self.clones: bool | None = None
 
     # --- the volume -----------------------------------------------------------------------
 
@@ -120,11 +131,15 @@ class ArchiveCache:
     async def restore(
         self, ctx: Context, key: CacheKey, progress: Progress, report: dict[str, Any]
     ) -> bool:
-        """Unpack the archive of ``key`` into the workspace; False when there is none (or
-        it was bad: then it is gone and the workspace is as it was)."""
+        """Put the node_modules of ``key`` into the workspace: cloned from its tree where
+        the filesystem can (``trees``), else unpacked from its archive (then a tree is
+        kept for the next restore). False when there is neither (or the archive was bad:
+        then it is gone and the workspace is as it was)."""
         volume = self.volume()
         if volume is None:
             return False
+        if self.clones is not False and await self._clone(ctx, volume, key, progress, report):
+            return True
         path = volume.archive_path(key.value)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -145,6 +160,7 @@ class ArchiveCache:
             )
             stop = threading.Event()
             owner = _owner(ctx.user)
+            keep = self._keeper(volume, key, stop) if self.clones is not False else None
             try:
                 restored = await cancellable(
                     stop,
@@ -154,6 +170,8 @@ class ArchiveCache:
                         ctx.config.workspace,
                         owner,
                         stop.is_set,
+                        WRITERS,
+                        keep,
                     ),
                 )
             except (archive.CorruptArchive, BadArchive) as exc:
@@ -165,25 +183,104 @@ class ArchiveCache:
                 ctx.logs.append(f"[supervisor] restoring node_modules failed: {exc}")
                 log.warning("restore of %s failed: %s", key.value, exc)
                 return False
-            ctx.disk_dirty = True
             with contextlib.suppress(OSError):
                 os.utime(fd)  # used: last to be evicted
-            seconds = time.monotonic() - started
-            report.update(
-                archive_bytes=info.zstd_bytes, restore_ms=int(seconds * 1000), files=restored.files
-            )
-            message = (
-                f"[supervisor] node_modules restored from the host cache: {restored.files} "
-                f"files, {restored.bytes >> 20} MiB in {seconds:.2f}s"
-            )
-            ctx.logs.append(message)
-            log.info("%s (key %s)", message.removeprefix("[supervisor] "), key.value)
-            if restored.old:
-                old = ctx.config.workspace / restored.old
-                self._background(in_thread(shutil.rmtree, old, True), "remove old node_modules")
+            report["archive_bytes"] = info.zstd_bytes
+            self._restored(ctx, key, restored, started, "restored", report)
+            if keep is not None:  # a tree was stored: the volume may be over its bound now
+                self._background(self._trim(volume), "trim the cache")
             return True
         finally:
             os.close(fd)
+
+    async def _clone(
+        self,
+        ctx: Context,
+        volume: CacheVolume,
+        key: CacheKey,
+        progress: Progress,
+        report: dict[str, Any],
+    ) -> bool:
+        """Clone the tree of ``key`` into the workspace; False when there is none or it
+        cannot be cloned (the archive is used then)."""
+        try:
+            fd = os.open(volume.tree_path(key.value), _DIR_FLAGS)
+        except FileNotFoundError:
+            return False
+        started = time.monotonic()
+        try:
+            await progress.report(
+                "dependencies", 5, "cloning node_modules from the host cache", force=True
+            )
+            stop = threading.Event()
+            owner = _owner(ctx.user)
+
+            def fill(root: int) -> tuple[Restored, int]:
+                return clone_tree(fd, root, owner, stop.is_set)
+
+            try:
+                restored = await cancellable(
+                    stop, in_thread(staged, ctx.config.workspace, owner, fill)
+                )
+            except RestoreCancelled:
+                raise asyncio.CancelledError from None
+            except CloneUnsupported as exc:
+                self.clones = False
+                log.info("node_modules trees off: %s", exc)
+                return False
+            except OSError as exc:
+                log.warning("clone of %s failed (the archive is used): %s", key.value, exc)
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):  # else: the workspace's
+                    with contextlib.suppress(OSError):
+                        volume.drop_tree(key.value)
+                return False
+            with contextlib.suppress(OSError):
+                os.utime(fd)  # used: last to be evicted
+            self._restored(ctx, key, restored, started, "cloned", report)
+            return True
+        finally:
+            os.close(fd)
+
+    def _keeper(
+        self, volume: CacheVolume, key: CacheKey, stop: threading.Event
+    ) -> Callable[[int, Restored], None]:
+        """What stores the tree of a restore that checked out (in the restoring thread)."""
+
+        def keep(root: int, restored: Restored) -> None:
+            try:
+                size = volume.store_tree(key.value, root, restored, stop.is_set)
+            except CloneUnsupported as exc:
+                self.clones = False
+                log.info("node_modules trees off: %s", exc)
+            except OSError as exc:
+                log.warning("tree of %s not stored: %s", key.value, exc)
+            else:
+                if size is not None:
+                    log.info("stored the tree of %s (%d MiB)", key.value, size >> 20)
+
+        return keep
+
+    def _restored(
+        self,
+        ctx: Context,
+        key: CacheKey,
+        restored: Restored,
+        started: float,
+        how: str,
+        report: dict[str, Any],
+    ) -> None:
+        ctx.disk_dirty = True
+        seconds = time.monotonic() - started
+        report.update(restore_ms=int(seconds * 1000), files=restored.files, restored_by=how)
+        message = (
+            f"[supervisor] node_modules {how} from the host cache: {restored.files} "
+            f"files, {restored.bytes >> 20} MiB in {seconds:.2f}s"
+        )
+        ctx.logs.append(message)
+        log.info("%s (key %s)", message.removeprefix("[supervisor] "), key.value)
+        if restored.old:
+            old = ctx.config.workspace / restored.old
+            self._background(in_thread(shutil.rmtree, old, True), "remove old node_modules")
 
     async def _discard(
         self, ctx: Context, volume: CacheVolume, key: CacheKey, fd: int, why: str
@@ -262,19 +359,23 @@ class ArchiveCache:
                 if count:
                     log.info("stored %d npm tarballs (%d MiB) on the host", count, size >> 20)
             if volume is not None:
-                async with volume.lock("evict", 0) as held:
-                    if held:
-                        usage = await asyncio.to_thread(volume.evict, self.config.cache_max_bytes)
-                        if usage.removed:
-                            log.info(
-                                "cache trimmed: %d files (%d MiB) removed, %d MiB kept",
-                                usage.removed,
-                                usage.freed >> 20,
-                                usage.bytes >> 20,
-                            )
+                await self._trim(volume)
         finally:
             if plan.scratch is not None:
                 await asyncio.to_thread(plan.scratch.remove)
+
+    async def _trim(self, volume: CacheVolume) -> None:
+        """Bring the volume under its bound (unless another container is at it)."""
+        async with volume.lock("evict", 0) as held:
+            if held:
+                usage = await asyncio.to_thread(volume.evict, self.config.cache_max_bytes)
+                if usage.removed:
+                    log.info(
+                        "cache trimmed: %d entries (%d MiB) removed, %d MiB kept",
+                        usage.removed,
+                        usage.freed >> 20,
+                        usage.bytes >> 20,
+                    )
 
     async def _pack(
         self, ctx: Context, volume: CacheVolume, key: CacheKey, snapshot: Snapshot

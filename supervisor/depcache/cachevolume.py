@@ -4,6 +4,8 @@
     /cache/deps/v1/<ab>/<key>.tar.zst   node_modules archives (see ``archive``)
     /cache/deps/tmp/                archives being written, renamed into v1/ when whole
     /cache/deps/locks/              flock files: one pack per key, one eviction at a time
+    /cache/deps/t1/<ab>/<key>/      unpacked node_modules trees, cloned by reflink (``trees``),
+    /cache/deps/t1/<ab>/<key>.bytes its size; /cache/deps/ttmp/ trees being made or removed
     /cache/npm/<ab>/<sha512 hex>    npm package tarballs (see ``npmstore``)
 
 deps/ and npm/ belong to root with mode 0700: user code (uid ``app``) can neither read
@@ -12,14 +14,17 @@ supervisor (root) does all reading and writing. A volume made by an older image 
 root world-writable) is tightened, and a deps/ or npm/ that is not root's own — made by
 user code before it was tightened — is set aside and deleted.
 
-Size: ``evict`` removes the least recently used files (archives and tarballs alike; a
-restore or a seed refreshes a file's mtime) until the total is under the bound.
+Size: ``evict`` removes the least recently used files and trees (archives, tarballs and
+trees alike; a restore or a seed refreshes a file's or tree's mtime) until the total is
+under the bound. A tree goes by being renamed into ttmp/ first: its path always names a
+whole tree.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -28,11 +33,13 @@ import secrets
 import shutil
 import stat
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from supervisor.depcache.archive import SUFFIX
+from supervisor.depcache.restore import Restored
+from supervisor.depcache.trees import clone_tree
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +62,8 @@ class CacheVolume:
         self.archives = self.deps / "v1"
         self.tmp = self.deps / "tmp"
         self.locks = self.deps / "locks"
+        self.trees = self.deps / "t1"
+        self.tree_tmp = self.deps / "ttmp"
         self.npm = root / "npm"
 
     @classmethod
@@ -78,7 +87,7 @@ class CacheVolume:
                 _private_dir(fd, name, me)
         finally:
             os.close(fd)
-        for path in (volume.archives, volume.tmp, volume.locks):
+        for path in (volume.archives, volume.tmp, volume.locks, volume.trees, volume.tree_tmp):
             path.mkdir(mode=0o700, exist_ok=True)
         return volume
 
@@ -86,6 +95,50 @@ class CacheVolume:
         if not _KEY.match(key):
             raise ValueError(f"not a cache key: {key!r}")
         return self.archives / key[-40:-38] / (key + SUFFIX)
+
+    def tree_path(self, key: str) -> Path:
+        self.archive_path(key)  # checks the key
+        return self.trees / key[-40:-38] / key
+
+    def store_tree(
+        self, key: str, source: int, expected: Restored, stop: Callable[[], bool]
+    ) -> int | None:
+        """Clone the checked node_modules open at ``source`` (``expected``: what was
+        written there) as the tree of ``key``, root's; its bytes, or None when another
+        container stored it first. CloneUnsupported where the filesystem cannot clone."""
+        final = self.tree_path(key)
+        if final.exists():
+            return None
+        temp = self.tree_tmp / f"{key}.{secrets.token_hex(4)}"
+        os.mkdir(temp, 0o700)
+        try:
+            fd = os.open(temp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                cloned, _ = clone_tree(source, fd, None, stop)
+                os.fchmod(fd, 0o700)
+                counts = (cloned.files, cloned.dirs, cloned.symlinks, cloned.bytes)
+                wanted = (expected.files, expected.dirs, expected.symlinks, expected.bytes)
+                if counts != wanted:  # never keep a tree that is not the archive's
+                    raise OSError(f"the tree came out as {counts}, not {wanted}")
+            finally:
+                os.close(fd)
+            final.parent.mkdir(mode=0o700, exist_ok=True)
+            _write_size(final, cloned.bytes)
+            try:
+                os.rename(temp, final)  # fails when a tree is there already (not empty)
+            except OSError as exc:
+                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+                _remove(temp)
+                return None
+            return cloned.bytes
+        except BaseException:
+            _remove(temp)
+            raise
+
+    def drop_tree(self, key: str) -> None:
+        """Remove the tree of ``key`` (a reader that has it open reads on, or fails)."""
+        _drop_tree(self.tree_tmp, self.tree_path(key))
 
     def temp_path(self, key: str) -> Path:
         return self.tmp / f"{key}.{secrets.token_hex(4)}.tmp"
@@ -118,15 +171,18 @@ class CacheVolume:
 
     def _files(self) -> list[tuple[float, int, Path]]:
         found: list[tuple[float, int, Path]] = []
-        for top in (self.archives, self.npm):
+        for top in (self.archives, self.npm, self.trees):
             for shard in _scan(top):
                 if not shard.is_dir(follow_symlinks=False):
                     continue
                 for entry in _scan(Path(shard.path)):
                     with contextlib.suppress(FileNotFoundError):
                         st = entry.stat(follow_symlinks=False)
-                        if stat.S_ISREG(st.st_mode):
+                        if stat.S_ISREG(st.st_mode) and not entry.name.endswith(SIZE_SUFFIX):
                             found.append((st.st_mtime, st.st_size, Path(entry.path)))
+                        elif stat.S_ISDIR(st.st_mode):  # a tree: its size is written beside it
+                            size = _read_size(Path(entry.path))
+                            found.append((st.st_mtime, size, Path(entry.path)))
         return found
 
     def usage(self) -> Usage:
@@ -134,13 +190,14 @@ class CacheVolume:
         return Usage(len(files), sum(size for _, size, _ in files))
 
     def evict(self, max_bytes: int) -> Usage:
-        """Remove the least recently used archives and tarballs until they take at most
-        ``max_bytes``, and temporary files that outlived their writer."""
+        """Remove the least recently used archives, tarballs and trees until they take at
+        most ``max_bytes``, and temporary files that outlived their writer."""
         now = time.time()
-        for entry in _scan(self.tmp):
-            with contextlib.suppress(FileNotFoundError):
-                if now - entry.stat(follow_symlinks=False).st_mtime > STALE_TEMP:
-                    os.unlink(entry.path)
+        for temp in (self.tmp, self.tree_tmp):
+            for entry in _scan(temp):
+                with contextlib.suppress(FileNotFoundError):
+                    if now - entry.stat(follow_symlinks=False).st_mtime > STALE_TEMP:
+                        _remove(Path(entry.path))
         files = sorted(self._files())
         total = sum(size for _, size, _ in files)
         removed = freed = 0
@@ -148,11 +205,46 @@ class CacheVolume:
             if total <= max_bytes:
                 break
             with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+                if path.parent.parent == self.trees:
+                    _drop_tree(self.tree_tmp, path)
+                else:
+                    path.unlink()
                 removed += 1
                 freed += size
             total -= size
         return Usage(len(files) - removed, total, removed, freed)
+
+
+SIZE_SUFFIX = ".bytes"
+
+
+def _write_size(tree: Path, size: int) -> None:
+    tree.with_name(tree.name + SIZE_SUFFIX).write_text(f"{size}\n")
+
+
+def _read_size(tree: Path) -> int:
+    """A tree's bytes as stored beside it (a tree without one is counted as big as the
+    bound allows nothing else beside it: it goes first among equals)."""
+    try:
+        return int(tree.with_name(tree.name + SIZE_SUFFIX).read_text())
+    except (OSError, ValueError):
+        return 1 << 40
+
+
+def _drop_tree(tmp: Path, tree: Path) -> None:
+    aside = tmp / f"{tree.name}.{secrets.token_hex(4)}.gone"
+    os.rename(tree, aside)  # FileNotFoundError when it is gone already
+    with contextlib.suppress(FileNotFoundError):
+        tree.with_name(tree.name + SIZE_SUFFIX).unlink()
+    _remove(aside)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
 
 
 def _scan(path: Path) -> list[os.DirEntry[str]]:

@@ -142,10 +142,29 @@ def restore_tree(
     owner: Owner,
     stop: Callable[[], bool] = lambda: False,
     threads: int = WRITERS,
+    keep: Callable[[int, Restored], None] | None = None,
 ) -> Restored:
     """Unpack the tar stream ``chunks`` as ``workspace/node_modules``, replacing what is
     there only on success. BadArchive/CorruptArchive (from ``chunks``) for a bad stream,
-    RestoreCancelled when ``stop()`` turned true, OSError for the disk's own failures."""
+    RestoreCancelled when ``stop()`` turned true, OSError for the disk's own failures.
+    ``keep(fd, restored)`` sees the whole checked tree before the app user gets it
+    (``trees``)."""
+
+    def unpack(root: int) -> tuple[Restored, int]:
+        with _prefetched(chunks) as ahead:
+            return _unpack(Source(ahead), root, owner, stop, threads)
+
+    return staged(workspace, owner, unpack, keep)
+
+
+def staged(
+    workspace: Path,
+    owner: Owner,
+    fill: Callable[[int], tuple[Restored, int]],
+    keep: Callable[[int, Restored], None] | None = None,
+) -> Restored:
+    """``fill(fd)`` writes node_modules into a root-only staging directory (returning what
+    it wrote and the top's mode), then it replaces ``workspace/node_modules`` at once."""
     ws = os.open(workspace, _DIR_FLAGS)
     staging = STAGING_PREFIX + secrets.token_hex(6)
     try:
@@ -155,8 +174,9 @@ def restore_tree(
         try:
             if os.fstat(root).st_uid != os.geteuid():
                 raise OSError(f"{staging} was replaced while we made it")
-            with _prefetched(chunks) as ahead:
-                result, top_mode = _unpack(Source(ahead), root, owner, stop, threads)
+            result, top_mode = fill(root)
+            if keep is not None:
+                keep(root, result)
             if owner is not None:
                 os.fchown(root, *owner)
             os.fchmod(root, top_mode)

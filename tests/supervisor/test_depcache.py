@@ -150,6 +150,10 @@ async def test_installed_then_restored_from_the_host_cache(
     second = await start(sup, "s2")
     assert second.result["dependencies"] == "restored", second.result
     assert second.result["dependency_cache"]["restore_ms"] >= 0
+    # Unpacked from the archive; a tree is kept beside it only where reflinks work (not
+    # on this test's filesystem, as a rule), and nothing half-made is ever left.
+    assert second.result["dependency_cache"]["restored_by"] == "restored"
+    assert list((cache / "deps/ttmp").iterdir()) == []
     assert get(sup) == ANSWER
     print(f"\nrestored start: {time.monotonic() - started:.2f}s {second.result['timings_ms']}")
     bin_link = sup.workspace / "node_modules/.bin/semver"
@@ -249,6 +253,36 @@ def test_eviction_removes_the_least_recently_used_first() -> None:
         assert usage.bytes == 2000 and usage.removed == 2
         assert [p.exists() for p in paths] == [True, False, False, True]
         assert volume.evict(0).bytes == 0 and not any(p.exists() for p in paths)
+    finally:
+        subprocess.run(["rm", "-rf", str(root)], check=False)
+
+
+def fake_tree(volume: CacheVolume, n: int, size: int, age: float) -> Path:
+    """A tree as ``store_tree`` leaves it: a directory and its size beside it."""
+    key = f"npm-node0-x8664-{n:02x}" + hashlib.sha1(str(n).encode()).hexdigest()[2:]
+    path = volume.tree_path(key)
+    (path / "pkg").mkdir(parents=True)
+    (path / "pkg/index.js").write_bytes(b"x" * 10)
+    path.with_name(path.name + ".bytes").write_text(f"{size}\n")
+    os.utime(path, (time.time() - age, time.time() - age))
+    return path
+
+
+def test_eviction_counts_trees_by_their_size_and_removes_them_whole() -> None:
+    root = make_dir("pv-sup-evict-")
+    try:
+        volume = CacheVolume.open(root)
+        old_tree = fake_tree(volume, 1, 5000, 50)
+        archive_path = fake_archive(volume, 2, 1000, 40)
+        new_tree = fake_tree(volume, 3, 3000, 30)
+        assert volume.usage().bytes == 9000 and volume.usage().files == 3
+        usage = volume.evict(3500)
+        assert (usage.removed, usage.freed, usage.bytes) == (2, 6000, 3000)
+        assert not old_tree.exists() and not archive_path.exists() and new_tree.exists()
+        assert not old_tree.with_name(old_tree.name + ".bytes").exists()
+        assert list(volume.tree_tmp.iterdir()) == []  # renamed aside, then removed
+        volume.drop_tree(new_tree.name)
+        assert volume.usage().files == 0
     finally:
         subprocess.run(["rm", "-rf", str(root)], check=False)
 

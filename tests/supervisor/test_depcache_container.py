@@ -133,7 +133,8 @@ async def test_two_containers_share_archives_user_code_cannot_touch(
         "/cache/deps root 700",
         "/cache/npm root 700",
     ]
-    assert first.exec("ls", "/cache/deps").stdout.split() == ["locks", "tmp", "v1"]  # planted: gone
+    listed = first.exec("ls", "/cache/deps").stdout.split()
+    assert listed == ["locks", "t1", "tmp", "ttmp", "v1"]  # planted: gone
     for attempt in (
         ["ls", "/cache/deps"],
         ["cat", archive],
@@ -159,3 +160,36 @@ async def test_two_containers_share_archives_user_code_cannot_touch(
         "\n[container] cache-demo: install "
         f"{json.dumps(installed['timings_ms'])}, restore {json.dumps(restored['timings_ms'])}"
     )
+
+    # That restore checked the archive, then kept its tree (btrfs here: reflinks work);
+    # the next container clones the tree instead of unpacking.
+    key = installed["dependency_cache"]["key"]
+    assert restored["dependency_cache"]["restored_by"] == "restored"
+    tree = f"/cache/deps/t1/{key[-40:-38]}/{key}"
+    assert second.exec("stat", "-c", "%U %a", tree).stdout.split() == ["root", "700"]
+    third: ContainerSupervisor = await containers(cache_volume)
+    cloned = await start(third, "s1")
+    assert cloned["dependencies"] == "restored"
+    assert cloned["dependency_cache"]["restored_by"] == "cloned", cloned
+    assert (await asyncio.to_thread(fetch, third.url(), "x.localhost")) == (200, ANSWER)
+    mine = third.exec("sh", "-c", "find /workspace/node_modules ! -user app | head -5").stdout
+    assert mine == ""
+    # Hostile: user code rewrites its cloned files in place (same inodes) and looks for
+    # the tree. The copy-on-write clone keeps both from the tree and the next container.
+    poison = "module.exports = () => false;\n"
+    for argv in (
+        ["sh", "-c", f"printf '{poison}' > /workspace/node_modules/is-number/index.js"],
+        ["sh", "-c", "echo '// x' >> /workspace/node_modules/semver/index.js"],
+    ):
+        assert third.exec(*argv, user="app").returncode == 0
+    assert (await asyncio.to_thread(fetch, third.url("/?again"), "x.localhost"))[0] == 200
+    peek = third.exec("ls", tree, user="app")
+    assert peek.returncode != 0 and "Permission denied" in peek.stderr
+    fourth: ContainerSupervisor = await containers(cache_volume)
+    again = await start(fourth, "s1")
+    assert again["dependency_cache"]["restored_by"] == "cloned"
+    assert (await asyncio.to_thread(fetch, fourth.url(), "x.localhost")) == (200, ANSWER)
+    original = second.exec("cat", "/workspace/node_modules/is-number/index.js").stdout
+    for where in (tree, "/workspace/node_modules"):
+        assert fourth.exec("cat", f"{where}/is-number/index.js").stdout == original
+    print(f"[container] clone {json.dumps(cloned['timings_ms'])}")
