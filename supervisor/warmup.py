@@ -32,8 +32,10 @@ CONCURRENCY = 6  # what a browser opens per origin
 MAX_BODY = 8 << 20  # bytes read of one answer (a pre-bundled dependency can be megabytes)
 CONNECT_TIMEOUT = 2.0
 
-# <script src=...> and <link rel=modulepreload href=...> in the entry HTML.
-_SCRIPT = re.compile(r"<script\b[^>]*?\bsrc\s*=\s*[\"']([^\"']+)[\"']", re.I)
+# <script ...> tags (their src and type) and <link rel=modulepreload href=...> in the entry HTML.
+_SCRIPT_TAG = re.compile(r"<script\b([^>]*)>", re.I)
+_SRC = re.compile(r"\bsrc\s*=\s*[\"']([^\"']+)[\"']", re.I)
+_MODULE_TYPE = re.compile(r"\btype\s*=\s*[\"']?module\b", re.I)
 _PRELOAD = re.compile(
     r"<link\b[^>]*?\brel\s*=\s*[\"']modulepreload[\"'][^>]*?\bhref\s*=\s*[\"']([^\"']+)[\"']",
     re.I,
@@ -98,25 +100,39 @@ async def fetch(host: str, port: int, host_header: str, path: str, timeout: floa
     return Answer(int(parts[1]), content_type, body)
 
 
-def references(path: str, answer: Answer) -> list[str]:
-    """Same-origin paths a browser would load next from this answer."""
+def references(path: str, answer: Answer, module: bool = True) -> list[tuple[str, bool]]:
+    """Same-origin paths a browser would load next from this answer, each with whether
+    it is loaded as an ES module. Only HTML and modules are read for more: a classic
+    script (Next.js's webpack chunks) loads its chunks itself, and the import-like text
+    in it is not an import."""
     text = answer.body.decode("utf-8", "replace")
-    if "javascript" not in answer.content_type and "html" not in answer.content_type:
+    html = "html" in answer.content_type
+    if not html and not ("javascript" in answer.content_type and module):
         return []
     # Inline module scripts import too (SvelteKit's entry page starts its client that way).
     code = _BLOCK_COMMENT.sub(" ", text)
-    found = [static or dynamic for static, dynamic in _IMPORT.findall(code)]
-    if "html" in answer.content_type:
-        found = _SCRIPT.findall(text) + _PRELOAD.findall(text) + found
+    found = [(static or dynamic, True) for static, dynamic in _IMPORT.findall(code)]
+    if html:
+        scripts = [
+            (src.group(1), bool(_MODULE_TYPE.search(attrs)))
+            for attrs in _SCRIPT_TAG.findall(text)
+            if (src := _SRC.search(attrs))
+        ]
+        found = scripts + [(href, True) for href in _PRELOAD.findall(text)] + found
     out = []
-    for ref in found:
+    for ref, is_module in found:
         parts = urlsplit(urljoin(path, ref))
         # Another origin, or a bare specifier that no dev server serves as is.
         if parts.scheme or parts.netloc or not parts.path.startswith("/"):
             continue
         if not (ref.startswith(("/", "./", "../"))):
             continue
-        out.append(parts.path + (f"?{parts.query}" if parts.query else ""))
+        # A dev server writes out every import it serves with its extension; a relative
+        # one without is text in a string (React's own messages show
+        # `import('./MyComponent')`), and asking for it logs an error in the user's log.
+        if ref.startswith(".") and "." not in parts.path.rsplit("/", 1)[-1]:
+            continue
+        out.append((parts.path + (f"?{parts.query}" if parts.query else ""), is_module))
     return out
 
 
@@ -132,12 +148,12 @@ async def warm(
     started = time.monotonic()
     deadline = started + budget
     seen = {"/"}
-    queue: asyncio.Queue[str] = asyncio.Queue()
-    queue.put_nowait("/")
+    queue: asyncio.Queue[tuple[str, bool]] = asyncio.Queue()
+    queue.put_nowait(("/", True))
 
     async def worker() -> None:
         while True:
-            path = await queue.get()
+            path, module = await queue.get()
             try:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -151,14 +167,14 @@ async def warm(
                         f"{path}: " + (f"HTTP {answer.status}" if answer.status else "no answer")
                     )
                     continue
-                for ref in references(path, answer):
+                for ref, is_module in references(path, answer, module):
                     if ref in seen:
                         continue
                     if len(seen) >= MAX_REQUESTS:
                         report.truncated = True
                         break
                     seen.add(ref)
-                    queue.put_nowait(ref)
+                    queue.put_nowait((ref, is_module))
             finally:
                 queue.task_done()
 

@@ -136,22 +136,44 @@ def test_references_only_same_origin_paths() -> None:
         b'<script type="module" src="./b.js"></script>'
         b'<script type="module">Promise.all([import("/@fs/kit/entry.js")])</script>',
     )
-    assert references("/", html) == ["/a.js?t=1", "/b.js", "/@fs/kit/entry.js"]
+    assert references("/", html) == [
+        ("/a.js?t=1", False),
+        ("/b.js", True),
+        ("/@fs/kit/entry.js", True),
+    ]
     js = Answer(
         200,
         "application/javascript",
         b'import x from "../up.js"; export { y } from "/y.js"; import "react";'
         b'import("http://other/z.js"); import(`/tmpl/${n}.js`);',
     )
-    assert references("/src/deep/m.js", js) == ["/src/up.js", "/y.js"]
+    assert references("/src/deep/m.js", js) == [("/src/up.js", True), ("/y.js", True)]
     # A JSDoc type names a module that is not served (SvelteKit's client runtime).
     jsdoc = Answer(
         200,
         "text/javascript",
         b"/** @param {import('./types.js').Options} o */\nimport { a } from './a.js';",
     )
-    assert references("/kit/client.js", jsdoc) == ["/kit/a.js"]
+    assert references("/kit/client.js", jsdoc) == [("/kit/a.js", True)]
     assert references("/", Answer(200, "text/css", b'@import "/x.css";')) == []
+
+
+def test_references_skip_text_that_only_looks_like_imports() -> None:
+    # React's pre-bundled dev build explains lazy() with `import('./MyComponent')`: no
+    # dev server writes a served import without its extension (Vite logged an error).
+    react = Answer(
+        200,
+        "text/javascript",
+        b'import { a } from "./chunk-Q2.js?v=1";\n'
+        b"console.error(\"const MyComponent = lazy(() => import('./MyComponent'))\");",
+    )
+    assert references("/node_modules/.vite/deps/react-dom.js", react) == [
+        ("/node_modules/.vite/deps/chunk-Q2.js?v=1", True)
+    ]
+    # Next.js serves classic scripts: loaded, never read for imports (the warm-up asked
+    # for /_next/static/chunks/normalize.css and friends: 404s in the user's log).
+    chunk = Answer(200, "application/javascript", b'import "./normalize.css"; import("./x.js")')
+    assert references("/_next/static/chunks/main.js", chunk, module=False) == []
 
 
 # Boots for 1.5 s before it listens, then compiles its entry for 1 s (as Next.js does on
