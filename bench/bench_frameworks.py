@@ -84,6 +84,7 @@ from gateway.proxy.preview_tokens import open_token
 from gateway.sessions.start import Starter
 from gateway.sessions.store import Session
 from gateway.sessions.tracker import Tracker
+from shared import keys
 from shared.settings import Settings
 from supervisor.readiness import probe
 from tests.gateway.controller_fixtures import pooled, start, starter_for, wait_state
@@ -400,6 +401,10 @@ class Cases:
         url = partial(self.view_url, ready)
         view_s, later_s, page = await first_view(self.browser, url, page_text(app))
         timings = await self.timings(ready)
+        if os.environ.get("PV_BENCH_DEVLOG"):
+            await asyncio.sleep(1.2)  # ad hoc: the log snapshot is refreshed about every second
+            log = await starter.previews.redis.get(keys.logs(ready.container))
+            say(f"{app} {case} dev server log:\n{(log or b'').decode(errors='replace')[-1500:]}")
         result = Run(app, case, ready_s, view_s, ready.dependencies or "", timings)
         result.later_s = later_s
         result.watched_s, result.lag_s = watched, watched - ready_s
