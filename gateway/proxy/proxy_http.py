@@ -67,9 +67,10 @@ class AmbiguousFraming(ValueError):
 
 
 def upstream_headers(
-    scope: Scope, public_host: bytes, cookie_filter: bytes | None, public_scheme: str = "http"
+    scope: Scope, public_host: bytes, public_scheme: str = "http"
 ) -> tuple[list[tuple[bytes, bytes]], bool, bool]:
-    """Headers for the upstream request; (headers, has_body, chunked).
+    """Headers for the upstream request; (headers, has_body, chunked). The Cookie header
+    keeps only the dev server's own cookies (``strip_ours``).
 
     Content-Length together with Transfer-Encoding is refused (RFC 9112 6.3 lets a server
     reject it): h11 frames the body by the chunks, a dev server given the Content-Length
@@ -89,8 +90,8 @@ def upstream_headers(
         if name == b"content-length":
             framed = True
             has_length = value != b"0"
-        elif name == b"cookie" and cookie_filter is not None:
-            value = strip_cookie(value, cookie_filter)
+        elif name == b"cookie":
+            value = strip_ours(value)
             if not value:
                 continue
         out.append((name, value))
@@ -111,13 +112,6 @@ def upstream_headers(
     if chunked:
         out.append((b"transfer-encoding", b"chunked"))
     return out, has_length or chunked, chunked
-
-
-def strip_cookie(header: bytes, name: bytes) -> bytes:
-    """The Cookie header without our auth cookie `name`, nor anything else named like one
-    of ours (another preview's, or junk planted for the parent domain): none of them is
-    the dev server's business."""
-    return strip_ours(header)
 
 
 # Hop-by-hop, plus Date: hypercorn adds its own, and two Date headers confuse caches.
@@ -179,16 +173,13 @@ async def proxy_http(
     pool: UpstreamPool,
     address: str,
     public_host: bytes,
-    cookie_name: bytes | None = None,
     public_scheme: str = "http",
     compress: bool = False,
 ) -> int:
     """Relay one request to `address`; returns the status sent to the client. With
     `compress`, uncompressed text bodies are compressed for clients that accept it."""
     try:
-        headers, has_body, chunked = upstream_headers(
-            scope, public_host, cookie_name, public_scheme
-        )
+        headers, has_body, chunked = upstream_headers(scope, public_host, public_scheme)
     except AmbiguousFraming as exc:
         close = [(b"connection", b"close")]
         return await error_page(scope, send, 400, "bad_request", str(exc), False, close)

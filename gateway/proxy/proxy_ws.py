@@ -31,7 +31,8 @@ from websockets.typing import Subprotocol
 from gateway.asgi_types import Receive, Scope, Send
 from gateway.observability import instruments
 from gateway.proxy import relay_dial
-from gateway.proxy.proxy_http import strip_cookie, target
+from gateway.proxy.cookies import strip_ours
+from gateway.proxy.proxy_http import target
 from gateway.proxy.relay_dial import RelayDialer
 from gateway.proxy.upstream import MAX_HEAD_BYTES, MAX_HEAD_LINES
 from gateway.proxy.ws_budget import Account, frame_size
@@ -119,7 +120,6 @@ async def proxy_ws(
     send: Send,
     address: str,
     public_host: str,
-    cookie_name: bytes | None,
     limits: WsLimits,
     registry: RelayRegistry,
     account: Account,
@@ -136,8 +136,8 @@ async def proxy_ws(
     headers: list[tuple[str, str]] = []
     for name, value in scope["headers"]:
         if name in _PASS:
-            if name == b"cookie" and cookie_name is not None:
-                value = strip_cookie(value, cookie_name)
+            if name == b"cookie":  # none of ours is the dev server's business
+                value = strip_ours(value)
                 if not value:
                     continue
             headers.append((name.decode("latin-1"), value.decode("latin-1")))

@@ -58,7 +58,7 @@ from gateway.proxy.share_access import (
     notice_page,
 )
 from gateway.proxy.shares import Share
-from gateway.proxy.sockets import PreviewSockets, cookie_name
+from gateway.proxy.sockets import PreviewSockets
 from gateway.proxy.starting import ReadyWaits, starting_page, status_json
 from gateway.proxy.upstream import UpstreamPool
 from gateway.proxy.vhosts import Destination, HostRules, public_host
@@ -274,7 +274,6 @@ class PreviewRouter:
                     self.pool,
                     address,
                     host.encode(),
-                    cookie_name(sid).encode(),
                     self.settings.preview_scheme,
                     self.settings.compress,
                 )

@@ -22,11 +22,6 @@ from gateway.proxy.ws_budget import Budgets
 from shared.settings import Settings
 
 
-def cookie_name(sid: str) -> str:
-    """The name the dev server's Cookie header is cleaned of (with every other of ours)."""
-    return f"pv_{sid}"
-
-
 class PreviewSockets:
     def __init__(
         self,
@@ -74,7 +69,6 @@ class PreviewSockets:
                 send,
                 address,
                 host,
-                cookie_name(sid).encode(),
                 self.limits,
                 self.relays,
                 account,
