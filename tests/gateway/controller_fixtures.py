@@ -108,7 +108,11 @@ async def running(controller: Controller) -> AsyncIterator[asyncio.Task[None]]:
         yield task
     finally:
         task.cancel()
-        done, _ = await asyncio.wait({task}, timeout=20)
+        # Stopping may wait for cleanup: a launch cancelled while its container started
+        # removes it (a btrfs subvolume, seconds under load), then background work gets
+        # SHUTDOWN_DEADLINE (10 s). What this guards against is a swallowed cancellation,
+        # which would never end: 60 s tells the two apart (20 s failed once in a full run).
+        done, _ = await asyncio.wait({task}, timeout=60)
         if not done:  # a swallowed cancellation: fail loudly rather than hang
             stack = io.StringIO()
             task.print_stack(file=stack)
