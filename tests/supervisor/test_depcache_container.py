@@ -30,7 +30,7 @@ from tests.supervisor.test_in_container import (
     sup_bridge_redis,
     sup_image,
 )
-from tests.utils import ROOT, async_wait_until
+from tests.utils import ROOT, async_wait_until, remove_volumes
 
 pytestmark = pytest.mark.docker
 __all__ = ["sup_bridge_redis", "sup_image"]  # fixtures, used by name
@@ -43,7 +43,7 @@ def cache_volume(sup_image: str) -> Iterator[str]:
     try:
         yield name
     finally:
-        docker("volume", "rm", "-f", name, check=False)
+        remove_volumes([name])  # torn down before the containers fixture: remove them too
 
 
 @pytest_asyncio.fixture
