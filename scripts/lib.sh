@@ -28,7 +28,10 @@ ensure_pkg() {
 }
 
 ensure_venv() {
-  local stamp="$VENV/.installed-$(cat "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)"
+  # The checkout's path is part of the stamp: the project is installed editable, so a
+  # venv installed from another checkout imports that checkout's code (and, once that
+  # one is gone, nothing: `python -m supervisor.fsworker` failed in a venv so moved).
+  local stamp="$VENV/.installed-$({ cat "$ROOT/pyproject.toml"; echo "$ROOT"; } | sha256sum | cut -c1-16)"
   [ -f "$stamp" ] && return 0
   ensure_pkg python3 python3 python3-venv
   [ -x "$VENV/bin/python" ] || { say "creating virtualenv $VENV"; python3 -m venv "$VENV"; }
