@@ -234,13 +234,20 @@ async def test_two_starts_of_one_new_project_pack_it_once(
             subprocess.run(["rm", "-rf", str(shared)], check=False)
 
 
-def fake_archive(volume: CacheVolume, n: int, size: int, age: float) -> Path:
-    key = f"npm-node0-x8664-{n:02x}" + hashlib.sha1(str(n).encode()).hexdigest()[2:]
-    path = volume.archive_path(key)
-    path.parent.mkdir(mode=0o700, exist_ok=True)
-    path.write_bytes(os.urandom(size))
+def fake_key(n: int) -> str:
+    return f"npm-node0-x8664-{n:02x}" + hashlib.sha1(str(n).encode()).hexdigest()[2:]
+
+
+def aged(path: Path, age: float) -> Path:
     os.utime(path, (time.time() - age, time.time() - age))
     return path
+
+
+def fake_archive(volume: CacheVolume, n: int, size: int, age: float) -> Path:
+    path = volume.archive_path(fake_key(n))
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    path.write_bytes(os.urandom(size))
+    return aged(path, age)
 
 
 def test_eviction_removes_the_least_recently_used_first() -> None:
@@ -259,13 +266,11 @@ def test_eviction_removes_the_least_recently_used_first() -> None:
 
 def fake_tree(volume: CacheVolume, n: int, size: int, age: float) -> Path:
     """A tree as ``store_tree`` leaves it: a directory and its size beside it."""
-    key = f"npm-node0-x8664-{n:02x}" + hashlib.sha1(str(n).encode()).hexdigest()[2:]
-    path = volume.tree_path(key)
+    path = volume.tree_path(fake_key(n))
     (path / "pkg").mkdir(parents=True)
     (path / "pkg/index.js").write_bytes(b"x" * 10)
     path.with_name(path.name + ".bytes").write_text(f"{size}\n")
-    os.utime(path, (time.time() - age, time.time() - age))
-    return path
+    return aged(path, age)
 
 
 def test_eviction_counts_trees_by_their_size_and_removes_them_whole() -> None:
