@@ -161,10 +161,13 @@ async def test_two_containers_share_archives_user_code_cannot_touch(
         f"{json.dumps(installed['timings_ms'])}, restore {json.dumps(restored['timings_ms'])}"
     )
 
-    # That restore checked the archive, then kept its tree (btrfs here: reflinks work);
-    # the next container clones the tree instead of unpacking.
+    # That restore checked the archive, then kept its tree where reflinks work (the btrfs
+    # engine scripts/setup makes); the next container clones the tree instead of unpacking.
     key = installed["dependency_cache"]["key"]
     assert restored["dependency_cache"]["restored_by"] == "restored"
+    driver = docker("info", "--format", "{{.Driver}}").strip()
+    if driver != "btrfs":
+        pytest.skip(f"cloned restores need a filesystem that clones (engine: {driver})")
     tree = f"/cache/deps/t1/{key[-40:-38]}/{key}"
     assert second.exec("stat", "-c", "%U %a", tree).stdout.split() == ["root", "700"]
     third: ContainerSupervisor = await containers(cache_volume)
