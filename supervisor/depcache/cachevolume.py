@@ -223,8 +223,9 @@ def _write_size(tree: Path, size: int) -> None:
 
 
 def _read_size(tree: Path) -> int:
-    """A tree's bytes as stored beside it (a tree without one is counted as big as the
-    bound allows nothing else beside it: it goes first among equals)."""
+    """A tree's bytes as stored beside it. Without that (it is written before the tree's
+    rename, so only a damaged volume has none) a tree counts as 1 TiB: the next trim
+    removes it."""
     try:
         return int(tree.with_name(tree.name + SIZE_SUFFIX).read_text())
     except (OSError, ValueError):
