@@ -187,7 +187,7 @@ class CacheVolume:
 
     def usage(self) -> Usage:
         files = self._files()
-        return Usage(len(files), sum(size for _, size, _ in files))
+        return Usage(len(files), sum(max(0, size) for _, size, _ in files))
 
     def evict(self, max_bytes: int) -> Usage:
         """Remove the least recently used archives, tarballs and trees until they take at
@@ -199,23 +199,24 @@ class CacheVolume:
                     if now - entry.stat(follow_symlinks=False).st_mtime > STALE_TEMP:
                         _remove(Path(entry.path))
         files = sorted(self._files())
-        total = sum(size for _, size, _ in files)
+        total = sum(max(0, size) for _, size, _ in files)
         removed = freed = 0
         for _, size, path in files:
-            if total <= max_bytes:
-                break
+            if total <= max_bytes and size != UNKNOWN:
+                continue
             with contextlib.suppress(FileNotFoundError):
                 if path.parent.parent == self.trees:
                     _drop_tree(self.tree_tmp, path)
                 else:
                     path.unlink()
                 removed += 1
-                freed += size
-            total -= size
+                freed += max(0, size)
+            total -= max(0, size)
         return Usage(len(files) - removed, total, removed, freed)
 
 
 SIZE_SUFFIX = ".bytes"
+UNKNOWN = -1  # the size of a tree whose size file is missing or unreadable
 
 
 def _write_size(tree: Path, size: int) -> None:
@@ -223,13 +224,12 @@ def _write_size(tree: Path, size: int) -> None:
 
 
 def _read_size(tree: Path) -> int:
-    """A tree's bytes as stored beside it. Without that (it is written before the tree's
-    rename, so only a damaged volume has none) a tree counts as 1 TiB: the next trim
-    removes it."""
+    """A tree's bytes as stored beside it; UNKNOWN without them (they are written before
+    the tree's rename, so only a damaged volume lacks them): the next trim removes it."""
     try:
         return int(tree.with_name(tree.name + SIZE_SUFFIX).read_text())
     except (OSError, ValueError):
-        return 1 << 40
+        return UNKNOWN
 
 
 def _drop_tree(tmp: Path, tree: Path) -> None:

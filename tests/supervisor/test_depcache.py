@@ -288,6 +288,12 @@ def test_eviction_counts_trees_by_their_size_and_removes_them_whole() -> None:
         assert list(volume.tree_tmp.iterdir()) == []  # renamed aside, then removed
         volume.drop_tree(new_tree.name)
         assert volume.usage().files == 0
+        # A tree without its size (a damaged volume) goes at the next trim, bound or not.
+        sizeless = fake_tree(volume, 4, 100, 10)
+        sizeless.with_name(sizeless.name + ".bytes").unlink()
+        kept = fake_archive(volume, 5, 100, 20)
+        assert volume.evict(10_000).removed == 1
+        assert not sizeless.exists() and kept.exists()
     finally:
         subprocess.run(["rm", "-rf", str(root)], check=False)
 
