@@ -57,6 +57,9 @@ log = logging.getLogger(__name__)
 PACK_LOCK_WAIT = 900.0  # another container packing the same key: wait, then find it there
 TAINT_MARKER = "user-code-ran"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# A clone failing so says the tree itself is damaged (a part gone or unreadable): it goes.
+# Others (a full workspace, too many open files) are not the tree's fault.
+_TREE_DAMAGED = {errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EIO, errno.EUCLEAN}
 
 
 @dataclass
@@ -230,7 +233,7 @@ class ArchiveCache:
                 return False
             except OSError as exc:
                 log.warning("clone of %s failed (the archive is used): %s", key.value, exc)
-                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):  # else: the workspace's
+                if exc.errno in _TREE_DAMAGED:  # else the workspace's or the process's
                     with contextlib.suppress(OSError):
                         volume.drop_tree(key.value)
                 return False
