@@ -18,7 +18,7 @@ from shared import keys
 from tests.gateway.api_helpers import start_body
 from tests.gateway.conftest import GatewayFactory
 from tests.gateway.test_api import container_file, wait_ready
-from tests.gateway.test_sleep import SIGNING, api, open_preview
+from tests.gateway.test_sleep import SIGNING, api, open_preview, start_ready
 from tests.utils import wait_until
 
 HTML = {"accept": "text/html"}
@@ -46,10 +46,7 @@ def test_hibernate_then_a_visit_resumes_at_the_same_url(
     start_gateway: GatewayFactory, sync_redis: SyncRedis
 ) -> None:
     gw = start_gateway(signing_secret=SIGNING)
-    created = api(gw, "POST", "/v1/previews", json=start_body("hib"))
-    assert created.status_code == 202, created.text
-    sid = created.json()["id"]
-    preview = wait_ready(gw, sid, timeout=120)
+    sid, preview = start_ready(gw, "hib")
     assert api(gw, "PUT", f"/v1/previews/{sid}/files/note.txt", content=b"kept").status_code == 200
     (browser,) = open_preview(preview, gw)
     with browser:

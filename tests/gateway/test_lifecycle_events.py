@@ -16,11 +16,10 @@ from redis import Redis as SyncRedis
 
 from gateway.observability.records import Record
 from shared import keys
-from tests.gateway.api_helpers import add_event, bearer, fake_session, start_body
+from tests.gateway.api_helpers import add_event, bearer, fake_session
 from tests.gateway.conftest import GatewayFactory
-from tests.gateway.test_api import wait_ready
 from tests.gateway.test_events import parse
-from tests.gateway.test_sleep import SIGNING, api
+from tests.gateway.test_sleep import SIGNING, api, start_ready
 from tests.utils import GatewayProcess, wait_until
 
 
@@ -145,10 +144,7 @@ def test_follow_hears_sleep_wake_hibernate_resume_and_stop(
     start_gateway: GatewayFactory, sync_redis: SyncRedis
 ) -> None:
     gw = start_gateway(signing_secret=SIGNING)
-    created = api(gw, "POST", "/v1/previews", json=start_body("followed"))
-    assert created.status_code == 202, created.text
-    sid = created.json()["id"]
-    wait_ready(gw, sid, timeout=120)
+    sid, _ = start_ready(gw, "followed")
 
     # Another user's id is no id, following or not.
     for query in ("?follow=1", ""):

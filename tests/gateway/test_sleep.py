@@ -45,6 +45,14 @@ def api(gw: GatewayProcess, method: str, path: str, user: str = "alice", **kw: A
     return httpx.request(method, f"{gw.url}{path}", headers=bearer(user), timeout=60, **kw)
 
 
+def start_ready(gw: GatewayProcess, project: str) -> tuple[str, dict[str, Any]]:
+    """A preview of `project` started through the API, once ready: its id and itself."""
+    created = api(gw, "POST", "/v1/previews", json=start_body(project))
+    assert created.status_code == 202, created.text
+    sid: str = created.json()["id"]
+    return sid, wait_ready(gw, sid, timeout=120)
+
+
 def open_preview(preview: dict[str, Any], *gateways: GatewayProcess) -> list[httpx.Client]:
     """Clients holding the preview's cookie, as a browser after the open_url redirect (the
     first gateway trades the token), one per gateway replica."""
@@ -71,10 +79,7 @@ def test_sleep_and_wake_across_replicas(
 ) -> None:
     one = start_gateway(signing_secret=SIGNING)
     two = start_gateway(signing_secret=SIGNING)
-    created = api(one, "POST", "/v1/previews", json=start_body("sleepy"))
-    assert created.status_code == 202, created.text
-    sid = created.json()["id"]
-    preview = wait_ready(one, sid, timeout=120)
+    sid, preview = start_ready(one, "sleepy")
 
     browser_one, browser_two = open_preview(preview, one, two)
     with browser_one, browser_two:
