@@ -92,13 +92,10 @@ class CacheVolume:
         return volume
 
     def archive_path(self, key: str) -> Path:
-        if not _KEY.match(key):
-            raise ValueError(f"not a cache key: {key!r}")
-        return self.archives / key[-40:-38] / (key + SUFFIX)
+        return self.archives / _shard(key) / (key + SUFFIX)
 
     def tree_path(self, key: str) -> Path:
-        self.archive_path(key)  # checks the key
-        return self.trees / key[-40:-38] / key
+        return self.trees / _shard(key) / key
 
     def store_tree(
         self, key: str, source: int, expected: Restored, stop: Callable[[], bool]
@@ -246,6 +243,13 @@ def _remove(path: Path) -> None:
     else:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+
+
+def _shard(key: str) -> str:
+    """The directory a key's files go in (ValueError for what is not a key)."""
+    if not _KEY.match(key):
+        raise ValueError(f"not a cache key: {key!r}")
+    return key[-40:-38]
 
 
 def _scan(path: Path) -> list[os.DirEntry[str]]:
