@@ -26,7 +26,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ from supervisor.depcache.cachevolume import CacheVolume
 from supervisor.depcache.npmstore import NpmStore, Scratch, locked_tarballs
 from supervisor.depcache.pack import NotCacheable, PackCancelled, Packer, Snapshot, take_snapshot
 from supervisor.depcache.restore import (
+    DIR_FLAGS,
     WRITERS,
     RestoreCancelled,
     Restored,
@@ -56,7 +57,6 @@ log = logging.getLogger(__name__)
 
 PACK_LOCK_WAIT = 900.0  # another container packing the same key: wait, then find it there
 TAINT_MARKER = "user-code-ran"
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # A clone failing so says the tree itself is damaged (a part gone or unreadable): it goes.
 # Others (a full workspace, too many open files) are not the tree's fault.
 _TREE_DAMAGED = {errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EIO, errno.EUCLEAN}
@@ -163,7 +163,7 @@ class ArchiveCache:
             )
             stop = threading.Event()
             owner = _owner(ctx.user)
-            keep = self._keeper(volume, key, stop) if self.clones is not False else None
+            keep = _TreeKeeper(self, volume, key, stop) if self.clones is not False else None
             try:
                 restored = await cancellable(
                     stop,
@@ -190,7 +190,7 @@ class ArchiveCache:
                 os.utime(fd)  # used: last to be evicted
             report["archive_bytes"] = info.zstd_bytes
             self._restored(ctx, key, restored, started, "restored", report)
-            if keep is not None:  # a tree was stored: the volume may be over its bound now
+            if keep is not None and keep.stored:  # the volume may be over its bound now
                 self._background(self._trim(volume), "trim the cache")
             return True
         finally:
@@ -207,7 +207,7 @@ class ArchiveCache:
         """Clone the tree of ``key`` into the workspace; False when there is none or it
         cannot be cloned (the archive is used then)."""
         try:
-            fd = os.open(volume.tree_path(key.value), _DIR_FLAGS)
+            fd = os.open(volume.tree_path(key.value), DIR_FLAGS)
         except FileNotFoundError:
             return False
         started = time.monotonic()
@@ -243,25 +243,6 @@ class ArchiveCache:
             return True
         finally:
             os.close(fd)
-
-    def _keeper(
-        self, volume: CacheVolume, key: CacheKey, stop: threading.Event
-    ) -> Callable[[int, Restored], None]:
-        """What stores the tree of a restore that checked out (in the restoring thread)."""
-
-        def keep(root: int, restored: Restored) -> None:
-            try:
-                size = volume.store_tree(key.value, root, restored, stop.is_set)
-            except CloneUnsupported as exc:
-                self.clones = False
-                log.info("node_modules trees off: %s", exc)
-            except OSError as exc:
-                log.warning("tree of %s not stored: %s", key.value, exc)
-            else:
-                if size is not None:
-                    log.info("stored the tree of %s (%d MiB)", key.value, size >> 20)
-
-        return keep
 
     def _restored(
         self,
@@ -471,6 +452,30 @@ class ArchiveCache:
         """Stop background packs (they leave no temporary file behind) and wait for them."""
         self._stopping.set()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+class _TreeKeeper:
+    """Stores the tree of a restore that checked out (called in the restoring thread,
+    ``restore.staged``'s ``keep``); ``stored`` once it did."""
+
+    def __init__(
+        self, cache: ArchiveCache, volume: CacheVolume, key: CacheKey, stop: threading.Event
+    ) -> None:
+        self.cache, self.volume, self.key, self.stop = cache, volume, key, stop
+        self.stored = False
+
+    def __call__(self, root: int, restored: Restored) -> None:
+        try:
+            size = self.volume.store_tree(self.key.value, root, restored, self.stop.is_set)
+        except CloneUnsupported as exc:
+            self.cache.clones = False
+            log.info("node_modules trees off: %s", exc)
+        except OSError as exc:
+            log.warning("tree of %s not stored: %s", self.key.value, exc)
+        else:
+            if size is not None:
+                self.stored = True
+                log.info("stored the tree of %s (%d MiB)", self.key.value, size >> 20)
 
 
 def _owner(user: procs.AppUser) -> tuple[int, int] | None:

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from supervisor.depcache.archive import SUFFIX
-from supervisor.depcache.restore import Restored
+from supervisor.depcache.restore import DIR_FLAGS, Restored
 from supervisor.depcache.trees import clone_tree
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ class CacheVolume:
         temp = self.tree_tmp / f"{key}.{secrets.token_hex(4)}"
         os.mkdir(temp, 0o700)
         try:
-            fd = os.open(temp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(temp, DIR_FLAGS)
             try:
                 cloned, _ = clone_tree(source, fd, None, stop)
                 os.fchmod(fd, 0o700)

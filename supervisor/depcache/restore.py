@@ -37,7 +37,7 @@ BATCH_BYTES = 256 << 10
 STAGING_PREFIX = f".{NODE_MODULES}.restore-"
 OLD_PREFIX = f".{NODE_MODULES}.old-"
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _PREFIX = NODE_MODULES.encode() + b"/"
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
@@ -165,12 +165,12 @@ def staged(
 ) -> Restored:
     """``fill(fd)`` writes node_modules into a root-only staging directory (returning what
     it wrote and the top's mode), then it replaces ``workspace/node_modules`` at once."""
-    ws = os.open(workspace, _DIR_FLAGS)
+    ws = os.open(workspace, DIR_FLAGS)
     staging = STAGING_PREFIX + secrets.token_hex(6)
     try:
         remove_leftovers(ws)
         os.mkdir(staging, 0o700, dir_fd=ws)
-        root = os.open(staging, _DIR_FLAGS, dir_fd=ws)
+        root = os.open(staging, DIR_FLAGS, dir_fd=ws)
         try:
             if os.fstat(root).st_uid != os.geteuid():
                 raise OSError(f"{staging} was replaced while we made it")

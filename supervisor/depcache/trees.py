@@ -24,10 +24,9 @@ import os
 import stat
 from collections.abc import Callable
 
-from supervisor.depcache.restore import Owner, RestoreCancelled, Restored
+from supervisor.depcache.restore import DIR_FLAGS, Owner, RestoreCancelled, Restored
 
 FICLONE = 0x40049409  # _IOW(0x94, 9, int), linux/fs.h
-_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 # What FICLONE answers where it cannot clone: not this filesystem, not across these two.
@@ -51,7 +50,7 @@ def clone_tree(
     # Listed through a descriptor of our own: btrfs lists, through one opened before them,
     # none of the entries made since (it fixes a directory's end at open, Linux 6.5+), and
     # ``src`` may be the staging directory just written through.
-    top = os.open(".", _DIR, dir_fd=src)
+    top = os.open(".", DIR_FLAGS, dir_fd=src)
     try:
         _clone_dir(top, dst, "", owner, stop, result, modes)
     finally:
@@ -81,9 +80,9 @@ def _clone_dir(
             os.mkdir(name, 0o700, dir_fd=dst)
             if owner is not None:
                 os.chown(name, *owner, dir_fd=dst, follow_symlinks=False)
-            sub_src = os.open(name, _DIR, dir_fd=src)
+            sub_src = os.open(name, DIR_FLAGS, dir_fd=src)
             try:
-                sub_dst = os.open(name, _DIR, dir_fd=dst)
+                sub_dst = os.open(name, DIR_FLAGS, dir_fd=dst)
                 try:
                     _clone_dir(sub_src, sub_dst, f"{prefix}{name}/", owner, stop, result, modes)
                 finally:
