@@ -90,11 +90,16 @@ def read_run_env(path: Path) -> dict[str, str] | None:
 
 
 def environment(environ: Mapping[str, str]) -> tuple[dict[str, str], Path | None]:
-    """The environment with a local run's settings under it, and the record used."""
+    """The environment with a local run's settings under it, and the record used. The
+    first record there is decides: one refused (not private) is not replaced by another
+    run's, such as this checkout's own."""
     for path in run_env_candidates(environ):
+        if not os.path.lexists(path):
+            continue
         found = read_run_env(path)
-        if found is not None:
-            return {**found, **environ}, path
+        if found is None:
+            break
+        return {**found, **environ}, path
     return dict(environ), None
 
 
