@@ -4,6 +4,7 @@ exactly as the image runs them (``python -m supervisor``)."""
 
 from __future__ import annotations
 
+import atexit
 import base64
 import contextlib
 import os
@@ -226,6 +227,28 @@ def b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
+_SOURCES: list[Path] = []
+
+
+def readable_sources() -> Path:
+    """A directory holding `shared` and `supervisor` that every user can read: the
+    checkout itself when it is, else a copy made once per run (removed at exit)."""
+    if not _SOURCES:
+        parents = [ROOT, *ROOT.parents]
+        if all(p.stat().st_mode & 0o005 == 0o005 for p in parents):
+            _SOURCES.append(ROOT)
+        else:
+            copy = make_dir("pv-sup-src-")
+            for package in ("shared", "supervisor"):
+                shutil.copytree(
+                    ROOT / package, copy / package, ignore=shutil.ignore_patterns("__pycache__")
+                )
+            subprocess.run(["chmod", "-R", "a+rX", str(copy)], check=True)
+            atexit.register(shutil.rmtree, copy, True)
+            _SOURCES.append(copy)
+    return _SOURCES[0]
+
+
 def make_dir(prefix: str, owner: str = "") -> Path:
     # Not under pytest's tmp_path: that is 0700 root, and the app user must reach these.
     path = Path(tempfile.mkdtemp(prefix=prefix))
@@ -268,6 +291,9 @@ async def sup_factory(
             "PREVIEW_LOG_LEVEL": "DEBUG",
             # Our venv's interpreter lives under /root, out of the app user's reach.
             "PREVIEW_WORKER_PYTHON": "/usr/bin/python3" if sup_app_user else sys.executable,
+            # And so may the checkout (a `mktemp -d` clone is 0700): the app user's helpers
+            # then import a readable copy of our packages (an unreadable entry is skipped).
+            **({"PYTHONPATH": str(readable_sources())} if sup_app_user else {}),
             **overrides,
         }
         sup = SupervisorProcess(sup_redis, env, cid, port, workspace, state / "supervisor.log")
