@@ -8,11 +8,15 @@ PREVIEW_START_BOOST_SECONDS (the sweep): user code cannot keep it by never becom
 ready.
 
 The extra CPUs come out of the host's free CPU: its cores times
-PREVIEW_HOST_CPU_OVERCOMMIT, less every container's limit and every boost under way
-(``keys.host_boosts``, checked and granted in one Lua script, so concurrent starts from
-several gateways share what is free rather than each taking it all). Many starts at once
-each get less, down to none. A boost never exceeds the host's cores (the engine refuses
-that). Placement sorts hosts by free CPU net of boosts (placement.py).
+PREVIEW_HOST_CPU_OVERCOMMIT, less the limit of every container that can use CPU and every
+boost under way (``keys.host_boosts``, checked and granted in one Lua script, so
+concurrent starts from several gateways share what is free rather than each taking it
+all). Containers that wait idle do not count: pooled ones (a supervisor waiting for its
+first command), reserved ones (reset, dev server gone) and sleeping previews (dev server
+frozen). A host full of those has its cores free, and counting their limits left most
+starts unboosted on a small host. Many starts at once each get less, down to none. A
+boost never exceeds the host's cores (the engine refuses that). Placement sorts hosts by
+free CPU net of boosts (placement.py).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from redis.asyncio import Redis
 from gateway.containers.docker_runtime import DockerRuntime, DockerRuntimeError
 from gateway.containers.placement import Placement
 from shared import keys
-from shared.redis_types import record
+from shared.redis_types import record, text
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -34,11 +38,14 @@ log = logging.getLogger(__name__)
 UPDATE_TIMEOUT = 5.0  # seconds a docker update may take before the start goes on without
 MIN_EXTRA = 0.1  # CPUs: a smaller boost is not worth a Docker call
 
-# KEYS: host's boosts, host's containers. ARGV: cid, wanted extra CPUs, host CPU budget,
-# CPUs per container, expiry, smallest boost worth it. -> the extra CPUs granted (a
+# Container records in these states wait idle (their limits are not CPU in use).
+IDLE_CONTAINERS = frozenset({"pooled", "reserved"})
+
+# KEYS: host's boosts. ARGV: cid, wanted extra CPUs, host CPU budget, CPUs the host's
+# busy containers may use, expiry, smallest boost worth it. -> the extra CPUs granted (a
 # string), "0" for none.
 _GRANT = """
-local used = redis.call('SCARD', KEYS[2]) * tonumber(ARGV[4])
+local used = tonumber(ARGV[4])
 local boosts = redis.call('HGETALL', KEYS[1])
 for i = 1, #boosts, 2 do
   if boosts[i] ~= ARGV[1] then
@@ -56,6 +63,25 @@ def parse(raw: str) -> tuple[float, float]:
     """(extra CPUs, expiry) of a ``keys.host_boosts`` value."""
     extra, _, expiry = raw.partition("|")
     return float(extra), float(expiry or 0)
+
+
+async def busy_containers(redis: Redis, host: str, starting: str) -> int:
+    """How many of ``host``'s containers can use CPU now: ``starting`` and every other one
+    that is neither pooled, reserved, nor running a sleeping preview (two round trips). A
+    container whose record is missing counts as busy."""
+    cids = sorted(text(c) for c in await redis.smembers(keys.host_containers(host)))
+    others = [cid for cid in cids if cid != starting]
+    async with redis.pipeline(transaction=False) as pipe:
+        for cid in others:
+            pipe.hmget(keys.container(cid), "state", "session")
+        found = [(text(state), text(sid)) for state, sid in await pipe.execute()]
+    assigned = [sid for state, sid in found if state not in IDLE_CONTAINERS and sid]
+    async with redis.pipeline(transaction=False) as pipe:
+        for sid in assigned:
+            pipe.hget(keys.session(sid), "state")
+        asleep = sum(text(state) == "sleeping" for state in await pipe.execute())
+    idle = sum(state in IDLE_CONTAINERS for state, _ in found)
+    return 1 + len(others) - idle - asleep
 
 
 async def boosted_cpus(redis: Redis, host: str) -> float:
@@ -89,14 +115,15 @@ class Boost:
             if cores <= 0:
                 return 0.0
             want = min(s.start_cpus, float(cores)) - s.container_cpus
+            busy = await busy_containers(self.redis, host, cid)
             extra = float(
                 await self._grant(
-                    keys=[keys.host_boosts(host), keys.host_containers(host)],
+                    keys=[keys.host_boosts(host)],
                     args=[
                         cid,
                         repr(want),
                         repr(cores * s.host_cpu_overcommit),
-                        repr(s.container_cpus),
+                        repr(busy * s.container_cpus),
                         repr(time.time() + s.start_boost_seconds),
                         repr(MIN_EXTRA),
                     ],

@@ -136,6 +136,31 @@ def test_no_boost_beyond_the_hosts_free_cpu(
     wait_ready(gw, sid)
 
 
+def test_idle_containers_leave_the_boost_its_room(
+    start_gateway: GatewayFactory, sync_redis: SyncRedis
+) -> None:
+    """A budget of two containers' CPU: alice's stopped preview leaves her container
+    reserved (idle, kept for her) beside bob's new one, and bob's start is boosted all
+    the same. Counting the reserved container's limit used to leave it none."""
+    cores = int(subprocess.run(["nproc"], capture_output=True, text=True).stdout)
+    gw, sid, cid, host = boosted_start(start_gateway, sync_redis, host_cpu_overcommit=2.0 / cores)
+    upload(gw, sid, "node server.js", {"server.js": SERVER})
+    wait_ready(gw, sid)
+    assert httpx.delete(f"{gw.url}/v1/previews/{sid}", headers=bearer("alice")).status_code == 204
+    wait_until(
+        lambda: sync_redis.zscore(keys.user_reserved("alice"), cid) is not None,
+        90,
+        "alice's container reserved for her",
+    )
+    body = {"project_id": "boost", "source": {"type": "archive"}}
+    started = httpx.post(f"{gw.url}/v1/previews", json=body, headers=bearer("bob"), timeout=60)
+    assert started.status_code == 202, started.text
+    bob, bob_host = container_of(sync_redis, started.json()["id"])
+    assert bob != cid and bob_host == host
+    cgroup_cpus(sync_redis, bob, 2.0)
+    assert sync_redis.hexists(keys.host_boosts(host), bob)
+
+
 def test_a_boosted_start_holds_a_creation_place(
     start_gateway: GatewayFactory, sync_redis: SyncRedis, redis_server: RedisServer
 ) -> None:

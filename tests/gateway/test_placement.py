@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway.background import Background
+from gateway.containers.boost import busy_containers
 from gateway.containers.containers import ContainerError, Containers
 from gateway.containers.create_gate import CreateGate
 from gateway.containers.docker_runtime import DockerRuntime
@@ -117,6 +118,33 @@ async def test_boosted_starts_hold_creation_places(redis: Redis) -> None:
     await redis.delete(keys.host_boosts("h"))  # the starts are ready: boosts dropped
     assert await gate.try_enter("h", "refill-a", start=False)
     assert await gate.try_enter("h", "refill-b", start=False)
+
+
+async def test_only_containers_that_can_use_cpu_count_against_the_boost_budget(
+    redis: Redis,
+) -> None:
+    """Pooled and reserved containers wait idle and a sleeping preview's dev server is
+    frozen: none of them uses CPU, so none takes a boost's room. Everything else does,
+    including a container whose record is gone and the starting container itself."""
+    states = {
+        "pooled": ("pooled", ""),
+        "reserved": ("reserved", ""),
+        "asleep": ("assigned", "s-asleep"),
+        "awake": ("assigned", "s-awake"),
+        "releasing": ("releasing", "s-gone"),
+        "warming": ("warming", ""),
+    }
+    for cid, (state, sid) in states.items():
+        await redis.hset(keys.container(cid), mapping={"state": state, "session": sid})
+    await redis.hset(keys.session("s-asleep"), "state", "sleeping")
+    await redis.hset(keys.session("s-awake"), "state", "ready")
+    await redis.sadd(keys.host_containers("h"), *states, "unrecorded", "starting")
+    await redis.hset(keys.container("starting"), mapping={"state": "pooled"})
+    # starting, awake, releasing, warming, unrecorded
+    assert await busy_containers(redis, "h", "starting") == 5
+    await redis.hset(keys.session("s-awake"), "state", "sleeping")
+    assert await busy_containers(redis, "h", "starting") == 4
+    assert await busy_containers(redis, "empty", "starting") == 1
 
 
 async def test_a_refill_storm_does_not_starve_a_start(redis: Redis) -> None:
