@@ -80,11 +80,13 @@ from bench.bench_depcache import (
     run,
     write_project,
 )
+from gateway.containers import boost
 from gateway.proxy.preview_tokens import open_token
 from gateway.sessions.start import Starter
 from gateway.sessions.store import Session
 from gateway.sessions.tracker import Tracker
 from shared import keys
+from shared.redis_types import text
 from shared.settings import Settings
 from supervisor.readiness import probe
 from tests.gateway.controller_fixtures import pooled, start, starter_for, wait_state
@@ -230,6 +232,7 @@ class Run:
     lag_s: float = math.nan  # ... after `ready` (the starting page's reload)
     reload_s: float = math.nan  # `ready` → that page's reload (its status feed)
     cpus: list[float] = field(default_factory=list)  # cpu.max seen while starting
+    boost: float = 0.0  # extra CPUs the start was granted (boost.py)
     load: float = field(default_factory=lambda: os.getloadavg()[0])  # when it ended
 
     @property
@@ -389,6 +392,9 @@ class Cases:
         starter, app = self.starter, self.app
         began = time.monotonic()
         session = await start(starter, user, app, {"type": "archive"})
+        granted = await starter.previews.redis.hget(
+            keys.host_boosts(session.host), session.container
+        )
         watcher = (
             asyncio.create_task(self.watched(self.view_url(session), began)) if self.watch else None
         )
@@ -417,6 +423,7 @@ class Cases:
         result.watched_s, result.lag_s = watched, watched - ready_s
         result.reload_s = reload - ready_s
         result.cpus = sorted(limits)
+        result.boost = boost.parse(text(granted))[0] if granted else 0.0
         say(
             f"{app} {case}: ready {ready_s:.1f}s + view {view_s:.2f}s; page open from the "
             f"start: app at {watched:.2f}s (ready + {watched - ready_s:.2f}s, reloaded at "
@@ -568,7 +575,7 @@ def report(runs: list[Run], args: argparse.Namespace) -> None:
     print(
         "| app | case | start→ready s | first view s | later view s | total s | x host "
         "| page open at start: app s | its lag after ready s | of which until reload s | load "
-        "| deps | cpu.max while starting | phases ms | HMR p50 ms |"
+        "| deps | boost granted, cpu.max seen while starting | phases ms | HMR p50 ms |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     # Cold starts against the host's from nothing; the others against its second start,
@@ -583,11 +590,12 @@ def report(runs: list[Run], args: argparse.Namespace) -> None:
         p50 = f"{statistics.median(r.hmr_ms):.0f}" if r.hmr_ms else ""
         lost = sum(math.isinf(ms) for ms in r.hmr_ms)
         p50 += f" ({lost} of {len(r.hmr_ms)} lost)" if lost else ""
+        cpus = "" if hosted else f"+{r.boost:g}: {', '.join(f'{c:g}' for c in r.cpus)}"
         print(
             f"| {r.app} | {r.case} | {r.ready_s:.1f} | {r.view_s:.2f} | {r.later_s:.2f} "
             f"| {r.total:.1f} | {ratio} | {_maybe(r.watched_s)} | {_maybe(r.lag_s)} "
             f"| {_maybe(r.reload_s)} | {r.load:.1f} "
-            f"| {r.dependencies} | {', '.join(f'{c:g}' for c in r.cpus)} | {phases} | {p50} |"
+            f"| {r.dependencies} | {cpus} | {phases} | {p50} |"
         )
 
 
