@@ -21,7 +21,7 @@ from supervisor.events import Events, Progress
 from supervisor.logbuffer import LogBuffer, pump
 from supervisor.portforward import PortForwarder
 from supervisor.readiness import ProbeResult, backoff, probe
-from supervisor.warmup import warm
+from supervisor.warmup import Answer, warm
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +259,7 @@ class DevServer:
             answered = time.monotonic()
             warmup_ms = None
             if outcome == "ready" and spec.warmup:
-                warmup_ms = await self._warm_up(spec, progress)
+                warmup_ms = await self._warm_up(spec, progress, last)
             if outcome == "ready":
                 if progress is not None:
                     await progress.report("devserver", 100, "the dev server answers", force=True)
@@ -306,12 +306,20 @@ class DevServer:
         finally:
             reader.cancel()
 
-    async def _warm_up(self, spec: LaunchSpec, progress: Progress | None) -> int:
-        """Load the entry route's module graph (supervisor/warmup.py); its milliseconds."""
+    async def _warm_up(
+        self, spec: LaunchSpec, progress: Progress | None, ready: ProbeResult
+    ) -> int:
+        """Load the entry route's module graph (supervisor/warmup.py), from the entry page
+        the readiness probe was answered when it kept one; its milliseconds."""
         if progress is not None:
             await progress.report("devserver", 96, "warming up the entry page", force=True)
+        entry = None
+        if ready.body is not None:
+            entry = Answer(ready.status, ready.content_type, ready.body)
         # Through the address the gateway uses (the forwarder, for a loopback-only server).
-        report = await warm(self.external_address, spec.port, spec.host_header, spec.warmup_budget)
+        report = await warm(
+            self.external_address, spec.port, spec.host_header, spec.warmup_budget, entry=entry
+        )
         log.info(
             "warm-up: %d requests in %d ms%s%s",
             report.requests,
@@ -371,7 +379,10 @@ class DevServer:
 
     async def _probe(self, spec: LaunchSpec, budget: float) -> ProbeResult:
         external = self.external_address
-        result = await probe(external, spec.port, spec.host_header, response_timeout=budget)
+        keep = spec.warmup
+        result = await probe(
+            external, spec.port, spec.host_header, response_timeout=budget, keep_page=keep
+        )
         if result.connected or self._forwarder is not None or external in LOOPBACKS:
             return result
         for loopback in LOOPBACKS:
@@ -389,5 +400,7 @@ class DevServer:
                 f"[supervisor] the dev server listens on {loopback} only: "
                 f"forwarding {external}:{spec.port} to it"
             )
-            return await probe(external, spec.port, spec.host_header, response_timeout=budget)
+            return await probe(
+                external, spec.port, spec.host_header, response_timeout=budget, keep_page=keep
+            )
         return result

@@ -25,11 +25,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
+from supervisor.readiness import READ_ERRORS, read_rest, status_of
+
 log = logging.getLogger(__name__)
 
 MAX_REQUESTS = 400  # a Vite app of a few hundred modules; the rest loads on the first view
 CONCURRENCY = 6  # what a browser opens per origin
-MAX_BODY = 8 << 20  # bytes read of one answer (a pre-bundled dependency can be megabytes)
 CONNECT_TIMEOUT = 2.0
 
 # <script ...> tags (their src and type) and <link rel=modulepreload href=...> in the entry HTML.
@@ -81,23 +82,17 @@ async def fetch(host: str, port: int, host_header: str, path: str, timeout: floa
                 )
                 writer.write(request.encode("latin-1"))
                 await writer.drain()
-                head = await reader.readuntil(b"\r\n\r\n")
-                body = await reader.read(MAX_BODY)
-                while len(body) < MAX_BODY and (more := await reader.read(MAX_BODY)):
-                    body += more
+                status = status_of(await reader.readline())
+                content_type, body = await read_rest(reader)
             finally:
                 writer.close()
                 with contextlib.suppress(OSError):
                     await writer.wait_closed()
-    except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+    except READ_ERRORS:
         return Answer(None)
-    lines = head.decode("latin-1").split("\r\n")
-    parts = lines[0].split()
-    if len(parts) < 2 or not parts[1].isdigit():
+    if status is None:
         return Answer(None)
-    types = [ln.split(":", 1)[1] for ln in lines[1:] if ln.lower().startswith("content-type:")]
-    content_type = types[0].strip().lower() if types else ""
-    return Answer(int(parts[1]), content_type, body)
+    return Answer(status, content_type, body)
 
 
 def references(path: str, answer: Answer, module: bool = True) -> list[tuple[str, bool]]:
@@ -142,14 +137,22 @@ async def warm(
     host_header: str,
     budget: float,
     on_progress: Callable[[int], None] = lambda n: None,
+    entry: Answer | None = None,
 ) -> WarmupReport:
-    """Load the entry route and its module graph; see the module docstring."""
+    """Load the entry route and its module graph; see the module docstring. ``entry``:
+    the entry route's answer the readiness probe already has (not asked for again)."""
     report = WarmupReport()
     started = time.monotonic()
     deadline = started + budget
     seen = {"/"}
     queue: asyncio.Queue[tuple[str, bool]] = asyncio.Queue()
-    queue.put_nowait(("/", True))
+    if entry is None:
+        queue.put_nowait(("/", True))
+    else:
+        for ref, is_module in references("/", entry)[:MAX_REQUESTS]:
+            if ref not in seen:
+                seen.add(ref)
+                queue.put_nowait((ref, is_module))
 
     async def worker() -> None:
         while True:

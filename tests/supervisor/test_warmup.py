@@ -12,7 +12,8 @@ from tests.supervisor.conftest import SupervisorProcess, wait_for_event
 from tests.supervisor.test_daemon import node_project, prepare_args
 
 # Serves "/" and /src/*.js from the table below; appends "<ms> <path>" to requests.log.
-# /src/slow.js answers after a second: `ready` must come after it.
+# /src/slow.js answers after a second: `ready` must come after it. A page given as two
+# parts is streamed: the second 0.3 s after the first.
 GRAPH_SERVER = """
 const fs = require("fs"), http = require("http");
 const files = JSON.parse(fs.readFileSync("graph.json", "utf8"));
@@ -22,6 +23,11 @@ http.createServer((q, s) => {
   const body = files[path];
   const send = () => {
     if (body === undefined) { s.writeHead(404); return s.end("not found"); }
+    if (Array.isArray(body)) {  // streamed, as a server render is: the rest comes later
+      s.writeHead(200, {"content-type": "text/html"});
+      s.write(body[0]);
+      return setTimeout(() => s.end(body[1]), 300);
+    }
     if (body.status) {
       console.log(body.log);
       s.writeHead(body.status, {"content-type": "text/html"});
@@ -83,6 +89,8 @@ async def test_ready_after_the_entry_module_graph_was_loaded(sup_factory: Any) -
     } <= paths
     # Never another origin, never a bare specifier no dev server serves as a path.
     assert not any("tracker" in p or "bare-package" in p for p in paths)
+    # The entry page was rendered once: the warm-up started from the probe's answer.
+    assert [path for _, path in made].count("/") == 1
     ready = await wait_for_event(sup, "ready")
     slow_at = max(ms for ms, path in made if path == "/src/slow.js") / 1000
     assert ready.ts >= slow_at + 0.9  # it answered a second later, and only then: ready
@@ -90,6 +98,19 @@ async def test_ready_after_the_entry_module_graph_was_loaded(sup_factory: Any) -
     timings = result.result["timings_ms"]
     assert timings["devserver"] >= timings["boot"] + timings["answer"] + timings["warmup"]
     assert timings["boot"] >= 0 and timings["answer"] >= 0
+
+
+async def test_the_warm_up_reads_a_streamed_entry_page_to_its_end(sup_factory: Any) -> None:
+    """A server render streams its page: the scripts come at the end of it (Next.js).
+    The probe that finds the server ready keeps the whole page, not its first part."""
+    sup: SupervisorProcess = sup_factory()
+    first, rest = GRAPH["/"].split('<link rel="modulepreload"')
+    graph_project(sup, {**GRAPH, "/": [first, '<link rel="modulepreload"' + rest]})
+    result = await sup.send("prepare", prepare_args())
+    assert result.ok, (result, sup.log()[-2000:])
+    paths = [path for _, path in requests_made(sup)]
+    assert {"/src/preloaded.js", "/src/main.js", "/src/slow.js"} <= set(paths)
+    assert paths.count("/") == 1
 
 
 async def test_a_failing_module_does_not_fail_the_start(sup_factory: Any) -> None:
