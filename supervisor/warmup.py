@@ -4,7 +4,8 @@ Dev servers compile on demand. Next.js compiles a route when it is first request
 readiness probe does that for the entry route); Vite answers the HTML at once but
 transforms every module, and pre-bundles the dependencies it discovers, only when a
 browser asks for them. So once the entry route answers, we load what a browser would: the
-entry HTML, the scripts and module preloads it references, and (for ES modules, which is
+entry HTML (the page the readiness probe was answered, when it kept it: not rendered
+again), the scripts and module preloads it references, and (for ES modules, which is
 how Vite serves a project) the modules they import, breadth first, same origin only,
 within a request count and a time budget.
 
