@@ -26,13 +26,15 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
 from websockets.asyncio.client import connect
 
+from gateway.containers.docker_runtime import LABEL_DEPLOYMENT
 from shared import keys
+from shared.settings import Settings
 from tests.conftest import LABEL_TEST_RUN, TEST_RUN
 from tests.faults.conftest import System
 from tests.gateway.api_helpers import failover_env, start_body
 from tests.gateway.controller_fixtures import LABEL_TEST_CASE, remove_labelled
 from tests.sentinel_cluster import MASTER, SentinelCluster, sentinel_cluster
-from tests.utils import run_controller, run_gateway, wait_until
+from tests.utils import remove_labelled_volumes, run_controller, run_gateway, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -101,6 +103,9 @@ def failover_system(test_image: str, tmp_path: Path) -> Iterator[tuple[System, S
         finally:
             stack.close()
             remove_labelled(case)
+            # Named after the Sentinel set, not a node: no node's stop removes it.
+            deployment = Settings.from_env(env).deployment
+            remove_labelled_volumes(f"{LABEL_DEPLOYMENT}={deployment}")
 
 
 def test_master_killed_under_traffic_fails_over_by_itself(
