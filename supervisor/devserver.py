@@ -21,7 +21,7 @@ from supervisor.events import Events, Progress
 from supervisor.logbuffer import LogBuffer, pump
 from supervisor.portforward import PortForwarder
 from supervisor.readiness import ProbeResult, backoff, probe
-from supervisor.warmup import Answer, warm
+from supervisor.warmup import warm
 
 log = logging.getLogger(__name__)
 
@@ -313,12 +313,9 @@ class DevServer:
         the readiness probe was answered when it kept one; its milliseconds."""
         if progress is not None:
             await progress.report("devserver", 96, "warming up the entry page", force=True)
-        entry = None
-        if ready.body is not None:
-            entry = Answer(ready.status, ready.content_type, ready.body)
         # Through the address the gateway uses (the forwarder, for a loopback-only server).
         report = await warm(
-            self.external_address, spec.port, spec.host_header, spec.warmup_budget, entry=entry
+            self.external_address, spec.port, spec.host_header, spec.warmup_budget, entry=ready.page
         )
         log.info(
             "warm-up: %d requests in %d ms%s%s",

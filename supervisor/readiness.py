@@ -20,13 +20,19 @@ RESPONSE_TIMEOUT = 30.0
 MAX_BODY = 8 << 20  # bytes read of one answer (a pre-bundled dependency can be megabytes)
 
 
+@dataclass
+class Answer:
+    status: int | None  # None: no HTTP answer
+    content_type: str = ""
+    body: bytes = b""
+
+
 @dataclass(frozen=True)
 class ProbeResult:
     status: int | None  # None: no HTTP answer
     connected: bool
     error: str = ""
-    content_type: str = ""
-    body: bytes | None = None  # the page, when asked for and the answer was a 2xx
+    page: Answer | None = None  # the whole answer, when asked for and it was a 2xx
 
     @property
     def ready(self) -> bool:
@@ -60,12 +66,12 @@ async def probe(
         deadline = asyncio.get_running_loop().time() + response_timeout
         line = await asyncio.wait_for(reader.readline(), response_timeout)
         status = status_of(line)
-        page: tuple[str, bytes] | None = None
+        page = None
         if keep_page and status is not None and 200 <= status < 300:
             # The status is known: a body that fails or comes late only goes unkept.
             with contextlib.suppress(*READ_ERRORS):
                 left = deadline - asyncio.get_running_loop().time()
-                page = await asyncio.wait_for(read_rest(reader), max(left, 0.0))
+                page = await asyncio.wait_for(read_rest(reader, status), max(left, 0.0))
     except (OSError, TimeoutError, ValueError) as exc:
         return ProbeResult(None, True, str(exc) or type(exc).__name__)
     finally:
@@ -74,9 +80,7 @@ async def probe(
             await writer.wait_closed()
     if status is None:
         return ProbeResult(None, True, "not an HTTP answer")
-    if page is None:
-        return ProbeResult(status, True)
-    return ProbeResult(status, True, content_type=page[0], body=page[1])
+    return ProbeResult(status, True, page=page)
 
 
 # ValueError: a line longer than the reader's limit (readline raises it, not LimitOverrunError).
@@ -97,9 +101,12 @@ def status_of(line: bytes) -> int | None:
     return None
 
 
-async def read_rest(reader: asyncio.StreamReader) -> tuple[str, bytes]:
-    """After the status line: the answer's content type (lower case) and its body, read
-    to EOF, at most MAX_BODY bytes."""
+async def read_rest(reader: asyncio.StreamReader, status: int | None) -> Answer:
+    """After the status line (``status``, from ``status_of``): the answer, with its
+    content type (lower case) and its body read to EOF, at most MAX_BODY bytes. No
+    status: not an HTTP answer, nothing read."""
+    if status is None:
+        return Answer(None)
     content_type = ""
     while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
         name, _, value = line.decode("latin-1").partition(":")
@@ -108,7 +115,7 @@ async def read_rest(reader: asyncio.StreamReader) -> tuple[str, bytes]:
     body = await reader.read(MAX_BODY)
     while len(body) < MAX_BODY and (more := await reader.read(MAX_BODY - len(body))):
         body += more
-    return content_type, body
+    return Answer(status, content_type, body)
 
 
 def backoff(first: float = 0.1, factor: float = 2.0, cap: float = 2.0) -> Iterator[float]:

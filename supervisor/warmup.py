@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
-from supervisor.readiness import READ_ERRORS, read_rest, status_of
+from supervisor.readiness import READ_ERRORS, Answer, read_rest, status_of
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +58,6 @@ _BLOCK_COMMENT = re.compile(r"/\*.*?\*/", re.S)
 
 
 @dataclass
-class Answer:
-    status: int | None
-    content_type: str = ""
-    body: bytes = b""
-
-
-@dataclass
 class WarmupReport:
     requests: int = 0
     failed: list[str] = field(default_factory=list)  # "path: HTTP 500" / "path: timeout"
@@ -87,16 +80,14 @@ async def fetch(host: str, port: int, host_header: str, path: str, timeout: floa
                 writer.write(request.encode("latin-1"))
                 await writer.drain()
                 status = status_of(await reader.readline())
-                content_type, body = await read_rest(reader)
+                page = await read_rest(reader, status)
             finally:
                 writer.close()
                 with contextlib.suppress(OSError):
                     await writer.wait_closed()
     except READ_ERRORS:
         return Answer(None)
-    if status is None:
-        return Answer(None)
-    return Answer(status, content_type, body)
+    return page
 
 
 def references(path: str, answer: Answer, module: bool = True) -> list[tuple[str, bool]]:
@@ -150,13 +141,22 @@ async def warm(
     deadline = started + budget
     seen = {"/"}
     queue: asyncio.Queue[tuple[str, bool]] = asyncio.Queue()
+
+    def follow(path: str, answer: Answer, module: bool) -> None:
+        """Queue what a browser would load next from this answer, once each."""
+        for ref, is_module in references(path, answer, module):
+            if ref in seen:
+                continue
+            if len(seen) >= MAX_REQUESTS:
+                report.truncated = True
+                break
+            seen.add(ref)
+            queue.put_nowait((ref, is_module))
+
     if entry is None:
         queue.put_nowait(("/", True))
     else:
-        for ref, is_module in references("/", entry)[:MAX_REQUESTS]:
-            if ref not in seen:
-                seen.add(ref)
-                queue.put_nowait((ref, is_module))
+        follow("/", entry, True)
 
     async def worker() -> None:
         while True:
@@ -174,14 +174,7 @@ async def warm(
                         f"{path}: " + (f"HTTP {answer.status}" if answer.status else "no answer")
                     )
                     continue
-                for ref, is_module in references(path, answer, module):
-                    if ref in seen:
-                        continue
-                    if len(seen) >= MAX_REQUESTS:
-                        report.truncated = True
-                        break
-                    seen.add(ref)
-                    queue.put_nowait((ref, is_module))
+                follow(path, answer, module)
             finally:
                 queue.task_done()
 

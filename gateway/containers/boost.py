@@ -69,8 +69,8 @@ async def busy_containers(redis: Redis, host: str, starting: str) -> int:
     """How many of ``host``'s containers can use CPU now: ``starting`` and every other one
     that is neither pooled, reserved, nor running a sleeping preview (two round trips). A
     container whose record is missing counts as busy."""
-    cids = sorted(text(c) for c in await redis.smembers(keys.host_containers(host)))
-    others = [cid for cid in cids if cid != starting]
+    members = await redis.smembers(keys.host_containers(host))
+    others = [cid for cid in map(text, members) if cid != starting]
     async with redis.pipeline(transaction=False) as pipe:
         for cid in others:
             pipe.hmget(keys.container(cid), "state", "session")

@@ -26,9 +26,11 @@ from tests.utils import GatewayProcess, RedisServer, wait_until
 SERVER = 'require("http").createServer((q, s) => s.end("up")).listen(+process.env.PORT);'
 
 
-def start_archive(gw: GatewayProcess, project: str = "boost") -> dict[str, Any]:
+def start_archive(
+    gw: GatewayProcess, project: str = "boost", user: str = "alice"
+) -> dict[str, Any]:
     body = {"project_id": project, "source": {"type": "archive"}}
-    started = httpx.post(f"{gw.url}/v1/previews", json=body, headers=bearer("alice"), timeout=60)
+    started = httpx.post(f"{gw.url}/v1/previews", json=body, headers=bearer(user), timeout=60)
     assert started.status_code == 202, started.text
     preview: dict[str, Any] = started.json()
     return preview
@@ -152,10 +154,7 @@ def test_idle_containers_leave_the_boost_its_room(
         90,
         "alice's container reserved for her",
     )
-    body = {"project_id": "boost", "source": {"type": "archive"}}
-    started = httpx.post(f"{gw.url}/v1/previews", json=body, headers=bearer("bob"), timeout=60)
-    assert started.status_code == 202, started.text
-    bob, bob_host = container_of(sync_redis, started.json()["id"])
+    bob, bob_host = container_of(sync_redis, start_archive(gw, user="bob")["id"])
     assert bob != cid and bob_host == host
     cgroup_cpus(sync_redis, bob, 2.0)
     assert sync_redis.hexists(keys.host_boosts(host), bob)
