@@ -171,8 +171,11 @@ class DevServer:
         self.on_change()
 
     async def _stop_locked(self) -> None:
-        # A stopped process would hold SIGTERM pending until the grace period ran out.
-        await self._thaw_locked()
+        # A stopped process would hold SIGTERM pending until the grace period ran out. Thawed
+        # without turning "ready": a dev server on its way down must not be reported ready
+        # (its pid, then none) while it exits; the caller sets the state that follows.
+        if self.state == "sleeping":
+            freeze.thaw(self.pid, self.user.uid)
         task, self._task = self._task, None
         if task is not None:
             task.cancel()

@@ -112,11 +112,16 @@ def get_quick(sup: SupervisorProcess) -> str:
         return str(response.read().decode())
 
 
+async def all_beats(sup: SupervisorProcess) -> list[Heartbeat]:
+    """Every heartbeat written so far, oldest first."""
+    entries = await sup.redis.xrange(keys.heartbeat_history(sup.cid))
+    read = [Heartbeat.read(fields[keys.HEARTBEAT_HISTORY_FIELD.encode()]) for _, fields in entries]
+    return [hb for hb in read if hb is not None]
+
+
 async def sleeping_beats(sup: SupervisorProcess) -> list[Heartbeat]:
     """The heartbeats written so far that report the dev server asleep, oldest first."""
-    entries = await sup.redis.xrange(keys.heartbeat_history(sup.cid))
-    beats = [Heartbeat.read(fields[keys.HEARTBEAT_HISTORY_FIELD.encode()]) for _, fields in entries]
-    return [hb for hb in beats if hb is not None and hb.state == "sleeping"]
+    return [hb for hb in await all_beats(sup) if hb.state == "sleeping"]
 
 
 async def test_asleep_it_beats_rarely_with_a_long_ttl_and_wakes_at_once(
@@ -190,6 +195,35 @@ async def test_restart_and_stop_work_on_a_sleeping_dev_server(sup_factory: Any) 
     assert stopped.ok
     assert time.monotonic() - began < 4  # not SIGTERM held pending until SIGKILL
     assert freeze.state(hb.pid) == ""
+
+
+# Exits 1.5 s after SIGTERM, as a dev server flushing its caches does.
+SLOW_EXIT_SERVER = """
+const http = require("http");
+process.on("SIGTERM", () => setTimeout(() => process.exit(0), 1500));
+http.createServer((q, s) => s.end("up")).listen(Number(process.env.PORT));
+"""
+
+
+async def test_a_sleeping_dev_server_on_its_way_down_is_never_reported_ready(
+    sup_factory: Any,
+) -> None:
+    # Thawed to take its SIGTERM, the old server used to be "ready" again while it exited:
+    # beats said ready with its pid, then with none, until the new one started.
+    sup: SupervisorProcess = sup_factory()
+    node_project(sup, SLOW_EXIT_SERVER)
+    assert (await sup.send("prepare", prepare_args())).ok
+    old = (await sup.wait_heartbeat(state="ready")).pid
+    assert (await sup.send("sleep")).ok
+    asleep = await sup.wait_heartbeat(state="sleeping")
+    restarted = await sup.send("restart", timeout=30)
+    assert restarted.ok and restarted.result["state"] == "ready"
+    new = (await sup.wait_heartbeat(state="ready", where=lambda h: h.pid not in (None, old))).pid
+
+    since = [hb for hb in await all_beats(sup) if hb.ts > asleep.ts]
+    assert len(since) >= 3, since  # the 1.5 s exit spans several 0.5 s beats
+    early = [(hb.state, hb.pid) for hb in since if hb.state == "ready" and hb.pid != new]
+    assert early == [], early
 
 
 async def test_only_the_current_session_may_sleep_or_wake(sup_factory: Any) -> None:
