@@ -4,7 +4,8 @@ the exponential backoff schedule used while waiting for it.
 HTTP/1.0 (as the warm-up's requests): Node then answers without chunked encoding and
 closes, so a body is simply read to EOF. The probe that finds the server ready may keep
 the entry page it was answered, so the warm-up starts from it rather than asking the dev
-server to render it again (Next.js renders every request: 40 to 500 ms on one CPU)."""
+server to render it again (Next.js renders every request: 40 to 500 ms on one CPU). A page
+that streams on past BODY_TIMEOUT is kept as far as it came: `ready` does not wait for it."""
 
 from __future__ import annotations
 
@@ -18,6 +19,10 @@ from dataclasses import dataclass
 CONNECT_TIMEOUT = 2.0
 RESPONSE_TIMEOUT = 30.0
 MAX_BODY = 8 << 20  # bytes read of one answer (a pre-bundled dependency can be megabytes)
+# The entry page's body once its status is in. A server render streams its page, and one
+# that waits on a slow data source (or a route that is an event stream) may never end; its
+# head, where the scripts are, has come long before.
+BODY_TIMEOUT = 5.0
 
 
 @dataclass
@@ -48,8 +53,8 @@ async def probe(
     keep_page: bool = False,
 ) -> ProbeResult:
     """GET / with ``Host: host_header``; the status code of the answer, if any, and with
-    ``keep_page`` a 2xx answer's type and body (read within the same timeout; without
-    them when that runs out)."""
+    ``keep_page`` a 2xx answer's type and body, as much of it as came within BODY_TIMEOUT
+    (and the response timeout)."""
     try:
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(host, port), connect_timeout
@@ -68,10 +73,11 @@ async def probe(
         status = status_of(line)
         page = None
         if keep_page and status is not None and 200 <= status < 300:
-            # The status is known: a body that fails or comes late only goes unkept.
+            # The status is known: a body that fails only goes unkept, one that comes late
+            # is kept as far as it came.
             with contextlib.suppress(*READ_ERRORS):
                 left = deadline - asyncio.get_running_loop().time()
-                page = await asyncio.wait_for(read_rest(reader, status), max(left, 0.0))
+                page = await read_rest(reader, status, within=min(BODY_TIMEOUT, max(left, 0.0)))
     except (OSError, TimeoutError, ValueError) as exc:
         return ProbeResult(None, True, str(exc) or type(exc).__name__)
     finally:
@@ -101,20 +107,36 @@ def status_of(line: bytes) -> int | None:
     return None
 
 
-async def read_rest(reader: asyncio.StreamReader, status: int | None) -> Answer:
+async def read_rest(
+    reader: asyncio.StreamReader, status: int | None, within: float | None = None
+) -> Answer:
     """After the status line (``status``, from ``status_of``): the answer, with its
     content type (lower case) and its body read to EOF, at most MAX_BODY bytes. No
-    status: not an HTTP answer, nothing read."""
+    status: not an HTTP answer, nothing read. ``within`` seconds: the headers must have
+    come by then (TimeoutError), the body is cut there."""
     if status is None:
         return Answer(None)
+    loop = asyncio.get_running_loop()
+    end = None if within is None else loop.time() + within
+
+    def left() -> float | None:
+        return None if end is None else max(end - loop.time(), 0.0)
+
     content_type = ""
-    while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
+    while (line := await asyncio.wait_for(reader.readline(), left())) not in (
+        b"\r\n",
+        b"\n",
+        b"",
+    ):
         name, _, value = line.decode("latin-1").partition(":")
         if name.strip().lower() == "content-type" and not content_type:
             content_type = value.strip().lower()
-    body = await reader.read(MAX_BODY)
-    while len(body) < MAX_BODY and (more := await reader.read(MAX_BODY - len(body))):
-        body += more
+    body = b""
+    with contextlib.suppress(TimeoutError):
+        while len(body) < MAX_BODY and (
+            more := await asyncio.wait_for(reader.read(MAX_BODY - len(body)), left())
+        ):
+            body += more
     return Answer(status, content_type, body)
 
 

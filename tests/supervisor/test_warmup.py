@@ -7,13 +7,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from supervisor.readiness import BODY_TIMEOUT
 from supervisor.warmup import Answer, references
 from tests.supervisor.conftest import SupervisorProcess, wait_for_event
 from tests.supervisor.test_daemon import node_project, prepare_args
 
 # Serves "/" and /src/*.js from the table below; appends "<ms> <path>" to requests.log.
 # /src/slow.js answers after a second: `ready` must come after it. A page given as two
-# parts is streamed: the second 0.3 s after the first.
+# parts is streamed: the second 0.3 s after the first; a second part null never comes.
 GRAPH_SERVER = """
 const fs = require("fs"), http = require("http");
 const files = JSON.parse(fs.readFileSync("graph.json", "utf8"));
@@ -26,7 +27,7 @@ http.createServer((q, s) => {
     if (Array.isArray(body)) {  // streamed, as a server render is: the rest comes later
       s.writeHead(200, {"content-type": "text/html"});
       s.write(body[0]);
-      return setTimeout(() => s.end(body[1]), 300);
+      return body[1] === null ? undefined : setTimeout(() => s.end(body[1]), 300);
     }
     if (body.status) {
       console.log(body.log);
@@ -108,6 +109,21 @@ async def test_the_warm_up_reads_a_streamed_entry_page_to_its_end(sup_factory: A
     graph_project(sup, {**GRAPH, "/": [first, '<link rel="modulepreload"' + rest]})
     result = await sup.send("prepare", prepare_args())
     assert result.ok, (result, sup.log()[-2000:])
+    paths = [path for _, path in requests_made(sup)]
+    assert {"/src/preloaded.js", "/src/main.js", "/src/slow.js"} <= set(paths)
+    assert paths.count("/") == 1
+
+
+async def test_an_entry_page_that_streams_on_does_not_hold_ready(sup_factory: Any) -> None:
+    """A render waiting on a slow data source, or a route that is an event stream: its
+    head came at once, and `ready` comes BODY_TIMEOUT later (not the probe's 30 s), the
+    warm-up following what came and not asking for the page again."""
+    sup: SupervisorProcess = sup_factory()
+    graph_project(sup, {**GRAPH, "/": [GRAPH["/"], None]})
+    result = await sup.send("prepare", prepare_args(), timeout=60)
+    assert result.ok, (result, sup.log()[-2000:])
+    timings = result.result["timings_ms"]
+    assert timings["answer"] < (BODY_TIMEOUT + 3) * 1000, timings
     paths = [path for _, path in requests_made(sup)]
     assert {"/src/preloaded.js", "/src/main.js", "/src/slow.js"} <= set(paths)
     assert paths.count("/") == 1
