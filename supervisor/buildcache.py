@@ -61,6 +61,16 @@ DIRS: dict[str, tuple[str, ...]] = {
 }
 
 
+# Before a reset stops the dev server, it may be writing its build cache. Webpack (Next.js
+# 15) stores its cache on idle timers, 1 s after a large compile, and on one CPU that takes
+# seconds; Next's own SIGTERM handling does not finish it, so a stop just then left a part
+# of the pack, and the next start compiled most of the entry again. The stop waits until
+# neither the caches nor the dev server's output moved for SETTLE_QUIET, at most SETTLE_MAX.
+SETTLE_QUIET = 1.5
+SETTLE_MAX = 6.0
+SETTLE_ENTRIES = 5000  # files looked at per scan (a cache is a few packs or deps)
+
+
 def dirs_for(framework: str | None) -> tuple[str, ...]:
     """The build caches of ``framework``; Vite's for any Vite-based one."""
     if not framework:
@@ -112,6 +122,48 @@ def _present(workspace: Path, rels: tuple[str, ...]) -> list[str]:
     finally:
         os.close(root)
     return found
+
+
+def newest_write(workspace: Path, rels: tuple[str, ...]) -> float:
+    """The latest modification time (epoch seconds) of the files and directories under
+    ``rels`` in ``workspace``, links not followed, at most SETTLE_ENTRIES looked at; 0.0
+    when there are none."""
+    newest, seen = 0.0, 0
+    for rel in rels:
+        top = workspace / rel
+        try:
+            newest = max(newest, top.lstat().st_mtime)
+        except OSError:
+            continue
+        for _, dirs, files, dirfd in os.fwalk(top, follow_symlinks=False):
+            for name in (*dirs, *files):
+                seen += 1
+                if seen > SETTLE_ENTRIES:
+                    return newest
+                with contextlib.suppress(OSError):
+                    st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+                    newest = max(newest, st.st_mtime)
+    return newest
+
+
+async def settle(ctx: Context, framework: str | None, output_at: float | None) -> float:
+    """Before a reset stops a running dev server: wait until its build caches and its
+    output (``output_at``: the monotonic time of its last line) have been quiet for
+    SETTLE_QUIET, at most SETTLE_MAX; the seconds waited. Nothing to wait for when the
+    framework keeps no build cache or the session has no owner (nothing is packed)."""
+    rels = dirs_for(framework)
+    if not rels or not _owner(ctx):
+        return 0.0
+    began = time.monotonic()
+    while (waited := time.monotonic() - began) < SETTLE_MAX:
+        wrote = await asyncio.to_thread(newest_write, ctx.config.workspace, rels)
+        quiet = time.time() - wrote
+        if output_at is not None:
+            quiet = min(quiet, time.monotonic() - output_at)
+        if quiet >= SETTLE_QUIET:
+            return waited
+        await asyncio.sleep(min(SETTLE_QUIET - quiet + 0.05, SETTLE_MAX - waited))
+    return SETTLE_MAX
 
 
 def _run_as_app(

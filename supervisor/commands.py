@@ -27,11 +27,12 @@ meanwhile. Args:
   (not during its install). result: {files, bytes}.
 ``restart`` — restart the dev server ({ready_timeout?}); result {state: "ready", port}.
 ``stop`` — stop the dev server (and a prepare in progress); result {state: "stopped"}.
-``reset`` — {keep_node_modules: bool, node_modules_budget_bytes: int}: stop everything,
-  kill every ``app`` process, empty the workspace (node_modules kept when asked, known and
-  under budget), restore app's home and the temporary directories (``scrub``), forget the
-  session. result {state: "idle", kept_node_modules,
-  node_modules_bytes, node_modules_key}.
+``reset`` — {keep_node_modules: bool, node_modules_budget_bytes: int}: let a running dev
+  server finish writing its build cache (``buildcache.settle``), stop everything, kill
+  every ``app`` process, pack the build cache, empty the workspace (node_modules kept when
+  asked, known and under budget), restore app's home and the temporary directories
+  (``scrub``), forget the session. result {state: "idle", kept_node_modules,
+  node_modules_bytes, node_modules_key, build_cache, settled_ms}.
 ``logs`` — {lines: int (default 100, at most 2000)}; result {lines: [...]}.
 ``sleep`` — freeze every process of the ready dev server (supervisor/freeze.py); the
   heartbeat then says ``sleeping``. result {state: "sleeping", frozen: n}; refused when the
@@ -153,6 +154,9 @@ async def reset(ctx: Context, command: Command) -> dict[str, Any]:
         raise CommandError("node_modules_budget_bytes must be a number") from None
     await ctx.cancel_prepares("reset")
     async with ctx.workspace_lock:
+        settled = 0.0
+        if ctx.devserver.state == "ready":  # not a frozen one: it writes nothing
+            settled = await buildcache.settle(ctx, ctx.session.framework, ctx.logs.appended_at)
         await ctx.devserver.stop("idle")
         ctx.devserver.forget()
         if ctx.user.uid is not None:
@@ -188,6 +192,7 @@ async def reset(ctx: Context, command: Command) -> dict[str, Any]:
         "node_modules_bytes": size if kept else 0,
         "node_modules_key": key,
         "build_cache": packed.state,
+        "settled_ms": int(settled * 1000),  # waited for the dev server's cache writes
     }
 
 

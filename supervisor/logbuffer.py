@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections import deque
 from collections.abc import Callable
 
@@ -36,10 +37,12 @@ class LogBuffer:
     def __init__(self, maxlen: int = LOG_LINES) -> None:
         self._lines: deque[str] = deque(maxlen=maxlen)
         self.version = 0
+        self.appended_at: float | None = None  # monotonic time of the last line
         self.on_change: Callable[[], None] | None = None  # publish_snapshots' wake-up
 
     def append(self, line: str) -> None:
         self._lines.append(clean(line))
+        self.appended_at = time.monotonic()
         self._changed()
 
     def _changed(self) -> None:

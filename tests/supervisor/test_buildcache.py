@@ -7,17 +7,19 @@ fresh build and a start that still succeeds."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
 import pwd
 import secrets
+import time
 from pathlib import Path
 from typing import Any
 
-from supervisor.buildcache import cache_key, dirs_for
+from supervisor.buildcache import SETTLE_MAX, SETTLE_QUIET, cache_key, dirs_for
 from tests.supervisor.conftest import SupervisorProcess
-from tests.supervisor.test_daemon import prepare_args
+from tests.supervisor.test_daemon import get, prepare_args
 
 # Says what it found in .next/cache at boot (build-cache.json), then writes its own entry.
 SERVER = """
@@ -33,14 +35,40 @@ http.createServer((q, s) => s.end("ok")).listen(Number(process.env.PORT));
 """
 
 
-def next_project(sup: SupervisorProcess, mark: str) -> None:
+# As webpack stores its cache 1 s after a large compile: GET /compile prints a line, and a
+# second later a pack is written in 9 parts 0.2 s apart, "END" last (GET /forever: without
+# end). At boot it says what pack it found.
+STORING_SERVER = """
+const fs = require("fs"), http = require("http");
+let found = null;
+try { found = fs.readFileSync(".next/cache/webpack/1.pack", "utf8"); } catch (e) {}
+fs.writeFileSync("build-cache.json", JSON.stringify({found}));
+http.createServer((q, s) => {
+  if (q.url === "/compile" || q.url === "/forever") {
+    console.log("compiled " + q.url);
+    setTimeout(() => {
+      fs.mkdirSync(".next/cache/webpack", {recursive: true});
+      let n = 0;
+      const part = () => {
+        fs.appendFileSync(".next/cache/webpack/1.pack", n < 8 ? "x".repeat(1000) : "END");
+        if (n++ < 8 || q.url === "/forever") setTimeout(part, 200);
+      };
+      part();
+    }, 1000);
+  }
+  s.end("ok");
+}).listen(Number(process.env.PORT));
+"""
+
+
+def next_project(sup: SupervisorProcess, mark: str, server: str = SERVER) -> None:
     package = {
         "name": "app",
         "scripts": {"dev": f"MARK={mark} node server.js"},
         "dependencies": {"next": "file:./fake-next"},
     }
     sup.write("package.json", json.dumps(package))
-    sup.write("server.js", SERVER)
+    sup.write("server.js", server)
     sup.write("fake-next/package.json", json.dumps({"name": "next", "version": "15.5.0"}))
 
 
@@ -62,8 +90,10 @@ def archive_of(sup: SupervisorProcess, owner: str, project: str) -> Path:
     return Path(sup.env["PREVIEW_CACHE_DIR"]) / "deps" / "v1" / key[-40:-38] / f"{key}.tar.zst"
 
 
-async def start(sup: SupervisorProcess, session: str, owner: str, mark: str) -> dict[str, Any]:
-    next_project(sup, mark)
+async def start(
+    sup: SupervisorProcess, session: str, owner: str, mark: str, server: str = SERVER
+) -> dict[str, Any]:
+    next_project(sup, mark, server)
     result = await sup.send(
         "prepare",
         prepare_args(session_id=session, project_id="p1", owner=owner),
@@ -154,6 +184,32 @@ async def test_a_corrupt_build_cache_means_a_fresh_build(sup_factory: Any) -> No
     assert not archive.exists()  # dropped, the next reset packs a good one
     logs = await sup.send("logs", {"lines": 100})
     assert any("build cache dropped" in line for line in logs.result["lines"])
+
+
+async def test_a_reset_lets_the_dev_server_finish_writing_its_cache(sup_factory: Any) -> None:
+    """A reset right after a compile waits for the cache the dev server writes then, so
+    the next start gets the whole pack (a stop cut it short, or came before it began)."""
+    sup: SupervisorProcess = sup_factory()
+    await start(sup, "s1", "alice", "first", STORING_SERVER)
+    assert await asyncio.to_thread(get, sup, "/compile") == "ok"
+    done = await reset(sup)
+    assert done["build_cache"] == "packed"
+    assert SETTLE_QUIET * 1000 < done["settled_ms"] <= SETTLE_MAX * 1000, done
+
+    await start(sup, "s2", "alice", "second", STORING_SERVER)
+    assert found_at_boot(sup) == "x" * 8000 + "END"
+
+
+async def test_a_dev_server_writing_without_end_holds_a_reset_only_so_long(
+    sup_factory: Any,
+) -> None:
+    sup: SupervisorProcess = sup_factory()
+    await start(sup, "s1", "mallory", "first", STORING_SERVER)
+    assert await asyncio.to_thread(get, sup, "/forever") == "ok"
+    began = time.monotonic()
+    done = await reset(sup)
+    assert done["settled_ms"] == SETTLE_MAX * 1000
+    assert time.monotonic() - began < SETTLE_MAX + 10  # the stop and the pack follow
 
 
 def test_caches_by_framework() -> None:
