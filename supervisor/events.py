@@ -57,9 +57,12 @@ class Progress:
     def elapsed_ms(self) -> int:
         return int((time.monotonic() - self.started) * 1000)
 
-    async def report(self, step: Step, percent: float, message: str, force: bool = False) -> None:
-        """Send a progress event; skipped when the last one was under ``min_interval``
-        ago, unless ``force`` (phase boundaries) or the step is complete."""
+    async def report(
+        self, step: Step, percent: float, message: str, force: bool = False, **extra: Any
+    ) -> None:
+        """Send a progress event (``extra`` goes into its data); skipped when the last one
+        was under ``min_interval`` ago, unless ``force`` (phase boundaries) or the step is
+        complete."""
         value = max(self._percent.get(step, 0), min(100, int(percent)))
         now = time.monotonic()
         if not force and value < 100 and now - self._last_sent < self.min_interval:
@@ -68,7 +71,13 @@ class Progress:
             return  # a step completes once
         self._percent[step] = value
         self._last_sent = now
-        data = {"step": step, "percent": value, "message": message, "elapsed_ms": self.elapsed_ms()}
+        data = {
+            **extra,
+            "step": step,
+            "percent": value,
+            "message": message,
+            "elapsed_ms": self.elapsed_ms(),
+        }
         await self.events.emit("progress", self.session_id, data)
 
     async def warning(self, type: str, message: str, **extra: Any) -> None:

@@ -236,7 +236,11 @@ async def _dependencies(
     outcome = await ensure_dependencies(ctx, project, package_json, env, progress, cache, report)
     ctx.session.node_modules_key = node_modules_key(ctx)
     ctx.save()
-    await progress.report("dependencies", 100, f"dependencies {outcome}", force=True)
+    # The outcome with it: the gateway shows it from here on, not only once prepare answers
+    # (after `ready`).
+    await progress.report(
+        "dependencies", 100, f"dependencies {outcome}", force=True, dependencies=outcome
+    )
     return outcome
 
 

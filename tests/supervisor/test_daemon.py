@@ -157,6 +157,9 @@ async def test_ready_only_once_http_answers_with_progress_in_order(sup_factory: 
     elapsed = [p["elapsed_ms"] for p in progress]
     assert elapsed == sorted(elapsed)
     assert events.index(ready[0]) > max(i for i, e in enumerate(events) if e.type == "progress")
+    # The dependency outcome is known before `ready` (the gateway shows it from then on).
+    finished = [p for p in progress if p["step"] == "dependencies" and p["percent"] == 100]
+    assert [p.get("dependencies") for p in finished] == [result.result["dependencies"]]
 
 
 async def test_user_code_runs_as_app_without_our_credentials(
