@@ -3,6 +3,11 @@ controller's pass, the gateway's session tracker, the supervisor's heartbeat and
 snapshot), like arq's ``poll``: each tick is due one interval after the previous one was
 due, however long the work in between took; a tick missed while the process was stalled
 (a paused container, a long GC, a slow pass) is skipped, not made up in a burst.
+
+A loop stops at its next tick once its task was cancelled, even when the work in between
+swallowed the CancelledError (a broad ``except``, or ``asyncio.timeout`` on 3.11 when the
+cancellation and the timeout meet: a TimeoutError, which is an OSError). Without that, a
+gateway worker stopped just after it started ran its session tracker on, and never exited.
 """
 
 from __future__ import annotations
@@ -31,8 +36,16 @@ async def ticks(
     now = clock or asyncio.get_running_loop().time
     due = now() + (0 if first_now else interval)
     while True:
+        _stop_if_cancelled()
         delay = due - now()
         if delay > 0:
             await sleep(delay)
         yield
         due = next_due(due, now(), interval)
+
+
+def _stop_if_cancelled() -> None:
+    """Raise CancelledError when this task was asked to stop and that was swallowed."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

@@ -3,6 +3,11 @@ clock: ticks stay on their grid whatever the work took, and a stall is not made 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
+import pytest
+
 from shared.periodic import next_due, ticks
 
 
@@ -44,3 +49,27 @@ def test_next_due_stays_on_the_grid() -> None:
     assert next_due(10.0, 10.5, 2.0) == 12.0
     assert next_due(10.0, 15.0, 2.0) == 16.0
     assert next_due(10.0, 16.0, 2.0) == 18.0
+
+
+async def test_a_loop_stops_at_its_next_tick_when_its_work_swallowed_the_cancel() -> None:
+    """As redis-py or asyncio.timeout on 3.11 may: the cancel turns into a TimeoutError
+    that the loop's own handler logs and goes on from."""
+    passes = 0
+
+    async def loop() -> None:
+        nonlocal passes
+        async for _ in ticks(0.05, first_now=True):
+            passes += 1
+            with contextlib.suppress(TimeoutError):
+                try:
+                    await asyncio.sleep(0.05)
+                except asyncio.CancelledError:
+                    raise TimeoutError from None
+
+    task = asyncio.create_task(loop())
+    while passes < 2:
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 2)
+    assert passes <= 3
