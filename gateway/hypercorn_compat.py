@@ -1,4 +1,4 @@
-"""Seven fixes to hypercorn's internals, applied once at start-up; the proxy and shutdown
+"""Eight fixes to hypercorn's internals, applied once at start-up; the proxy and shutdown
 tests pin the behaviour, so an upgrade that changes these internals fails loudly.
 
 - Hypercorn answers a client's close frame itself and then tells the application only 1000
@@ -28,6 +28,10 @@ tests pin the behaviour, so an upgrade that changes these internals fails loudly
   What a connection is given to write in one turn of the event loop now goes out in one
   send at the end of that turn; past WRITE_HIGH bytes it is written at once and drained,
   so a client that does not read still holds the writer back as before.
+- A response the app ends without its last body message (the proxy, when a dev server
+  breaks off mid-body) was left open: HTTP/1.1 in mid-body (the client waits for bytes
+  that never come), an HTTP/2 stream without END_STREAM. The connection is closed, the
+  stream reset, so the client sees a broken transfer, never a short one that looks whole.
 - The keep-alive timer was a task, cancelled and awaited as each request began and made
   anew as each ended (with asyncio.wait_for's inner task: four tasks per request). It is
   a timer handle now; the server's shutdown fires the armed ones at once, as the task
@@ -37,14 +41,18 @@ tests pin the behaviour, so an upgrade that changes these internals fails loudly
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterator
 from typing import Any
 
+import h2.errors
 import h2.exceptions
+import h11
 from hypercorn.asyncio import tcp_server, worker_context
 from hypercorn.asyncio.worker_context import EventWrapper
-from hypercorn.events import Event, RawData, Updated
+from hypercorn.events import Closed, Event, RawData, Updated
 from hypercorn.protocol import h2 as h2_protocol
+from hypercorn.protocol import h11 as h11_protocol
 from hypercorn.protocol import http_stream, ws_stream
 from hypercorn.protocol.events import StreamClosed
 from priority import priority
@@ -54,6 +62,7 @@ from wsproto.events import Event as WSEvent
 _PATCHED = "_preview_gateway_patched"
 CLOSE_GRACE = 30.0  # to flush what a slow but live client has still to read
 CLOSE_GRACE_TERMINATED = 1.0
+INTERNAL_ERROR = h2.errors.ErrorCodes.INTERNAL_ERROR  # an HTTP/2 stream cut short
 WRITE_HIGH = 64 * 1024  # bytes gathered in one turn before writing (and draining) at once
 
 
@@ -65,6 +74,7 @@ def install() -> None:
     _install_ignore_priorities()
     _install_write_coalescing()
     _install_idle_timer()
+    _install_abort_unended()
 
 
 class _Terminated(EventWrapper):
@@ -401,3 +411,43 @@ def _install_close_codes() -> None:
     cls._handle_events = _handle_events
     cls.handle = handle
     setattr(cls, _PATCHED, True)
+
+
+def _install_abort_unended() -> None:
+    """StreamClosed on an HTTP response still in its body: close the HTTP/1.1 connection,
+    reset the HTTP/2 stream (a finished one has its buffer complete, or gone, by then:
+    EndBody waits until the buffer is drained)."""
+    h11_cls: Any = h11_protocol.H11Protocol
+    if getattr(h11_cls, "_preview_gateway_abort_unended", False):
+        return
+    h11_send = h11_cls.stream_send
+    h2_cls: Any = h2_protocol.H2Protocol
+    h2_send = h2_cls.stream_send
+
+    async def h11_stream_send(self: Any, event: Any) -> None:
+        cut = isinstance(event, StreamClosed) and self.connection.our_state is h11.SEND_BODY
+        await h11_send(self, event)
+        if cut:
+            await self.send(Closed())
+
+    async def h2_stream_send(self: Any, event: Any) -> None:
+        # An HTTP response only: a WebSocket's stream ends with its close frame unended.
+        if isinstance(event, StreamClosed) and isinstance(
+            self.streams.get(event.stream_id), http_stream.HTTPStream
+        ):
+            buffer = self.stream_buffers.get(event.stream_id)
+            if buffer is not None and not buffer._complete:
+                # Already closed, the stream or the connection: nothing to reset.
+                with contextlib.suppress(h2.exceptions.ProtocolError):
+                    self.connection.reset_stream(event.stream_id, INTERNAL_ERROR)
+                    await self._flush()
+                # Its next send turn finds it closed and drops it, as after a client's reset.
+                await buffer.close()
+                with contextlib.suppress(priority.MissingStreamError):
+                    self.priority.unblock(event.stream_id)
+                await self.has_data.set()
+        await h2_send(self, event)
+
+    h11_cls.stream_send = h11_stream_send
+    h2_cls.stream_send = h2_stream_send
+    h11_cls._preview_gateway_abort_unended = True

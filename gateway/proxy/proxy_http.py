@@ -217,8 +217,11 @@ async def proxy_http(
                     await send({"type": "http.response.body", "body": data, "more_body": True})
                 pending = chunk
         except UpstreamError as exc:
-            # Headers are out; all we can do is end the response early.
+            # Headers are out: the response is left unended, and hypercorn_compat cuts the
+            # connection (HTTP/1.1) or resets the stream (HTTP/2), so the client sees a
+            # broken transfer rather than a short body that looks whole.
             log.info("upstream broke mid-response address=%s: %s", address, exc)
+            return response.status
         data = encode(pending, True) if encode else pending
         await send({"type": "http.response.body", "body": data, "more_body": False})
     finally:

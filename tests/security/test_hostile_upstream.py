@@ -36,9 +36,18 @@ from tests.gateway.proxy_fixtures import (
 )
 from tests.gateway.test_api import tar_of, wait_ready
 from tests.gateway.test_proxy_ws import WsUpstream, cookie_for, ws_upstream
-from tests.utils import ROOT, GatewayProcess, RedisServer, free_port, run_gateway, wait_until
+from tests.gateway.tls_fixtures import TlsFiles, tls_files
+from tests.utils import (
+    ROOT,
+    GatewayProcess,
+    RedisServer,
+    free_port,
+    run_gateway,
+    start_redis,
+    wait_until,
+)
 
-__all__ = ["upstream", "ws_upstream"]
+__all__ = ["tls_files", "upstream", "ws_upstream"]
 
 HOSTILE = ROOT / "tests/fixtures/hostile_devserver.js"
 HEAD_TIMEOUT = 3.0  # PREVIEW_UPSTREAM_HEAD_TIMEOUT for these gateways
@@ -205,10 +214,13 @@ def test_head_size_and_line_bounds_are_exact(attacker: httpx.Client) -> None:
 
 def test_huge_trailer_section_is_cut_too(attacker: httpx.Client) -> None:
     """A chunked body's trailer section is parsed like a head (and dropped): 50 MiB of
-    it ends the response at the bound (the body was already relayed), quickly."""
+    it cuts the response at the bound, quickly (the dev server never finished it, so the
+    client is not told it did)."""
     began = time.monotonic()
-    response = attacker.get("/huge-trailer", params={"mb": 50})
-    assert response.status_code == 200 and response.text == "ok"
+    with attacker.stream("GET", "/huge-trailer", params={"mb": 50}) as response:
+        assert response.status_code == 200
+        with pytest.raises(httpx.RemoteProtocolError):
+            response.read()
     assert time.monotonic() - began < MAX_STALL
 
 
@@ -232,6 +244,43 @@ def test_endless_informational_responses_are_bounded(attacker: httpx.Client) -> 
     assert response.status_code == 502, response.text[:300]
     assert "over 64 KiB" in error_of(response)["detail"]
     assert time.monotonic() - began < HEAD_TIMEOUT  # the byte bound, not the timeout
+
+
+@pytest.mark.parametrize("chunked", [0, 1])
+def test_a_body_broken_off_never_reaches_the_client_as_whole(
+    env: ProxyEnv, attacker: httpx.Client, chunked: int
+) -> None:
+    """The dev server dies mid-body (1000 of 100000 bytes, or chunked without its last
+    chunk): the client must see a broken transfer at once, not a short response that
+    looks complete (a truncated module), nor wait for bytes that never come."""
+    began = time.monotonic()
+    with pytest.raises(httpx.RemoteProtocolError):
+        attacker.get(f"/broken?chunked={chunked}", timeout=20).read()
+    assert time.monotonic() - began < 5
+    assert attacker.get("/other").status_code == 200  # the preview still serves
+
+
+def test_a_body_broken_off_resets_its_http2_stream_only(
+    tls_files: TlsFiles, hostile: Upstream
+) -> None:
+    """Over HTTP/2 the broken response's stream is reset; the connection and its other
+    streams go on."""
+    # Its own Redis: a gateway fixture's end removes every session of its Redis, and the
+    # module's gateway shares redis_server.
+    own = start_redis()
+    try:
+        with proxy_gateway(own, tls=tls_files) as tls_env:
+            sid = tls_env.session(hostile.address, user="mallory")
+            with tls_env.login(sid, user="mallory") as client:
+                for chunked in (0, 1):
+                    began = time.monotonic()
+                    with pytest.raises(httpx.RemoteProtocolError):
+                        client.get(f"/broken?chunked={chunked}", timeout=20).read()
+                    assert time.monotonic() - began < 5
+                    other = client.get("/other")
+                    assert (other.status_code, other.http_version) == (200, "HTTP/2")
+    finally:
+        own.stop()
 
 
 def assert_no_address(body: str, address: str) -> None:
