@@ -5,9 +5,10 @@ due, however long the work in between took; a tick missed while the process was 
 (a paused container, a long GC, a slow pass) is skipped, not made up in a burst.
 
 A loop stops at its next tick once its task was cancelled, even when the work in between
-swallowed the CancelledError (a broad ``except``, or ``asyncio.timeout`` on 3.11 when the
-cancellation and the timeout meet: a TimeoutError, which is an OSError). Without that, a
-gateway worker stopped just after it started ran its session tracker on, and never exited.
+swallowed the CancelledError (a broad ``except``, or a call that turned it into an error
+the loop logs and goes on from). A gateway worker stopped just after it started showed
+it: its session tracker and upkeep loops ran on in state "cancelling", and its shutdown
+waited for them forever.
 """
 
 from __future__ import annotations
