@@ -126,15 +126,13 @@ def _present(workspace: Path, rels: tuple[str, ...]) -> list[str]:
 
 def newest_write(workspace: Path, rels: tuple[str, ...]) -> float:
     """The latest modification time (epoch seconds) of the files and directories under
-    ``rels`` in ``workspace``, links not followed, at most SETTLE_ENTRIES looked at; 0.0
-    when there are none."""
+    those of ``rels`` that pack would pack (``_present``), links not followed, at most
+    SETTLE_ENTRIES looked at; 0.0 when there are none."""
     newest, seen = 0.0, 0
-    for rel in rels:
+    for rel in _present(workspace, rels):
         top = workspace / rel
-        try:
+        with contextlib.suppress(OSError):
             newest = max(newest, top.lstat().st_mtime)
-        except OSError:
-            continue
         for _, dirs, files, dirfd in os.fwalk(top, follow_symlinks=False):
             for name in (*dirs, *files):
                 seen += 1

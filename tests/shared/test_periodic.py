@@ -52,8 +52,8 @@ def test_next_due_stays_on_the_grid() -> None:
 
 
 async def test_a_loop_stops_at_its_next_tick_when_its_work_swallowed_the_cancel() -> None:
-    """As redis-py or asyncio.timeout on 3.11 may: the cancel turns into a TimeoutError
-    that the loop's own handler logs and goes on from."""
+    """A call in the loop's pass turns the cancel into a TimeoutError, which the loop's
+    own handler logs and goes on from."""
     passes = 0
 
     async def loop() -> None:
